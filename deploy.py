@@ -1,0 +1,15 @@
+"""Runbook for a LiteLLM gateway: `pyinfra inventory deploy.py`.
+
+Every gateway in the inventory is validated first (all problems at once, nothing touched on bad
+input); then, on each gateway, in order: Docker, files, images, database, proxy, verification.
+"""
+
+from pyinfra import host, state
+
+from tasks.context import settings_for
+from tasks.deploy_gateway import deploy_gateway
+
+settings = settings_for(state, host)
+
+if settings is not None:
+    deploy_gateway(settings)

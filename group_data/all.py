@@ -1,0 +1,41 @@
+# Settings for every host. Each may be overridden per group (group_data/<group>.py) or per host
+# (host data in `inventory`). Secrets never go here: they live in the secrets file (see README).
+
+# Official LiteLLM image with Prisma engines baked in, pinned (never `latest` / `main-latest`).
+litellm_image = "ghcr.io/berriai/litellm-database:main-v1.108.7"
+# PostgreSQL image for database_mode "bundled"; its data lives in a named volume.
+postgres_image = "postgres:16"
+# Where the compose project (docker-compose.yml, litellm-config.yaml, .env) lives on the host.
+install_dir = "/opt/litellm"
+# Docker Compose project name (container and volume names start with it).
+compose_project = "litellm"
+# Port the proxy is published on.
+proxy_port = 4000
+# Host address the proxy is published on ("0.0.0.0" = every interface, "127.0.0.1" = behind a local reverse proxy).
+proxy_bind = "0.0.0.0"
+# Public URL of the gateway, used for UI login redirects (PROXY_BASE_URL); empty = not set.
+proxy_base_url = ""
+# "bundled" (Postgres in the compose project), "external" (DATABASE_URL in the secrets file) or "none" (stateless).
+database_mode = "bundled"
+# Database role and name created in the bundled Postgres.
+postgres_user = "litellm"
+postgres_db = "litellm"
+# Publish the bundled Postgres on 127.0.0.1:<port> for local tools; 0 = not published at all.
+postgres_publish_port = 0
+# How Docker Engine + Compose v2 are installed: "distro" (Debian 13 / Ubuntu 24.04 packages), "docker-repo"
+# (Docker's apt repository) or "skip" (already installed by other means).
+docker_install = "distro"
+# "pull" the pinned images, or "archives": upload the files in image_archives and `docker load` them (air-gapped hosts).
+image_source = "pull"
+# Controller paths of `docker save` archives (.tar or .tar.gz) holding litellm_image and postgres_image.
+image_archives = []
+# Admin UI login name; its password is UI_PASSWORD in the secrets file (generated when missing).
+ui_username = "admin"
+# The admin user the bootstrap creates and links the master key to.
+admin_user_id = "admin"
+# That admin user's e-mail (optional).
+admin_email = ""
+# Let admins add models through the UI/API and keep them in the database (needs a database mode).
+store_model_in_db = False
+# Seconds each health check may take before the host is reported failed.
+verify_timeout = 180

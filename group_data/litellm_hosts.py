@@ -1,0 +1,21 @@
+# Gateways: the models each routes. One dict per model:
+#   name         the model name clients ask for (unique per gateway)
+#   model        LiteLLM's "<provider>/<model>" (providers: see tasks/models.py PROVIDERS)
+#   api_key_env  name of the secrets-file entry holding its API key (never the key itself)
+#   api_base     base URL of the server (OpenAI-compatible upstreams, Ollama given by URL)
+#   ollama_node  for ollama/ollama_chat models: a host of the ollama_nodes group, or "local"
+#                (Ollama on the gateway host itself, reached as host.docker.internal)
+#   smoke_test   send one chat completion during verify (default: on for Ollama and upstreams)
+models = [
+    {"name": "gpt-4o", "model": "openai/gpt-4o", "api_key_env": "OPENAI_API_KEY"},
+    {"name": "claude-sonnet", "model": "anthropic/claude-sonnet-4-5", "api_key_env": "ANTHROPIC_API_KEY"},
+    {"name": "llama-local", "model": "ollama_chat/llama3.1:8b", "ollama_node": "local"},
+    {"name": "llama-smarthome", "model": "ollama_chat/llama3.2:3b", "ollama_node": "smarthome"},
+    # Another LiteLLM instance upstream, addressed as an OpenAI-compatible endpoint (no /v1 suffix).
+    {
+        "name": "upstream-gpt",
+        "model": "openai/gpt-4o",
+        "api_base": "http://upstream-litellm.internal:4000",
+        "api_key_env": "UPSTREAM_LITELLM_API_KEY",
+    },
+]

@@ -1,0 +1,23 @@
+"""The whole gateway deploy as one importable function, so tests drive it through pyinfra's API."""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy
+
+from tasks import docker, stack
+from tasks.settings import Settings
+
+
+@deploy("LiteLLM gateway")
+def deploy_gateway(settings: Settings) -> None:
+    changes = stack.Changes()
+    # 1. Docker Engine + Compose v2, running and enabled.
+    docker.install_docker(settings)
+    # 2. docker-compose.yml, litellm-config.yaml and .env (0600).
+    stack.write_files(settings, changes)
+    # 3. Pinned images: pulled, or uploaded as archives and loaded (air-gapped hosts).
+    stack.get_images(settings, changes)
+    # 4. Postgres healthy (bundled mode).
+    stack.start_database(settings, changes)
+    # 5. The proxy, recreated only when its files or image changed.
+    stack.start_proxy(settings, changes)

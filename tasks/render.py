@@ -1,0 +1,79 @@
+"""Render the three files of a gateway's compose project from Settings.
+
+Pure: same Settings in, same bytes out (no timestamps, stable ordering), so a re-run uploads
+nothing and restarts nothing. Both the deploy and the unit tests call this.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+
+from tasks import secrets as S
+from tasks.filters import FILTERS, url_component
+from tasks.settings import Settings
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+COMPOSE_FILE = "docker-compose.yml"
+CONFIG_FILE = "litellm-config.yaml"
+ENV_FILE = ".env"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters.update(FILTERS)
+    return env
+
+
+def bundled_database_url(settings: Settings) -> str:
+    password = settings.secrets[S.POSTGRES_PASSWORD]
+    return (
+        f"postgresql://{url_component(settings.postgres_user)}:{url_component(password)}"
+        f"@db:5432/{url_component(settings.postgres_db)}"
+    )
+
+
+def container_env(settings: Settings) -> dict[str, str]:
+    """Every variable the containers get from .env, in a fixed order."""
+    secrets = settings.secrets
+    env = {
+        "LITELLM_MASTER_KEY": secrets.master_key,
+        "LITELLM_SALT_KEY": secrets[S.SALT_KEY],
+        "UI_USERNAME": settings.ui_username,
+        "UI_PASSWORD": secrets[S.UI_PASSWORD],
+        "LITELLM_MODE": "PRODUCTION",
+        "STORE_MODEL_IN_DB": "True" if settings.store_model_in_db else "False",
+    }
+    if settings.proxy_base_url:
+        env["PROXY_BASE_URL"] = settings.proxy_base_url
+    if settings.database_mode == "bundled":
+        env["POSTGRES_USER"] = settings.postgres_user
+        env["POSTGRES_PASSWORD"] = secrets[S.POSTGRES_PASSWORD]
+        env["POSTGRES_DB"] = settings.postgres_db
+        env["DATABASE_URL"] = bundled_database_url(settings)
+    elif settings.database_mode == "external":
+        env["DATABASE_URL"] = secrets[S.DATABASE_URL]
+    if settings.has_database:
+        # Migrations belong to the one-shot migrate service, never to a starting proxy.
+        env["DISABLE_SCHEMA_UPDATE"] = "true"
+    for name in settings.provider_key_names:
+        env[name] = secrets[name]
+    return env
+
+
+def render_files(settings: Settings) -> dict[str, str]:
+    """file name -> content, for the install directory."""
+    env = _environment()
+    return {
+        COMPOSE_FILE: env.get_template("docker-compose.yml.j2").render(settings=settings),
+        CONFIG_FILE: env.get_template("litellm-config.yaml.j2").render(settings=settings, models=settings.models),
+        ENV_FILE: env.get_template("env.j2").render(env=container_env(settings)),
+    }

@@ -1,0 +1,135 @@
+"""The controller's secrets file: read, checked, completed once, never rotated by accident.
+
+A dotenv file (python-dotenv syntax) beside the inventory, or at $LITELLM_DEPLOY_SECRETS. Values
+this package can make are generated when missing and written back, so every later run sees the same
+ones; provider keys are only ever read. When the file lacks a value that a host's `.env` already
+holds, the host's value is taken: a lost controller file must not silently rotate a live key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets as random
+import stat
+from pathlib import Path
+from typing import Callable, Mapping
+
+from dotenv import dotenv_values
+
+SECRETS_ENV_VAR = "LITELLM_DEPLOY_SECRETS"
+DEFAULT_SECRETS_NAME = "secrets.env"
+
+MASTER_KEY = "LITELLM_MASTER_KEY"
+SALT_KEY = "LITELLM_SALT_KEY"
+POSTGRES_PASSWORD = "POSTGRES_PASSWORD"
+UI_PASSWORD = "UI_PASSWORD"
+DATABASE_URL = "DATABASE_URL"
+
+
+def _new_key() -> str:
+    return "sk-" + random.token_urlsafe(32)
+
+
+def _new_password() -> str:
+    return random.token_urlsafe(24)
+
+
+# What the deploy may create on its own, and how.
+GENERATED: dict[str, Callable[[], str]] = {
+    MASTER_KEY: _new_key,
+    SALT_KEY: _new_key,
+    POSTGRES_PASSWORD: _new_password,
+    UI_PASSWORD: _new_password,
+}
+
+# The setup guide this package replaces printed these credentials; anyone may know them. Only
+# their sha256 digests are kept (with their length), so the values themselves appear nowhere here.
+_PUBLISHED = {
+    (23, "1555fed228e4a31c4d4a51235a8e6cb29155e77f600a3b64043b0f4430b7c222"),
+    (13, "b4c2b4e666426ded9869f17aade9e5c0466d66b7f22f11ebd5ffacfb482f61db"),
+    (14, "9470eacb0519bd3fe6b0f6bf08320c0d088c33ae956199c4c2b14eccea3952c4"),
+    (7, "627ce2d2655882237b03dfaedc85429957b0d5699be952ddbf9101b32c50ba07"),
+    (16, "3fe0c5fb26aaa9723564324f6f6e18430d6a737aa3751cec92f4dee1b3369eb8"),
+}
+# LiteLLM's documented example key, refused by the proxy itself at boot.
+_WELL_KNOWN = {"sk-1234"}
+
+
+def is_published(value: str) -> bool:
+    """True when `value` is, or contains, a credential printed in the old setup guide."""
+    if value in _WELL_KNOWN:
+        return True
+    for length, digest in _PUBLISHED:
+        for start in range(0, len(value) - length + 1):
+            if hashlib.sha256(value[start : start + length].encode()).hexdigest() == digest:
+                return True
+    return False
+
+
+def secrets_path(configured: str | None = None) -> Path:
+    """$LITELLM_DEPLOY_SECRETS, else the inventory's `secrets_file` data, else ./secrets.env."""
+    chosen = os.environ.get(SECRETS_ENV_VAR) or configured or DEFAULT_SECRETS_NAME
+    return Path(chosen).expanduser().absolute()
+
+
+def read_secrets(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    # interpolate=False: a password containing ${...} must survive as written.
+    values = dotenv_values(path, interpolate=False)
+    return {name: value for name, value in values.items() if value}
+
+
+def loose_mode_problem(path: Path) -> str | None:
+    if path.exists() and stat.S_IMODE(path.stat().st_mode) & 0o077:
+        return f"secrets file {path}: readable by other users — fix: chmod 600 {path}"
+    return None
+
+
+def dotenv_line(name: str, value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'{name}="{escaped}"\n'
+
+
+def append_secrets(path: Path, additions: Mapping[str, str], origin: Mapping[str, str]) -> None:
+    """Append new entries, keeping every existing line (and its comments) as the user wrote it."""
+    if not additions:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existing = path.read_text() if path.exists() else ""
+    if existing and not existing.endswith("\n"):
+        existing += "\n"
+    lines = [f"# {name}: {origin[name]}\n{dotenv_line(name, value)}" for name, value in additions.items()]
+    temporary = path.with_name(path.name + ".tmp")
+    # Created 0600 from the start: the secret is never on disk with looser permissions.
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(existing + "".join(lines))
+    os.replace(temporary, path)
+    os.chmod(path, 0o600)
+
+
+def complete_secrets(
+    path: Path,
+    wanted: list[str],
+    read_from_hosts: Callable[[list[str]], dict[str, str]],
+) -> dict[str, str]:
+    """Return the secrets file's values with every `wanted` generated name present.
+
+    Missing names are looked up on the hosts first (reuse a live deployment's keys), then generated;
+    either way they are written back so the next run is identical.
+    """
+    values = read_secrets(path)
+    missing = [name for name in wanted if name in GENERATED and not values.get(name)]
+    if not missing:
+        return values
+    additions: dict[str, str] = {}
+    origin: dict[str, str] = {}
+    for name, value in read_from_hosts(missing).items():
+        additions[name], origin[name] = value, "taken from a host's existing .env"
+    for name in missing:
+        if name not in additions:
+            additions[name], origin[name] = GENERATED[name](), "generated by litellm-deploy"
+    append_secrets(path, additions, origin)
+    return {**values, **additions}

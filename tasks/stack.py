@@ -1,0 +1,150 @@
+"""The gateway's compose project: its files, its images, and bringing services up.
+
+Each step returns what it changed, so later steps restart exactly what needs it (the chatmail
+relay's "restart signal" pattern): a new model recreates the proxy, never the database.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import deploy, operation
+from pyinfra.api.operation import OperationMeta
+from pyinfra.operations import files
+
+from tasks import compose
+from tasks.render import COMPOSE_FILE, CONFIG_FILE, ENV_FILE, render_files
+from tasks.settings import Settings
+from tasks.uploads import private_file
+
+
+@dataclass
+class Changes:
+    """What this run changed, for the steps that decide on restarts."""
+
+    compose_file: OperationMeta | None = None
+    config_file: OperationMeta | None = None
+    env_file: OperationMeta | None = None
+    images: list[OperationMeta | None] | None = None
+
+    @property
+    def project(self) -> list[OperationMeta | None]:
+        """Changes that concern every service of the project."""
+        return [self.compose_file, self.env_file, *(self.images or [])]
+
+
+def staging_dir(settings: Settings) -> str:
+    return f"{settings.install_dir}/.staging"
+
+
+@deploy("Compose project files")
+def write_files(settings: Settings, changes: Changes) -> None:
+    files.directory(
+        name=f"Install directory {settings.install_dir} (root only)",
+        path=settings.install_dir,
+        user="root",
+        group="root",
+        mode="700",
+    )
+    rendered = render_files(settings)
+    changes.compose_file = private_file(
+        name=f"Write {COMPOSE_FILE}",
+        content=rendered[COMPOSE_FILE],
+        dest=f"{settings.install_dir}/{COMPOSE_FILE}",
+        staging_dir=staging_dir(settings),
+        mode="644",
+    )
+    changes.config_file = private_file(
+        name=f"Write {CONFIG_FILE}",
+        content=rendered[CONFIG_FILE],
+        dest=f"{settings.install_dir}/{CONFIG_FILE}",
+        staging_dir=staging_dir(settings),
+        mode="644",
+    )
+    changes.env_file = private_file(
+        name=f"Write {ENV_FILE} (secrets, mode 0600)",
+        content=rendered[ENV_FILE],
+        dest=f"{settings.install_dir}/{ENV_FILE}",
+        staging_dir=staging_dir(settings),
+        mode="600",
+    )
+
+
+def required_images(settings: Settings) -> list[str]:
+    images = [settings.litellm_image]
+    if settings.database_mode in ("bundled", "external"):
+        # external mode runs psql from the Postgres image as a one-shot container.
+        images.append(settings.postgres_image)
+    return images
+
+
+@operation()
+def image_present(image: str):
+    """Pull a pinned image only when it is not on the host yet."""
+    if host.get_fact(compose.ImageId, image=image):
+        host.noop(f"{image} is present")
+        return
+    yield f"docker pull --quiet {shlex.quote(image)}"
+
+
+@operation()
+def archive_loaded(remote_archive: str, images: list[str], uploaded: OperationMeta):
+    """`docker load` an uploaded archive when it is new or an image it should hold is missing."""
+    missing = [image for image in images if not host.get_fact(compose.ImageId, image=image)]
+    if not missing and not compose.changed([uploaded]):
+        host.noop(f"images from {remote_archive} are loaded")
+        return
+    yield f"docker load --input {shlex.quote(remote_archive)}"
+    for image in missing:
+        # Fail here, naming the image, rather than later with a confusing compose error.
+        yield (
+            f"docker image inspect {shlex.quote(image)} >/dev/null 2>&1 || "
+            f"{{ echo 'archive {remote_archive} does not contain {image}' >&2; exit 1; }}"
+        )
+
+
+@deploy("Container images")
+def get_images(settings: Settings, changes: Changes) -> None:
+    images = required_images(settings)
+    if settings.image_source == "pull":
+        changes.images = [image_present(name=f"Image {image}", image=image) for image in images]
+        return
+    archive_dir = f"{settings.install_dir}/images"
+    files.directory(name=f"Image archive directory {archive_dir}", path=archive_dir, mode="700")
+    changes.images = []
+    for archive in settings.image_archives:
+        remote = f"{archive_dir}/{Path(archive).name}"
+        uploaded = files.put(name=f"Upload image archive {Path(archive).name}", src=archive, dest=remote, mode="600")
+        changes.images.append(
+            archive_loaded(name=f"Load image archive {Path(archive).name}", remote_archive=remote, images=images, uploaded=uploaded)
+        )
+
+
+@deploy("Start the database")
+def start_database(settings: Settings, changes: Changes) -> None:
+    if settings.database_mode != "bundled":
+        return
+    compose.service_up(
+        name="Postgres up and healthy",
+        project=settings.compose_project,
+        install_dir=settings.install_dir,
+        service="db",
+        depends_on=changes.project,
+        timeout=settings.verify_timeout,
+    )
+
+
+@deploy("Start the proxy")
+def start_proxy(settings: Settings, changes: Changes) -> None:
+    compose.service_up(
+        name="LiteLLM proxy up and healthy",
+        project=settings.compose_project,
+        install_dir=settings.install_dir,
+        service="litellm",
+        depends_on=changes.project,
+        recreate_on=[changes.config_file],
+        timeout=settings.verify_timeout,
+    )

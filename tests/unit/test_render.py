@@ -1,0 +1,137 @@
+"""Rendered files: parse as their consumers parse them, hold no secret but .env, never churn."""
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+import yaml
+
+from tasks.filters import dotenv_unquote
+from tasks.render import render_files
+from tests.unit.conftest import ROOT, UPSTREAM_KEY
+
+MODES = ["bundled", "external", "none"]
+HOSTILE = "p$a$$b ${HOME} #x \"q\" 'r' \\s @:/% end"
+EXTERNAL_URL = "postgresql://ext:ext-password-123@db.example.com:5432/litellm"
+
+
+def compose_binary() -> str | None:
+    local = ROOT / ".tools" / "docker-compose"
+    return str(local) if local.exists() else shutil.which("docker-compose")
+
+
+@pytest.fixture
+def settings_for_mode(build, secrets_file):
+    def _make(mode, extra_secrets=""):
+        secrets_file.write_text(secrets_file.read_text() + f'DATABASE_URL="{EXTERNAL_URL}"\n' + extra_secrets)
+        return build(database_mode=mode)
+
+    return _make
+
+
+def parse_env(text: str) -> dict:
+    pairs = (line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return {name: dotenv_unquote(value) for name, value in pairs}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rendered_yaml_parses_and_holds_no_secret(settings_for_mode, mode):
+    settings = settings_for_mode(mode)
+    rendered = render_files(settings)
+    compose = yaml.safe_load(rendered["docker-compose.yml"])
+    config = yaml.safe_load(rendered["litellm-config.yaml"])
+    assert set(compose["services"]) == {"bundled": {"db", "migrate", "litellm"},
+                                         "external": {"migrate", "litellm"}, "none": {"litellm"}}[mode]
+    assert [m["model_name"] for m in config["model_list"]] == [m.name for m in settings.models]
+    secret_values = [v for v in settings.secrets.values.values() if len(v) >= 8]
+    for name in ("docker-compose.yml", "litellm-config.yaml"):
+        for value in secret_values:
+            assert value not in rendered[name], f"a secret is in {name}"
+    env = parse_env(rendered[".env"])
+    assert env["LITELLM_MASTER_KEY"] == settings.secrets.master_key
+
+
+def test_compose_file_shape(settings_for_mode):
+    compose = yaml.safe_load(render_files(settings_for_mode("bundled"))["docker-compose.yml"])
+    db, proxy, migrate = (compose["services"][s] for s in ("db", "litellm", "migrate"))
+    assert "ports" not in db  # Postgres is on no host interface unless asked
+    assert "pg_isready" in " ".join(db["healthcheck"]["test"])
+    assert "python3" in proxy["healthcheck"]["test"] and "/health/liveliness" in " ".join(proxy["healthcheck"]["test"])
+    assert proxy["depends_on"] == {"db": {"condition": "service_healthy"},
+                                   "migrate": {"condition": "service_completed_successfully"}}
+    assert db["restart"] == proxy["restart"] == "unless-stopped"
+    assert "host.docker.internal:host-gateway" in proxy["extra_hosts"]
+    assert compose["volumes"] == {"postgres_data": None}
+    assert migrate["entrypoint"] == ["python3", "litellm/proxy/prisma_migration.py"]
+
+
+def test_published_postgres_binds_loopback_only(build):
+    compose = yaml.safe_load(render_files(build(postgres_publish_port=5433))["docker-compose.yml"])
+    assert compose["services"]["db"]["ports"] == ["127.0.0.1:5433:5432"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rendering_twice_is_byte_identical(settings_for_mode, mode):
+    settings = settings_for_mode(mode)
+    assert render_files(settings) == render_files(settings)
+
+
+def test_litellm_loads_every_rendered_config_and_resolves_each_reference(build, tmp_path, monkeypatch):
+    """LiteLLM's own ProxyConfig loads the file; os.environ/ refs resolve from the rendered .env."""
+    from litellm.proxy.proxy_server import ProxyConfig
+
+    settings = build(database_mode="none")
+    rendered = render_files(settings)
+    config_path = tmp_path / "litellm-config.yaml"
+    config_path.write_text(rendered["litellm-config.yaml"])
+    env = parse_env(rendered[".env"])
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    router, model_list, general_settings = asyncio.run(
+        ProxyConfig().load_config(router=None, config_file_path=str(config_path)))
+    assert sorted(m["model_name"] for m in model_list) == sorted(m.name for m in settings.models)
+    deployments = {d["model_name"]: d["litellm_params"] for d in router.model_list}
+    assert deployments["upstream"]["api_key"] == UPSTREAM_KEY
+    assert deployments["llama-smarthome"]["api_base"] == "http://192.0.2.20:11434"
+    import litellm.proxy.proxy_server as proxy
+
+    assert proxy.master_key == settings.secrets.master_key
+
+
+@pytest.mark.skipif(compose_binary() is None, reason="Compose v2 binary not fetched (tests/tools/fetch-compose.sh)")
+@pytest.mark.parametrize("mode", ["bundled", "external"])
+def test_hostile_passwords_reach_containers_unchanged_as_compose_reads_them(settings_for_mode, tmp_path, mode):
+    """Docker Compose 2.26 itself (Debian 13's, as on the hosts) parses the rendered project."""
+    settings = settings_for_mode(mode, f'POSTGRES_PASSWORD="{HOSTILE_DOTENV}"\nUI_PASSWORD="{HOSTILE_DOTENV}"\n')
+    assert settings.secrets["UI_PASSWORD"] == HOSTILE
+    for name, content in render_files(settings).items():
+        (tmp_path / name).write_text(content)
+    result = subprocess.run([compose_binary(), "--project-directory", str(tmp_path), "config", "--format", "json"],
+                            capture_output=True, text=True, timeout=60,
+                            env={k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES", "UI_"))})
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    proxy_env = container_view(services["litellm"]["environment"])
+    assert proxy_env["UI_PASSWORD"] == HOSTILE
+    if mode == "bundled":
+        assert container_view(services["db"]["environment"])["POSTGRES_PASSWORD"] == HOSTILE
+        assert proxy_env["POSTGRES_PASSWORD"] == HOSTILE
+        url = urlsplit(proxy_env["DATABASE_URL"])
+        assert unquote(url.password) == HOSTILE and url.hostname == "db" and url.port == 5432
+        assert unquote(url.username) == "litellm" and url.path == "/litellm"
+    else:
+        assert proxy_env["DATABASE_URL"] == EXTERNAL_URL
+
+
+def container_view(environment: dict) -> dict:
+    """`compose config` prints a loadable compose file, so it writes each literal `$` as `$$`."""
+    return {name: value.replace("$$", "$") for name, value in environment.items()}
+
+
+# The same hostile value as the secrets file holds it (python-dotenv double-quoted syntax).
+HOSTILE_DOTENV = HOSTILE.replace("\\", "\\\\").replace('"', '\\"')
