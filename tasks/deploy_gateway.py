@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 
-from tasks import docker, stack
+from tasks import docker, stack, verify
 from tasks.settings import Settings
 
 
@@ -21,3 +21,5 @@ def deploy_gateway(settings: Settings) -> None:
     stack.start_database(settings, changes)
     # 5. The proxy, recreated only when its files or image changed.
     stack.start_proxy(settings, changes)
+    # 6. Verify along the request path: proxy, Ollama nodes, upstreams.
+    verify.verify_gateway(settings)
