@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 
-from tasks import docker, stack, verify
+from tasks import docker, migrations, stack, verify
 from tasks.settings import Settings
 
 
@@ -19,7 +19,15 @@ def deploy_gateway(settings: Settings) -> None:
     stack.get_images(settings, changes)
     # 4. Postgres healthy (bundled mode).
     stack.start_database(settings, changes)
-    # 5. The proxy, recreated only when its files or image changed.
+    if settings.has_database:
+        # 5. Migrations with the image's own entry point, before any proxy runs on the schema.
+        migrations.schema_migrated(
+            name="Database schema migrated",
+            project=settings.compose_project,
+            install_dir=settings.install_dir,
+            image=settings.litellm_image,
+        )
+    # 7. The proxy, recreated only when its files or image changed.
     stack.start_proxy(settings, changes)
-    # 6. Verify along the request path: proxy, Ollama nodes, upstreams.
+    # 8. Verify along the request path: proxy, Ollama nodes, upstreams.
     verify.verify_gateway(settings)

@@ -15,7 +15,8 @@ APT_CACHE_SECONDS = 24 * 3600
 
 # Distro packages that give Engine + the Compose v2 plugin (`docker compose`).
 DISTRO_PACKAGES = {
-    "debian": ["docker.io", "docker-compose"],  # Debian 13: docker-compose is Compose v2
+    # Debian 13 splits the CLI out of docker.io (a mere Recommends); docker-compose is Compose v2 there.
+    "debian": ["docker.io", "docker-cli", "docker-compose"],
     "ubuntu": ["docker.io", "docker-compose-v2"],
 }
 DOCKER_REPO_PACKAGES = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-compose-plugin"]
