@@ -282,10 +282,12 @@ def build_all(
     ollama_nodes: list[HostInput],
     secrets_file: Path,
     read_from_hosts: Callable[[list[str]], dict[str, str]],
+    complete: bool = True,
 ) -> dict[str, Settings]:
     """Validate every gateway, then complete the secrets file, then build Settings.
 
     Nothing is written (not even the controller's secrets file) unless every host is valid.
+    complete=False (checks that only read) leaves missing generated secrets missing.
     """
     problems: list[str] = []
     node_urls = ollama_node_urls({n.name: n.data for n in ollama_nodes})
@@ -316,7 +318,7 @@ def build_all(
         raise ConfigError(problems)
 
     wanted = sorted({name for mode in modes for name in needed_secrets(mode)})
-    values = S.complete_secrets(secrets_file, wanted, read_from_hosts)
+    values = S.complete_secrets(secrets_file, wanted, read_from_hosts) if complete else present
     secrets = Secrets(values=dict(values))
     return {
         name: Settings(

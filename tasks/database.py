@@ -1,0 +1,322 @@
+"""The database stage: run psql where the database is, and put the LiteLLM bootstrap in place.
+
+Values reach psql only on its stdin, as `\\set` lines followed by templates/bootstrap.sql, so no
+value is ever part of a command line (visible in `ps` on the host and in pyinfra's -vv output)
+and none is ever spliced into SQL text (psql quotes `:'name'` itself).
+
+The master key itself never enters this module: callers pass its sha256 hash (what LiteLLM
+stores as the token) and its abbreviated display name, neither of which can authenticate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from io import StringIO
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import FactBase, QuoteString, StringCommand, operation
+
+BOOTSTRAP_SQL = Path(__file__).resolve().parent.parent / "templates" / "bootstrap.sql"
+MASTER_KEY_ALIAS = "master-key"
+MODES = ("bundled", "external", "direct")
+# The service name of the bundled Postgres in the compose project, and the file (0600) that holds
+# the project's environment, DATABASE_URL included.
+DB_SERVICE = "db"
+ENV_FILE = ".env"
+# Where the one-shot container of mode "external" sees the project's .env (read-only).
+CONTAINER_ENV_FILE = "/run/litellm-deploy/env"
+# Lines the check query prints; anything else (including no output) means "not in place".
+IN_PLACE = "bootstrap: in place"
+NOT_IN_PLACE = "bootstrap: not in place"
+VARIABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+# --- values -------------------------------------------------------------------------------------
+
+
+def hash_key(key: str) -> str:
+    """What LiteLLM stores as a key's token: sha256 hex of the whole `sk-...` string."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def abbreviate_key(key: str) -> str:
+    """LiteLLM's display name for a key (litellm.proxy.auth.auth_utils.abbreviate_api_key)."""
+    # LiteLLM shows nothing of keys shorter than its MINIMUM_CUSTOM_KEY_LENGTH (16).
+    return "sk-..." if len(key) < 16 else f"sk-...{key[-4:]}"
+
+
+def psql_literal(value: str) -> str:
+    """Quote `value` as one argument of a psql meta-command (`\\set name '...'`).
+
+    Inside single quotes psql reads `''` as `'` and C-like backslash escapes, so `\\` is doubled;
+    a raw newline would end the meta-command, so line breaks are written as escapes.
+    """
+    if "\x00" in value:
+        raise ValueError("a psql variable cannot hold a NUL character")
+    escaped = value.replace("\\", "\\\\").replace("'", "''").replace("\n", "\\n").replace("\r", "\\r")
+    return f"'{escaped}'"
+
+
+def psql_variables(values: dict[str, str]) -> str:
+    """`\\set` lines for psql's stdin; names are checked because they are not quoted."""
+    lines = []
+    for name, value in values.items():
+        if not VARIABLE_NAME.match(name):
+            raise ValueError(f"not a psql variable name: {name!r}")
+        lines.append(f"\\set {name} {psql_literal(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def bootstrap_values(
+    admin_user_id: str, admin_email: str, master_key_hash: str, master_key_name: str
+) -> dict[str, str]:
+    """The variables templates/bootstrap.sql and the check query read, validated once."""
+    if not admin_user_id:
+        raise ValueError("admin_user_id must not be empty")
+    if not SHA256_HEX.match(master_key_hash):
+        raise ValueError("master_key_hash must be a sha256 hex digest (use database.hash_key)")
+    return {
+        "admin_user_id": admin_user_id,
+        "admin_email": admin_email or "",
+        "key_hash": master_key_hash,
+        "key_name": master_key_name,
+        "key_alias": MASTER_KEY_ALIAS,
+    }
+
+
+# pyinfra writes stdin as UTF-8; say so, whatever locale psql runs under on the host or image.
+PRELUDE = "\\encoding UTF8\n"
+
+
+def bootstrap_input(values: dict[str, str]) -> str:
+    """psql's whole stdin for the bootstrap: the variables, then the SQL file."""
+    return PRELUDE + psql_variables(values) + BOOTSTRAP_SQL.read_text(encoding="utf-8")
+
+
+# The wanted state of templates/bootstrap.sql, read back. Missing tables (migrations not applied
+# yet) answer "not in place" instead of failing, so the fact can run before the schema exists.
+CHECK_SQL = f"""\\set ON_ERROR_STOP on
+SELECT to_regclass('"LiteLLM_UserTable"') IS NOT NULL
+   AND to_regclass('"LiteLLM_VerificationToken"') IS NOT NULL AS schema_ready \\gset
+\\if :schema_ready
+SELECT CASE WHEN
+    EXISTS (SELECT 1 FROM "LiteLLM_UserTable"
+             WHERE user_id = :'admin_user_id' AND user_role = 'proxy_admin'
+               AND (:'admin_email' = '' OR user_email = :'admin_email'))
+    AND (SELECT count(*) FROM "LiteLLM_VerificationToken" WHERE key_alias = :'key_alias') = 1
+    AND EXISTS (SELECT 1 FROM "LiteLLM_VerificationToken"
+                 WHERE key_alias = :'key_alias' AND token = :'key_hash'
+                   AND user_id = :'admin_user_id' AND key_name = :'key_name'
+                   AND models = ARRAY['all-proxy-models']::text[]
+                   AND permissions = '{{"allow_all": true}}'::jsonb)
+  THEN '{IN_PLACE}' ELSE '{NOT_IN_PLACE}' END;
+\\else
+SELECT '{NOT_IN_PLACE}';
+\\endif
+"""
+
+
+def check_input(values: dict[str, str]) -> StringIO:
+    """psql's stdin for BootstrapState. A StringIO, not a str: pyinfra prints a fact's arguments
+    at -v, and a StringIO prints as its type, never its content. One per call: it is consumed."""
+    return StringIO(PRELUDE + psql_variables(values) + CHECK_SQL)
+
+
+# --- where psql runs ----------------------------------------------------------------------------
+
+# Mode "external": the one-shot Postgres container gets DATABASE_URL from the project's .env
+# (mounted read-only) and hands it to psql as libpq's PG* variables, because psql takes a URL
+# only as an argument, which would show in `ps`. The .env is Compose's dotenv (double-quoted,
+# backslash, quote and newline escaped, `$` doubled: tasks/filters.dotenv_quote), which
+# `docker run --env-file` would pass on with its quotes. Bash, because the official Postgres
+# images ship it (their entrypoint is a bash script) and its printf decodes %XX. Only libpq
+# parameters that make sense inside the container are taken from the URL's query (sslmode,
+# connect_timeout, application_name, target_session_attrs; Prisma's schema= as search_path).
+EXTERNAL_PSQL = r"""set -eu
+line=$(grep -m1 '^DATABASE_URL=' "$ENV_FILE") || { echo "psql: no DATABASE_URL in the project's .env" >&2; exit 2; }
+value=${line#DATABASE_URL=}
+url=
+case $value in
+  \"*\")
+    value=${value:1:${#value}-2}
+    for ((i = 0; i < ${#value}; i++)); do
+      c=${value:i:1} n=${value:i+1:1}
+      if [[ $c == '\' && ( $n == '\' || $n == '"' ) ]]; then url+=$n; i=$((i + 1))
+      elif [[ $c == '\' && $n == n ]]; then url+=$'\n'; i=$((i + 1))
+      elif [[ $c == '$' && $n == '$' ]]; then url+='$'; i=$((i + 1))
+      else url+=$c; fi
+    done ;;
+  \'*\') url=${value:1:${#value}-2} ;;
+  *) url=$value ;;
+esac
+case $url in
+  postgres://* | postgresql://*) ;;
+  *) echo "psql: DATABASE_URL is not a postgresql:// URL" >&2; exit 2 ;;
+esac
+pct() { local s=${1//\\/\\\\}; printf -v REPLY '%b' "${s//%/\\x}"; }
+rest=${url#*://} query= path= userinfo=
+case $rest in *\?*) query=${rest#*\?} rest=${rest%%\?*} ;; esac
+case $rest in */*) path=${rest#*/} rest=${rest%%/*} ;; esac
+case $rest in *@*) userinfo=${rest%@*} rest=${rest##*@} ;; esac
+unset PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE PGOPTIONS
+if [ -n "$userinfo" ]; then
+  pct "${userinfo%%:*}"; export PGUSER=$REPLY
+  case $userinfo in *:*) pct "${userinfo#*:}"; export PGPASSWORD=$REPLY ;; esac
+fi
+hosts= ports=
+IFS=, read -ra entries <<< "$rest"
+for e in "${entries[@]}"; do
+  case $e in
+    \[*) h=${e%%]*} h=${h#\[} p=${e#*]} p=${p#:} ;;
+    *:*) h=${e%%:*} p=${e#*:} ;;
+    *) h=$e p= ;;
+  esac
+  pct "$h"; hosts+=${hosts:+,}$REPLY; ports+=${ports:+,}${p:-5432}
+done
+if [ -n "$hosts" ]; then export PGHOST=$hosts PGPORT=$ports; fi
+if [ -n "$path" ]; then pct "$path"; export PGDATABASE=$REPLY; fi
+IFS='&' read -ra params <<< "$query"
+for kv in "${params[@]}"; do
+  pct "${kv#*=}"; v=$REPLY
+  case ${kv%%=*} in
+    sslmode) export PGSSLMODE=$v ;;
+    connect_timeout) export PGCONNECT_TIMEOUT=$v ;;
+    application_name) export PGAPPNAME=$v ;;
+    target_session_attrs) export PGTARGETSESSIONATTRS=$v ;;
+    schema) export PGOPTIONS="-c search_path=${v// /\\ }" ;;
+  esac
+done
+unset line value url rest query path userinfo REPLY
+exec psql "$@"
+"""
+
+
+def psql_command(
+    mode: str,
+    install_dir: str,
+    *,
+    postgres_user: str = "litellm",
+    postgres_db: str = "litellm",
+    postgres_image: str = "postgres:16",
+    compose_project: str = "litellm",
+    psql_host: str | None = None,
+    psql_port: int | None = None,
+    psql_args: tuple[str, ...] = (),
+) -> StringCommand:
+    """The psql invocation for `mode`; the SQL and its variables go on its stdin.
+
+    bundled   psql inside the compose project's Postgres service: the official image trusts
+              local socket connections, so no password is involved at all.
+    external  psql in a one-shot container of `postgres_image` on the gateway host, reading
+              DATABASE_URL from the project's .env (see EXTERNAL_PSQL). Like the proxy's
+              container it sits on a bridge network with host.docker.internal mapped, so the
+              URL resolves the way it does for the proxy.
+    direct    psql on the target host itself (`psql_host`/`psql_port`/`postgres_user`/
+              `postgres_db`); the password comes from libpq's own sources in the host's
+              environment (PGPASSFILE, ~/.pgpass). Used by the integration tests.
+    """
+    args = ["-X", "-q", "-v", "ON_ERROR_STOP=1", *psql_args]
+    if mode == "bundled":
+        return StringCommand(
+            "docker", "compose", "--project-name", QuoteString(compose_project),
+            "--project-directory", QuoteString(install_dir),
+            "exec", "-T", DB_SERVICE, "psql", "-U", QuoteString(postgres_user), "-d", QuoteString(postgres_db),
+            *(QuoteString(arg) for arg in args),
+        )
+    if mode == "external":
+        env_file = f"{install_dir.rstrip('/')}/{ENV_FILE}"
+        return StringCommand(
+            "docker", "run", "--rm", "-i", "--add-host", "host.docker.internal:host-gateway",
+            "-v", QuoteString(f"{env_file}:{CONTAINER_ENV_FILE}:ro"), "-e", f"ENV_FILE={CONTAINER_ENV_FILE}",
+            "--entrypoint", "bash", QuoteString(postgres_image), "-c", QuoteString(EXTERNAL_PSQL), "psql",
+            *(QuoteString(arg) for arg in args),
+        )
+    if mode == "direct":
+        target = []
+        if psql_host:
+            target += ["-h", psql_host]
+        if psql_port:
+            target += ["-p", str(psql_port)]
+        target += ["-U", postgres_user, "-d", postgres_db]
+        return StringCommand("psql", *(QuoteString(arg) for arg in [*target, *args]))
+    raise ValueError(f"psql mode must be one of {', '.join(MODES)}, not {mode!r}")
+
+
+# --- fact and operation -------------------------------------------------------------------------
+
+
+class BootstrapState(FactBase[bool]):
+    """True when the admin user (role proxy_admin) exists and exactly one row carries the
+    master-key alias, with the current key's hash, linked to that user.
+
+    The wanted values are not arguments (pyinfra prints those): pass them as
+    `_stdin=check_input(values)`, or use `bootstrap_in_place()`. Whatever goes wrong (no
+    tables yet, database not up, docker missing before the first deploy) reads as "not in
+    place": the bootstrap then runs and fails loudly if the database really is unreachable.
+    """
+
+    @staticmethod
+    def default() -> bool:
+        return False
+
+    def command(
+        self,
+        mode: str,
+        install_dir: str,
+        postgres_user: str = "litellm",
+        postgres_db: str = "litellm",
+        postgres_image: str = "postgres:16",
+        compose_project: str = "litellm",
+        psql_host: str | None = None,
+        psql_port: int | None = None,
+    ) -> StringCommand:
+        psql = psql_command(
+            mode, install_dir, postgres_user=postgres_user, postgres_db=postgres_db,
+            postgres_image=postgres_image, compose_project=compose_project,
+            psql_host=psql_host, psql_port=psql_port, psql_args=("-A", "-t"),
+        )
+        return StringCommand(psql, "||", "true")
+
+    def process(self, output: list[str]) -> bool:
+        return any(line.strip() == IN_PLACE for line in output)
+
+
+def bootstrap_in_place(values: dict[str, str], mode: str, install_dir: str, **target) -> bool:
+    """BootstrapState on the current host, its wanted values on stdin (see the fact)."""
+    return host.get_fact(BootstrapState, mode=mode, install_dir=install_dir, _stdin=check_input(values), **target)
+
+
+@operation()
+def bootstrap(
+    mode: str,
+    install_dir: str,
+    admin_user_id: str,
+    admin_email: str,
+    master_key_hash: str,
+    master_key_name: str,
+    postgres_user: str = "litellm",
+    postgres_db: str = "litellm",
+    postgres_image: str = "postgres:16",
+    compose_project: str = "litellm",
+    psql_host: str | None = None,
+    psql_port: int | None = None,
+):
+    """Admin user + master-key link in LiteLLM's tables (templates/bootstrap.sql), only when the
+    fact says they are not in place, so an unchanged deploy reports no change.
+
+    No argument is a secret (the key arrives as its hash); give the operation a `name=` anyway,
+    as every operation in this package, so its arguments stay out of the logs.
+    """
+    values = bootstrap_values(admin_user_id, admin_email, master_key_hash, master_key_name)
+    target = dict(
+        postgres_user=postgres_user, postgres_db=postgres_db, postgres_image=postgres_image,
+        compose_project=compose_project, psql_host=psql_host, psql_port=psql_port,
+    )
+    if bootstrap_in_place(values, mode, install_dir, **target):
+        host.noop("LiteLLM admin user and master key link are in place")
+        return
+    # The values ride on this command's stdin; pyinfra never prints a command's stdin.
+    yield StringCommand(psql_command(mode, install_dir, **target), _stdin=bootstrap_input(values))

@@ -1,0 +1,616 @@
+"""The test bed: fresh Debian 13 hosts (systemd + sshd) on a private Docker network, for real deploys.
+
+Python API (used by pytest and by ``python -m tests.testbed``):
+
+    from tests.testbed import Testbed
+    bed = Testbed()
+    bed.up(["gw1", "ollama1:ollama", "up1:upstream"], ollama_models=["m1"])
+    bed.hosts()                       # [{"name", "role", "address", "ssh_*", "api_base", ...}]
+    bed.write_inventory(path, extra_data={"gw1": {...}, "*": {...}})
+    bed.exec("gw1", "systemctl is-system-running")   # -> ExecResult(rc, output)
+    bed.ssh("gw1", "docker ps")                       # the same over real SSH with the bed's key
+    bed.restart("gw1")                # a reboot: back when systemd and sshd are up again
+    bed.down()                        # everything (or bed.down(["gw1"]))
+
+Roles:
+    host      Debian 13, systemd as PID 1, sshd (root with the bed's key), python3, sudo; its own
+              /var/lib/docker volume so a Docker engine installed by the deploy really runs.
+    ollama    a host that also runs the Ollama API stand-in (ollama.service, port 11434).
+    upstream  the real LiteLLM proxy (local image from PyPI) whose models answer with LiteLLM's own
+              `mock_response`; master key generated per `up`, kept in the state dir (0600). No SSH.
+
+Every Docker resource carries the label ``litellm-deploy.testbed=1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+import secrets
+import socket
+import subprocess
+import tarfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from .images import LABEL, Images, Timer, log
+
+ROLES = ("host", "ollama", "upstream")
+NETWORK = "litellm-deploy-testbed"
+NAME_LABEL = "litellm-deploy.testbed.name"
+ROLE_LABEL = "litellm-deploy.testbed.role"
+CONTAINER_PREFIX = "litellm-deploy-testbed-"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_STATE_DIR = REPO_ROOT / ".testbed"
+
+DEFAULT_OLLAMA_MODELS = ["llama3.2:1b", "qwen2.5:0.5b"]
+DEFAULT_UPSTREAM_MODELS = ["upstream-mock"]
+OLLAMA_PORT = 11434
+UPSTREAM_PORT = 4000
+
+# Host containers: systemd as PID 1 with its own dockerd inside (see FIELD-NOTES.md; --privileged
+# fails on these machines, and without systempaths=unconfined the inner dockerd cannot start containers).
+HOST_CAPS = ["SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE", "MKNOD"]
+HOST_SECURITY = ["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"]
+HOST_SECURITY_SDK = [o for o in HOST_SECURITY if not o.startswith("systempaths")]  # see _create_host
+
+
+class TestbedError(RuntimeError):
+    __test__ = False  # not a pytest test class
+
+
+@dataclass
+class ExecResult:
+    rc: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    def __str__(self) -> str:
+        return self.output
+
+
+def _env_list(name: str) -> list[str] | None:
+    v = os.environ.get(name, "").strip()
+    return [x.strip() for x in v.split(",") if x.strip()] or None
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    name, _, role = spec.partition(":")
+    role = role or "host"
+    if role not in ROLES:
+        raise TestbedError(f"unknown role {role!r} in {spec!r} (roles: {', '.join(ROLES)})")
+    if not name or not all(c.isalnum() or c in "-." for c in name) or not name[0].isalnum():
+        raise TestbedError(f"bad host name {name!r}: letters, digits, '-' and '.' only")
+    return name, role
+
+
+def wait_until(what: str, check, timeout: float, interval: float = 0.5):
+    """Poll check() until it returns a truthy value; raise TestbedError at the deadline."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as e:  # noqa: BLE001 - the last failure is reported at the deadline
+            last = e
+        if time.monotonic() > deadline:
+            raise TestbedError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+        time.sleep(interval)
+
+
+def _tar(files: dict[str, tuple[bytes | None, int]]) -> bytes:
+    """A tar of {path: (content or None for a directory, mode)}, owned by root."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, (data, mode) in files.items():
+            info = tarfile.TarInfo(path)
+            info.mode = mode
+            info.uid = info.gid = 0
+            info.mtime = int(time.time())
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _port_open(ip: str, port: int) -> bool:
+    with socket.create_connection((ip, port), timeout=2):
+        return True
+
+
+def _http_get(url: str, timeout: float = 5) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode()
+
+
+class Testbed:
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, state_dir: str | os.PathLike | None = None, images: str = "local",
+                 client: docker.DockerClient | None = None, verbose: bool = False):
+        self.state_dir = Path(state_dir or os.environ.get("TESTBED_STATE_DIR") or DEFAULT_STATE_DIR).resolve()
+        if images not in ("local", "official"):
+            raise TestbedError("images must be 'local' or 'official'")
+        self.images_mode = images
+        self.client = client or docker.from_env(timeout=600)
+        self.images = Images(self.client, verbose=verbose)
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def key_path(self) -> Path:
+        return self.state_dir / "id_ed25519"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def archives_dir(self) -> Path:
+        return self.state_dir / "archives"
+
+    @contextlib.contextmanager
+    def _lock(self, what: str):
+        """An exclusive lock across processes sharing this state dir (several test runs, a user by hand)."""
+        self._ensure_state_dir()
+        with open(self.state_dir / f"{what}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _ensure_state_dir(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+
+    def ensure_key(self) -> Path:
+        """The bed's SSH keypair (ed25519, 0600), made once with ssh-keygen."""
+        self._ensure_state_dir()
+        if not self.key_path.is_file() or not self.key_path.with_suffix(".pub").is_file():
+            for p in (self.key_path, self.key_path.with_suffix(".pub")):
+                p.unlink(missing_ok=True)
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "litellm-deploy-testbed",
+                            "-f", str(self.key_path)], check=True)
+        os.chmod(self.key_path, 0o600)
+        return self.key_path
+
+    def _load_state(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return {"hosts": {}}
+
+    def _save_state(self, state: dict) -> None:
+        self._ensure_state_dir()
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.state_file)
+
+    def _key_file(self, name: str) -> Path:
+        return self.state_dir / f"upstream-{name}.key"
+
+    # -- docker helpers ------------------------------------------------------------------------
+    def _labels(self, name: str | None = None, role: str | None = None) -> dict[str, str]:
+        labels = {LABEL: "1"}
+        if name:
+            labels[NAME_LABEL] = name
+        if role:
+            labels[ROLE_LABEL] = role
+        return labels
+
+    def _containers(self, names: list[str] | None = None):
+        found = self.client.containers.list(all=True, filters={"label": f"{LABEL}=1"})
+        found = [c for c in found if NAME_LABEL in c.labels]
+        if names is not None:
+            found = [c for c in found if c.labels[NAME_LABEL] in names]
+        return sorted(found, key=lambda c: c.labels[NAME_LABEL])
+
+    def _container(self, name: str):
+        found = self._containers([name])
+        if not found:
+            raise TestbedError(f"no test bed host named {name!r} (see `python -m tests.testbed ls`)")
+        return found[0]
+
+    def _network(self):
+        nets = self.client.networks.list(names=[NETWORK])
+        nets = [n for n in nets if n.name == NETWORK]
+        if nets:
+            return nets[0]
+        return self.client.networks.create(NETWORK, driver="bridge", labels={LABEL: "1"}, check_duplicate=True)
+
+    def _volume_name(self, name: str) -> str:
+        return f"{CONTAINER_PREFIX}{name}-docker"
+
+    def _remove(self, name: str) -> None:
+        for c in self._containers([name]):
+            c.remove(force=True, v=True)
+        try:
+            other = self.client.containers.get(CONTAINER_PREFIX + name)
+        except docker.errors.NotFound:
+            other = None
+        if other is not None:
+            if (other.labels or {}).get(LABEL) != "1":
+                raise TestbedError(f"container {other.name} exists and is not the test bed's: remove it by hand")
+            other.remove(force=True, v=True)
+        for v in self.client.volumes.list(filters={"label": [f"{LABEL}=1", f"{NAME_LABEL}={name}"]}):
+            try:
+                v.remove(force=True)
+            except docker.errors.APIError as e:
+                raise TestbedError(f"cannot remove volume {v.name}: {e}") from e
+        self._key_file(name).unlink(missing_ok=True)
+
+    @staticmethod
+    def _address(container) -> str:
+        container.reload()
+        net = container.attrs["NetworkSettings"]["Networks"].get(NETWORK) or {}
+        return net.get("IPAddress") or ""
+
+    # -- images --------------------------------------------------------------------------------
+    def _image(self, which: str) -> str:
+        with self._lock("images"):
+            if self.images_mode == "official" and which in ("litellm", "postgres"):
+                return self.images.official()[which]
+            return getattr(self.images, which)()
+
+    def litellm_image(self) -> str:
+        """The LiteLLM image reference the deploy should use (built or pulled on first use)."""
+        return self._image("litellm")
+
+    def postgres_image(self) -> str:
+        """The Postgres image reference the deploy should use (built or pulled on first use)."""
+        return self._image("postgres")
+
+    def build_images(self) -> dict[str, str]:
+        """All images: the hosts' (always local) and the deploy's (local, or pulled when official)."""
+        with self._lock("images"):
+            refs = {"host": self.images.host(), "ollama": self.images.ollama()}
+            if self.images_mode == "official":
+                refs.update(self.images.official())
+            else:
+                refs.update(postgres=self.images.postgres(), litellm=self.images.litellm())
+            self.images.prune()
+        return refs
+
+    def archives(self) -> dict[str, Path]:
+        """`docker save | gzip -1` of the LiteLLM and Postgres images, cached by image id.
+
+        Returns {"litellm": path, "postgres": path}: files named after the image id (a rebuilt image
+        gets a new file); `.testbed/archives/<litellm|postgres>.tar.gz` always points at the current one.
+        Each archive restores its image reference on `docker load` (see litellm_image()/postgres_image()).
+        """
+        refs = {"litellm": self.litellm_image(), "postgres": self.postgres_image()}
+        out = {}
+        for k, ref in refs.items():
+            with self._lock("images"):
+                path = self.images.archive(ref, self.archives_dir)
+            link = self.archives_dir / f"{k}.tar.gz"
+            tmp = link.with_name(f".{k}.tar.gz.{os.getpid()}.tmp")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(path.name)
+            os.replace(tmp, link)
+            out[k] = path
+        return out
+
+    # -- up ------------------------------------------------------------------------------------
+    def up(self, specs: list[str], ollama_models: list[str] | None = None,
+           upstream_models: list[str] | None = None, timeout: float = 180) -> list[dict]:
+        """Create fresh hosts ("NAME" or "NAME:ROLE"), replacing any of the same name. Returns hosts()."""
+        parsed = [parse_spec(s) for s in specs]
+        if len({n for n, _ in parsed}) != len(parsed):
+            raise TestbedError("a host name is given twice")
+        ollama_models = ollama_models or _env_list("TESTBED_OLLAMA_MODELS") or DEFAULT_OLLAMA_MODELS
+        upstream_models = upstream_models or _env_list("TESTBED_UPSTREAM_MODELS") or DEFAULT_UPSTREAM_MODELS
+        roles = {r for _, r in parsed}
+        t0 = time.monotonic()
+        refs = {}
+        if roles & {"host", "ollama"}:
+            refs["host"] = self._image("host")
+        if "ollama" in roles:
+            refs["ollama"] = self._image("ollama")
+        if "upstream" in roles:
+            refs["upstream"] = self.litellm_image()
+        with self._lock("images"):
+            self.images.prune()
+        started = []
+        with Timer(f"up {' '.join(specs)}"):
+            with self._lock("hosts"):
+                pub = self.ensure_key().with_suffix(".pub").read_bytes()
+                self._network()
+                state = self._load_state()
+                for name, role in parsed:
+                    self._remove(name)
+                    state["hosts"].pop(name, None)
+                    if role == "upstream":
+                        c, info = self._create_upstream(name, refs["upstream"], upstream_models)
+                    else:
+                        c, info = self._create_host(name, role, refs[role], pub, ollama_models)
+                    c.start()
+                    started.append((name, role, c))
+                    state["hosts"][name] = {"role": role, "container": c.name, **info}
+                self._save_state(state)
+            errors: list[str] = []
+
+            def ready(name, role, c):
+                try:
+                    with Timer(f"host {name} ({role}) ready"):
+                        self._wait_ready(name, role, c, timeout)
+                except Exception as e:  # noqa: BLE001 - collected and raised together
+                    errors.append(f"{name}: {e}")
+
+            threads = [threading.Thread(target=ready, args=s) for s in started]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors:
+                raise TestbedError("hosts not ready:\n  " + "\n  ".join(errors))
+        log(f"up total (images + hosts): {time.monotonic() - t0:.1f}s")
+        return self.hosts()
+
+    def _create_host(self, name: str, role: str, image: str, pub: bytes, ollama_models: list[str]):
+        vol = self.client.volumes.create(self._volume_name(name), labels=self._labels(name, role))
+        # The SDK has no `systempaths=unconfined`: like the docker CLI, send empty MaskedPaths and
+        # ReadonlyPaths (an empty list overrides the engine's default set; absent keeps it).
+        hc = self.client.api.create_host_config(
+            cap_add=HOST_CAPS,
+            security_opt=HOST_SECURITY_SDK,
+            binds={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+                   vol.name: {"bind": "/var/lib/docker", "mode": "rw"}},
+            tmpfs={"/run": "", "/run/lock": ""},
+            network_mode=NETWORK,
+        )
+        hc["MaskedPaths"] = []
+        hc["ReadonlyPaths"] = []
+        resp = self.client.api.create_container(
+            image,
+            name=CONTAINER_PREFIX + name,
+            hostname=name,
+            labels=self._labels(name, role),
+            host_config=hc,
+            networking_config=self.client.api.create_networking_config(
+                {NETWORK: self.client.api.create_endpoint_config(aliases=[name])}),
+            stop_signal="SIGRTMIN+3",
+            detach=True,
+        )
+        c = self.client.containers.get(resp["Id"])
+        files = {
+            "root/.ssh": (None, 0o700),
+            "root/.ssh/authorized_keys": (pub, 0o600),
+        }
+        info: dict = {}
+        if role == "ollama":
+            files["etc/ollama-standin"] = (None, 0o755)
+            files["etc/ollama-standin/models.json"] = (json.dumps(ollama_models).encode() + b"\n", 0o644)
+            info["models"] = ollama_models
+        c.put_archive("/", _tar(files))
+        return c, info
+
+    def _create_upstream(self, name: str, image: str, models: list[str]):
+        self._ensure_state_dir()
+        key = "sk-" + secrets.token_urlsafe(32)
+        key_file = self._key_file(name)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        os.chmod(key_file, 0o600)
+        lines = ["# Upstream LiteLLM of the test bed: every model answers with LiteLLM's own mock_response.",
+                 "model_list:"]
+        for m in models:
+            lines += [f"  - model_name: {json.dumps(m)}",
+                      "    litellm_params:",
+                      f"      model: {json.dumps('openai/' + m)}",
+                      f"      mock_response: {json.dumps(f'Hello from {m} (LiteLLM mock_response on upstream {name})')}"]
+        lines += ["general_settings:", "  master_key: os.environ/LITELLM_MASTER_KEY", ""]
+        config = "\n".join(lines).encode()
+        c = self.client.containers.create(
+            image,
+            command=["--config", "/app/upstream-config.yaml", "--port", str(UPSTREAM_PORT)],
+            name=CONTAINER_PREFIX + name,
+            hostname=name,
+            labels=self._labels(name, "upstream"),
+            environment={"LITELLM_MASTER_KEY": key, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+            network=NETWORK,
+            networking_config={NETWORK: self.client.api.create_endpoint_config(aliases=[name])},
+            detach=True,
+        )
+        c.put_archive("/app", _tar({"upstream-config.yaml": (config, 0o644)}))
+        return c, {"models": models, "api_key_file": str(key_file)}
+
+    def _wait_ready(self, name: str, role: str, c, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(1.0, deadline - time.monotonic())
+
+        def running():
+            c.reload()
+            if c.status in ("exited", "dead"):
+                logs = c.logs(tail=40).decode(errors="replace")
+                raise TestbedError(f"container exited:\n{logs}")
+            return c.status == "running"
+
+        wait_until(f"{name} running", running, left())
+        ip = self._address(c)
+        if role == "upstream":
+            wait_until(f"{name} LiteLLM /health/liveliness", lambda: running() and
+                       "alive" in _http_get(f"http://{ip}:{UPSTREAM_PORT}/health/liveliness"), left(), 1.0)
+            return
+        state_box = {}
+
+        def booted():
+            r = c.exec_run(["systemctl", "is-system-running"])
+            state_box["state"] = r.output.decode().strip()
+            return state_box["state"] in ("running", "degraded")
+
+        wait_until(f"{name} systemd boot", booted, left())
+        if state_box["state"] == "degraded":
+            failed = c.exec_run(["systemctl", "--failed", "--no-legend", "--plain"]).output.decode().strip()
+            log(f"warning: {name} booted degraded; failed units:\n{failed}")
+        wait_until(f"{name} sshd on {ip}:22", lambda: _port_open(ip, 22), left())
+        wait_until(f"{name} SSH login as root", lambda: self.ssh(name, "true", timeout=10).ok, left(), 1.0)
+        if role == "ollama":
+            wait_until(f"{name} Ollama stand-in", lambda: "Ollama is running" in _http_get(f"http://{ip}:{OLLAMA_PORT}/"),
+                       left())
+
+    # -- queries -------------------------------------------------------------------------------
+    def hosts(self) -> list[dict]:
+        """One dict per host: name, role, address, ssh_*, and api_base/api_key_file where they apply."""
+        out = []
+        state = self._load_state()["hosts"]
+        key = str(self.key_path)
+        for c in self._containers():
+            name, role = c.labels[NAME_LABEL], c.labels.get(ROLE_LABEL, "host")
+            ip = self._address(c) if c.status == "running" else ""
+            h = {"name": name, "role": role, "address": ip, "status": c.status, "container": c.name}
+            if role == "upstream":
+                h.update(ssh_port=None, ssh_user=None, ssh_key=None,
+                         api_base=f"http://{ip}:{UPSTREAM_PORT}" if ip else None,
+                         api_key_file=str(self._key_file(name)),
+                         models=state.get(name, {}).get("models", []))
+            else:
+                h.update(ssh_port=22, ssh_user="root", ssh_key=key)
+                if role == "ollama":
+                    h.update(api_base=f"http://{ip}:{OLLAMA_PORT}" if ip else None,
+                             models=state.get(name, {}).get("models", []))
+            out.append(h)
+        return out
+
+    def host(self, name: str) -> dict:
+        for h in self.hosts():
+            if h["name"] == name:
+                return h
+        raise TestbedError(f"no test bed host named {name!r}")
+
+    def upstream_key_file(self, name: str) -> Path:
+        """Where an upstream's master key is kept (0600)."""
+        return self._key_file(name)
+
+    def upstream_key(self, name: str) -> str:
+        return self._key_file(name).read_text().strip()
+
+    # -- actions -------------------------------------------------------------------------------
+    def exec(self, name: str, cmd: str | list[str], user: str = "root") -> ExecResult:
+        """Run a command inside the host's container (docker exec); a string goes through `sh -c`."""
+        argv = ["sh", "-c", cmd] if isinstance(cmd, str) else cmd
+        r = self._container(name).exec_run(argv, user=user)
+        return ExecResult(r.exit_code, r.output.decode(errors="replace"))
+
+    def ssh_command(self, name: str) -> list[str]:
+        h = self.host(name)
+        if not h.get("ssh_user"):
+            raise TestbedError(f"{name} ({h['role']}) has no SSH")
+        return ["ssh", "-i", h["ssh_key"], "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5",
+                f"{h['ssh_user']}@{h['address']}"]
+
+    def ssh(self, name: str, cmd: str, timeout: float = 600, input: bytes | None = None) -> ExecResult:
+        """Run a command on the host over real SSH with the bed's key."""
+        r = subprocess.run(self.ssh_command(name) + [cmd], capture_output=True, timeout=timeout, input=input)
+        return ExecResult(r.returncode, (r.stdout + r.stderr).decode(errors="replace"))
+
+    def restart(self, name: str, timeout: float = 180) -> dict:
+        """Reboot a host (docker restart: systemd shuts down on SIGRTMIN+3, boots again)."""
+        c = self._container(name)
+        role = c.labels.get(ROLE_LABEL, "host")
+        before = self._address(c)
+        with Timer(f"restart {name}"):
+            c.restart(timeout=60)
+            self._wait_ready(name, role, c, timeout)
+        after = self._address(c)
+        if after != before:
+            log(f"warning: {name} came back with address {after} (was {before}): write the inventory again")
+        return self.host(name)
+
+    def down(self, names: list[str] | None = None) -> list[str]:
+        """Remove hosts (all when names is None), their volumes, and the network when it is empty."""
+        gone = []
+        with Timer("down"), self._lock("hosts"):
+            state = self._load_state()
+            targets = [c.labels[NAME_LABEL] for c in self._containers(names)] if names is None else list(names)
+            for name in targets:
+                self._remove(name)
+                state["hosts"].pop(name, None)
+                gone.append(name)
+            if names is None:  # also anything else carrying the label (e.g. a test's own containers)
+                for c in self.client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
+                    c.remove(force=True, v=True)
+                for v in self.client.volumes.list(filters={"label": f"{LABEL}=1"}):
+                    v.remove(force=True)
+            self._save_state(state)
+            for net in self.client.networks.list(names=[NETWORK]):
+                if net.name != NETWORK:
+                    continue
+                net.reload()
+                if not net.attrs.get("Containers"):
+                    net.remove()
+        return gone
+
+    # -- inventory -----------------------------------------------------------------------------
+    def inventory_text(self, extra_data: dict[str, dict] | None = None) -> str:
+        """A pyinfra inventory (Python) for the current hosts.
+
+        extra_data: {"host name": {...}, "*": {...}} merged into each host's data ("*" = every host).
+        Only the two group lists are module-level lists (pyinfra turns every list into a group).
+        """
+        extra_data = extra_data or {}
+        groups = {"litellm_hosts": [], "ollama_nodes": []}
+        upstreams = []
+        for h in self.hosts():
+            if h["role"] == "upstream":
+                upstreams.append(h)
+                continue
+            if not h["address"]:
+                raise TestbedError(f"{h['name']} is not running; `up` it again")
+            data = {
+                "ssh_hostname": h["address"],
+                "ssh_user": h["ssh_user"],
+                "ssh_key": h["ssh_key"],
+                "ssh_known_hosts_file": "/dev/null",
+                "ssh_strict_host_key_checking": "off",
+            }
+            if h["role"] == "ollama":
+                data["ollama_url"] = h["api_base"]
+            data.update(extra_data.get("*", {}))
+            data.update(extra_data.get(h["name"], {}))
+            groups["litellm_hosts" if h["role"] == "host" else "ollama_nodes"].append((h["name"], data))
+        lines = [
+            "# pyinfra inventory written by `python -m tests.testbed inventory` for the test bed's hosts.",
+            "# Regenerate it after every `up` (addresses change). Run: pyinfra THIS_FILE deploy.py",
+        ]
+        for u in upstreams:
+            lines.append(f"# upstream LiteLLM {u['name']}: api_base {u['api_base']}, key in {u['api_key_file']}")
+        lines.append("")
+        for group, entries in groups.items():
+            lines.append(f"{group} = [")
+            for name, data in entries:
+                lines.append(f"    ({name!r}, {{")
+                for k, v in data.items():
+                    lines.append(f"        {k!r}: {v!r},")
+                lines.append("    }),")
+            lines.append("]")
+            lines.append("")
+        return "\n".join(lines)
+
+    def write_inventory(self, path: str | os.PathLike | None = None, extra_data: dict[str, dict] | None = None) -> Path:
+        path = Path(path) if path else self.state_dir / "inventory.py"
+        text = self.inventory_text(extra_data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path.resolve()

@@ -1,0 +1,319 @@
+"""Images of the test bed: built here from Debian packages and PyPI, cached, rebuilt when a recipe changes.
+
+Every image carries the label ``litellm-deploy.testbed=1`` and ``litellm-deploy.testbed.recipe=<hash>``,
+the hash of its recipe files (and of the image it is built from). An image whose label matches is
+reused; otherwise it is built again. Recipes live in ``tests/testbed/images/<name>/``.
+
+    base      debootstrap --variant=minbase trixie, imported with `docker import`
+    host      base + systemd (PID 1) + sshd + python3 + sudo        (test bed hosts)
+    ollama    host + the Ollama API stand-in as ollama.service      (test bed Ollama nodes)
+    postgres  PostgreSQL 17 from trixie, official image's contract  (for the deploy)
+    litellm   litellm[proxy]==1.108.7 from PyPI, official contract  (for the deploy and upstreams)
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+
+LABEL = "litellm-deploy.testbed"
+RECIPE_LABEL = "litellm-deploy.testbed.recipe"
+REPO = "litellm-deploy-testbed"
+
+HERE = Path(__file__).resolve().parent
+RECIPES = HERE / "images"
+CONTROLLER_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+
+LITELLM_VERSION = "1.108.7"
+PROXY_EXTRAS_VERSION = "0.4.110"
+POSTGRES_MAJOR = "17"
+
+# What the deploy should use (group_data: litellm_image / postgres_image).
+LOCAL_LITELLM_IMAGE = f"{REPO}/litellm:{LITELLM_VERSION}"
+LOCAL_POSTGRES_IMAGE = f"{REPO}/postgres:{POSTGRES_MAJOR}"
+# The official images, when a registry is reachable (`--images official`).
+OFFICIAL_LITELLM_IMAGE = f"ghcr.io/berriai/litellm-database:main-v{LITELLM_VERSION}"
+OFFICIAL_POSTGRES_IMAGE = "postgres:16"
+
+
+class ImageError(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[testbed] {msg}", file=sys.stderr, flush=True)
+
+
+class Timer:
+    """`with Timer("what"):` prints how long a stage took (to stderr)."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.seconds = 0.0
+
+    def __enter__(self):
+        self.start = time.monotonic()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.monotonic() - self.start
+        log(f"{self.what}: {self.seconds:.1f}s{' (failed)' if exc[0] else ''}")
+        return False
+
+
+def _files_of(name: str) -> dict[str, bytes]:
+    """The recipe directory's files, as build-context entries."""
+    d = RECIPES / name
+    out = {}
+    for p in sorted(d.rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts:
+            out[str(p.relative_to(d))] = p.read_bytes()
+    return out
+
+
+def _digest(parts: dict[str, bytes], extra: str = "") -> str:
+    h = hashlib.sha256(extra.encode())
+    for k in sorted(parts):
+        h.update(k.encode() + b"\0" + hashlib.sha256(parts[k]).digest())
+    return h.hexdigest()[:12]
+
+
+def _context_tar(files: dict[str, bytes]) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o755 if name.endswith(".sh") else 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+class Images:
+    """Builds (or reuses) the test bed's images on the local engine."""
+
+    def __init__(self, client: docker.DockerClient | None = None, verbose: bool = False):
+        self.client = client or docker.from_env(timeout=600)
+        self.verbose = verbose
+        self._refs: dict[str, str] = {}
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _get(self, ref: str):
+        try:
+            return self.client.images.get(ref)
+        except docker.errors.ImageNotFound:
+            return None
+
+    def _current(self, ref: str, recipe: str) -> bool:
+        img = self._get(ref)
+        return img is not None and (img.labels or {}).get(RECIPE_LABEL) == recipe
+
+    def prune(self) -> list[str]:
+        """Remove the test bed's superseded images: untagged ones, and older tags of an image this
+        object resolved (e.g. host:trixie-<old hash>). Images still used by a container stay (best effort)."""
+        current = set(self._refs.values())
+        repos = {ref.rsplit(":", 1)[0] for ref in current}
+        removed = []
+        for img in self.client.images.list(filters={"label": f"{LABEL}=1"}):
+            if not img.tags:
+                targets = [img.id]
+            else:
+                targets = [t for t in img.tags if t.rsplit(":", 1)[0] in repos and t not in current]
+                if len(targets) != len(img.tags):
+                    continue  # still tagged with something current, or not one of ours to judge
+            for t in targets:
+                try:
+                    self.client.images.remove(t, noprune=False)
+                    removed.append(t)
+                except docker.errors.APIError:
+                    pass  # in use by a container, or a parent of another image
+        for r in removed:
+            log(f"removed superseded image {r}")
+        return removed
+
+    def _build(self, ref: str, files: dict[str, bytes], recipe: str, buildargs: dict[str, str]) -> str:
+        ctx = _context_tar(files)
+        lines: list[str] = []
+        image_id = None
+        stream = self.client.api.build(
+            fileobj=ctx,
+            custom_context=True,
+            tag=ref,
+            buildargs=buildargs,
+            labels={LABEL: "1", RECIPE_LABEL: recipe},
+            rm=True,
+            forcerm=True,
+            decode=True,
+        )
+        for chunk in stream:
+            if "stream" in chunk:
+                text = chunk["stream"]
+                lines.append(text)
+                if self.verbose:
+                    sys.stderr.write(text)
+            if "aux" in chunk and "ID" in chunk["aux"]:
+                image_id = chunk["aux"]["ID"]
+            if "error" in chunk:
+                tail = "".join(lines[-40:])
+                raise ImageError(f"building {ref} failed: {chunk['error'].strip()}\n--- last output ---\n{tail}")
+        if image_id is None and self._get(ref) is None:
+            raise ImageError(f"building {ref} produced no image\n{''.join(lines[-40:])}")
+        return ref
+
+    # -- images --------------------------------------------------------------------------------
+    def base(self) -> str:
+        if "base" in self._refs:
+            return self._refs["base"]
+        files = _files_of("base")
+        cfg = {}
+        for line in files["recipe.env"].decode().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                k, _, v = line.partition("=")
+                cfg[k.strip()] = v.strip()
+        recipe = _digest(files)
+        ref = f"{REPO}/base:{cfg['SUITE']}-{recipe}"
+        if not self._current(ref, recipe):
+            if not shutil.which("debootstrap"):
+                raise ImageError("debootstrap is not installed (apt-get install -y debootstrap)")
+            with Timer(f"image {ref}: debootstrap + import"):
+                tmp = Path(tempfile.mkdtemp(prefix="testbed-rootfs-", dir="/var/tmp"))
+                try:
+                    cmd = ["debootstrap", f"--variant={cfg.get('VARIANT', 'minbase')}"]
+                    if cfg.get("INCLUDE"):
+                        cmd.append(f"--include={cfg['INCLUDE']}")
+                    cmd += [cfg["SUITE"], str(tmp / "root"), cfg["MIRROR"]]
+                    r = subprocess.run(cmd, capture_output=True, text=True)
+                    if r.returncode != 0:
+                        raise ImageError(f"debootstrap failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+                    root = tmp / "root"
+                    # Image hygiene: no downloaded .debs, no apt lists, no host resolv.conf.
+                    for p in (root / "var/cache/apt/archives").glob("*.deb"):
+                        p.unlink()
+                    shutil.rmtree(root / "var/lib/apt/lists", ignore_errors=True)
+                    (root / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
+                    tar = subprocess.Popen(["tar", "-C", str(root), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
+                    imp = subprocess.run(
+                        [
+                            "docker", "import",
+                            "--change", f"LABEL {LABEL}=1",
+                            "--change", f"LABEL {RECIPE_LABEL}={recipe}",
+                            "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                            "--change", 'CMD ["/bin/bash"]',
+                            "-", ref,
+                        ],
+                        stdin=tar.stdout, capture_output=True, text=True,
+                    )
+                    tar.stdout.close()
+                    if tar.wait() != 0 or imp.returncode != 0:
+                        raise ImageError(f"docker import failed: {imp.stderr}")
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+        self._refs["base"] = ref
+        return ref
+
+    def _derived(self, name: str, parent: str, ref_for, extra_files: dict[str, bytes] | None = None,
+                 buildargs: dict[str, str] | None = None) -> str:
+        if name in self._refs:
+            return self._refs[name]
+        files = _files_of(name)
+        files.update(extra_files or {})
+        args = {"BASE": parent, **(buildargs or {})}
+        # The controller's CA bundle is a machine detail, not part of the recipe.
+        recipe = _digest({k: v for k, v in files.items() if k != "controller-ca.crt"}, json.dumps(args, sort_keys=True))
+        ref = ref_for(recipe)
+        if not self._current(ref, recipe):
+            with Timer(f"image {ref}: build"):
+                self._build(ref, files, recipe, args)
+        self._refs[name] = ref
+        return ref
+
+    def host(self) -> str:
+        return self._derived("host", self.base(), lambda h: f"{REPO}/host:trixie-{h}")
+
+    def ollama(self) -> str:
+        standin = (HERE / "ollama_standin.py").read_bytes()
+        return self._derived("ollama", self.host(), lambda h: f"{REPO}/ollama:trixie-{h}",
+                             extra_files={"ollama_standin.py": standin})
+
+    def postgres(self) -> str:
+        return self._derived("postgres", self.base(), lambda h: LOCAL_POSTGRES_IMAGE)
+
+    def litellm(self) -> str:
+        script = RECIPES / "litellm" / "psql_migrate.py"
+        if not script.is_file():
+            raise ImageError(
+                f"{script} is missing: the LiteLLM image copies it to /app/litellm/proxy/prisma_migration.py "
+                "(the psql-based migration job). Add it, then build again."
+            )
+        if not CONTROLLER_CA.is_file():
+            raise ImageError(f"{CONTROLLER_CA} is missing (pip inside the image needs the controller's CA bundle)")
+        return self._derived(
+            "litellm", self.base(), lambda h: LOCAL_LITELLM_IMAGE,
+            extra_files={"controller-ca.crt": CONTROLLER_CA.read_bytes()},
+            buildargs={"LITELLM_VERSION": LITELLM_VERSION, "PROXY_EXTRAS_VERSION": PROXY_EXTRAS_VERSION},
+        )
+
+    def all(self) -> dict[str, str]:
+        return {"host": self.host(), "ollama": self.ollama(), "postgres": self.postgres(), "litellm": self.litellm()}
+
+    # -- official images -----------------------------------------------------------------------
+    def official(self, litellm_ref: str | None = None, postgres_ref: str | None = None) -> dict[str, str]:
+        """The official images ($TESTBED_OFFICIAL_LITELLM_IMAGE / $TESTBED_OFFICIAL_POSTGRES_IMAGE override
+        the references), pulled; one that cannot be pulled but is already present (e.g. `docker load`ed)
+        is used as it is. Raises ImageError when neither (as on a machine without a registry)."""
+        refs = {
+            "litellm": litellm_ref or os.environ.get("TESTBED_OFFICIAL_LITELLM_IMAGE") or OFFICIAL_LITELLM_IMAGE,
+            "postgres": postgres_ref or os.environ.get("TESTBED_OFFICIAL_POSTGRES_IMAGE") or OFFICIAL_POSTGRES_IMAGE,
+        }
+        for key, ref in refs.items():
+            if f"official-{key}" in self._refs:
+                continue
+            try:
+                with Timer(f"pull {ref}"):
+                    self.client.images.pull(ref)
+            except docker.errors.APIError as e:
+                if self._get(ref) is None:
+                    raise ImageError(f"cannot pull the official image {ref}: {e.explanation or e}") from e
+                log(f"warning: cannot pull {ref}; using the copy already present")
+            self._refs[f"official-{key}"] = ref
+        return dict(refs)
+
+    # -- archives for the air-gapped path ------------------------------------------------------
+    def archive(self, ref: str, out_dir: Path) -> Path:
+        """`docker save REF | gzip -1` into out_dir, cached by image id. Returns the archive path."""
+        img = self._get(ref)
+        if img is None:
+            raise ImageError(f"no image {ref}")
+        short = img.id.split(":", 1)[-1][:12]
+        safe = ref.replace("/", "_").replace(":", "_")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{safe}-{short}.tar.gz"
+        if path.is_file():
+            return path
+        for stale in out_dir.glob(f"{safe}-*.tar.gz"):
+            stale.unlink()
+        with Timer(f"archive {ref} -> {path.name}"):
+            tmp = path.with_suffix(".part")
+            with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
+                # The low-level API keeps the tag in the archive (docker load then restores REF).
+                resp = self.client.api.get_image(ref)
+                for chunk in resp:
+                    gz.write(chunk)
+            os.replace(tmp, path)
+        return path

@@ -1,0 +1,151 @@
+"""Tests of the test bed itself.
+
+- The Ollama API stand-in, in-process on loopback (no Docker): its wire format, and LiteLLM's own
+  `ollama_chat/` and `ollama/` providers completing through it (streaming and not).
+- `e2e`: a compact run of the real thing: up a host + an Ollama node + an upstream LiteLLM, SSH in
+  with the bed's key, systemd running, the stand-in's tags, a chat completion through the upstream
+  (LiteLLM's mock_response), the inventory file, a reboot, down. Host names are this test's own
+  (tbt-*), so it never touches hosts that someone else has up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import threading
+import urllib.error
+import urllib.request
+from http.server import ThreadingHTTPServer
+
+import pytest
+
+from tests.testbed import ollama_standin
+
+
+def _post(url: str, body: dict, headers: dict | None = None, timeout: float = 30):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    return urllib.request.urlopen(req, timeout=timeout)
+
+
+# -- the stand-in, in-process --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def standin(tmp_path_factory):
+    models = tmp_path_factory.mktemp("standin") / "models.json"
+    models.write_text(json.dumps(["m1", "qwen2.5:0.5b"]))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OLLAMA_STANDIN_MODELS_FILE", str(models))
+    mp.delenv("OLLAMA_STANDIN_MODELS", raising=False)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ollama_standin.Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    mp.undo()
+
+
+def test_standin_wire_format(standin):
+    assert urllib.request.urlopen(standin + "/").read() == b"Ollama is running"
+    assert "version" in json.load(urllib.request.urlopen(standin + "/api/version"))
+    tags = json.load(urllib.request.urlopen(standin + "/api/tags"))
+    assert [m["name"] for m in tags["models"]] == ["m1:latest", "qwen2.5:0.5b"]
+
+    chat = json.load(_post(standin + "/api/chat", {"model": "m1", "stream": False,
+                                                   "messages": [{"role": "user", "content": "hi"}]}))
+    assert chat["done"] is True and chat["message"]["role"] == "assistant"
+    assert "m1" in chat["message"]["content"] and chat["eval_count"] > 0
+
+    # Ollama streams by default: NDJSON, the last object has done=true.
+    lines = _post(standin + "/api/generate", {"model": "qwen2.5:0.5b", "prompt": "hello"}).read().splitlines()
+    objs = [json.loads(x) for x in lines]
+    assert [o["done"] for o in objs][-1] is True and not any(o["done"] for o in objs[:-1])
+    assert "qwen2.5:0.5b" in "".join(o["response"] for o in objs)
+
+    with pytest.raises(urllib.error.HTTPError) as e:
+        _post(standin + "/api/chat", {"model": "nope", "messages": [{"role": "user", "content": "x"}]})
+    assert e.value.code == 404 and json.load(e.value) == {"error": "model 'nope' not found"}
+
+
+def test_litellm_completes_through_standin(standin):
+    # LiteLLM's bundled cost map: no fetch from the internet at import (this machine has none).
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    litellm = pytest.importorskip("litellm")
+    msgs = [{"role": "user", "content": "ping"}]
+    r = litellm.completion(model="ollama_chat/m1", api_base=standin, messages=msgs)
+    assert "m1" in r.choices[0].message.content and r.usage.total_tokens > 0
+    chunks = litellm.completion(model="ollama_chat/m1", api_base=standin, messages=msgs, stream=True)
+    assert "ping" in "".join(c.choices[0].delta.content or "" for c in chunks)
+    r = litellm.completion(model="ollama/qwen2.5:0.5b", api_base=standin, messages=msgs)
+    assert "qwen2.5:0.5b" in r.choices[0].message.content
+    with pytest.raises(litellm.NotFoundError):
+        litellm.completion(model="ollama_chat/absent", api_base=standin, messages=msgs)
+
+
+# -- the real bed ----------------------------------------------------------------------------------
+NAMES = ["tbt-gw", "tbt-ollama", "tbt-up"]
+
+
+@pytest.fixture(scope="module")
+def bed():
+    docker = pytest.importorskip("docker")
+    try:
+        docker.from_env().ping()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"no Docker engine: {e}")
+    from tests.testbed import Testbed
+
+    testbed = Testbed()
+    testbed.up(["tbt-gw", "tbt-ollama:ollama", "tbt-up:upstream"], ollama_models=["m1"],
+               upstream_models=["tb-mock"])
+    yield testbed
+    testbed.down(NAMES)
+
+
+@pytest.mark.e2e
+def test_bed_end_to_end(bed, tmp_path):
+    hosts = {h["name"]: h for h in bed.hosts() if h["name"] in NAMES}
+    assert {n: h["role"] for n, h in hosts.items()} == {"tbt-gw": "host", "tbt-ollama": "ollama",
+                                                         "tbt-up": "upstream"}
+
+    # A real SSH login as root with the bed's key; systemd is PID 1 and fully up.
+    r = bed.ssh("tbt-gw", "systemctl is-system-running; ps -p 1 -o comm=; python3 -c 'print(42)'; sudo -n true")
+    assert r.ok, r.output
+    assert r.output.split() == ["running", "systemd", "42"]
+
+    # The Ollama stand-in, as the gateway will see it.
+    ollama = hosts["tbt-ollama"]
+    tags = json.load(urllib.request.urlopen(ollama["api_base"] + "/api/tags", timeout=10))
+    assert [m["name"] for m in tags["models"]] == ["m1:latest"]
+    assert bed.ssh("tbt-ollama", "systemctl is-active ollama").output.strip() == "active"
+
+    # The upstream LiteLLM: a real chat completion answered by mock_response, and its key matters.
+    up = hosts["tbt-up"]
+    key = bed.upstream_key("tbt-up")
+    assert key.startswith("sk-") and len(key) > 40
+    body = {"model": "tb-mock", "messages": [{"role": "user", "content": "hi"}]}
+    reply = json.load(_post(up["api_base"] + "/v1/chat/completions", body, {"Authorization": f"Bearer {key}"}))
+    assert "tb-mock" in reply["choices"][0]["message"]["content"]
+    with pytest.raises(urllib.error.HTTPError) as e:
+        _post(up["api_base"] + "/v1/chat/completions", body, {"Authorization": "Bearer sk-wrong"})
+    assert e.value.code in (400, 401)
+
+    # The inventory: exactly the two groups, our hosts with their addresses.
+    path = bed.write_inventory(tmp_path / "inventory.py", extra_data={"tbt-gw": {"role_note": "gw"}})
+    ns = {k: v for k, v in runpy.run_path(str(path)).items() if not k.startswith("__")}
+    assert sorted(k for k, v in ns.items() if isinstance(v, (list, tuple))) == ["litellm_hosts", "ollama_nodes"]
+    gw = dict(ns["litellm_hosts"])["tbt-gw"]
+    assert gw["ssh_hostname"] == hosts["tbt-gw"]["address"] and gw["role_note"] == "gw"
+    assert gw["ssh_user"] == "root" and gw["ssh_key"] == str(bed.key_path)
+
+    # A reboot: systemd and sshd come back.
+    bed.restart("tbt-gw")
+    assert bed.ssh("tbt-gw", "systemctl is-system-running").output.strip() == "running"
+
+
+@pytest.mark.e2e
+def test_bed_down_removes_everything_of_its_hosts(bed):
+    bed.down(["tbt-up"])
+    assert "tbt-up" not in [h["name"] for h in bed.hosts()]
+    assert not bed.client.containers.list(all=True, filters={"label": "litellm-deploy.testbed.name=tbt-up"})
+    assert not bed.upstream_key_file("tbt-up").exists()
