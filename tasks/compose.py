@@ -108,6 +108,7 @@ def service_up(
     quoted = shlex.quote(service)
     yield (
         f"{base} up --detach --wait --wait-timeout {int(timeout)} --no-deps {flags}{quoted} || "
-        f"{{ echo 'service {service} did not become healthy; its last log lines:' >&2; "
+        f"{{ echo \"service {service} (container $({base} ps --all --format '{{{{.Name}}}}' {quoted})) "
+        f"did not become healthy; its last {LOG_LINES} log lines:\" >&2; "
         f"{base} logs --no-color --tail {LOG_LINES} {quoted} >&2; exit 1; }}"
     )

@@ -563,8 +563,8 @@ class Testbed:
         return gone
 
     # -- inventory -----------------------------------------------------------------------------
-    def inventory_text(self, extra_data: dict[str, dict] | None = None) -> str:
-        """A pyinfra inventory (Python) for the current hosts.
+    def inventory_text(self, extra_data: dict[str, dict] | None = None, names: list[str] | None = None) -> str:
+        """A pyinfra inventory (Python) for the current hosts (only `names` when given).
 
         extra_data: {"host name": {...}, "*": {...}} merged into each host's data ("*" = every host).
         Only the two group lists are module-level lists (pyinfra turns every list into a group).
@@ -573,6 +573,8 @@ class Testbed:
         groups = {"litellm_hosts": [], "ollama_nodes": []}
         upstreams = []
         for h in self.hosts():
+            if names is not None and h["name"] not in names:
+                continue
             if h["role"] == "upstream":
                 upstreams.append(h)
                 continue
@@ -608,9 +610,10 @@ class Testbed:
             lines.append("")
         return "\n".join(lines)
 
-    def write_inventory(self, path: str | os.PathLike | None = None, extra_data: dict[str, dict] | None = None) -> Path:
+    def write_inventory(self, path: str | os.PathLike | None = None, extra_data: dict[str, dict] | None = None,
+                        names: list[str] | None = None) -> Path:
         path = Path(path) if path else self.state_dir / "inventory.py"
-        text = self.inventory_text(extra_data)
+        text = self.inventory_text(extra_data, names)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         return path.resolve()

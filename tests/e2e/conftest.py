@@ -1,0 +1,173 @@
+"""The end-to-end bed: fresh hosts each run, real pyinfra over real SSH, converged twice.
+
+Hosts: gateways gw-db (bundled Postgres) and gw-stateless (no database), Ollama stand-in node
+ollama1, upstream LiteLLM up1. With local images (offline) the DB-backed proxy cannot start here
+(no Prisma engines — FIELD-NOTES.md), so gw-db is converged up to the proxy stage; set
+TESTBED_IMAGES=official on a machine that can pull to run everything on both gateways.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+IMAGES = os.environ.get("TESTBED_IMAGES", "local")
+GATEWAYS = ["gw-db", "gw-stateless"]
+ALL_HOSTS = GATEWAYS + ["ollama1", "up1"]
+OLLAMA_MODEL = "llama3.2:1b"
+UPSTREAM_MODEL = "upstream-mock"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+CALL = r"""
+import json, sys, urllib.request, urllib.error
+path, key, body = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+if key == "master":
+    lines = open("/opt/litellm/.env").read().splitlines()
+    key = [l.split("=", 1)[1].strip('"') for l in lines if l.startswith("LITELLM_MASTER_KEY=")][0]
+data = json.dumps(body).encode() if body is not None else None
+req = urllib.request.Request("http://127.0.0.1:4000" + path, data=data,
+                             headers={"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+try:
+    r = urllib.request.urlopen(req, timeout=60)
+    print(json.dumps([r.status, json.loads(r.read())]))
+except urllib.error.HTTPError as e:
+    print(json.dumps([e.code, e.read().decode()]))
+"""
+
+
+@dataclass
+class Run:
+    returncode: int
+    output: str
+
+    def changed(self, host: str) -> list[str]:
+        """Operations that reported a change on `host` (pyinfra prints '[host] Success')."""
+        changed, current = [], None
+        for line in self.output.splitlines():
+            started = re.match(r"--> Starting operation: (.*?)\s*$", line)
+            if started:
+                current = started.group(1)
+            elif current and line.strip() == f"[{host}] Success":
+                changed.append(current)
+        return changed
+
+
+class Deployment:
+    """The bed plus an inventory, a secrets file and group-data overrides for it."""
+
+    def __init__(self, bed, workdir: Path, prefix: str = ""):
+        self.bed = bed
+        self.workdir = workdir
+        # A prefix gives a suite its own hosts (gw-db -> rot-gw-db), so suites can run side by side.
+        self.prefix = prefix
+        self.secrets = workdir / "secrets.env"
+        self.inventory = workdir / "inventory.py"
+        self.overrides: dict[str, dict] = {}
+
+    def name(self, host: str) -> str:
+        """The bed's name of one of the standard hosts: gw-db, gw-stateless, ollama1, up1."""
+        return self.prefix + host
+
+    @property
+    def hosts(self) -> list[str]:
+        return [self.name(h) for h in ALL_HOSTS]
+
+    def up(self) -> None:
+        roles = {"ollama1": ":ollama", "up1": ":upstream"}
+        self.bed.down(self.hosts)
+        self.bed.up([self.name(h) + roles.get(h, "") for h in ALL_HOSTS],
+                    ollama_models=[OLLAMA_MODEL], upstream_models=[UPSTREAM_MODEL])
+        self.secrets.write_text(f'UPSTREAM_LITELLM_API_KEY="{self.bed.upstream_key(self.name("up1"))}"\n')
+        self.secrets.chmod(0o600)
+
+    def down(self) -> None:
+        if not os.environ.get("TESTBED_KEEP"):
+            self.bed.down(self.hosts)
+
+    def models(self) -> list[dict]:
+        upstream = self.bed.host(self.name("up1"))
+        return [
+            {"name": "chat-upstream", "model": f"openai/{UPSTREAM_MODEL}", "api_base": upstream["api_base"],
+             "api_key_env": "UPSTREAM_LITELLM_API_KEY"},
+            {"name": "chat-ollama", "model": f"ollama_chat/{OLLAMA_MODEL}", "ollama_node": self.name("ollama1")},
+        ]
+
+    def write_inventory(self) -> Path:
+        archives = self.bed.archives()
+        common = {
+            "litellm_image": self.bed.litellm_image(),
+            "postgres_image": self.bed.postgres_image(),
+            "models": self.models(),
+            "verify_timeout": 120,
+        }
+        if IMAGES == "local":
+            common.update(image_source="archives", image_archives=[str(archives["litellm"]), str(archives["postgres"])])
+        data = {"*": common, self.name("gw-db"): {"database_mode": "bundled"},
+                self.name("gw-stateless"): {"database_mode": "none"}}
+        for name, extra in self.overrides.items():
+            data.setdefault(self.name(name), {}).update(extra)
+        self.inventory.write_text(self.bed.inventory_text(data, names=self.hosts))
+        return self.inventory
+
+    def pyinfra(self, script: str = "deploy.py", *args: str, limit: str | None = None, timeout: int = 1500) -> Run:
+        self.write_inventory()
+        command = [PYINFRA, str(self.inventory), script, "-y", *args]
+        if limit:
+            command += ["--limit", self.name(limit)]
+        env = {**os.environ, "LITELLM_DEPLOY_SECRETS": str(self.secrets)}
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        return Run(result.returncode, result.stdout + result.stderr)
+
+    def call(self, host: str, path: str, key: str = "master", body: dict | None = None):
+        """HTTP from the gateway host itself to its published port: (status, parsed body).
+        key "master" reads the master key from the host's .env, so it never leaves the host."""
+        args = " ".join(shlex.quote(a) for a in (path, key, json.dumps(body)))
+        result = self.bed.ssh(self.name(host), f"python3 - {args}", input=CALL.encode())
+        assert result.ok, result.output
+        status, payload = json.loads(result.output.strip().splitlines()[-1])
+        return status, payload
+
+    def changed(self, run: Run, host: str) -> list[str]:
+        return run.changed(self.name(host))
+
+    def ssh(self, host: str, command: str) -> str:
+        result = self.bed.ssh(self.name(host), command)
+        assert result.ok, f"{host}: {command}\n{result.output}"
+        return result.output
+
+
+@pytest.fixture(scope="session")
+def bed():
+    from tests.testbed import Testbed
+
+    return Testbed(images=IMAGES)
+
+
+def make_deployment(bed, tmp_path_factory, prefix: str = "") -> Deployment:
+    """Fresh hosts for one suite; tear them down with deployment.down()."""
+    deployment = Deployment(bed, tmp_path_factory.mktemp(f"e2e-{prefix or 'main'}"), prefix)
+    deployment.up()
+    return deployment
+
+
+@pytest.fixture(scope="session")
+def deployment(bed, tmp_path_factory):
+    deployment = make_deployment(bed, tmp_path_factory)
+    yield deployment
+    deployment.down()
