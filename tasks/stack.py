@@ -91,18 +91,21 @@ def image_present(image: str):
 
 
 @operation()
-def archive_loaded(remote_archive: str, images: list[str], uploaded: OperationMeta):
-    """`docker load` an uploaded archive when it is new or an image it should hold is missing."""
+def archives_loaded(uploads: dict[str, OperationMeta], images: list[str]):
+    """`docker load` the uploaded archives that are new, or all of them when an image is missing;
+    then insist every image the project needs is there."""
     missing = [image for image in images if not host.get_fact(compose.ImageId, image=image)]
-    if not missing and not compose.changed([uploaded]):
-        host.noop(f"images from {remote_archive} are loaded")
+    to_load = list(uploads) if missing else [path for path, meta in uploads.items() if compose.changed([meta])]
+    if not to_load:
+        host.noop(f"{len(images)} image(s) loaded from {len(uploads)} archive(s)")
         return
-    yield f"docker load --input {shlex.quote(remote_archive)}"
+    for remote_archive in to_load:
+        yield f"docker load --input {shlex.quote(remote_archive)}"
     for image in missing:
         # Fail here, naming the image, rather than later with a confusing compose error.
         yield (
             f"docker image inspect {shlex.quote(image)} >/dev/null 2>&1 || "
-            f"{{ echo 'archive {remote_archive} does not contain {image}' >&2; exit 1; }}"
+            f"{{ echo 'none of the image archives contains {image}' >&2; exit 1; }}"
         )
 
 
@@ -114,13 +117,11 @@ def get_images(settings: Settings, changes: Changes) -> None:
         return
     archive_dir = f"{settings.install_dir}/images"
     files.directory(name=f"Image archive directory {archive_dir}", path=archive_dir, mode="700")
-    changes.images = []
+    uploads = {}
     for archive in settings.image_archives:
         remote = f"{archive_dir}/{Path(archive).name}"
-        uploaded = files.put(name=f"Upload image archive {Path(archive).name}", src=archive, dest=remote, mode="600")
-        changes.images.append(
-            archive_loaded(name=f"Load image archive {Path(archive).name}", remote_archive=remote, images=images, uploaded=uploaded)
-        )
+        uploads[remote] = files.put(name=f"Upload image archive {Path(archive).name}", src=archive, dest=remote, mode="600")
+    changes.images = [archives_loaded(name="Load images from the archives", uploads=uploads, images=images)]
 
 
 @deploy("Start the database")

@@ -63,7 +63,7 @@ class Run:
             started = re.match(r"--> Starting operation: (.*?)\s*$", line)
             if started:
                 current = started.group(1)
-            elif current and line.strip() == f"[{host}] Success":
+            elif current and re.fullmatch(rf"\[{re.escape(host)}\]\s+Success", line.strip()):
                 changed.append(current)
         return changed
 
