@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gevent.lock import RLock
 from pyinfra.api import Host, State
 
 from tasks import secrets as S
@@ -9,6 +10,9 @@ from tasks.filters import dotenv_unquote
 from tasks.settings import GATEWAYS, OLLAMA_NODES, HostInput, Settings, build_all
 
 _built: dict[int, dict[str, Settings]] = {}
+# pyinfra prepares hosts in concurrent greenlets; reading a host's .env over SSH yields to the
+# next one, which must wait for the first build instead of generating secrets of its own.
+_building = RLock()
 
 
 def read_host_env(host: Host, install_dir: str, names: list[str]) -> dict[str, str]:
@@ -38,6 +42,11 @@ def _hosts(state: State, group: str) -> list[Host]:
 
 
 def all_settings(state: State) -> dict[str, Settings]:
+    with _building:
+        return _all_settings(state)
+
+
+def _all_settings(state: State) -> dict[str, Settings]:
     key = id(state)
     if key not in _built:
         gateways = _hosts(state, GATEWAYS)

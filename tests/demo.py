@@ -1,0 +1,71 @@
+"""`make demo`: a fresh disposable host on this machine, a full deploy, and how to use it.
+
+Hosts come from the test bed (tests/testbed): a Debian 13 container with systemd and sshd that the
+deploy provisions over real SSH, plus an Ollama stand-in node (Ollama itself cannot be installed
+offline; the stand-in speaks its API). Offline, only the stateless gateway can run: the DB-backed
+LiteLLM proxy needs Prisma engines that are downloaded at runtime (the official image bakes them
+in). With TESTBED_IMAGES=official on a machine that can pull, the demo deploys the bundled
+PostgreSQL as well.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.testbed import Testbed
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = os.environ.get("TESTBED_IMAGES", "local")
+GATEWAY, NODE = "demo-gw", "demo-ollama"
+MODEL = "llama3.2:1b"
+
+
+def main() -> int:
+    bed = Testbed(images=IMAGES)
+    print(f"==> fresh hosts: {GATEWAY} (Debian 13, systemd, sshd) and {NODE} (Ollama API stand-in)")
+    bed.up([GATEWAY, f"{NODE}:ollama"], ollama_models=[MODEL])
+    workdir = bed.state_dir / "demo"
+    workdir.mkdir(parents=True, exist_ok=True)
+    secrets = workdir / "secrets.env"
+    mode = "bundled" if IMAGES == "official" else "none"
+    if mode == "none":
+        print("==> stateless mode (database_mode = 'none'): offline, the DB-backed proxy cannot fetch its Prisma "
+              "engines; run with TESTBED_IMAGES=official where images can be pulled for the bundled database")
+    data = {
+        "litellm_image": bed.litellm_image(),
+        "postgres_image": bed.postgres_image(),
+        "database_mode": mode,
+        "models": [{"name": "llama", "model": f"ollama_chat/{MODEL}", "ollama_node": NODE}],
+    }
+    if IMAGES == "local":
+        archives = bed.archives()
+        data.update(image_source="archives", image_archives=[str(archives["litellm"]), str(archives["postgres"])])
+    hosts = {h["name"]: h for h in bed.hosts()}
+    inventory = workdir / "inventory.py"
+    inventory.write_text(bed.inventory_text({GATEWAY: data}, names=[GATEWAY, NODE]))
+    print(f"==> pyinfra {inventory} deploy.py -y")
+    env = {**os.environ, "LITELLM_DEPLOY_SECRETS": str(secrets)}
+    pyinfra = str(Path(sys.executable).with_name("pyinfra"))
+    result = subprocess.run([pyinfra, str(inventory), "deploy.py", "-y"], cwd=ROOT, env=env)
+    if result.returncode != 0:
+        print("==> the deploy failed (see above)", file=sys.stderr)
+        return result.returncode
+    address = hosts[GATEWAY]["address"]
+    print(f"""
+==> LiteLLM gateway ready at http://{address}:4000  (admin UI: http://{address}:4000/ui)
+    master key and UI password: {secrets}  (LITELLM_MASTER_KEY, UI_PASSWORD; UI user 'admin')
+    try it:
+      KEY=$(grep ^LITELLM_MASTER_KEY= {secrets} | cut -d= -f2- | tr -d '"')
+      curl -s http://{address}:4000/v1/chat/completions -H "Authorization: Bearer $KEY" \\
+        -H 'Content-Type: application/json' -d '{{"model": "llama", "messages": [{{"role": "user", "content": "hello"}}]}}'
+    re-run the deploy (no change): pyinfra {inventory} deploy.py -y   (with LITELLM_DEPLOY_SECRETS={secrets})
+    remove the demo hosts:        {sys.executable} -m tests.testbed down {GATEWAY} {NODE}
+""")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
