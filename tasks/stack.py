@@ -36,6 +36,10 @@ class Changes:
         return [self.compose_file, self.env_file, *(self.images or [])]
 
 
+# Compose file and config hold no secret; .env holds them all.
+FILE_MODES = {COMPOSE_FILE: "644", CONFIG_FILE: "644", ENV_FILE: "600"}
+
+
 def staging_dir(settings: Settings) -> str:
     return f"{settings.install_dir}/.staging"
 
@@ -50,27 +54,17 @@ def write_files(settings: Settings, changes: Changes) -> None:
         mode="700",
     )
     rendered = render_files(settings)
-    changes.compose_file = private_file(
-        name=f"Write {COMPOSE_FILE}",
-        content=rendered[COMPOSE_FILE],
-        dest=f"{settings.install_dir}/{COMPOSE_FILE}",
-        staging_dir=staging_dir(settings),
-        mode="644",
-    )
-    changes.config_file = private_file(
-        name=f"Write {CONFIG_FILE}",
-        content=rendered[CONFIG_FILE],
-        dest=f"{settings.install_dir}/{CONFIG_FILE}",
-        staging_dir=staging_dir(settings),
-        mode="644",
-    )
-    changes.env_file = private_file(
-        name=f"Write {ENV_FILE} (secrets, mode 0600)",
-        content=rendered[ENV_FILE],
-        dest=f"{settings.install_dir}/{ENV_FILE}",
-        staging_dir=staging_dir(settings),
-        mode="600",
-    )
+    written = {
+        name: private_file(
+            name=f"Write {name}" + (" (secrets, mode 0600)" if mode == "600" else ""),
+            content=rendered[name],
+            dest=f"{settings.install_dir}/{name}",
+            staging_dir=staging_dir(settings),
+            mode=mode,
+        )
+        for name, mode in FILE_MODES.items()
+    }
+    changes.compose_file, changes.config_file, changes.env_file = (written[n] for n in FILE_MODES)
 
 
 def required_images(settings: Settings) -> list[str]:

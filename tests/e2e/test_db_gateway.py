@@ -9,12 +9,12 @@ same tests expect a full converge and exercise /key/generate with a virtual key.
 
 import hashlib
 import json
-import time
 
 import pytest
 from dotenv import dotenv_values
 
 from tests.e2e.conftest import IMAGES
+from tests.testbed import wait_until
 
 HOST = "gw-db"
 OFFLINE = IMAGES == "local"
@@ -110,13 +110,12 @@ def test_4_model_change_recreates_the_proxy_but_not_postgres(deployment, converg
 def test_5_reboot_brings_postgres_back_with_its_data(deployment, converged):
     token_rows = psql(deployment, "SELECT md5(string_agg(t::text, ',' ORDER BY token)) FROM \"LiteLLM_VerificationToken\" t")
     deployment.bed.restart(deployment.name(HOST))
-    deadline = time.monotonic() + 180
-    while True:
+
+    def healthy():
         result = deployment.bed.ssh(deployment.name(HOST), "docker compose --project-directory /opt/litellm ps --format json db")
-        if result.ok and '"Health":"healthy"' in result.output.replace(" ", ""):
-            break
-        assert time.monotonic() < deadline, f"Postgres not healthy 180 s after the reboot: {result.output}"
-        time.sleep(2)  # polling interval of a wait that has a deadline
+        return result.ok and '"Health":"healthy"' in result.output.replace(" ", "")
+
+    wait_until("Postgres healthy after a reboot", healthy, timeout=180, interval=2)
     assert psql(deployment, "SELECT md5(string_agg(t::text, ',' ORDER BY token)) FROM \"LiteLLM_VerificationToken\" t") == token_rows
 
 

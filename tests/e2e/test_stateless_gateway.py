@@ -1,12 +1,12 @@
 """gw-stateless (database_mode none): converge, converge again, verify, change, reboot."""
 
 import json
-import time
 
 import pytest
 import testinfra
 
-from tests.e2e.conftest import OLLAMA_MODEL, UPSTREAM_MODEL
+from tests.e2e.conftest import OLLAMA_MODEL
+from tests.testbed import wait_until
 
 HOST = "gw-stateless"
 pytestmark = pytest.mark.e2e
@@ -95,15 +95,9 @@ def test_4_changed_model_recreates_the_proxy(deployment, converged):
 
 def test_5_reboot_brings_the_stack_back(deployment, converged):
     deployment.bed.restart(deployment.name(HOST))
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if deployment.call(HOST, "/health/liveliness")[0] == 200:
-                break
-        except AssertionError:
-            pass
-        assert time.monotonic() < deadline, "the stack did not come back within 180 s of the reboot"
-        time.sleep(2)  # polling interval of a wait that has a deadline
+    # ssh is refused while the host boots; wait_until retries through that
+    wait_until("the proxy answering after a reboot",
+               lambda: deployment.call(HOST, "/health/liveliness")[0] == 200, timeout=180, interval=2)
     verify = deployment.pyinfra("verify.py", limit=HOST)
     assert verify.returncode == 0, verify.output[-4000:]
     assert deployment.changed(verify, HOST) == []
