@@ -24,7 +24,7 @@ e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e tests/testbed -q -m e2e
 
 test: $(STAMP)
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=25
 
 demo: $(STAMP)
 	$(PY) -m tests.demo

@@ -216,10 +216,17 @@ class Testbed:
         return labels
 
     def _containers(self, names: list[str] | None = None):
-        found = self.client.containers.list(all=True, filters={"label": f"{LABEL}=1"})
-        found = [c for c in found if NAME_LABEL in c.labels]
-        if names is not None:
-            found = [c for c in found if c.labels[NAME_LABEL] in names]
+        # The low-level list, then one inspect each: another user of the bed may remove a
+        # container in between, which must not fail this one (containers.list would raise).
+        found = []
+        for summary in self.client.api.containers(all=True, filters={"label": f"{LABEL}=1"}):
+            name = (summary.get("Labels") or {}).get(NAME_LABEL)
+            if name is None or (names is not None and name not in names):
+                continue
+            try:
+                found.append(self.client.containers.get(summary["Id"]))
+            except docker.errors.NotFound:
+                continue
         return sorted(found, key=lambda c: c.labels[NAME_LABEL])
 
     def _container(self, name: str):
