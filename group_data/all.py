@@ -39,3 +39,13 @@ admin_email = ""
 store_model_in_db = False
 # Seconds each health check may take before the host is reported failed.
 verify_timeout = 180
+# Where backups are kept on a gateway host (bundled database; directory 0700, files 0600).
+backup_dir = "/opt/litellm/backups"
+# How many backups to keep, on the host and on the controller (older ones are deleted).
+backup_keep = 7
+# Controller directory for copies of backups (`<dir>/<host>/<UTC timestamp>.dump`); relative = from where pyinfra runs.
+backup_local_dir = "backups"
+# Install a systemd timer that takes a backup on the host by itself (bundled database only).
+backup_enabled = True
+# When the timer runs: a systemd OnCalendar expression ("daily", "hourly", "*-*-* 03:15:00").
+backup_schedule = "daily"

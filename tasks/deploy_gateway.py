@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 
-from tasks import database, docker, migrations, stack, verify
+from tasks import backup, database, docker, migrations, stack, verify
 from tasks.settings import Settings
 
 
@@ -41,6 +41,8 @@ def deploy_gateway(settings: Settings) -> None:
             postgres_image=settings.postgres_image,
             compose_project=settings.compose_project,
         )
+        # 6b. Scheduled pg_dump backups on the host (systemd timer; off with backup_enabled = False).
+        backup.scheduled_backup(settings)
     # 7. The proxy, recreated only when its files or image changed.
     stack.start_proxy(settings, changes)
     # 8. Verify along the request path: proxy, Ollama nodes, upstreams.

@@ -50,6 +50,11 @@ DEFAULTS = {
     "store_model_in_db": False,
     "verify_timeout": 180,
     "models": None,
+    "backup_dir": "/opt/litellm/backups",
+    "backup_keep": 7,
+    "backup_local_dir": "backups",
+    "backup_enabled": True,
+    "backup_schedule": "daily",
 }
 
 
@@ -105,6 +110,11 @@ class Settings:
     models: tuple[Model, ...]
     ollama_nodes: Mapping[str, str]
     secrets: Secrets
+    backup_dir: str = "/opt/litellm/backups"
+    backup_keep: int = 7
+    backup_local_dir: str = "backups"
+    backup_enabled: bool = True
+    backup_schedule: str = "daily"
 
     @property
     def has_database(self) -> bool:
@@ -219,6 +229,26 @@ def data_problems(raw: dict[str, object]) -> list[str]:
     timeout = raw["verify_timeout"]
     if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
         problems.append("verify_timeout: must be a whole number of seconds >= 1")
+    problems += backup_problems(raw)
+    return problems
+
+
+def backup_problems(raw: dict[str, object]) -> list[str]:
+    problems = []
+    backup_dir = raw["backup_dir"]
+    if not isinstance(backup_dir, str) or not backup_dir.startswith("/") or backup_dir.rstrip("/") in ("", "/") \
+            or not re.fullmatch(r"[A-Za-z0-9_./-]+", backup_dir):
+        problems.append(f"backup_dir: {backup_dir!r} must be an absolute directory other than / (letters, digits, _ . - /)")
+    keep = raw["backup_keep"]
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        problems.append("backup_keep: must be a whole number of backups >= 1")
+    if not isinstance(raw["backup_local_dir"], str) or not raw["backup_local_dir"].strip():
+        problems.append("backup_local_dir: must be a directory on the controller, such as 'backups'")
+    if not isinstance(raw["backup_enabled"], bool):
+        problems.append("backup_enabled: must be True or False")
+    schedule = raw["backup_schedule"]
+    if not isinstance(schedule, str) or not re.fullmatch(r"[A-Za-z0-9 *:,./~-]+", schedule):
+        problems.append(f"backup_schedule: {schedule!r} must be a systemd OnCalendar expression such as 'daily'")
     return problems
 
 

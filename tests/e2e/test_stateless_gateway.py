@@ -101,3 +101,26 @@ def test_5_reboot_brings_the_stack_back(deployment, converged):
     verify = deployment.pyinfra("verify.py", limit=HOST)
     assert verify.returncode == 0, verify.output[-4000:]
     assert deployment.changed(verify, HOST) == []
+
+
+def test_6_no_secret_in_pyinfra_output_at_any_verbosity(deployment, converged):
+    """A changed secret re-renders .env and restarts the proxy, at -vvv with --diff: still no value."""
+    from dotenv import dotenv_values
+
+    original = deployment.secrets.read_text()
+    new_password = "ui-" + "Zq7" * 10
+    deployment.secrets.write_text(original.replace(
+        f'UI_PASSWORD="{dotenv_values(deployment.secrets, interpolate=False)["UI_PASSWORD"]}"',
+        f'UI_PASSWORD="{new_password}"'))
+    try:
+        run = deployment.pyinfra("deploy.py", "-vvv", "--diff", limit=HOST)
+        assert run.returncode == 0, run.output[-4000:]
+        assert any(".env" in op for op in deployment.changed(run, HOST))
+        secrets = [v for v in dotenv_values(deployment.secrets, interpolate=False).values() if v]
+        assert new_password in secrets
+        leaked = [value[:6] + "..." for value in secrets if value in run.output]
+        assert leaked == [], f"secret values in pyinfra's output: {leaked}"
+        assert deployment.ssh(HOST, "grep -c '^UI_PASSWORD=\"" + new_password + "\"$' /opt/litellm/.env").strip() == "1"
+    finally:
+        deployment.secrets.write_text(original)
+    assert deployment.pyinfra(limit=HOST).returncode == 0

@@ -1,0 +1,16 @@
+"""Back up every bundled gateway's database: `pyinfra inventory backup.py` (docs/backup.md).
+
+On each host: pg_dump (custom format) inside the Postgres container, read back, 0600, sha256,
+retention; then a copy on the controller under backups/<host>/<UTC stamp>.dump, checksum verified.
+"""
+
+from pyinfra import host, state
+
+from tasks.backup import backup_gateway, utc_stamp
+from tasks.context import settings_for
+
+settings = settings_for(state, host)
+
+if settings is not None:
+    # One stamp per run and host, taken when the operations are added (UTC, sortable).
+    backup_gateway(settings, host.data.get("backup_stamp") or utc_stamp())

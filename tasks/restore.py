@@ -1,0 +1,185 @@
+"""Restore a gateway's bundled database from a backup: `pyinfra inventory restore.py --data restore_from=...`.
+
+Refusal comes first and touches nothing: on the controller, while the deploy file is read (before
+any operation exists), the chosen file must exist, carry its recorded sha256 (written by the
+backup next to it as FILE.sha256) and match it, start with pg_dump's custom-format signature and,
+when this machine has a pg_restore that knows the format version, read back whole. On the host the
+uploaded copy is checked again (sha256, then the database's own pg_restore reading every block)
+before the proxy is stopped. Then: proxy stopped, pg_restore --clean --if-exists --no-owner
+--single-transaction (all or nothing), migrations for the current image (its marker removed so
+they run), bootstrap again (master-key link = the current key), proxy started, verification.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, deploy, operation
+from pyinfra.api.exceptions import PyinfraError
+
+from tasks import backup, compose, database, migrations, verify
+from tasks.settings import Settings
+
+MAGIC = b"PGDMP"
+LATEST = "latest"
+
+
+class RestoreRefused(PyinfraError):
+    """The backup cannot be restored; raised before any operation exists, so nothing was touched."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    dump: Path
+    sha256: str
+    note: str  # what the controller could check
+
+
+def choose(settings: Settings, restore_from: str | None) -> Path:
+    if not restore_from:
+        raise RestoreRefused(f"host {settings.host_name}: say which backup: --data restore_from=latest "
+                             "or --data restore_from=PATH/TO/FILE.dump")
+    if restore_from == LATEST:
+        found = backup.dumps_in(backup.local_dir(settings))
+        if not found:
+            raise RestoreRefused(f"host {settings.host_name}: no backup under {backup.local_dir(settings)} — "
+                                 "run backup.py first or pass restore_from=PATH")
+        return found[-1]
+    return Path(restore_from).expanduser().absolute()
+
+
+def controller_check(path: Path) -> tuple[list[str], str]:
+    """(problems, note). Problems empty = the file may go to the host."""
+    if not path.is_file():
+        return [f"{path}: no such file"], ""
+    recorded = backup.recorded_sum(Path(f"{path}.sha256"))
+    if recorded is None:
+        return [f"{path}: no recorded checksum ({path}.sha256 missing or unreadable) — refusing an unverifiable backup"], ""
+    actual = backup.sha256_of(path)
+    if actual != recorded:
+        return [f"{path}: checksum mismatch (file {actual}, recorded {recorded}) — the backup is corrupted or truncated"], ""
+    with open(path, "rb") as handle:
+        if handle.read(len(MAGIC)) != MAGIC:
+            return [f"{path}: not a pg_dump custom-format archive (no PGDMP signature)"], ""
+    pg_restore = shutil.which("pg_restore")
+    if not pg_restore:
+        return [], "no pg_restore on the controller: format read back on the host"
+    result = subprocess.run([pg_restore, "--file=/dev/null", str(path)], capture_output=True, text=True)
+    if result.returncode == 0:
+        return [], "read back whole by the controller's pg_restore"
+    if "unsupported version" in result.stderr:
+        # An older pg_restore than the server that dumped; the host's check decides.
+        return [], "controller's pg_restore too old for this archive: format read back on the host"
+    return [f"{path}: pg_restore cannot read it: {result.stderr.strip()[:500]}"], ""
+
+
+def plan_for(settings: Settings, restore_from: str | None) -> Plan:
+    if settings.database_mode != "bundled":
+        raise RestoreRefused(f"host {settings.host_name}: restore.py handles database_mode 'bundled' only "
+                             f"(this host: {settings.database_mode!r})")
+    path = choose(settings, restore_from)
+    problems, note = controller_check(path)
+    if problems:
+        raise RestoreRefused("restore refused, nothing was changed on any host:\n"
+                             + "\n".join(f"  - host {settings.host_name}: {p}" for p in problems))
+    return Plan(path, backup.sha256_of(path), note)
+
+
+def remote_path(settings: Settings, plan: Plan) -> str:
+    return f"{settings.backup_dir.rstrip('/')}/restore-{plan.sha256[:16]}.dump"
+
+
+@operation(is_idempotent=False)
+def dump_uploaded(src: str, dest: str, sha256: str):
+    """Upload into the 0700 backup dir through a 0600 .part file; keep it only if its sha256 matches."""
+    directory = shlex.quote(dest.rsplit("/", 1)[0])
+    part = shlex.quote(dest + ".part")
+    yield f"umask 077 && mkdir -p {directory} && chmod 700 {directory} && rm -f {part}"
+    yield FileUploadCommand(src, dest + ".part", remote_temp_filename=dest + ".upload")
+    yield (
+        f"chmod 600 {part} && "
+        f"if [ \"$(sha256sum < {part} | cut -d' ' -f1)\" = {shlex.quote(sha256)} ]; then mv -f {part} {shlex.quote(dest)}; "
+        f"else rm -f {part}; echo 'restore refused: the uploaded copy does not match the backup checksum; "
+        "nothing was changed' >&2; exit 1; fi"
+    )
+
+
+@operation(is_idempotent=False)
+def dump_readable(settings: Settings, path: str):
+    yield (
+        f"{backup.read_check_command(settings)} < {shlex.quote(path)} || "
+        "{ echo 'restore refused: the database pg_restore cannot read this backup whole "
+        "(corrupted, truncated or not a custom-format dump); nothing was changed' >&2; exit 1; }"
+    )
+
+
+@operation(is_idempotent=False)
+def proxy_stopped(settings: Settings):
+    yield f"{compose.compose_cmd(settings.compose_project, settings.install_dir)} stop litellm"
+
+
+def restore_command(pg_restore: str, path: str) -> str:
+    """The restore proper: every object of the dump dropped and recreated, in one transaction."""
+    return (
+        f"{pg_restore} --clean --if-exists --no-owner --no-privileges --single-transaction --exit-on-error "
+        f"< {shlex.quote(path)} || {{ echo 'restore failed: pg_restore rolled back, the database is as before "
+        "(output above)' >&2; exit 1; }"
+    )
+
+
+@operation(is_idempotent=False)
+def database_restored(settings: Settings, path: str):
+    pg_restore = (f"{backup.db_exec(settings)} pg_restore -U {shlex.quote(settings.postgres_user)} "
+                  f"-d {shlex.quote(settings.postgres_db)}")
+    yield restore_command(pg_restore, path)
+
+
+@operation(is_idempotent=False)
+def migration_marker_removed(install_dir: str):
+    """The restored schema is the backup's, not the image's: make the migrations gate run again."""
+    yield f"rm -f {shlex.quote(migrations.marker_path(install_dir))}"
+
+
+@deploy("Database restore")
+def restore_gateway(settings: Settings, plan: Plan) -> None:
+    remote = remote_path(settings, plan)
+    host.log(f"restoring {plan.dump} ({plan.note})")
+    # 1. Nothing touched yet: the copy on the host is verified twice before anything stops.
+    dump_uploaded(name=f"Backup uploaded to {remote}, checksum verified", src=str(plan.dump), dest=remote,
+                  sha256=plan.sha256)
+    dump_readable(name="Backup read back whole by the database's pg_restore (nothing changed yet)",
+                  settings=settings, path=remote)
+    # 2. No writer while the tables are replaced.
+    stopped = proxy_stopped(name="LiteLLM proxy stopped for the restore", settings=settings)
+    restored = database_restored(name="Database restored from the backup (single transaction)",
+                                 settings=settings, path=remote)
+    # 3. Schema for the image now configured, then the admin user and current master-key link.
+    migration_marker_removed(name="Migration marker cleared after the restore", install_dir=settings.install_dir)
+    migrations.schema_migrated(
+        name="Database schema migrated", project=settings.compose_project,
+        install_dir=settings.install_dir, image=settings.litellm_image,
+    )
+    database.bootstrap(
+        name="LiteLLM admin user and master-key link",
+        mode=settings.database_mode,
+        install_dir=settings.install_dir,
+        admin_user_id=settings.admin_user_id,
+        admin_email=settings.admin_email,
+        master_key_hash=database.hash_key(settings.secrets.master_key),
+        master_key_name=database.abbreviate_key(settings.secrets.master_key),
+        postgres_user=settings.postgres_user,
+        postgres_db=settings.postgres_db,
+        postgres_image=settings.postgres_image,
+        compose_project=settings.compose_project,
+    )
+    # 4. The proxy back (it was stopped, so this always starts it), then the usual verification.
+    compose.service_up(
+        name="LiteLLM proxy up and healthy", project=settings.compose_project, install_dir=settings.install_dir,
+        service="litellm", depends_on=[stopped, restored], timeout=settings.verify_timeout,
+    )
+    verify.verify_gateway(settings)

@@ -1,0 +1,163 @@
+"""Backup and restore (issue 7) against a real PostgreSQL and the real LiteLLM schema.
+
+The host script of tasks.backup and the restore command of tasks.restore run here exactly as on a
+gateway, with one difference: pg_dump / pg_restore talk to the suite's server over TCP instead of
+through `docker compose exec -T db` (the part the e2e tier covers)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tasks import backup, restore
+from tests.integration import litellm_data
+from tests.integration.conftest import create_database, drop_database
+
+pytestmark = pytest.mark.integration
+
+SPEND = """INSERT INTO "LiteLLM_SpendLogs" (request_id, call_type, api_key, spend, total_tokens, prompt_tokens,
+       completion_tokens, "startTime", "endTime", model, "user", metadata, team_id)
+SELECT 'req-' || g, 'acompletion', md5(g::text), g * 0.001, g * 10, g * 6, g * 4,
+       timestamp '2026-11-01' + g * interval '1 minute', timestamp '2026-11-01' + g * interval '1 minute 2 seconds',
+       'gpt-4o', 'user' || (g % 5), jsonb_build_object('seq', g), NULL
+  FROM generate_series(1, 50) g;
+"""
+
+
+def target(db) -> str:
+    return f"-h 127.0.0.1 -p {db.server.port} -U {shlex.quote(db.server.superuser)} -d {shlex.quote(db.name)}"
+
+
+def run(db, command: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", command, "litellm-backup", *args], capture_output=True, text=True, env=db.env())
+
+
+def take(db, directory: Path, stamp: str, keep: int = 7) -> subprocess.CompletedProcess:
+    script = backup.host_script(f"pg_dump {target(db)} --format=custom", "pg_restore --file=/dev/null",
+                                str(directory), keep)
+    return run(db, script, stamp)
+
+
+@pytest.fixture
+def seeded(schema_db, litellm_keys):
+    litellm_data.seed(schema_db, *litellm_keys, keys=50, users=50, teams=50)
+    schema_db.psql(SPEND)
+    counts = schema_db.psql('SELECT (SELECT count(*) FROM "LiteLLM_VerificationToken") || \' \' || '
+                            '(SELECT count(*) FROM "LiteLLM_UserTable") || \' \' || (SELECT count(*) FROM "LiteLLM_TeamTable")'
+                            ' || \' \' || (SELECT count(*) FROM "LiteLLM_SpendLogs")').stdout.split()
+    assert counts == ["50", "50", "50", "50"]
+    return schema_db
+
+
+@pytest.fixture
+def scratch(pg_server):
+    db = create_database(pg_server)
+    yield db
+    drop_database(db)
+
+
+def test_backup_is_private_checksummed_and_restores_every_row(seeded, scratch, tmp_path):
+    directory = tmp_path / "backups"
+    result = take(seeded, directory, "20261127T030000Z")
+    assert result.returncode == 0, result.stderr
+    dump = directory / "20261127T030000Z.dump"
+    assert f"database backup written: {dump} sha256 {backup.sha256_of(dump)}" in result.stdout
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE(dump.stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(f"{dump}.sha256").stat().st_mode) == 0o600
+    assert backup.recorded_sum(Path(f"{dump}.sha256")) == backup.sha256_of(dump)
+    assert subprocess.run(["sha256sum", "-c", f"{dump.name}.sha256"], cwd=directory, capture_output=True).returncode == 0
+    assert not list(directory.glob("*.part"))
+    # The controller accepts it, and the restore command brings back every row of every table.
+    problems, _ = restore.controller_check(dump)
+    assert problems == []
+    done = run(scratch, restore.restore_command(f"pg_restore {target(scratch)}", str(dump)))
+    assert done.returncode == 0, done.stderr
+    assert litellm_data.snapshot(scratch) == litellm_data.snapshot(seeded)
+
+
+def test_restore_over_a_freshly_migrated_and_bootstrapped_database(seeded, pg_server, litellm_schema, tmp_path):
+    """Reprovision: the new host's deploy has migrated and bootstrapped an empty database; the restore
+    replaces it with the backup's rows exactly (--clean --if-exists over existing tables)."""
+    directory = tmp_path / "backups"
+    assert take(seeded, directory, "20261127T030000Z").returncode == 0
+    fresh = create_database(pg_server, template=litellm_schema[0].name)
+    try:
+        litellm_data.run_bootstrap(fresh, litellm_data.values_for("sk-" + "n" * 40))
+        done = run(fresh, restore.restore_command(f"pg_restore {target(fresh)}", str(directory / "20261127T030000Z.dump")))
+        assert done.returncode == 0, done.stderr
+        assert litellm_data.snapshot(fresh) == litellm_data.snapshot(seeded)
+    finally:
+        drop_database(fresh)
+
+
+def test_retention_keeps_exactly_n_on_host_and_controller(seeded, tmp_path):
+    directory = tmp_path / "backups"
+    rotation = directory / "litellm-20261101T000000Z-before-rotation.dump"
+    directory.mkdir(mode=0o700)
+    rotation.write_bytes(b"kept: not part of the retention")
+    stamps = [f"202611{day:02d}T030000Z" for day in range(1, 7)]
+    for stamp in stamps:
+        result = take(seeded, directory, stamp, keep=3)
+        assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in directory.glob("*.dump")) == sorted([rotation.name] + [f"{s}.dump" for s in stamps[-3:]])
+    assert sorted(p.name for p in directory.glob("*.sha256")) == [f"{s}.dump.sha256" for s in stamps[-3:]]
+    # The controller's side: the same rule in Python.
+    local = tmp_path / "controller"
+    local.mkdir()
+    for stamp in stamps:
+        (local / f"{stamp}.dump").write_bytes(b"x")
+        (local / f"{stamp}.dump.sha256").write_text("0" * 64 + "\n")
+    removed = backup.prune(local, 2)
+    assert [p.name for p in removed] == [f"{s}.dump" for s in stamps[:4]]
+    assert [p.name for p in backup.dumps_in(local)] == [f"{s}.dump" for s in stamps[-2:]]
+    assert len(list(local.glob("*.sha256"))) == 2
+
+
+def test_a_failed_dump_leaves_no_file(seeded, tmp_path):
+    directory = tmp_path / "backups"
+    script = backup.host_script("false", "pg_restore --file=/dev/null", str(directory), 3)
+    result = run(seeded, script, "20261127T030000Z")
+    assert result.returncode != 0
+    assert "database backup failed: pg_dump did not complete" in result.stderr
+    assert list(directory.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated, checksum re-recorded", "no checksum", "not a dump"])
+def test_a_damaged_backup_is_refused_and_the_database_untouched(seeded, scratch, tmp_path, damage):
+    directory = tmp_path / "backups"
+    assert take(seeded, directory, "20261127T030000Z").returncode == 0
+    dump = directory / "20261127T030000Z.dump"
+    sums = Path(f"{dump}.sha256")
+    data = dump.read_bytes()
+    if damage == "flipped byte":
+        dump.write_bytes(data[:-100] + bytes([data[-100] ^ 0xFF]) + data[-99:])
+        expected = "checksum mismatch"
+    elif damage == "truncated, checksum re-recorded":
+        dump.write_bytes(data[: len(data) * 2 // 3])
+        sums.write_text(f"{backup.sha256_of(dump)}  {dump.name}\n")
+        expected = "pg_restore cannot read it"
+    elif damage == "no checksum":
+        sums.unlink()
+        expected = "no recorded checksum"
+    else:
+        dump.write_bytes(b"-- plain SQL, not custom format\n" + data)
+        sums.write_text(f"{backup.sha256_of(dump)}  {dump.name}\n")
+        expected = "not a pg_dump custom-format archive"
+    before = litellm_data.snapshot(seeded)
+    problems, _ = restore.controller_check(dump)
+    assert len(problems) == 1 and expected in problems[0], problems
+    if damage == "truncated, checksum re-recorded":
+        # The host's own check (what the gateway runs before stopping anything) refuses it too...
+        check = subprocess.run(["sh", "-c", f"pg_restore --file=/dev/null < {shlex.quote(str(dump))}"],
+                               capture_output=True, text=True)
+        assert check.returncode != 0
+        # ...and even the restore itself, forced, rolls back as one transaction.
+        forced = run(seeded, restore.restore_command(f"pg_restore {target(seeded)}", str(dump)))
+        assert forced.returncode != 0 and "restore failed: pg_restore rolled back" in forced.stderr
+    assert litellm_data.snapshot(seeded) == before
