@@ -4,6 +4,10 @@ Inside the container this file is sent as `python3 -c` source, so requests leave
 gateway's real traffic leaves (LiteLLM issue #4494: an Ollama URL that works from the operator's
 laptop but not from the container). Keys are read from the environment by name, never passed in.
 Each check retries until its deadline, then reports what was checked, the URL, and the error.
+
+A check is a dict: name, kind, url, and optionally key_env, body, timeout, expect, fix,
+fix_no_answer (the fix when nothing answers at all) and requires (names of checks that must pass
+first; when one failed, this check is skipped rather than reported as a second symptom).
 """
 
 import json
@@ -28,6 +32,8 @@ def request(url, key_env=None, body=None, timeout=10):
         status, raw = error.code, error.read()
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
+        if isinstance(reason, OSError) and reason.strerror:
+            return 0, "%s (errno %s)" % (reason.strerror.lower(), reason.errno)
         return 0, str(reason)
     try:
         return status, json.loads(raw)
@@ -35,24 +41,42 @@ def request(url, key_env=None, body=None, timeout=10):
         return status, raw.decode(errors="replace")[:300]
 
 
+def error_text(payload, limit=300):
+    """The readable part of an error answer: LiteLLM/OpenAI {"error": {"message"}}, Ollama {"error"}."""
+    if isinstance(payload, dict) and "error" in payload:
+        error = payload["error"]
+        payload = error.get("message", error) if isinstance(error, dict) else error
+    text = " ".join(str(payload).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def evaluate(check, status, payload):
     """None when the check passes, else a short description of what is wrong."""
     kind = check["kind"]
     if status == 0:
         return "no answer: " + str(payload)
+    if kind == "reachable":
+        return None
     if kind == "refused":
         return None if status in (400, 401, 403) else "HTTP %s: a wrong key was accepted" % status
+    key_env = check.get("key_env")
+    if key_env and status in (400, 401, 403) and kind != "chat":
+        empty = "" if os.environ.get(key_env) else ", which is empty here"
+        said = error_text(payload)
+        if status == 400 and "no connected db" in said.lower():
+            said += "; a LiteLLM without a database answers 400, not 401, to any key but its master key"
+        return "HTTP %s: the key in %s was refused%s (%s)" % (status, key_env, empty, said)
     if status != 200:
-        return "HTTP %s: %s" % (status, str(payload)[:200])
+        return "HTTP %s: %s" % (status, error_text(payload))
     if kind == "models":
         ids = sorted(m.get("id") for m in payload.get("data", [])) if isinstance(payload, dict) else []
         missing = sorted(set(check["expect"]) - set(ids))
         if check.get("exact") and ids != sorted(check["expect"]):
             return "models are %s, expected %s" % (ids, sorted(check["expect"]))
-        return "missing model(s) %s (has %s)" % (missing, ids) if missing else None
+        return "model(s) %s not served (serves %s)" % (missing, ids) if missing else None
     if kind == "ollama_tags":
         names = {m.get("name") for m in payload.get("models", [])} if isinstance(payload, dict) else set()
-        names |= {n.split(":")[0] for n in names if n.endswith(":latest")}
+        names |= {n.split(":")[0] for n in names if n and n.endswith(":latest")}
         missing = sorted(set(check["expect"]) - names)
         return "model(s) %s not pulled on this node (has %s)" % (missing, sorted(names)) if missing else None
     if kind == "readiness":
@@ -64,7 +88,7 @@ def evaluate(check, status, payload):
         try:
             return None if payload["choices"][0]["message"]["content"] is not None else "empty reply"
         except (KeyError, IndexError, TypeError):
-            return "unexpected reply %s" % str(payload)[:200]
+            return "unexpected reply %s" % error_text(payload, 200)
     return None
 
 
@@ -75,15 +99,28 @@ def run_check(check, deadline):
         status, payload = request(check["url"], check.get("key_env"), check.get("body"), check.get("timeout", 10))
         problem = evaluate(check, status, payload)
         if problem is None or time.monotonic() + delay > deadline:
+            fix = check.get("fix_no_answer", check.get("fix", "")) if status == 0 else check.get("fix", "")
             return {"name": check["name"], "url": check["url"], "ok": problem is None, "status": status,
-                    "problem": problem, "fix": check.get("fix", "")}
+                    "problem": problem, "fix": fix}
         time.sleep(delay)  # back-off between attempts of a check that has a deadline
         delay = min(delay * 2, 10)
 
 
 def run_checks(checks, seconds):
+    """Every check, in order, all against one deadline (each gets at least one attempt)."""
     deadline = time.monotonic() + seconds
-    return [run_check(check, deadline) for check in checks]
+    results, failed = [], set()
+    for check in checks:
+        blocked = [name for name in check.get("requires", ()) if name in failed]
+        if blocked:
+            result = {"name": check["name"], "url": check["url"], "ok": False, "skipped": True, "status": 0,
+                      "problem": "not checked: %s failed" % ", ".join(blocked), "fix": ""}
+        else:
+            result = run_check(check, deadline)
+        if not result["ok"]:
+            failed.add(check["name"])
+        results.append(result)
+    return results
 
 
 if __name__ == "__main__":

@@ -23,6 +23,17 @@ PROBE_SOURCE = Path(probe.__file__).read_text()
 PROXY = "http://127.0.0.1:4000"
 # Not a secret: a syntactically valid key that no deployment has.
 WRONG_KEY_ENV = "LITELLM_DEPLOY_WRONG_KEY"
+CONTAINER = "the gateway's proxy container"
+CONTROLLER = "the controller"
+# Budget of the controller's re-check of a route the container could not use.
+CONTROLLER_SECONDS = 10
+
+
+def _node_label(base: str, models: tuple[Model, ...], nodes: dict[str, str]) -> str:
+    """'ollama node NAME at URL' when the inventory names the node, else 'ollama at URL'."""
+    named = {m.ollama_node for m in models if m.is_ollama and m.api_base == base and m.ollama_node}
+    named |= {name for name, url in nodes.items() if url.rstrip("/") == base.rstrip("/")}
+    return f"ollama node {', '.join(sorted(named))} at {base}" if named else f"ollama at {base}"
 
 
 def _ollama_bases(models: tuple[Model, ...]) -> dict[str, list[str]]:
@@ -37,10 +48,19 @@ def _upstreams(models: tuple[Model, ...]) -> list[Model]:
     return [m for m in models if not m.is_ollama and m.api_base]
 
 
+def _route_names(settings: Settings) -> dict[str, list[str]]:
+    """model name -> the route checks its chat smoke test depends on."""
+    needs: dict[str, list[str]] = {}
+    for check in route_checks(settings):
+        for model in check["models"]:
+            needs.setdefault(model, []).append(check["name"])
+    return needs
+
+
 def gateway_checks(settings: Settings) -> list[dict]:
-    """Checks run inside the proxy container against the proxy itself."""
+    """Checks run inside the proxy container against the proxy itself (no chat: see chat_checks)."""
     names = [m.name for m in settings.models]
-    checks = [
+    return [
         {"name": "gateway liveliness", "kind": "status", "url": f"{PROXY}/health/liveliness",
          "fix": "see `docker compose logs litellm` in " + settings.install_dir},
         {"name": "gateway readiness", "kind": "readiness", "url": f"{PROXY}/health/readiness",
@@ -50,37 +70,55 @@ def gateway_checks(settings: Settings) -> list[dict]:
         {"name": "gateway refuses a wrong key", "kind": "refused", "url": f"{PROXY}/v1/models",
          "key_env": WRONG_KEY_ENV, "fix": "LITELLM_MASTER_KEY must be set in .env"},
     ]
-    for model in settings.models:
-        if model.smoke_test:
-            checks.append({
-                "name": f"chat through gateway: {model.name}", "kind": "chat", "timeout": 60,
-                "url": f"{PROXY}/v1/chat/completions", "key_env": "LITELLM_MASTER_KEY",
-                "body": {"model": model.name, "max_tokens": 8,
-                         "messages": [{"role": "user", "content": "Reply with one word: ok"}]},
-                "fix": f"the route of {model.name} ({model.model} at {model.api_base or 'provider default'})",
-            })
-    return checks
+
+
+def chat_checks(settings: Settings) -> list[dict]:
+    """One chat completion through the gateway per smoke-tested model; skipped when its route failed,
+    so a dead node is reported once, as the node."""
+    needs = _route_names(settings)
+    return [{
+        "name": f"chat through gateway: {model.name}", "kind": "chat", "timeout": 60,
+        "url": f"{PROXY}/v1/chat/completions", "key_env": "LITELLM_MASTER_KEY",
+        "body": {"model": model.name, "max_tokens": 8,
+                 "messages": [{"role": "user", "content": "Reply with one word: ok"}]},
+        "requires": needs.get(model.name, []),
+        "fix": f"the route of {model.name} ({model.model} at {model.api_base or 'provider default'}): "
+               "see `docker compose logs litellm` in " + settings.install_dir,
+    } for model in settings.models if model.smoke_test]
 
 
 def route_checks(settings: Settings) -> list[dict]:
-    """Checks of what the gateway routes to; run from the container and from the controller."""
+    """Checks of what the gateway routes to; run from the container and, when failing, from the controller.
+    `models` (the gateway's model names on that route) is for this module, not for the probe."""
     checks = []
-    for base, models in _ollama_bases(settings.models).items():
-        fix = f"is Ollama running and listening on a non-loopback address (OLLAMA_HOST=0.0.0.0) at {base}?"
+    for base, served in _ollama_bases(settings.models).items():
+        label = _node_label(base, settings.models, dict(settings.ollama_nodes))
+        routed = [m.name for m in settings.models if m.is_ollama and m.api_base == base]
+        unreachable = (f"is Ollama running on that node (systemctl status ollama), listening on a non-loopback "
+                       f"address (OLLAMA_HOST=0.0.0.0) and reachable from the gateway at {base}?")
         checks += [
-            {"name": f"ollama {base}", "kind": "status", "url": f"{base}/", "fix": fix},
-            {"name": f"ollama {base} version", "kind": "status", "url": f"{base}/api/version", "fix": fix},
-            {"name": f"ollama {base} models", "kind": "ollama_tags", "url": f"{base}/api/tags", "expect": models,
-             "fix": "run `ollama pull <model>` on that node"},
+            {"name": label, "kind": "status", "url": f"{base}/", "fix": unreachable, "models": routed},
+            {"name": f"{label}: /api/version", "kind": "status", "url": f"{base}/api/version",
+             "requires": [label], "fix": unreachable, "models": routed},
+            {"name": f"{label}: models", "kind": "ollama_tags", "url": f"{base}/api/tags", "expect": served,
+             "requires": [label], "fix": f"run `ollama pull <model>` on that node for {', '.join(served)}",
+             "fix_no_answer": unreachable, "models": routed},
         ]
     for model in _upstreams(settings.models):
         checks.append({
             "name": f"upstream {model.api_base} for {model.name}", "kind": "models",
             "url": f"{model.api_base.rstrip('/')}/v1/models", "key_env": model.api_key_env,
-            "expect": [model.upstream_model],
+            "expect": [model.upstream_model], "models": [model.name],
             "fix": f"check {model.api_key_env} in the secrets file and that the upstream serves {model.upstream_model}",
+            "fix_no_answer": f"is the upstream running and reachable from the gateway at {model.api_base}?",
         })
     return checks
+
+
+def container_spec(settings: Settings, seconds: int | None = None) -> str:
+    """What probe.py runs inside the proxy container: the proxy, its routes, then chats through it."""
+    checks = gateway_checks(settings) + route_checks(settings) + chat_checks(settings)
+    return json.dumps({"checks": checks, "seconds": settings.verify_timeout if seconds is None else seconds})
 
 
 class ContainerChecks(FactBase):
@@ -102,9 +140,51 @@ def _describe(result: dict, where: str) -> str:
     return f"{result['name']}: {result['problem']} (checked from {where}, {result['url']}) — fix: {result['fix']}"
 
 
-def _summary(results: list[tuple[str, dict]]) -> str:
+def assess(route: list[dict], inside: list[dict],
+           controller_seconds: float = CONTROLLER_SECONDS) -> tuple[list[tuple[str, dict]], list[str]]:
+    """(every result with where it was checked from, one readable line per failure).
+
+    A route check that failed inside the container is run again from the controller: a node that
+    answers the controller but not the container is the classic misroute (LiteLLM issue #4494),
+    not a dead node, and the fix differs. Keys stay in the container: a keyed check is re-run from
+    the controller only when the container got no answer at all, as a plain reachability check.
+    """
+    results = [(CONTAINER, r) for r in inside]
+    by_name = {c["name"]: c for c in route}
+    again = []
+    for r in inside:
+        check = by_name.get(r["name"])
+        if r["ok"] or r.get("skipped") or check is None:
+            continue
+        if check.get("key_env"):
+            if r["status"] != 0:
+                continue
+            check = {"name": check["name"], "kind": "reachable", "url": check["url"]}
+        again.append(check)
+    controller = {r["name"]: r for r in probe.run_checks(again, controller_seconds)}
+    results += [(CONTROLLER, r) for r in controller.values()]
+    failures = []
+    for r in inside:
+        if r["ok"] or r.get("skipped"):
+            continue
+        seen = controller.get(r["name"])
+        if seen is None:
+            failures.append(_describe(r, CONTAINER))
+        elif seen["ok"]:
+            failures.append(
+                f"{r['name']}: reachable from the controller but NOT from the gateway's container "
+                f"({r['url']}: {r['problem']} from the container) — fix: route the gateway to an address its "
+                "container can reach (not localhost/127.0.0.1, which is the container itself; check "
+                "firewalls and OLLAMA_HOST=0.0.0.0 on the node)")
+        else:
+            failures.append(_describe(r, f"{CONTAINER} and from {CONTROLLER}"))
+    return results, failures
+
+
+def summary(results: list[tuple[str, dict]]) -> str:
     width = max(len(r["name"]) for _, r in results)
-    lines = [f"  {'ok  ' if r['ok'] else 'FAIL'} {r['name'].ljust(width)}  from {where}" for where, r in results]
+    state_of = lambda r: "ok  " if r["ok"] else "SKIP" if r.get("skipped") else "FAIL"  # noqa: E731
+    lines = [f"  {state_of(r)} {r['name'].ljust(width)}  from {where}" for where, r in results]
     return "verification summary:\n" + "\n".join(lines)
 
 
@@ -113,27 +193,16 @@ def gateway_verified(settings: Settings):
     if not state.is_executing:
         host.noop("checks run when the deploy executes")
         return
-    route = route_checks(settings)
-    spec = json.dumps({"checks": gateway_checks(settings) + route, "seconds": settings.verify_timeout})
     inside = host.get_fact(ContainerChecks, project=settings.compose_project,
-                           install_dir=settings.install_dir, spec=spec)
-    container = "the gateway's proxy container"
-    results = [(container, r) for r in inside]
-    failures = [_describe(r, container) for r in inside if not r["ok"]]
-    # The same route checks from the controller tell "the node is down" from "the container
-    # cannot reach it".
-    failing_routes = {r["name"] for r in inside if not r["ok"]}
-    keyless = [c for c in route if c["name"] in failing_routes and not c.get("key_env")]
-    for result in probe.run_checks(keyless, seconds=10):
-        results.append(("the controller", result))
-        if result["ok"]:
-            failures.append(f"{result['name']}: reachable from the controller but NOT from the gateway's container "
-                            f"({result['url']}) — fix: use an address the container can route to, not localhost")
-    host.log(_summary(results), logger.info)
+                           install_dir=settings.install_dir, spec=container_spec(settings))
+    results, failures = assess(route_checks(settings), inside)
+    host.log(summary(results), logger.info)
     if not failures:
         host.noop(f"{len(inside)} checks passed")
         return
-    yield f"echo {shlex.quote('verification failed on ' + host.name + ':' + ''.join(chr(10) + '  ' + f for f in failures))} >&2; exit 1"
+    message = f"verification failed on {host.name} ({len(failures)} problem(s)):" + "".join(
+        "\n  " + f for f in failures)
+    yield f"echo {shlex.quote(message)} >&2; exit 1"
 
 
 @deploy("Verify")
