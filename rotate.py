@@ -1,0 +1,16 @@
+"""Rotate the master key of every gateway: `pyinfra inventory rotate.py` (docs/rotation.md).
+
+The new key is LITELLM_MASTER_KEY_NEXT from the secrets file, or generated and written there before
+any host is touched; it becomes LITELLM_MASTER_KEY once every gateway has proven it. Interrupted?
+Run the same command again: it finishes the same rotation.
+"""
+
+from pyinfra import host, state
+
+from tasks.context import settings_for
+from tasks.rotate import rotate_gateway, rotation_for
+
+settings = settings_for(state, host)
+
+if settings is not None:
+    rotate_gateway(settings, rotation_for(state))
