@@ -320,3 +320,21 @@ def bootstrap(
         return
     # The values ride on this command's stdin; pyinfra never prints a command's stdin.
     yield StringCommand(psql_command(mode, install_dir, **target), _stdin=bootstrap_input(values))
+
+
+def bootstrap_current_key(settings) -> object:
+    """The bootstrap for a gateway's Settings and its current master key (deploy and restore)."""
+    key = settings.secrets.master_key
+    return bootstrap(
+        name="LiteLLM admin user and master-key link",
+        mode=settings.database_mode,
+        install_dir=settings.install_dir,
+        admin_user_id=settings.admin_user_id,
+        admin_email=settings.admin_email,
+        master_key_hash=hash_key(key),
+        master_key_name=abbreviate_key(key),
+        postgres_user=settings.postgres_user,
+        postgres_db=settings.postgres_db,
+        postgres_image=settings.postgres_image,
+        compose_project=settings.compose_project,
+    )

@@ -28,19 +28,7 @@ def deploy_gateway(settings: Settings) -> None:
             image=settings.litellm_image,
         )
         # 6. Admin user and master-key link, insert-or-update (values on psql's stdin only).
-        database.bootstrap(
-            name="LiteLLM admin user and master-key link",
-            mode=settings.database_mode,
-            install_dir=settings.install_dir,
-            admin_user_id=settings.admin_user_id,
-            admin_email=settings.admin_email,
-            master_key_hash=database.hash_key(settings.secrets.master_key),
-            master_key_name=database.abbreviate_key(settings.secrets.master_key),
-            postgres_user=settings.postgres_user,
-            postgres_db=settings.postgres_db,
-            postgres_image=settings.postgres_image,
-            compose_project=settings.compose_project,
-        )
+        database.bootstrap_current_key(settings)
         # 6b. Scheduled pg_dump backups on the host (systemd timer; off with backup_enabled = False).
         backup.scheduled_backup(settings)
     # 7. The proxy, recreated only when its files or image changed.

@@ -164,19 +164,7 @@ def restore_gateway(settings: Settings, plan: Plan) -> None:
         name="Database schema migrated", project=settings.compose_project,
         install_dir=settings.install_dir, image=settings.litellm_image,
     )
-    database.bootstrap(
-        name="LiteLLM admin user and master-key link",
-        mode=settings.database_mode,
-        install_dir=settings.install_dir,
-        admin_user_id=settings.admin_user_id,
-        admin_email=settings.admin_email,
-        master_key_hash=database.hash_key(settings.secrets.master_key),
-        master_key_name=database.abbreviate_key(settings.secrets.master_key),
-        postgres_user=settings.postgres_user,
-        postgres_db=settings.postgres_db,
-        postgres_image=settings.postgres_image,
-        compose_project=settings.compose_project,
-    )
+    database.bootstrap_current_key(settings)
     # 4. The proxy back (it was stopped, so this always starts it), then the usual verification.
     compose.service_up(
         name="LiteLLM proxy up and healthy", project=settings.compose_project, install_dir=settings.install_dir,
