@@ -5,8 +5,8 @@ any operation exists), the chosen file must exist, carry its recorded sha256 (wr
 backup next to it as FILE.sha256) and match it, start with pg_dump's custom-format signature and,
 when this machine has a pg_restore that knows the format version, read back whole. On the host the
 uploaded copy is checked again (sha256, then the database's own pg_restore reading every block)
-before the proxy is stopped. Then: proxy stopped, pg_restore --clean --if-exists --no-owner
---single-transaction (all or nothing), migrations for the current image (its marker removed so
+before the proxy is stopped. Then: proxy stopped, the public schema replaced by the dump's in one
+transaction (restore_command: all or nothing), migrations for the current image (its marker removed so
 they run), bootstrap again (master-key link = the current key), proxy started, verification.
 """
 
@@ -123,26 +123,58 @@ def proxy_stopped(settings: Settings):
     yield f"{compose.compose_cmd(settings.compose_project, settings.install_dir)} stop litellm"
 
 
-def restore_command(pg_restore: str, path: str) -> str:
-    """The restore proper: every object of the dump dropped and recreated, in one transaction."""
+# Replaces the public schema, not only the tables the dump has: a restore after a newer image's
+# migrations (an upgrade rolled back) must not keep that image's extra tables, or its next
+# migration run finds them and fails.
+SCHEMA_RESET = ("DROP SCHEMA IF EXISTS public CASCADE;", "CREATE SCHEMA public AUTHORIZATION pg_database_owner;",
+                "GRANT USAGE ON SCHEMA public TO PUBLIC;")
+
+
+def restore_command(pg_restore: str, psql: str, path: str, script: str) -> str:
+    """The restore proper: the dump turned into SQL first (so a dump pg_restore cannot read whole
+    never reaches the database), then the schema dropped and the SQL applied in ONE transaction.
+    `script` is a scratch file in a private directory (it holds the data); removed in every case."""
+    sql = shlex.quote(script)
+    reset = " ".join(shlex.quote(statement) for statement in SCHEMA_RESET)
     return (
-        f"{pg_restore} --clean --if-exists --no-owner --no-privileges --single-transaction --exit-on-error "
-        f"< {shlex.quote(path)} || {{ echo 'restore failed: pg_restore rolled back, the database is as before "
-        "(output above)' >&2; exit 1; }"
+        f"umask 077; {pg_restore} --no-owner --no-privileges --file=- < {shlex.quote(path)} > {sql} || "
+        f"{{ rm -f {sql}; echo 'restore failed: pg_restore cannot read the backup whole; the database is unchanged' >&2; exit 1; }}; "
+        f"{{ printf '%s\\n' {reset}; cat {sql}; }} | {psql} -X -q -v ON_ERROR_STOP=1 --single-transaction > /dev/null; "
+        f"rc=$?; rm -f {sql}; [ $rc -eq 0 ] || "
+        "{ echo 'restore failed: rolled back as one transaction, the database is as before (psql output above)' >&2; exit 1; }"
     )
 
 
 @operation(is_idempotent=False)
 def database_restored(settings: Settings, path: str):
-    pg_restore = (f"{backup.db_exec(settings)} pg_restore -U {shlex.quote(settings.postgres_user)} "
-                  f"-d {shlex.quote(settings.postgres_db)}")
-    yield restore_command(pg_restore, path)
+    target = f"-U {shlex.quote(settings.postgres_user)} -d {shlex.quote(settings.postgres_db)}"
+    yield restore_command(f"{backup.db_exec(settings)} pg_restore", f"{backup.db_exec(settings)} psql {target}",
+                          path, f"{path}.restore.sql")
 
 
 @operation(is_idempotent=False)
 def migration_marker_removed(install_dir: str):
     """The restored schema is the backup's, not the image's: make the migrations gate run again."""
     yield f"rm -f {shlex.quote(migrations.marker_path(install_dir))}"
+
+
+@deploy("Database replaced")
+def database_replaced(settings: Settings, path: str, label: str = "the backup") -> list:
+    """From a dump already on the host (and checked): the proxy stopped, the database restored, the
+    schema migrated for settings' image, the bootstrap re-applied. The proxy stays stopped; returns
+    the operations a restart depends on. Shared by restore.py and a failed upgrade's rollback."""
+    # No writer while the tables are replaced.
+    stopped = proxy_stopped(name="LiteLLM proxy stopped for the restore", settings=settings)
+    restored = database_restored(name=f"Database restored from {label} (single transaction)",
+                                 settings=settings, path=path)
+    # Schema for the image now configured, then the admin user and current master-key link.
+    migration_marker_removed(name="Migration marker cleared after the restore", install_dir=settings.install_dir)
+    migrations.schema_migrated(
+        name=f"Database schema migrated for {settings.litellm_image}", project=settings.compose_project,
+        install_dir=settings.install_dir, image=settings.litellm_image,
+    )
+    database.bootstrap_current_key(settings)
+    return [stopped, restored]
 
 
 @deploy("Database restore")
@@ -154,20 +186,10 @@ def restore_gateway(settings: Settings, plan: Plan) -> None:
                   sha256=plan.sha256)
     dump_readable(name="Backup read back whole by the database's pg_restore (nothing changed yet)",
                   settings=settings, path=remote)
-    # 2. No writer while the tables are replaced.
-    stopped = proxy_stopped(name="LiteLLM proxy stopped for the restore", settings=settings)
-    restored = database_restored(name="Database restored from the backup (single transaction)",
-                                 settings=settings, path=remote)
-    # 3. Schema for the image now configured, then the admin user and current master-key link.
-    migration_marker_removed(name="Migration marker cleared after the restore", install_dir=settings.install_dir)
-    migrations.schema_migrated(
-        name="Database schema migrated", project=settings.compose_project,
-        install_dir=settings.install_dir, image=settings.litellm_image,
-    )
-    database.bootstrap_current_key(settings)
-    # 4. The proxy back (it was stopped, so this always starts it), then the usual verification.
+    # 2. Restored, migrated, bootstrapped; the proxy back (it was stopped, so this always starts it).
+    replaced = database_replaced(settings, remote)
     compose.service_up(
         name="LiteLLM proxy up and healthy", project=settings.compose_project, install_dir=settings.install_dir,
-        service="litellm", depends_on=[stopped, restored], timeout=settings.verify_timeout,
+        service="litellm", depends_on=replaced, timeout=settings.verify_timeout,
     )
     verify.verify_gateway(settings)

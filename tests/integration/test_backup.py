@@ -37,6 +37,11 @@ def run(db, command: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["sh", "-c", command, "litellm-backup", *args], capture_output=True, text=True, env=db.env())
 
 
+def restore_into(db, dump: Path) -> subprocess.CompletedProcess:
+    """tasks.restore's command, with psql talking to `db` over TCP."""
+    return run(db, restore.restore_command("pg_restore", f"psql {target(db)}", str(dump), f"{dump}.restore.sql"))
+
+
 def take(db, directory: Path, stamp: str, keep: int = 7) -> subprocess.CompletedProcess:
     script = backup.host_script(f"pg_dump {target(db)} --format=custom", "pg_restore --file=/dev/null",
                                 str(directory), keep)
@@ -76,7 +81,7 @@ def test_backup_is_private_checksummed_and_restores_every_row(seeded, scratch, t
     # The controller accepts it, and the restore command brings back every row of every table.
     problems, _ = restore.controller_check(dump)
     assert problems == []
-    done = run(scratch, restore.restore_command(f"pg_restore {target(scratch)}", str(dump)))
+    done = restore_into(scratch, dump)
     assert done.returncode == 0, done.stderr
     assert litellm_data.snapshot(scratch) == litellm_data.snapshot(seeded)
 
@@ -89,11 +94,38 @@ def test_restore_over_a_freshly_migrated_and_bootstrapped_database(seeded, pg_se
     fresh = create_database(pg_server, template=litellm_schema[0].name)
     try:
         litellm_data.run_bootstrap(fresh, litellm_data.values_for("sk-" + "n" * 40))
-        done = run(fresh, restore.restore_command(f"pg_restore {target(fresh)}", str(directory / "20261127T030000Z.dump")))
+        done = restore_into(fresh, directory / "20261127T030000Z.dump")
         assert done.returncode == 0, done.stderr
         assert litellm_data.snapshot(fresh) == litellm_data.snapshot(seeded)
     finally:
         drop_database(fresh)
+
+
+# What a newer image's migrations might do: a new table, a new column, a changed row, a ledger entry.
+NEWER_MIGRATION = """CREATE TABLE "LiteLLM_FromANewerImage" (id int PRIMARY KEY);
+ALTER TABLE "LiteLLM_TeamTable" ADD COLUMN from_a_newer_image text DEFAULT 'x';
+UPDATE "LiteLLM_UserTable" SET spend = spend + 1;
+INSERT INTO "_prisma_migrations" (id, checksum, migration_name, started_at, finished_at, applied_steps_count)
+VALUES ('00000000-0000-4000-8000-000000000000', repeat('0', 64), '29991231000000_newer', now(), now(), 1);
+"""
+
+
+def test_restore_undoes_a_newer_images_migrations(seeded, tmp_path):
+    """An upgrade rolled back: the backup taken before it replaces the whole schema, so the newer
+    image's table and column are gone too (a --clean restore would keep them, and the next
+    upgrade's migration would then fail on them)."""
+    directory = tmp_path / "backups"
+    assert take(seeded, directory, "20261127T030000Z").returncode == 0
+    before = litellm_data.snapshot(seeded)
+    seeded.psql(NEWER_MIGRATION)
+    assert litellm_data.snapshot(seeded) != before
+    done = restore_into(seeded, directory / "20261127T030000Z.dump")
+    assert done.returncode == 0, done.stderr
+    assert litellm_data.snapshot(seeded) == before
+    leftovers = seeded.psql("SELECT count(*) FROM information_schema.columns WHERE table_schema = 'public' AND "
+                            "(table_name = 'LiteLLM_FromANewerImage' OR column_name = 'from_a_newer_image')")
+    assert leftovers.stdout.split() == ["0"]
+    assert not list(directory.glob("*.sql")), "the SQL scratch file holds data and must not stay"
 
 
 def test_retention_keeps_exactly_n_on_host_and_controller(seeded, tmp_path):
@@ -158,6 +190,6 @@ def test_a_damaged_backup_is_refused_and_the_database_untouched(seeded, scratch,
                                capture_output=True, text=True)
         assert check.returncode != 0
         # ...and even the restore itself, forced, rolls back as one transaction.
-        forced = run(seeded, restore.restore_command(f"pg_restore {target(seeded)}", str(dump)))
-        assert forced.returncode != 0 and "restore failed: pg_restore rolled back" in forced.stderr
+        forced = restore_into(seeded, dump)
+        assert forced.returncode != 0 and "restore failed: pg_restore cannot read the backup whole" in forced.stderr
     assert litellm_data.snapshot(seeded) == before
