@@ -42,11 +42,12 @@ def backup_path(install_dir: str, stamp: str, purpose: str = "before-rotation") 
     return f"{backup_dir(install_dir)}/litellm-{stamp}-{purpose}.dump"
 
 
-def rotation_backup_path(settings: Settings, stamp: str) -> str:
-    """Where rotate.py puts its backup: the gateway's backup_dir when the settings have one (the
-    scheduled backups' retention leaves these names alone), else <install_dir>/backups."""
+def pre_change_backup_path(settings: Settings, stamp: str, purpose: str = "before-rotation") -> str:
+    """Where rotate.py (and an upgrade, purpose "before-upgrade") puts its backup: the gateway's
+    backup_dir when the settings have one (the scheduled backups' retention leaves these names
+    alone), else <install_dir>/backups."""
     directory = getattr(settings, "backup_dir", None) or backup_dir(settings.install_dir)
-    return f"{directory.rstrip('/')}/litellm-{stamp}-before-rotation.dump"
+    return f"{directory.rstrip('/')}/litellm-{stamp}-{purpose}.dump"
 
 
 def dump_command(settings: Settings) -> str:

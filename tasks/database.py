@@ -322,8 +322,9 @@ def bootstrap(
     yield StringCommand(psql_command(mode, install_dir, **target), _stdin=bootstrap_input(values))
 
 
-def bootstrap_current_key(settings) -> object:
-    """The bootstrap for a gateway's Settings and its current master key (deploy and restore)."""
+def bootstrap_current_key(settings, **op_args) -> object:
+    """The bootstrap for a gateway's Settings and its current master key (deploy and restore);
+    op_args: pyinfra global arguments (_if, _ignore_errors)."""
     key = settings.secrets.master_key
     return bootstrap(
         name="LiteLLM admin user and master-key link",
@@ -337,4 +338,5 @@ def bootstrap_current_key(settings) -> object:
         postgres_db=settings.postgres_db,
         postgres_image=settings.postgres_image,
         compose_project=settings.compose_project,
+        **op_args,
     )

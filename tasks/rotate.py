@@ -52,6 +52,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files, python
 
 from tasks import backup, compose, database
+from tasks.outcome import failed, last_error
 from tasks import secrets as S
 from tasks.filters import dotenv_quote
 from tasks.render import ENV_FILE, render_files
@@ -241,20 +242,11 @@ class HostRun:
         labels = ["writing the new .env", "moving the database link to the new key",
                   "restarting the proxy on the new key"]
         for label, meta in zip(labels, self.switch):
-            if meta is not None and meta.is_complete() and not meta.did_succeed():
-                return f"{label} failed{_last_error(meta)}"
-        if self.proof is not None and self.proof.is_complete() and not self.proof.did_succeed():
+            if failed(meta):
+                return f"{label} failed{last_error(meta)}"
+        if failed(self.proof):
             return f"proof failed: {self.proof_problem or 'see above'}"
         return None
-
-
-def _last_error(meta: OperationMeta) -> str:
-    try:
-        lines = [line.strip() for line in meta.stderr_lines if line.strip()]
-    except RuntimeError:
-        return ""
-    last = list(dict.fromkeys(reversed(lines)))[:3][::-1]  # the last three different lines
-    return f" ({' / '.join(last)[:600]})" if last else ""
 
 
 @dataclass
@@ -740,7 +732,7 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
 
     # 2. Database backup (database modes), then again nothing anywhere unless every one was taken.
     if settings.has_database:
-        run.backup_path = backup.rotation_backup_path(settings, rotation.stamp)
+        run.backup_path = backup.pre_change_backup_path(settings, rotation.stamp)
         run.backup = backup.database_backup(
             name=f"Database backup before rotation: {run.backup_path}", settings=old, path=run.backup_path,
             needed=lambda: needs_data_change(run, rotation),

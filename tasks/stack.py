@@ -133,8 +133,8 @@ def start_database(settings: Settings, changes: Changes) -> None:
 
 
 @deploy("Start the proxy")
-def start_proxy(settings: Settings, changes: Changes) -> None:
-    compose.service_up(
+def start_proxy(settings: Settings, changes: Changes):
+    return compose.service_up(
         name="LiteLLM proxy up and healthy",
         project=settings.compose_project,
         install_dir=settings.install_dir,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from pathlib import Path
 
 from pyinfra import host, logger, state
@@ -27,6 +28,7 @@ CONTAINER = "the gateway's proxy container"
 CONTROLLER = "the controller"
 # Budget of the controller's re-check of a route the container could not use.
 CONTROLLER_SECONDS = 10
+STALE_AFTER = {"hourly": 3 * 3600, "daily": 2 * 86400 + 3600, "weekly": 15 * 86400}  # backup_schedule -> s
 
 
 def _node_label(base: str, models: tuple[Model, ...], nodes: dict[str, str]) -> str:
@@ -181,11 +183,61 @@ def assess(route: list[dict], inside: list[dict],
     return results, failures
 
 
-def summary(results: list[tuple[str, dict]]) -> str:
+def summary(results: list[tuple[str, dict]], notes: list[str] = ()) -> str:
     width = max(len(r["name"]) for _, r in results)
     state_of = lambda r: "ok  " if r["ok"] else "SKIP" if r.get("skipped") else "FAIL"  # noqa: E731
     lines = [f"  {state_of(r)} {r['name'].ljust(width)}  from {where}" for where, r in results]
-    return "verification summary:\n" + "\n".join(lines)
+    return "verification summary:\n" + "\n".join(lines + [f"  {note}" for note in notes])
+
+
+class NewestBackup(FactBase):
+    """(file name, age in seconds) of the newest *.dump in a backup directory, or None.
+    Uploaded copies for a restore (restore-*.dump) are not backups and are left out."""
+
+    def command(self, directory: str) -> str:
+        return (f"find {shlex.quote(directory)} -maxdepth 1 -type f -name '*.dump' ! -name 'restore-*' "
+                "-printf '%T@ %f\\n' 2>/dev/null | sort -n | tail -n 1; echo \"now $(date +%s)\"")
+
+    def process(self, output: list[str]) -> tuple[str, float] | None:
+        now = float(output[-1].split()[1])
+        if len(output) < 2:
+            return None
+        mtime, name = output[0].split(" ", 1)
+        return name, max(0.0, now - float(mtime))
+
+
+def age(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    hours = minutes // 60
+    return f"{hours} h" if hours < 48 else f"{hours // 24} days"
+
+
+def backup_note(where: str, newest: tuple[str, float] | None, stale_after: float) -> str:
+    """One summary line on the newest backup; "STALE" once older than stale_after seconds."""
+    if newest is None:
+        return f"newest backup {where}: none yet"
+    name, seconds = newest
+    flag = "  STALE: check the backup timer (systemctl status litellm-backup)" if seconds > stale_after else ""
+    return f"newest backup {where}: {name}, {age(seconds)} old{flag}"
+
+
+def backup_notes(settings: Settings) -> list[str]:
+    """The age of the newest backup, on the host and on the controller (bundled database only)."""
+    if settings.database_mode != "bundled":
+        return []
+    from tasks.backup import local_dir
+
+    # Two missed runs of the timer make a backup stale; a custom OnCalendar= is not second-guessed.
+    stale = STALE_AFTER.get(settings.backup_schedule, float("inf")) if settings.backup_enabled else float("inf")
+    notes = [backup_note(f"on the host ({settings.backup_dir})",
+                         host.get_fact(NewestBackup, directory=settings.backup_dir), stale)]
+    controller = local_dir(settings)
+    dumps = sorted(controller.glob("*.dump"), key=lambda p: p.stat().st_mtime) if controller.is_dir() else []
+    newest = (dumps[-1].name, max(0.0, time.time() - dumps[-1].stat().st_mtime)) if dumps else None
+    notes.append(backup_note(f"on the controller ({controller})", newest, float("inf")))
+    return notes
 
 
 @operation(is_idempotent=True)
@@ -196,7 +248,7 @@ def gateway_verified(settings: Settings):
     inside = host.get_fact(ContainerChecks, project=settings.compose_project,
                            install_dir=settings.install_dir, spec=container_spec(settings))
     results, failures = assess(route_checks(settings), inside)
-    host.log(summary(results), logger.info)
+    host.log(summary(results, backup_notes(settings)), logger.info)
     if not failures:
         host.noop(f"{len(inside)} checks passed")
         return
@@ -206,5 +258,5 @@ def gateway_verified(settings: Settings):
 
 
 @deploy("Verify")
-def verify_gateway(settings: Settings) -> None:
-    gateway_verified(name="Gateway, Ollama nodes and upstreams answer", settings=settings)
+def verify_gateway(settings: Settings):
+    return gateway_verified(name="Gateway, Ollama nodes and upstreams answer", settings=settings)

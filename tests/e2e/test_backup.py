@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from dotenv import dotenv_values
 
+from tests.e2e import database
 from tests.e2e.conftest import IMAGES, make_deployment
 
 pytestmark = pytest.mark.e2e
@@ -24,46 +25,6 @@ HOST = "gw-db"
 OFFLINE = IMAGES == "local"
 PROXY_OP = "LiteLLM proxy up and healthy"
 KEEP = 2
-COMPOSE = "docker compose --project-name litellm --project-directory /opt/litellm"
-
-SEED = """BEGIN;
-INSERT INTO "LiteLLM_TeamTable" (team_id, team_alias, models, max_budget)
-SELECT 'team-' || g, 'Team ' || g, ARRAY['chat-upstream'], 100 + g FROM generate_series(1, 50) g;
-INSERT INTO "LiteLLM_UserTable" (user_id, user_email, user_role, teams, models, spend, metadata)
-SELECT 'user-' || g, 'u' || g || '@example.com', 'internal_user', ARRAY['team-' || g], ARRAY[]::text[], g * 0.5,
-       jsonb_build_object('seq', g) FROM generate_series(1, 50) g;
-INSERT INTO "LiteLLM_VerificationToken" (token, key_name, key_alias, user_id, team_id, models, spend, metadata,
-       permissions, aliases, config)
-SELECT encode(sha256(('sk-seed-' || g)::bytea), 'hex'), 'sk-...' || lpad(g::text, 4, '0'), 'key-' || g,
-       'user-' || g, 'team-' || g, ARRAY['chat-upstream'], g * 0.01, jsonb_build_object('note', 'it''s $$ \\'),
-       '{}'::jsonb, '{}'::jsonb, '{}'::jsonb FROM generate_series(1, 50) g;
-INSERT INTO "LiteLLM_SpendLogs" (request_id, call_type, api_key, spend, total_tokens, prompt_tokens, completion_tokens,
-       "startTime", "endTime", model, "user", metadata)
-SELECT 'req-' || g, 'acompletion', encode(sha256(('sk-seed-' || g)::bytea), 'hex'), g * 0.001, 10 * g, 6 * g, 4 * g,
-       timestamp '2026-11-01' + g * interval '1 minute', timestamp '2026-11-01' + g * interval '61 seconds',
-       'chat-upstream', 'user-' || g, '{}'::jsonb FROM generate_series(1, 50) g;
-COMMIT;
-"""
-
-# table|md5 of its sorted row md5s, for every table of the schema.
-SNAPSHOT = """SELECT format('SELECT %L || ''|'' || coalesce(md5(string_agg(md5(t::text), '','' ORDER BY md5(t::text))), '''') FROM %I t',
-              c.relname, c.relname)
-  FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p') ORDER BY c.relname \\gexec
-"""
-
-
-def psql(deployment, script: str) -> str:
-    result = deployment.bed.ssh(deployment.name(HOST), f"{COMPOSE} exec -T db psql -X -q -v ON_ERROR_STOP=1 -U litellm -d litellm -At",
-                                input=script.encode())
-    assert result.ok, result.output
-    return result.output.strip()
-
-
-def snapshot(deployment) -> dict[str, str]:
-    rows = dict(line.split("|", 1) for line in psql(deployment, SNAPSHOT).splitlines() if "|" in line)
-    assert len(rows) > 50, rows
-    return rows
-
 
 def host_dumps(deployment) -> list[str]:
     out = deployment.ssh(HOST, "ls -1 /opt/litellm/backups | grep -E '^[0-9]{8}T[0-9]{6}Z.dump$' || true")
@@ -103,8 +64,8 @@ def seeded(deployment):
     converge = deployment.pyinfra(limit=HOST)
     assert_failed_only_at_the_proxy(converge)
     assert "Database schema migrated" in " ".join(deployment.changed(converge, HOST))
-    psql(deployment, SEED)
-    return snapshot(deployment)
+    database.psql(deployment, HOST, database.SEED)
+    return database.snapshot(deployment, HOST)
 
 
 def backup(deployment):
@@ -145,7 +106,7 @@ def test_3_corrupt_or_truncated_backup_refused_database_untouched(deployment, se
     run = deployment.pyinfra("restore.py", "--data", f"restore_from={truncated}", limit=HOST)
     assert run.returncode != 0 and "restore refused" in run.output, run.output[-3000:]
     assert not any("stopped" in op or "restored" in op for op in deployment.changed(run, HOST)), run.output[-3000:]
-    assert snapshot(deployment) == seeded
+    assert database.snapshot(deployment, HOST) == seeded
 
 
 def test_2_reprovision_deploy_then_restore_latest(deployment, seeded):
@@ -163,9 +124,9 @@ def test_2_reprovision_deploy_then_restore_latest(deployment, seeded):
     for step in ("checksum verified", "LiteLLM proxy stopped for the restore", "Database restored from the backup",
                  "Migration marker cleared", "Database schema migrated"):
         assert step in changed, (step, run.output[-4000:])
-    assert snapshot(deployment) == seeded
+    assert database.snapshot(deployment, HOST) == seeded
     assert deployment.secrets.read_bytes() == secrets_before
-    linked = psql(deployment, "SELECT token || '|' || user_id FROM \"LiteLLM_VerificationToken\" WHERE key_alias = 'master-key';")
+    linked = database.psql(deployment, HOST, "SELECT token || '|' || user_id FROM \"LiteLLM_VerificationToken\" WHERE key_alias = 'master-key';")
     assert linked == hashlib.sha256(master_key(deployment).encode()).hexdigest() + "|admin"
 
 

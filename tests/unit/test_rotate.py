@@ -272,7 +272,7 @@ def test_backup_commands_carry_no_value(build, secrets_file, mode_):
 
     secrets_file.write_text(secrets_file.read_text() + 'DATABASE_URL="postgresql://u:p4ss@db.example:5432/l"\n')
     settings = build(database_mode=mode_)
-    path = backup.rotation_backup_path(settings, "20261127T000000Z")
+    path = backup.pre_change_backup_path(settings, "20261127T000000Z")
     assert path == "/opt/litellm/backups/litellm-20261127T000000Z-before-rotation.dump"
     text = backup.backup_script(backup.dump_command(settings), backup.read_back_command(settings), path)
     for value in settings.secrets.values.values():

@@ -1,0 +1,21 @@
+"""What an operation of this run did, asked while later operations execute (the `_if=` callables of
+upgrade and rotation rollbacks, and their reports)."""
+
+from __future__ import annotations
+
+from pyinfra.api.operation import OperationMeta
+
+
+def failed(meta: OperationMeta | None) -> bool:
+    """True once `meta` ran and failed (with _ignore_errors, so the host went on)."""
+    return meta is not None and meta.is_complete() and not meta.did_succeed()
+
+
+def last_error(meta: OperationMeta) -> str:
+    """' (the last three different stderr lines)' of a failed operation, or ''."""
+    try:
+        lines = [line.strip() for line in meta.stderr_lines if line.strip()]
+    except RuntimeError:
+        return ""
+    last = list(dict.fromkeys(reversed(lines)))[:3][::-1]
+    return f" ({' / '.join(last)[:1000]})" if last else ""

@@ -1,0 +1,198 @@
+"""Upgrading a gateway's LiteLLM image: a backup first, the new image migrated and started, and, when
+it does not verify, the previous image and the data from before the attempt put back by themselves.
+
+A run is an upgrade (or a downgrade: the same path) when the gateway already runs another image
+than `litellm_image`. Which one comes from the host, read when the run is planned:
+  1. .state/verified-image, written by every deploy whose verification passed;
+  2. else the image of the project's proxy container (hosts deployed before that marker existed,
+     or never verified);
+  neither: a first deploy, no upgrade.
+
+On an upgrade, in deploy order (tasks.deploy_gateway):
+  backup    database modes: pg_dump before the new files are written, into backup_dir as
+            litellm-<UTC stamp>-before-upgrade.dump (out of the scheduled retention); a failed
+            backup stops the host before anything changed
+  attempt   migrations with the new image, bootstrap, proxy, verification run with their errors
+            held (_ignore_errors): a failure skips the rest of the attempt and starts the rollback
+  rollback  the files for the previous image; bundled: the proxy stopped, the database replaced by
+            the backup (the whole schema, so the new image's migrations are undone too), migrations
+            and bootstrap for the previous image; the proxy on the previous image; verification
+  report    the host fails (non-zero exit) naming the new image, the cause, and whether the
+            rollback verified healthy — the group data still names the new image, so the next run
+            tries again; pin `litellm_image` back to stay on the previous one
+
+An external database is backed up but not restored by the rollback (restore.py is for the bundled
+database): the report names the backup to restore with the database's own tooling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from dataclasses import dataclass
+
+from pyinfra import host, logger, state
+from pyinfra.api import FactBase, deploy, operation
+from pyinfra.api.operation import OperationMeta
+
+from tasks import backup, restore, stack, verify
+from tasks.compose import ImageId
+from tasks.outcome import failed, last_error
+from tasks.settings import Settings
+
+STATE_DIR = ".state"
+VERIFIED_MARKER = "verified-image"
+PROXY_SERVICE = "litellm"
+
+
+def marker_path(install_dir: str) -> str:
+    return f"{install_dir.rstrip('/')}/{STATE_DIR}/{VERIFIED_MARKER}"
+
+
+class DeployedImage(FactBase):
+    """("verified", image) from the marker, ("running", image) from the proxy container, or None."""
+
+    def command(self, project: str, install_dir: str) -> str:
+        marker = shlex.quote(marker_path(install_dir))
+        labels = (f"--filter label=com.docker.compose.project={shlex.quote(project)} "
+                  f"--filter label=com.docker.compose.service={PROXY_SERVICE}")
+        return (
+            f"if [ -s {marker} ]; then echo \"verified $(head -n1 {marker})\"; "
+            f"else id=$(docker ps --all --quiet {labels} 2>/dev/null | head -n1); "
+            "if [ -n \"$id\" ]; then echo \"running $(docker inspect --format '{{.Config.Image}}' \"$id\")\"; fi; fi; true"
+        )
+
+    def process(self, output: list[str]) -> tuple[str, str] | None:
+        for line in output:
+            source, _, image = line.strip().partition(" ")
+            if source in ("verified", "running") and image:
+                return source, image
+        return None
+
+
+class VerifiedImage(FactBase):
+    """The image the last verified deploy ran, from the marker only."""
+
+    def command(self, install_dir: str) -> str:
+        return f"head -n1 {shlex.quote(marker_path(install_dir))} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> str | None:
+        return output[0].strip() if output and output[0].strip() else None
+
+
+@dataclass
+class Upgrade:
+    """One gateway's upgrade in this run; the attempt's operations are added as the deploy plans them."""
+
+    host_name: str
+    previous: str
+    target: str
+    source: str  # "verified" or "running": how the previous image was known
+    database_mode: str
+    backup_path: str | None = None
+    attempt: list[tuple[str, OperationMeta | None]] = dataclasses.field(default_factory=list)
+    rollback_verified: OperationMeta | None = None
+
+    def failure(self) -> str | None:
+        """Why the attempt failed, or None (so far); asked while the run executes."""
+        for label, meta in self.attempt:
+            if failed(meta):
+                return f"{label} failed{last_error(meta)}"
+        return None
+
+    def going(self) -> bool:
+        return self.failure() is None
+
+    def rolling_back(self) -> bool:
+        return self.failure() is not None
+
+    def held(self, label: str, meta: OperationMeta | None) -> OperationMeta | None:
+        self.attempt.append((label, meta))
+        return meta
+
+
+def upgrade_for(settings: Settings) -> Upgrade | None:
+    """The upgrade this run makes on the current host, or None when the image is unchanged."""
+    found = host.get_fact(DeployedImage, project=settings.compose_project, install_dir=settings.install_dir)
+    if found is None or found[1] == settings.litellm_image:
+        return None
+    source, previous = found
+    upgrade = Upgrade(settings.host_name, previous, settings.litellm_image, source, settings.database_mode)
+    known = "last verified" if source == "verified" else "its proxy container's"
+    host.log(f"upgrade: {previous} ({known} image) -> {settings.litellm_image}", logger.info)
+    if not host.get_fact(ImageId, image=previous):
+        host.log(f"upgrade: the previous image {previous} is no longer on this host, so a rollback could not "
+                 "start it; pull or load it first if you want the safety net", logger.warning)
+    return upgrade
+
+
+def attempt_args(upgrade: Upgrade | None) -> dict:
+    """Global arguments for the attempt's operations: errors held and the rest skipped after the
+    first failure on an upgrade; nothing special otherwise (a failure stops the host as usual)."""
+    return {"_ignore_errors": True, "_if": [upgrade.going]} if upgrade else {}
+
+
+def backed_up(settings: Settings, upgrade: Upgrade) -> None:
+    """The backup before the upgrade (database modes); a failure stops this host before any change."""
+    if not settings.has_database:
+        return
+    upgrade.backup_path = backup.pre_change_backup_path(settings, backup.utc_stamp(), "before-upgrade")
+    backup.database_backup(name=f"Database backup before the upgrade to {upgrade.target}: {upgrade.backup_path}",
+                           settings=settings, path=upgrade.backup_path)
+
+
+@deploy("Rollback to the previous image")
+def rolled_back(settings: Settings, upgrade: Upgrade) -> None:
+    """Runs only when the attempt failed (the caller passes _if=upgrade.rolling_back). A failed file
+    write or restore stops the host there; the proxy and verification hold their errors, so the
+    report says whether the previous image came back healthy."""
+    previous = dataclasses.replace(settings, litellm_image=upgrade.previous)
+    changes = stack.Changes()
+    stack.write_files(previous, changes)
+    if previous.database_mode == "bundled":
+        # Stops the proxy; start_proxy below starts it again, as it is not running.
+        restore.database_replaced(previous, upgrade.backup_path, label="the backup taken before the upgrade")
+    stack.start_proxy(previous, changes, _ignore_errors=True)
+    upgrade.rollback_verified = verify.verify_gateway(previous, _ignore_errors=True)
+
+
+@operation(is_idempotent=True)
+def upgrade_reported(upgrade: Upgrade):
+    if not state.is_executing:
+        host.noop("reported when the deploy runs")
+        return
+    cause = upgrade.failure()
+    if cause is None:
+        saved = f"; backup from before it: {upgrade.backup_path}" if upgrade.backup_path else ""
+        host.log(f"upgraded {upgrade.previous} -> {upgrade.target}, verified{saved}", logger.info)
+        host.noop("upgraded")
+        return
+    healthy = upgrade.rollback_verified is not None and upgrade.rollback_verified.is_complete() \
+        and upgrade.rollback_verified.did_succeed()
+    if upgrade.backup_path is None:
+        data = "no database to restore"
+    elif upgrade.database_mode == "bundled":
+        data = f"database restored from {upgrade.backup_path}"
+    else:
+        data = (f"the external database was NOT restored: if the new image's migrations ran, restore "
+                f"{upgrade.backup_path} with the database's own tooling")
+    state_now = ("the gateway verified healthy on the previous image again" if healthy
+                 else "the rollback did NOT verify healthy (see the operations above)")
+    message = (
+        f"upgrade to {upgrade.target} FAILED on {upgrade.host_name}: {cause}. Rolled back to {upgrade.previous} "
+        f"({data}); {state_now}. The group data still names {upgrade.target}, so the next deploy tries again: "
+        f"fix the cause, or set litellm_image back to {upgrade.previous}."
+    )
+    yield f"echo {shlex.quote(message)} >&2; exit 1"
+
+
+@operation(is_idempotent=True)
+def verified_image_recorded(install_dir: str, image: str):
+    """What the next run compares with to know it is an upgrade (see DeployedImage)."""
+    marker = marker_path(install_dir)
+    if host.get_fact(VerifiedImage, install_dir=install_dir) == image:
+        host.noop(f"{image} is the verified image")
+        return
+    quoted = shlex.quote(marker)
+    yield (f"mkdir -p \"$(dirname {quoted})\" && printf '%s\\n' {shlex.quote(image)} > {quoted}.part && "
+           f"mv -f {quoted}.part {quoted}")

@@ -1,0 +1,137 @@
+"""An upgrade of the LiteLLM image that fails verification rolls back by itself (issue 7, 5 and 6),
+on both gateways of the main bed.
+
+The "newer release" is made on each gateway from the image it runs: one more migration (a new
+table, a new column, a changed row: what a real release's migrations do) and an outbound HTTP
+proxy that does not exist (HTTP(S)_PROXY=127.0.0.1:9, loopback exempt), so the proxy starts and
+answers its health checks but reaches no Ollama node and no upstream: verification fails. It is
+tagged on the host, as a pull or an archive load would leave it.
+
+Offline (local images) the DB-backed proxy cannot start at all (no Prisma engines — FIELD-NOTES.md),
+so on gw-db the attempt fails at the proxy and the rollback's proxy fails the same way; everything
+the rollback does to the data is asserted regardless.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from tests.e2e import database
+from tests.e2e.conftest import IMAGES
+
+pytestmark = pytest.mark.e2e
+OFFLINE = IMAGES == "local"
+GATEWAYS = ("gw-stateless", "gw-db")
+PROXY_OP = "LiteLLM proxy up and healthy"
+PROBE_MIGRATION = "29991231000000_litellm_deploy_upgrade_probe"
+NEWER_MIGRATION = """CREATE TABLE "LiteLLM_FromANewerImage" (id int PRIMARY KEY);
+ALTER TABLE "LiteLLM_TeamTable" ADD COLUMN from_a_newer_image text DEFAULT 'x';
+UPDATE "LiteLLM_UserTable" SET spend = spend + 1;
+"""
+BUILD = r"""set -eu
+old=$1 new=$2 name=litellm-deploy-upgrade-probe
+docker rm -f "$name" >/dev/null 2>&1 || true
+docker run -i --name "$name" --entrypoint sh "$old" -c '
+  d=$(python3 -c "import litellm_proxy_extras, os; print(os.path.dirname(litellm_proxy_extras.__file__))")/migrations/'"$3"'
+  mkdir -p "$d" && cat > "$d/migration.sql"' <<'SQL'
+%s
+SQL
+docker commit \
+  --change "ENTRYPOINT $(docker image inspect --format '{{json .Config.Entrypoint}}' "$old")" \
+  --change "CMD $(docker image inspect --format '{{json .Config.Cmd}}' "$old")" \
+  --change 'ENV HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY=127.0.0.1,localhost' \
+  "$name" "$new" >/dev/null
+docker rm "$name" >/dev/null
+"""
+
+
+def newer_image(deployment) -> str:
+    return deployment.bed.litellm_image() + "-upgrade-probe"
+
+
+def compose_images(deployment, host: str) -> set[str]:
+    out = deployment.ssh(host, "grep -E '^ +image: ' /opt/litellm/docker-compose.yml")
+    return {json.loads(line.split("image:", 1)[1].strip()) if '"' in line else line.split("image:", 1)[1].strip()
+            for line in out.splitlines()}
+
+
+def proxy_image(deployment, host: str) -> str:
+    return deployment.ssh(host, "docker inspect --format '{{.Config.Image}}' "
+                                "$(docker compose --project-directory /opt/litellm ps -aq litellm)").strip()
+
+
+@pytest.fixture(scope="module")
+def attempt(deployment):
+    """Both gateways converged on the bed's image, gw-db seeded; then one deploy run to the newer tag."""
+    first = deployment.pyinfra()
+    assert "verification summary" in first.output, first.output[-4000:]
+    if database.psql(deployment, "gw-db", "SELECT count(*) FROM \"LiteLLM_TeamTable\" WHERE team_id = 'team-1';") == "0":
+        database.psql(deployment, "gw-db", database.SEED)  # (kept hosts, TESTBED_KEEP=1: seeded already)
+    before = {"data": database.snapshot(deployment, "gw-db"),
+              "migrated": deployment.ssh("gw-db", "cat /opt/litellm/.state/migrated-image-id").strip()}
+    old, new = deployment.bed.litellm_image(), newer_image(deployment)
+    for host in GATEWAYS:
+        result = deployment.bed.ssh(deployment.name(host), f"sh -s -- {shlex.quote(old)} {shlex.quote(new)} "
+                                    f"{PROBE_MIGRATION}", input=(BUILD % NEWER_MIGRATION).encode())
+        assert result.ok, result.output
+        # The probe migration must be in the image, or "data identical" would prove nothing.
+        deployment.bed.ssh(deployment.name(host), f"docker run --rm --entrypoint sh {shlex.quote(new)} -c "
+                           f"'find / -path \"*/{PROBE_MIGRATION}/migration.sql\" 2>/dev/null | grep -q .'")
+    for host in GATEWAYS:
+        deployment.overrides.setdefault(host, {})["litellm_image"] = new
+    try:
+        run = deployment.pyinfra()
+    finally:
+        for host in GATEWAYS:
+            deployment.overrides[host].pop("litellm_image")
+    return run, before, old, new
+
+
+def test_5_failed_upgrade_rolls_back_to_the_previous_image(deployment, attempt):
+    run, _, old, new = attempt
+    assert run.returncode != 0, run.output[-4000:]
+    for host in GATEWAYS:
+        name = deployment.name(host)
+        assert f"upgrade to {new} FAILED on {name}" in run.output, run.output[-6000:]
+        assert compose_images(deployment, host) >= {old} and new not in compose_images(deployment, host)
+        assert proxy_image(deployment, host) == old
+    # gw-stateless: the new image started, failed verification (its container reaches no node),
+    # and the previous image came back verified.
+    stateless = deployment.name("gw-stateless")
+    assert "reachable from the controller but NOT from the gateway's container" in run.output, run.output[-6000:]
+    assert f"Rolled back to {old} (no database to restore); the gateway verified healthy" in run.output
+    changed = deployment.changed(run, "gw-stateless")
+    assert any(op.startswith("LiteLLM gateway | Rollback to the previous image") and PROXY_OP in op for op in changed), changed
+    status, models = deployment.call("gw-stateless", "/v1/models")
+    assert status == 200 and {m["id"] for m in models["data"]} == {"chat-upstream", "chat-ollama"}
+    assert deployment.ssh("gw-stateless", "cat /opt/litellm/.state/verified-image").strip() == old, stateless
+
+
+def test_5_rolled_back_database_is_identical_to_before_the_attempt(deployment, attempt):
+    run, before, old, new = attempt
+    changed = " ".join(deployment.changed(run, "gw-db"))
+    for step in ("Database backup before the upgrade", "Database schema migrated",
+                 "Database restored from the backup taken before the upgrade", f"Database schema migrated for {old}"):
+        assert step in changed, (step, run.output[-6000:])
+    assert database.snapshot(deployment, "gw-db") == before["data"]
+    leftovers = database.psql(deployment, "gw-db", "SELECT count(*) FROM information_schema.columns WHERE table_schema = "
+                              "'public' AND (table_name = 'LiteLLM_FromANewerImage' OR column_name = 'from_a_newer_image');")
+    assert leftovers == "0"
+    assert deployment.ssh("gw-db", "cat /opt/litellm/.state/migrated-image-id").strip() == before["migrated"]
+    dumps = deployment.ssh("gw-db", "stat -c '%a %n' /opt/litellm/backups/litellm-*-before-upgrade.dump").split()
+    assert len(dumps) == 2 and dumps[0] == "600", dumps
+    assert deployment.ssh("gw-db", "find /opt/litellm/backups -name '*.sql' | wc -l").strip() == "0"
+    if OFFLINE:
+        assert "the rollback did NOT verify healthy" in run.output
+
+
+def test_6_redeploy_on_the_previous_tag_reports_no_change(deployment, attempt):
+    again = deployment.pyinfra()
+    assert deployment.changed(again, "gw-stateless") == [], again.output[-4000:]
+    if OFFLINE:
+        assert [op for op in deployment.changed(again, "gw-db") if PROXY_OP not in op] == [], again.output[-4000:]
+    else:
+        assert again.returncode == 0 and deployment.changed(again, "gw-db") == [], again.output[-4000:]

@@ -1,0 +1,48 @@
+"""The upgrade's pieces that need no host: how the previous image is read, and when the rollback runs.
+The whole path (attempt, rollback, data identical) is proven on the test bed: tests/e2e/test_upgrade.py."""
+
+from tasks import upgrade
+
+
+class Ran:
+    """Stands for an OperationMeta after execution (only what tasks.outcome asks)."""
+
+    def __init__(self, ok: bool, stderr: tuple[str, ...] = ()):
+        self.ok, self.stderr_lines = ok, list(stderr)
+
+    def is_complete(self) -> bool:
+        return True
+
+    def did_succeed(self) -> bool:
+        return self.ok
+
+
+class NotRun(Ran):
+    def __init__(self):
+        super().__init__(True)
+
+    def is_complete(self) -> bool:
+        return False
+
+
+def test_previous_image_from_the_marker_or_the_container():
+    fact = upgrade.DeployedImage()
+    assert fact.process(["verified ghcr.io/berriai/litellm-database:main-v1.108.7"]) == \
+        ("verified", "ghcr.io/berriai/litellm-database:main-v1.108.7")
+    assert fact.process(["running litellm:old"]) == ("running", "litellm:old")
+    assert fact.process([]) is None
+    assert fact.process(["running "]) is None  # a container without an image name: not an upgrade
+    command = fact.command("litellm", "/opt/litellm")
+    assert "/opt/litellm/.state/verified-image" in command and "com.docker.compose.project=litellm" in command
+
+
+def test_rollback_runs_after_the_first_failure_of_the_attempt_only():
+    step = upgrade.Upgrade("gw1", "img:old", "img:new", "verified", "bundled")
+    assert upgrade.attempt_args(None) == {}
+    assert upgrade.attempt_args(step) == {"_ignore_errors": True, "_if": [step.going]}
+    step.held("the database migration", Ran(True))
+    step.held("starting the proxy", NotRun())
+    assert step.going() and not step.rolling_back() and step.failure() is None
+    step.attempt[-1] = ("starting the proxy", Ran(False, ("warn", "service litellm did not become healthy", "")))
+    assert step.rolling_back()
+    assert step.failure() == "starting the proxy failed (warn / service litellm did not become healthy)"

@@ -1,0 +1,28 @@
+"""The verify summary's backup lines (issue 7: the age of the newest backup is visible)."""
+
+from tasks import verify
+
+
+def test_newest_backup_parsed_from_the_hosts_listing():
+    fact = verify.NewestBackup()
+    assert fact.process(["1764300000.5 20261128T030000Z.dump", "now 1764303600"]) == ("20261128T030000Z.dump", 3599.5)
+    assert fact.process(["now 1764303600"]) is None
+
+
+def test_backup_note_says_age_and_flags_stale():
+    assert verify.backup_note("on the host", None, 100) == "newest backup on the host: none yet"
+    assert verify.backup_note("on the host", ("a.dump", 3 * 3600), 2 * 86400) == \
+        "newest backup on the host: a.dump, 3 h old"
+    stale = verify.backup_note("on the host", ("a.dump", 3 * 86400), 2 * 86400)
+    assert stale.startswith("newest backup on the host: a.dump, 3 days old") and "STALE" in stale
+
+
+def test_age_units():
+    assert [verify.age(s) for s in (59, 600, 7199, 7200, 47 * 3600, 49 * 3600)] == \
+        ["0 min", "10 min", "119 min", "2 h", "47 h", "2 days"]
+
+
+def test_summary_lists_checks_then_notes():
+    text = verify.summary([("the controller", {"name": "n", "ok": True})], ["newest backup on the host: none yet"])
+    assert text.splitlines() == ["verification summary:", "  ok   n  from the controller",
+                                 "  newest backup on the host: none yet"]
