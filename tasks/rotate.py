@@ -52,9 +52,9 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files, python
 
 from tasks import backup, compose, database
-from tasks.outcome import failed, last_error
 from tasks import secrets as S
 from tasks.filters import dotenv_quote
+from tasks.outcome import failed, last_error
 from tasks.render import ENV_FILE, render_files
 from tasks.settings import GATEWAYS, MIN_KEY_LENGTH, ConfigError, Secrets, Settings
 from tasks.stack import staging_dir
