@@ -322,12 +322,11 @@ def bootstrap(
     yield StringCommand(psql_command(mode, install_dir, **target), _stdin=bootstrap_input(values))
 
 
-def bootstrap_current_key(settings, **op_args) -> object:
-    """The bootstrap for a gateway's Settings and its current master key (deploy and restore);
+def bootstrap_for_key(settings, key: str, name: str = "LiteLLM admin user and master-key link", **op_args) -> object:
+    """The bootstrap for a gateway's Settings with the master-key link on `key` (rotation moves it);
     op_args: pyinfra global arguments (_if, _ignore_errors)."""
-    key = settings.secrets.master_key
     return bootstrap(
-        name="LiteLLM admin user and master-key link",
+        name=name,
         mode=settings.database_mode,
         install_dir=settings.install_dir,
         admin_user_id=settings.admin_user_id,
@@ -340,3 +339,8 @@ def bootstrap_current_key(settings, **op_args) -> object:
         compose_project=settings.compose_project,
         **op_args,
     )
+
+
+def bootstrap_current_key(settings, **op_args) -> object:
+    """The bootstrap for the gateway's current master key (deploy, restore, an upgrade's rollback)."""
+    return bootstrap_for_key(settings, settings.secrets.master_key, **op_args)

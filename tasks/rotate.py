@@ -763,11 +763,9 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
     _stop_after("env")
     link = None
     if settings.has_database:
-        link = database.bootstrap(
+        link = database.bootstrap_for_key(
+            new, rotation.new_key,
             name="Master-key link moves to the new key; the old key's row is removed (one transaction)",
-            mode=new.database_mode, install_dir=new.install_dir, admin_user_id=new.admin_user_id,
-            admin_email=new.admin_email, master_key_hash=database.hash_key(rotation.new_key),
-            master_key_name=database.abbreviate_key(rotation.new_key), **_db_target(new),
             _ignore_errors=True, _if=ok,
         )
     _stop_after("database")
@@ -790,13 +788,8 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
                             dest=f"{settings.install_dir}/{ENV_FILE}", staging_dir=staging_dir(settings), mode="600",
                             _ignore_errors=True, _if=failed)
     if settings.has_database:
-        database.bootstrap(
-            name="Rollback: master-key link back to the previous key",
-            mode=old.database_mode, install_dir=old.install_dir, admin_user_id=old.admin_user_id,
-            admin_email=old.admin_email, master_key_hash=database.hash_key(rotation.old_key),
-            master_key_name=database.abbreviate_key(rotation.old_key), **_db_target(old),
-            _ignore_errors=True, _if=failed,
-        )
+        database.bootstrap_for_key(old, rotation.old_key, name="Rollback: master-key link back to the previous key",
+                                   _ignore_errors=True, _if=failed)
     back_stale = proxy_key_current(name="Rollback: does the running proxy have the previous key?", settings=old,
                                    key_hash=database.hash_key(rotation.old_key), _if=failed)
     compose.service_up(
