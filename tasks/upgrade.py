@@ -36,7 +36,7 @@ from pyinfra.api import FactBase, deploy, operation
 from pyinfra.api.operation import OperationMeta
 
 from tasks import backup, restore, stack, verify
-from tasks.compose import ImageId
+from tasks.compose import ImageId, compose_cmd
 from tasks.outcome import failed, last_error
 from tasks.settings import Settings
 
@@ -137,8 +137,25 @@ def backed_up(settings: Settings, upgrade: Upgrade) -> None:
     if not settings.has_database:
         return
     upgrade.backup_path = backup.pre_change_backup_path(settings, backup.utc_stamp(), "before-upgrade")
-    backup.database_backup(name=f"Database backup before the upgrade to {upgrade.target}: {upgrade.backup_path}",
-                           settings=settings, path=upgrade.backup_path)
+    if settings.database_mode == "bundled":
+        quiet_backup(name=f"Proxy stopped, database backed up before the upgrade to {upgrade.target}: "
+                          f"{upgrade.backup_path}", settings=settings, path=upgrade.backup_path)
+    else:
+        backup.database_backup(name=f"Database backup before the upgrade to {upgrade.target}: {upgrade.backup_path}",
+                               settings=settings, path=upgrade.backup_path)
+
+
+@operation(is_idempotent=False)
+def quiet_backup(settings: Settings, path: str):
+    """The proxy stopped first: a rollback restores this backup, and a key or spend row written
+    after it would be lost. The upgrade replaces the proxy anyway; if the backup fails, the proxy
+    is started again and the host stops there, unchanged."""
+    proxy = f"{compose_cmd(settings.compose_project, settings.install_dir)} %s {PROXY_SERVICE}"
+    dump = backup.backup_script(backup.dump_command(settings), backup.read_back_command(settings), path)
+    yield (
+        f"{proxy % 'stop'} && ( {dump} ) || {{ {proxy % 'start'} >/dev/null 2>&1; "
+        "echo 'upgrade not started: the backup before it failed (above); the proxy was started again' >&2; exit 1; }"
+    )
 
 
 @deploy("Rollback to the previous image")

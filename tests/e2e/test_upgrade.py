@@ -113,7 +113,7 @@ def test_5_failed_upgrade_rolls_back_to_the_previous_image(deployment, attempt):
 def test_5_rolled_back_database_is_identical_to_before_the_attempt(deployment, attempt):
     run, before, old, new = attempt
     changed = " ".join(deployment.changed(run, "gw-db"))
-    for step in ("Database backup before the upgrade", "Database schema migrated",
+    for step in ("Proxy stopped, database backed up before the upgrade", "Database schema migrated",
                  "Database restored from the backup taken before the upgrade", f"Database schema migrated for {old}"):
         assert step in changed, (step, run.output[-6000:])
     assert database.snapshot(deployment, "gw-db") == before["data"]
