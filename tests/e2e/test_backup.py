@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 import stat
 from pathlib import Path
@@ -149,6 +150,13 @@ def test_4_timer_active_and_a_forced_run_backs_up_and_prunes(deployment, seeded)
     after = host_dumps(deployment)
     assert len(after) == KEEP and after[-1] not in before and after[-1] > before[-1]
     assert deployment.ssh(HOST, f"stat -c %a /opt/litellm/backups/{after[-1]}").strip() == "600"
+    # The verify summary names the newest backup and its age, on the host and on the controller
+    # (offline the proxy checks fail; the summary is printed all the same).
+    verified = deployment.pyinfra("verify.py", limit=HOST)
+    assert re.search(rf"newest backup on the host \(/opt/litellm/backups\): {re.escape(after[-1])}, \d+ min old",
+                     verified.output), verified.output[-3000:]
+    assert f"newest backup on the controller ({local_dir(deployment)}): {local_dumps(deployment)[-1].name}," \
+        in verified.output
 
 
 @pytest.mark.skipif(OFFLINE, reason="the DB-backed proxy needs Prisma engines, downloaded at runtime; "

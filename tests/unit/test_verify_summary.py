@@ -26,3 +26,22 @@ def test_summary_lists_checks_then_notes():
     text = verify.summary([("the controller", {"name": "n", "ok": True})], ["newest backup on the host: none yet"])
     assert text.splitlines() == ["verification summary:", "  ok   n  from the controller",
                                  "  newest backup on the host: none yet"]
+
+
+def test_newest_backup_command_finds_the_newest_dump_and_skips_restore_copies(tmp_path):
+    import os
+    import subprocess
+    import time
+
+    now = time.time()
+    for name, hours_ago in (("20261126T030000Z.dump", 48), ("litellm-20261127T120000Z-before-upgrade.dump", 5),
+                            ("restore-0123456789abcdef.dump", 1), ("20261127T030000Z.dump.sha256", 0)):
+        path = tmp_path / name
+        path.write_bytes(b"x")
+        os.utime(path, (now - hours_ago * 3600, now - hours_ago * 3600))
+    fact = verify.NewestBackup()
+    out = subprocess.run(["sh", "-c", fact.command(str(tmp_path))], capture_output=True, text=True, check=True)
+    name, seconds = fact.process(out.stdout.splitlines())
+    assert name == "litellm-20261127T120000Z-before-upgrade.dump" and 5 * 3600 - 5 < seconds < 5 * 3600 + 60
+    empty = subprocess.run(["sh", "-c", fact.command(str(tmp_path / "missing"))], capture_output=True, text=True)
+    assert fact.process(empty.stdout.splitlines()) is None
