@@ -64,8 +64,8 @@ def proxy_image(deployment, host: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def attempt(deployment):
-    """Both gateways converged on the bed's image, gw-db seeded; then one deploy run to the newer tag."""
+def prepared(deployment):
+    """Both gateways converged on the bed's image, gw-db seeded, the newer image on both hosts."""
     first = deployment.pyinfra()
     assert "verification summary" in first.output, first.output[-4000:]
     if database.psql(deployment, "gw-db", "SELECT count(*) FROM \"LiteLLM_TeamTable\" WHERE team_id = 'team-1';") == "0":
@@ -78,16 +78,43 @@ def attempt(deployment):
                                     f"{PROBE_MIGRATION}", input=(BUILD % NEWER_MIGRATION).encode())
         assert result.ok, result.output
         # The probe migration must be in the image, or "data identical" would prove nothing.
-        deployment.bed.ssh(deployment.name(host), f"docker run --rm --entrypoint sh {shlex.quote(new)} -c "
-                           f"'find / -path \"*/{PROBE_MIGRATION}/migration.sql\" 2>/dev/null | grep -q .'")
-    for host in GATEWAYS:
-        deployment.overrides.setdefault(host, {})["litellm_image"] = new
+        deployment.ssh(host, f"docker run --rm --entrypoint sh {shlex.quote(new)} -c "
+                             f"'find / -path \"*/{PROBE_MIGRATION}/migration.sql\" 2>/dev/null | grep -q .'")
+    return before, old, new
+
+
+def deploy_with(deployment, hosts, limit=None, **data):
+    for host in hosts:
+        deployment.overrides.setdefault(host, {}).update(data)
     try:
-        run = deployment.pyinfra()
+        return deployment.pyinfra(limit=limit)
     finally:
-        for host in GATEWAYS:
-            deployment.overrides[host].pop("litellm_image")
-    return run, before, old, new
+        for host in hosts:
+            for key in data:
+                deployment.overrides[host].pop(key)
+
+
+def test_4_failed_backup_stops_the_upgrade_before_any_change(deployment, prepared):
+    """No backup, no upgrade: a backup directory that cannot be created (a file in its place)."""
+    before, old, new = prepared
+    deployment.ssh("gw-db", "touch /opt/litellm/not-a-directory")
+    try:
+        run = deploy_with(deployment, ["gw-db"], limit="gw-db", litellm_image=new,
+                          backup_dir="/opt/litellm/not-a-directory")
+    finally:
+        deployment.ssh("gw-db", "rm -f /opt/litellm/not-a-directory")
+    assert run.returncode != 0
+    assert "upgrade not started: the backup before it failed" in run.output, run.output[-4000:]
+    assert deployment.changed(run, "gw-db") == [], run.output[-4000:]
+    assert compose_images(deployment, "gw-db") >= {old} and new not in compose_images(deployment, "gw-db")
+    assert database.snapshot(deployment, "gw-db") == before["data"]
+
+
+@pytest.fixture(scope="module")
+def attempt(deployment, prepared):
+    """One deploy run of both gateways to the newer tag."""
+    before, old, new = prepared
+    return deploy_with(deployment, GATEWAYS, litellm_image=new), before, old, new
 
 
 def test_5_failed_upgrade_rolls_back_to_the_previous_image(deployment, attempt):
