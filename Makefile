@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The e2e suites spend much of their time waiting on their hosts; two workers overlap that waiting.
+# A worker takes whole modules (tests/conftest.py), so a test bed is never split across workers.
+WORKERS ?= 2
+PARALLEL := -n $(WORKERS)
 
 .PHONY: demo test unit integration e2e venv clean
 
@@ -21,10 +25,10 @@ integration: $(STAMP)
 	$(PY) -m pytest tests/integration -q -m integration
 
 e2e: $(STAMP)
-	$(PY) -m pytest tests/e2e tests/testbed -q -m e2e
+	$(PY) -m pytest tests/e2e tests/testbed -q -m e2e $(PARALLEL)
 
 test: $(STAMP)
-	$(PY) -m pytest tests -q --durations=25
+	$(PY) -m pytest tests -q --durations=25 $(PARALLEL)
 
 demo: $(STAMP)
 	$(PY) -m tests.demo
