@@ -26,7 +26,7 @@ from pyinfra.api import FunctionCommand, QuoteString, StringCommand, deploy, ope
 from pyinfra.operations import files, systemd
 
 from tasks import database
-from tasks.compose import compose_cmd
+from tasks.compose import DB_SERVICE, compose_cmd
 from tasks.settings import Settings
 
 BACKUP_DIR = "backups"
@@ -54,7 +54,7 @@ def dump_command(settings: Settings) -> str:
     """pg_dump --format=custom of the gateway's database to stdout."""
     if settings.database_mode == "bundled":
         return str(StringCommand(
-            compose_cmd(settings.compose_project, settings.install_dir), "exec", "-T", database.DB_SERVICE,
+            compose_cmd(settings.compose_project, settings.install_dir), "exec", "-T", DB_SERVICE,
             "pg_dump", "-U", QuoteString(settings.postgres_user), "-d", QuoteString(settings.postgres_db),
             "--format=custom",
         ).get_raw_value())
@@ -74,7 +74,7 @@ def read_back_command(settings: Settings) -> str:
     """pg_restore reading a whole dump from stdin (every data block, into /dev/null): a truncated
     or corrupted file fails here."""
     if settings.database_mode == "bundled":
-        return (f"{compose_cmd(settings.compose_project, settings.install_dir)} exec -T {database.DB_SERVICE} "
+        return (f"{compose_cmd(settings.compose_project, settings.install_dir)} exec -T {DB_SERVICE} "
                 "pg_restore --file=/dev/null")
     return f"docker run --rm -i --entrypoint pg_restore {shlex.quote(settings.postgres_image)} --file=/dev/null"
 
@@ -132,7 +132,7 @@ def utc_stamp(now: datetime | None = None) -> str:
 
 def db_exec(settings: Settings) -> str:
     """`docker compose ... exec -T db` of the bundled Postgres (local socket, trust: no password)."""
-    return f"{compose_cmd(settings.compose_project, settings.install_dir)} exec -T {database.DB_SERVICE}"
+    return f"{compose_cmd(settings.compose_project, settings.install_dir)} exec -T {DB_SERVICE}"
 
 
 def pg_dump_command(settings: Settings) -> str:

@@ -15,6 +15,9 @@ from pyinfra.api import FactBase, operation
 from pyinfra.api.operation import OperationMeta
 
 LOG_LINES = 40
+# The services of templates/docker-compose.yml.j2 that operations name.
+PROXY_SERVICE = "litellm"
+DB_SERVICE = "db"
 
 
 def compose_cmd(project: str, install_dir: str) -> str:

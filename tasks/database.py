@@ -18,12 +18,12 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.api import FactBase, QuoteString, StringCommand, operation
 
+from tasks.compose import DB_SERVICE
+
 BOOTSTRAP_SQL = Path(__file__).resolve().parent.parent / "templates" / "bootstrap.sql"
 MASTER_KEY_ALIAS = "master-key"
 MODES = ("bundled", "external", "direct")
-# The service name of the bundled Postgres in the compose project, and the file (0600) that holds
-# the project's environment, DATABASE_URL included.
-DB_SERVICE = "db"
+# The file (0600) that holds the compose project's environment, DATABASE_URL included.
 ENV_FILE = ".env"
 # Where the one-shot container of mode "external" sees the project's .env (read-only).
 CONTAINER_ENV_FILE = "/run/litellm-deploy/env"

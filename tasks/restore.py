@@ -120,7 +120,7 @@ def dump_readable(settings: Settings, path: str):
 
 @operation(is_idempotent=False)
 def proxy_stopped(settings: Settings):
-    yield f"{compose.compose_cmd(settings.compose_project, settings.install_dir)} stop litellm"
+    yield f"{compose.compose_cmd(settings.compose_project, settings.install_dir)} stop {compose.PROXY_SERVICE}"
 
 
 # Replaces the public schema, not only the tables the dump has: a restore after a newer image's
@@ -190,6 +190,6 @@ def restore_gateway(settings: Settings, plan: Plan) -> None:
     replaced = database_replaced(settings, remote)
     compose.service_up(
         name="LiteLLM proxy up and healthy", project=settings.compose_project, install_dir=settings.install_dir,
-        service="litellm", depends_on=replaced, timeout=settings.verify_timeout,
+        service=compose.PROXY_SERVICE, depends_on=replaced, timeout=settings.verify_timeout,
     )
     verify.verify_gateway(settings)

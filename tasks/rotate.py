@@ -773,7 +773,7 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
                               key_hash=database.hash_key(rotation.new_key), _if=ok)
     restart = compose.service_up(
         name="Restart the proxy on the new master key", project=settings.compose_project,
-        install_dir=settings.install_dir, service="litellm", depends_on=[env], recreate_on=[env, stale],
+        install_dir=settings.install_dir, service=compose.PROXY_SERVICE, depends_on=[env], recreate_on=[env, stale],
         timeout=settings.verify_timeout, _ignore_errors=True, _if=ok,
     )
     run.switch = [env, link, restart]
@@ -794,7 +794,7 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
                                    key_hash=database.hash_key(rotation.old_key), _if=failed)
     compose.service_up(
         name="Rollback: restart the proxy on the previous master key", project=settings.compose_project,
-        install_dir=settings.install_dir, service="litellm", depends_on=[back_env],
+        install_dir=settings.install_dir, service=compose.PROXY_SERVICE, depends_on=[back_env],
         recreate_on=[back_env, back_stale], timeout=settings.verify_timeout, _ignore_errors=True, _if=failed,
     )
     key_proven(name="Rollback: previous key accepted, new key refused", run=run, expect="old",

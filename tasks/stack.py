@@ -126,7 +126,7 @@ def start_database(settings: Settings, changes: Changes) -> None:
         name="Postgres up and healthy",
         project=settings.compose_project,
         install_dir=settings.install_dir,
-        service="db",
+        service=compose.DB_SERVICE,
         depends_on=changes.project,
         timeout=settings.verify_timeout,
     )
@@ -138,7 +138,7 @@ def start_proxy(settings: Settings, changes: Changes):
         name="LiteLLM proxy up and healthy",
         project=settings.compose_project,
         install_dir=settings.install_dir,
-        service="litellm",
+        service=compose.PROXY_SERVICE,
         depends_on=changes.project,
         recreate_on=[changes.config_file],
         timeout=settings.verify_timeout,

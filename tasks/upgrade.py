@@ -36,13 +36,12 @@ from pyinfra.api import FactBase, deploy, operation
 from pyinfra.api.operation import OperationMeta
 
 from tasks import backup, restore, stack, verify
-from tasks.compose import ImageId, compose_cmd
+from tasks.compose import PROXY_SERVICE, ImageId, compose_cmd
 from tasks.outcome import failed, last_error
 from tasks.settings import Settings
 
 STATE_DIR = ".state"
 VERIFIED_MARKER = "verified-image"
-PROXY_SERVICE = "litellm"
 
 
 def marker_path(install_dir: str) -> str:
