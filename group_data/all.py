@@ -39,6 +39,8 @@ admin_email = ""
 store_model_in_db = False
 # Seconds each health check may take before the host is reported failed.
 verify_timeout = 180
+# Seconds a started container (Postgres, the proxy) may take to report healthy.
+start_timeout = 180
 # Where backups are kept on a gateway host (bundled database; directory 0700, files 0600).
 backup_dir = "/opt/litellm/backups"
 # How many backups to keep, on the host and on the controller (older ones are deleted).

@@ -190,6 +190,6 @@ def restore_gateway(settings: Settings, plan: Plan) -> None:
     replaced = database_replaced(settings, remote)
     compose.service_up(
         name="LiteLLM proxy up and healthy", project=settings.compose_project, install_dir=settings.install_dir,
-        service=compose.PROXY_SERVICE, depends_on=replaced, timeout=settings.verify_timeout,
+        service=compose.PROXY_SERVICE, depends_on=replaced, timeout=settings.start_timeout,
     )
     verify.verify_gateway(settings)

@@ -754,7 +754,7 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
         private_file(name=f"Probe script {script}", content=source.lstrip(), dest=f"{ws}/{script}",
                      staging_dir=staging_dir(settings), mode="600")
     poller_started(name="Start the refusal-window poller", settings=old,
-                   lifetime=4 * settings.verify_timeout + 600, _ignore_errors=True)
+                   lifetime=2 * (settings.start_timeout + settings.verify_timeout) + 600, _ignore_errors=True)
 
     # 4. The switch: .env, database link, proxy.
     env = private_file(name=f"Write {ENV_FILE} with the new master key (mode 0600)",
@@ -774,7 +774,7 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
     restart = compose.service_up(
         name="Restart the proxy on the new master key", project=settings.compose_project,
         install_dir=settings.install_dir, service=compose.PROXY_SERVICE, depends_on=[env], recreate_on=[env, stale],
-        timeout=settings.verify_timeout, _ignore_errors=True, _if=ok,
+        timeout=settings.start_timeout, _ignore_errors=True, _if=ok,
     )
     run.switch = [env, link, restart]
     _stop_after("restart")
@@ -795,7 +795,7 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
     compose.service_up(
         name="Rollback: restart the proxy on the previous master key", project=settings.compose_project,
         install_dir=settings.install_dir, service=compose.PROXY_SERVICE, depends_on=[back_env],
-        recreate_on=[back_env, back_stale], timeout=settings.verify_timeout, _ignore_errors=True, _if=failed,
+        recreate_on=[back_env, back_stale], timeout=settings.start_timeout, _ignore_errors=True, _if=failed,
     )
     key_proven(name="Rollback: previous key accepted, new key refused", run=run, expect="old",
                _ignore_errors=True, _if=failed)

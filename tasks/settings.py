@@ -49,6 +49,7 @@ DEFAULTS = {
     "admin_email": "",
     "store_model_in_db": False,
     "verify_timeout": 180,
+    "start_timeout": 180,
     "models": None,
     "backup_dir": "/opt/litellm/backups",
     "backup_keep": 7,
@@ -107,6 +108,7 @@ class Settings:
     admin_email: str
     store_model_in_db: bool
     verify_timeout: int
+    start_timeout: int
     models: tuple[Model, ...]
     ollama_nodes: Mapping[str, str]
     secrets: Secrets
@@ -226,9 +228,10 @@ def data_problems(raw: dict[str, object]) -> list[str]:
         problems.append("store_model_in_db: must be True or False")
     elif raw["store_model_in_db"] and mode == "none":
         problems.append("store_model_in_db: needs a database — fix: database_mode 'bundled' or 'external'")
-    timeout = raw["verify_timeout"]
-    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
-        problems.append("verify_timeout: must be a whole number of seconds >= 1")
+    for name in ("verify_timeout", "start_timeout"):
+        timeout = raw[name]
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
+            problems.append(f"{name}: must be a whole number of seconds >= 1")
     problems += backup_problems(raw)
     return problems
 

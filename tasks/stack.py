@@ -128,7 +128,7 @@ def start_database(settings: Settings, changes: Changes) -> None:
         install_dir=settings.install_dir,
         service=compose.DB_SERVICE,
         depends_on=changes.project,
-        timeout=settings.verify_timeout,
+        timeout=settings.start_timeout,
     )
 
 
@@ -141,5 +141,5 @@ def start_proxy(settings: Settings, changes: Changes):
         service=compose.PROXY_SERVICE,
         depends_on=changes.project,
         recreate_on=[changes.config_file],
-        timeout=settings.verify_timeout,
+        timeout=settings.start_timeout,
     )

@@ -285,7 +285,7 @@ def test_8_db_gateway_converges_to_the_proxy_stage(deployment, memo):
     from tests.integration.litellm_data import seed, snapshot
 
     on(deployment, DB)
-    deployment.overrides[DB] = {"verify_timeout": 60}
+    deployment.overrides[DB] = {"verify_timeout": 60, "start_timeout": 60}
     run = deployment.pyinfra(limit=DB)
     if IMAGES == "official":
         assert run.returncode == 0, run.output[-4000:]
@@ -347,7 +347,7 @@ def test_10_db_rotation_completes_or_rolls_back(deployment, memo):
     Offline it cannot start (no Prisma engines), which is exactly an injected failure: the run
     rolls .env and the database link back to the previous key and fails naming host and reason."""
     on(deployment, DB)
-    deployment.overrides[DB] = {"verify_timeout": 60}
+    deployment.overrides[DB] = {"verify_timeout": 60, "start_timeout": 60}
     run = rotate(deployment, memo, gateway=DB)
     db = HostDb(deployment)
     new, old = memo["db_new"], memo["db_old"]

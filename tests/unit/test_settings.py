@@ -62,6 +62,7 @@ BAD_INPUTS = [
     ("store_model_in_db", {"store_model_in_db": True, "database_mode": "none"}),
     ("DATABASE_URL", {"database_mode": "external"}),
     ("verify_timeout", {"verify_timeout": 0}),
+    ("start_timeout", {"start_timeout": True}),
 ]
 
 
