@@ -4,9 +4,12 @@
 fixtures (an e2e suite's own hosts, the integration tier's PostgreSQL server) are set up once, by
 the one worker that needs them. Modules that share one session fixture run together as one unit
 (SHARED_FIXTURE_UNITS): two workers setting up the same test bed hosts would replace each other's.
+The run ends with the seconds each worker spent on each unit (UnitClock).
 """
 
 from __future__ import annotations
+
+from collections import defaultdict
 
 import pytest
 
@@ -36,3 +39,41 @@ def pytest_xdist_make_scheduler(config, log):
             return work_unit(nodeid)
 
     return ModuleScheduling(config, log)
+
+
+def unit_seconds(reports) -> dict[tuple[str, str], float]:
+    """Seconds of setup, call and teardown per (worker, work unit), from test reports."""
+    seconds: dict[tuple[str, str], float] = defaultdict(float)
+    for report in reports:
+        node = getattr(report, "node", None)  # set by xdist on the controller; absent in one process
+        worker = node.gateway.id if node is not None else "main"
+        seconds[(worker, work_unit(report.nodeid))] += report.duration
+    return dict(seconds)
+
+
+class UnitClock:
+    """Collects every report so the run ends with time per worker and unit: which unit holds the
+    critical path, and whether the workers finished near each other, at a glance in the CI log."""
+
+    def __init__(self):
+        self.reports = []
+
+    def pytest_runtest_logreport(self, report):
+        self.reports.append(report)
+
+    def pytest_terminal_summary(self, terminalreporter):
+        seconds = unit_seconds(self.reports)
+        if not seconds:
+            return
+        terminalreporter.section("seconds per worker and work unit")
+        for worker in sorted({w for w, _ in seconds}):
+            units = sorted(((s, u) for (w, u), s in seconds.items() if w == worker), reverse=True)
+            terminalreporter.write_line(f"{worker}: {sum(s for s, _ in units):.0f} s in all")
+            for s, unit in units:
+                if s >= 1:
+                    terminalreporter.write_line(f"  {s:7.0f} s  {unit}")
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controller (or a single process), not an xdist worker
+        config.pluginmanager.register(UnitClock(), "unit-clock")
