@@ -25,6 +25,8 @@ MODEL = "llama3.2:1b"
 
 def main() -> int:
     bed = Testbed(images=IMAGES)
+    print("==> test bed images (built once, then cached)")
+    bed.build_images()
     print(f"==> fresh hosts: {GATEWAY} (Debian 13, systemd, sshd) and {NODE} (Ollama API stand-in)")
     bed.up([GATEWAY, f"{NODE}:ollama"], ollama_models=[MODEL])
     workdir = bed.state_dir / "demo"

@@ -90,6 +90,7 @@ class Deployment:
 
     def up(self) -> None:
         roles = {"ollama1": ":ollama", "up1": ":upstream"}
+        self.bed.build_images()  # every image the suite needs, the independent ones built at once
         self.bed.down(self.hosts)
         self.bed.up([self.name(h) + roles.get(h, "") for h in ALL_HOSTS],
                     ollama_models=[OLLAMA_MODEL], upstream_models=[UPSTREAM_MODEL])

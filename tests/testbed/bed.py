@@ -287,11 +287,11 @@ class Testbed:
     def build_images(self) -> dict[str, str]:
         """All images: the hosts' (always local) and the deploy's (local, or pulled when official)."""
         with self._lock("images"):
-            refs = {"host": self.images.host(), "ollama": self.images.ollama()}
             if self.images_mode == "official":
+                refs = self.images.build(["host", "ollama"])
                 refs.update(self.images.official())
             else:
-                refs.update(postgres=self.images.postgres(), litellm=self.images.litellm())
+                refs = self.images.all()
             self.images.prune()
         return refs
 

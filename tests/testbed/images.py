@@ -24,6 +24,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import docker
@@ -270,7 +271,32 @@ class Images:
         )
 
     def all(self) -> dict[str, str]:
-        return {"host": self.host(), "ollama": self.ollama(), "postgres": self.postgres(), "litellm": self.litellm()}
+        return self.build(["host", "ollama", "postgres", "litellm"])
+
+    def build(self, names: list[str]) -> dict[str, str]:
+        """The named local images, each built where needed; once base exists, the independent ones at
+        the same time: each build waits mostly on apt and pip downloads, and LiteLLM's alone takes minutes."""
+        unknown = set(names) - {"host", "ollama", "postgres", "litellm"}
+        if unknown:
+            raise ImageError(f"no local image named {', '.join(sorted(unknown))}")
+        self.base()
+        lines = []  # ollama is built from host, so the two are one line of work; the others need only base
+        if "host" in names or "ollama" in names:
+            lines.append(["host", "ollama"] if "ollama" in names else ["host"])
+        lines += [[name] for name in ("postgres", "litellm") if name in names]
+
+        def build_line(line: list[str]) -> dict[str, str]:
+            # One client per thread: docker-py does not promise that a client may be shared.
+            builder = Images(docker.from_env(timeout=600), verbose=self.verbose)
+            builder._refs.update(self._refs)
+            for name in line:
+                getattr(builder, name)()
+            return builder._refs
+
+        with ThreadPoolExecutor(max_workers=max(1, len(lines))) as pool:
+            for refs in pool.map(build_line, lines):
+                self._refs.update(refs)
+        return {name: self._refs[name] for name in names}
 
     # -- official images -----------------------------------------------------------------------
     def official(self, litellm_ref: str | None = None, postgres_ref: str | None = None) -> dict[str, str]:

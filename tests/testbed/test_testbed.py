@@ -82,6 +82,13 @@ def test_litellm_completes_through_standin(standin):
         litellm.completion(model="ollama_chat/absent", api_base=standin, messages=msgs)
 
 
+def test_building_an_unknown_image_is_refused_before_anything_is_built():
+    from tests.testbed.images import ImageError, Images
+
+    with pytest.raises(ImageError, match="no local image named upstream"):
+        Images(client=object()).build(["host", "upstream"])  # the client is never used
+
+
 # -- the real bed ----------------------------------------------------------------------------------
 NAMES = ["tbt-gw", "tbt-ollama", "tbt-up"]
 
