@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 from types import SimpleNamespace
 
-from tests.conftest import SHARED_FIXTURE_UNITS, unit_seconds, work_unit
+from tests.conftest import LONGEST_FIRST, SHARED_FIXTURE_UNITS, unit_seconds, work_unit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,3 +52,9 @@ def test_time_is_summed_per_worker_and_unit():
         ("gw1", "tests/e2e/test_rotation.py"): 7.0,
         ("main", "tests/unit/test_settings.py"): 0.5,
     }
+
+
+def test_every_e2e_unit_is_ranked_so_none_is_left_for_the_end_of_the_run():
+    modules = sorted((ROOT / "tests" / "e2e").glob("test_*.py"))
+    units = {work_unit(f"{m.relative_to(ROOT).as_posix()}::test_x") for m in modules}
+    assert units == set(LONGEST_FIRST)
