@@ -19,7 +19,7 @@ SHARED_FIXTURE_UNITS = {
 }
 
 # The e2e units, longest first, as UnitClock measured them on 2 cores (2026-12-01: main bed 1186 s,
-# rotation 782 s, verify faults 542 s, backup 346 s; every other unit under 40 s). Handing them out in
+# rotation 782 s, verify faults 542 s, backup 346 to 555 s; every other unit under 45 s). Handing them out in
 # this order lets the two workers finish close together: in test-count order one worker ran three of
 # them back to back and finished 430 s after the other.
 LONGEST_FIRST = ("main-bed", "tests/e2e/test_rotation.py", "tests/e2e/test_verify_faults.py", "tests/e2e/test_backup.py")
