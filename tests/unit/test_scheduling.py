@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from tests.conftest import LONGEST_FIRST, SHARED_FIXTURE_UNITS, unit_seconds, work_unit
 
 ROOT = Path(__file__).resolve().parents[2]
+E2E_MODULES = sorted((ROOT / "tests" / "e2e").glob("test_*.py"))
 
 
 def uses_the_main_bed(module: Path) -> bool:
@@ -22,10 +23,9 @@ def uses_the_main_bed(module: Path) -> bool:
 
 
 def test_every_module_on_the_main_bed_is_in_its_unit_and_no_other():
-    modules = sorted((ROOT / "tests" / "e2e").glob("test_*.py"))
-    on_main = {m.relative_to(ROOT).as_posix() for m in modules if uses_the_main_bed(m)}
+    on_main = {m.relative_to(ROOT).as_posix() for m in E2E_MODULES if uses_the_main_bed(m)}
     assert on_main == set(SHARED_FIXTURE_UNITS["main-bed"])
-    for module in modules:
+    for module in E2E_MODULES:
         name = module.relative_to(ROOT).as_posix()
         expected = "main-bed" if name in on_main else name
         assert work_unit(f"{name}::test_x") == expected
@@ -55,6 +55,5 @@ def test_time_is_summed_per_worker_and_unit():
 
 
 def test_every_e2e_unit_is_ranked_so_none_is_left_for_the_end_of_the_run():
-    modules = sorted((ROOT / "tests" / "e2e").glob("test_*.py"))
-    units = {work_unit(f"{m.relative_to(ROOT).as_posix()}::test_x") for m in modules}
+    units = {work_unit(f"{m.relative_to(ROOT).as_posix()}::test_x") for m in E2E_MODULES}
     assert units == set(LONGEST_FIRST)
