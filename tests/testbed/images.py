@@ -8,7 +8,8 @@ reused; otherwise it is built again. Recipes live in ``tests/testbed/images/<nam
     host      base + systemd (PID 1) + sshd + python3 + sudo        (test bed hosts)
     ollama    host + the Ollama API stand-in as ollama.service      (test bed Ollama nodes)
     postgres  PostgreSQL 17 from trixie, official image's contract  (for the deploy)
-    litellm   litellm[proxy]==1.108.7 from PyPI, official contract  (for the deploy and upstreams)
+    litellm   litellm[proxy]==1.108.7 from PyPI, official contract, DB-backed through the
+              query-engine stand-in (images/litellm/query-engine)  (for the deploy and upstreams)
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ CONTROLLER_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 LITELLM_VERSION = "1.108.7"
 PROXY_EXTRAS_VERSION = "0.4.110"
+# Prisma Client Python: litellm[proxy] does not install it; 0.15.0 expects the engine commit the
+# query-engine stand-in runs (images/litellm/query-engine).
+PRISMA_CLIENT_VERSION = "0.15.0"
 POSTGRES_MAJOR = "17"
 
 # What the deploy should use (group_data: litellm_image / postgres_image).
@@ -80,7 +84,8 @@ def _files_of(name: str) -> dict[str, bytes]:
     d = RECIPES / name
     out = {}
     for p in sorted(d.rglob("*")):
-        if p.is_file() and "__pycache__" not in p.parts:
+        # node_modules: a stand-in installed in place by hand is not part of its recipe.
+        if p.is_file() and "__pycache__" not in p.parts and "node_modules" not in p.parts:
             out[str(p.relative_to(d))] = p.read_bytes()
     return out
 
@@ -267,7 +272,8 @@ class Images:
         return self._derived(
             "litellm", self.base(), lambda h: LOCAL_LITELLM_IMAGE,
             extra_files={"controller-ca.crt": CONTROLLER_CA.read_bytes()},
-            buildargs={"LITELLM_VERSION": LITELLM_VERSION, "PROXY_EXTRAS_VERSION": PROXY_EXTRAS_VERSION},
+            buildargs={"LITELLM_VERSION": LITELLM_VERSION, "PROXY_EXTRAS_VERSION": PROXY_EXTRAS_VERSION,
+                       "PRISMA_CLIENT_VERSION": PRISMA_CLIENT_VERSION},
         )
 
     def all(self) -> dict[str, str]:
