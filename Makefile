@@ -31,6 +31,7 @@ test: $(STAMP)
 	$(PY) -m pytest tests -q --durations=25 $(PARALLEL)
 
 demo: $(STAMP)
+	tests/tools/docker-engine.sh
 	$(PY) -m tests.demo
 
 clean:

@@ -84,6 +84,15 @@ def evaluate(check, status, payload):
         if check.get("db") and db != "connected":
             return "database is %r, expected connected" % db
         return None
+    if kind == "admin_user":
+        # /user/info read through the proxy: the database path itself (Prisma, Postgres, the bootstrap).
+        info = payload.get("user_info") if isinstance(payload, dict) else None
+        if not isinstance(info, dict) or info.get("user_role") != "proxy_admin":
+            return "user %s is not a proxy_admin in the database (%s)" % (check["expect"], error_text(payload, 200))
+        aliases = sorted(str(k.get("key_alias")) for k in payload.get("keys") or [] if isinstance(k, dict))
+        if check["alias"] not in aliases:
+            return "the master key is not linked to %s (its keys: %s)" % (check["expect"], aliases)
+        return None
     if kind == "chat":
         try:
             return None if payload["choices"][0]["message"]["content"] is not None else "empty reply"

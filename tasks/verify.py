@@ -11,12 +11,14 @@ import json
 import shlex
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, deploy, operation
 
 from tasks import probe
 from tasks.compose import compose_cmd
+from tasks.database import MASTER_KEY_ALIAS
 from tasks.models import Model
 from tasks.settings import Settings
 
@@ -71,7 +73,12 @@ def gateway_checks(settings: Settings) -> list[dict]:
          "expect": names, "exact": not settings.store_model_in_db, "fix": "compare litellm-config.yaml with group data"},
         {"name": "gateway refuses a wrong key", "kind": "refused", "url": f"{PROXY}/v1/models",
          "key_env": WRONG_KEY_ENV, "fix": "LITELLM_MASTER_KEY must be set in .env"},
-    ]
+    ] + ([{
+        "name": f"gateway database: admin user {settings.admin_user_id} and its master-key link",
+        "kind": "admin_user", "url": f"{PROXY}/user/info?user_id={quote(settings.admin_user_id)}",
+        "key_env": "LITELLM_MASTER_KEY", "expect": settings.admin_user_id, "alias": MASTER_KEY_ALIAS,
+        "fix": "the bootstrap stage makes them: re-run deploy.py; `docker compose logs litellm` for database errors",
+    }] if settings.has_database else [])
 
 
 def chat_checks(settings: Settings) -> list[dict]:

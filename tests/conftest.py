@@ -22,7 +22,10 @@ SHARED_FIXTURE_UNITS = {
 # rotation 782 s, verify faults 542 s, backup 346 to 555 s; every other unit under 45 s). Handing them out in
 # this order lets the two workers finish close together: in test-count order one worker ran three of
 # them back to back and finished 430 s after the other.
-LONGEST_FIRST = ("main-bed", "tests/e2e/test_rotation.py", "tests/e2e/test_verify_faults.py", "tests/e2e/test_backup.py")
+LONGEST_FIRST = (
+    "main-bed", "tests/e2e/test_rotation.py", "tests/e2e/test_verify_faults.py", "tests/e2e/test_backup.py",
+    "tests/e2e/test_demo.py",
+)
 
 
 def work_unit(nodeid: str) -> str:

@@ -2,10 +2,10 @@
 
 Hosts come from the test bed (tests/testbed): a Debian 13 container with systemd and sshd that the
 deploy provisions over real SSH, plus an Ollama stand-in node (Ollama itself cannot be installed
-offline; the stand-in speaks its API). Offline, only the stateless gateway can run: the DB-backed
-LiteLLM proxy needs Prisma engines that are downloaded at runtime (the official image bakes them
-in). With TESTBED_IMAGES=official on a machine that can pull, the demo deploys the bundled
-PostgreSQL as well.
+offline; the stand-in speaks its API). The gateway is the package's default: bundled PostgreSQL and
+the DB-backed LiteLLM proxy (offline, the test bed's image with its query-engine stand-in;
+TESTBED_IMAGES=official uses the official images where they can be pulled). It ends with the
+commands to try: make a virtual key with the master key, then use it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,21 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGES = os.environ.get("TESTBED_IMAGES", "local")
 GATEWAY, NODE = "demo-gw", "demo-ollama"
 MODEL = "llama3.2:1b"
+TRY_IT = "    try it:"  # the line before the commands a user (and tests/e2e/test_demo.py) runs
+
+
+def try_it(address: str, secrets: Path) -> list[str]:
+    """Shell lines, run in order: the master key from the secrets file, a virtual key made with it
+    (POST /key/generate), and a chat completion with that virtual key."""
+    base = f"http://{address}:4000"
+    return [
+        f"KEY=$(grep ^LITELLM_MASTER_KEY= {secrets} | cut -d= -f2- | tr -d '\"')",
+        f"VKEY=$(curl -s {base}/key/generate -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' "
+        "-d '{\"models\": [\"llama\"], \"metadata\": {\"purpose\": \"demo\"}}' "
+        "| python3 -c 'import json, sys; print(json.load(sys.stdin)[\"key\"])')",
+        f"curl -s {base}/v1/chat/completions -H \"Authorization: Bearer $VKEY\" -H 'Content-Type: application/json' "
+        "-d '{\"model\": \"llama\", \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}'",
+    ]
 
 
 def main() -> int:
@@ -32,14 +47,10 @@ def main() -> int:
     workdir = bed.state_dir / "demo"
     workdir.mkdir(parents=True, exist_ok=True)
     secrets = workdir / "secrets.env"
-    mode = "bundled" if IMAGES == "official" else "none"
-    if mode == "none":
-        print("==> stateless mode (database_mode = 'none'): offline, the DB-backed proxy cannot fetch its Prisma "
-              "engines; run with TESTBED_IMAGES=official where images can be pulled for the bundled database")
     data = {
         "litellm_image": bed.litellm_image(),
         "postgres_image": bed.postgres_image(),
-        "database_mode": mode,
+        "database_mode": "bundled",
         "models": [{"name": "llama", "model": f"ollama_chat/{MODEL}", "ollama_node": NODE}],
     }
     if IMAGES == "local":
@@ -56,13 +67,13 @@ def main() -> int:
         print("==> the deploy failed (see above)", file=sys.stderr)
         return result.returncode
     address = hosts[GATEWAY]["address"]
+    commands = "\n".join(f"      {line}" for line in try_it(address, secrets))
     print(f"""
 ==> LiteLLM gateway ready at http://{address}:4000  (admin UI: http://{address}:4000/ui)
+    bundled PostgreSQL, DB-backed proxy: virtual keys, budgets and spend are kept in the database
     master key and UI password: {secrets}  (LITELLM_MASTER_KEY, UI_PASSWORD; UI user 'admin')
-    try it:
-      KEY=$(grep ^LITELLM_MASTER_KEY= {secrets} | cut -d= -f2- | tr -d '"')
-      curl -s http://{address}:4000/v1/chat/completions -H "Authorization: Bearer $KEY" \\
-        -H 'Content-Type: application/json' -d '{{"model": "llama", "messages": [{{"role": "user", "content": "hello"}}]}}'
+{TRY_IT}  make a virtual key with the master key, then chat with the virtual key
+{commands}
     re-run the deploy (no change): pyinfra {inventory} deploy.py -y   (with LITELLM_DEPLOY_SECRETS={secrets})
     remove the demo hosts:        {sys.executable} -m tests.testbed down {GATEWAY} {NODE}
 """)

@@ -1,9 +1,9 @@
 """The end-to-end bed: fresh hosts each run, real pyinfra over real SSH, converged twice.
 
-Hosts: gateways gw-db (bundled Postgres) and gw-stateless (no database), Ollama stand-in node
-ollama1, upstream LiteLLM up1. With local images (offline) the DB-backed proxy cannot start here
-(no Prisma engines — FIELD-NOTES.md), so gw-db is converged up to the proxy stage; set
-TESTBED_IMAGES=official on a machine that can pull to run everything on both gateways.
+Hosts: gateways gw-db (bundled Postgres, the DB-backed proxy) and gw-stateless (no database), Ollama
+stand-in node ollama1, upstream LiteLLM up1. Offline the images are the test bed's own (the LiteLLM one
+runs DB-backed through its query-engine stand-in); TESTBED_IMAGES=official uses the official images on
+a machine that can pull them. Every test runs with either.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from dotenv import dotenv_values
 
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
@@ -143,6 +144,13 @@ class Deployment:
         assert result.ok, result.output
         status, payload = json.loads(result.output.strip().splitlines()[-1])
         return status, payload
+
+    def base_url(self, host: str) -> str:
+        """The gateway's published proxy port, as the controller reaches it."""
+        return f"http://{self.bed.host(self.name(host))['address']}:4000"
+
+    def master_key(self) -> str:
+        return dotenv_values(self.secrets, interpolate=False)["LITELLM_MASTER_KEY"]
 
     def changed(self, run: Run, host: str) -> list[str]:
         return run.changed(self.name(host))

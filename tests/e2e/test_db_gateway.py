@@ -1,39 +1,27 @@
-"""gw-db (database_mode bundled): Docker, files, Postgres, schema and bootstrap, converged twice.
+"""gw-db (database_mode bundled, the package's default): the DB-backed gateway, converged twice.
 
-Offline (local images) the DB-backed proxy cannot start — Prisma downloads its engines at runtime
-and this machine has no route to them (FIELD-NOTES.md) — so here the deploy must fail at the proxy
-stage on this host only, naming the container and quoting its logs, with everything before the
-proxy in place and idempotent. With TESTBED_IMAGES=official (official images can be pulled) the
-same tests expect a full converge and exercise /key/generate with a virtual key.
+Postgres healthy, migrations, bootstrap, the proxy healthy with its database connected, verified;
+then the virtual-key workflow of the setup guide this package replaces, over HTTP from the
+controller: make a key with the master key, use it, list, budget it, exhaust a budget, delete it.
+Offline the proxy's Prisma engine is the test bed's stand-in (tests/testbed/images/litellm).
 """
 
 import hashlib
 import json
+import re
 
 import pytest
 from dotenv import dotenv_values
 
-from tests.e2e.conftest import IMAGES
-from tests.testbed import wait_until
+from tests.e2e import gateway_http as api
 
 HOST = "gw-db"
-OFFLINE = IMAGES == "local"
-PROXY_OP = "LiteLLM proxy up and healthy"
 pytestmark = pytest.mark.e2e
 
 
 def psql(deployment, sql: str) -> str:
     command = f"docker compose --project-directory /opt/litellm exec -T db psql -U litellm -d litellm -Atc {json.dumps(sql)}"
     return deployment.ssh(HOST, command).strip()
-
-
-def master_key(deployment) -> str:
-    return dotenv_values(deployment.secrets, interpolate=False)["LITELLM_MASTER_KEY"]
-
-
-def ops_before_proxy(deployment, run) -> list[str]:
-    """Operations that changed, the proxy stage aside (offline it always fails and retries)."""
-    return [op for op in deployment.changed(run, HOST) if PROXY_OP not in op]
 
 
 def db_container(deployment) -> tuple[str, str]:
@@ -44,38 +32,46 @@ def db_container(deployment) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def converged(deployment):
-    return deployment.pyinfra(limit=HOST)
+    first = deployment.pyinfra(limit=HOST)
+    assert first.returncode == 0, first.output[-6000:]
+    return first
 
 
-def test_1_converges_as_far_as_this_machine_allows(deployment, converged):
-    if OFFLINE:
-        assert converged.returncode != 0
-        # The failure names the container and quotes its last log lines...
-        assert "service litellm (container " in converged.output, converged.output[-6000:]
-        assert "did not become healthy; its last 40 log lines" in converged.output
-        assert "prisma" in converged.output.lower()
-        # ...and everything before the proxy succeeded.
-        assert "Database schema migrated" in " ".join(ops_before_proxy(deployment, converged))
-    else:
-        assert converged.returncode == 0, converged.output[-4000:]
+@pytest.fixture(scope="module")
+def gateway(deployment, converged):
+    return deployment.base_url(HOST)
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return {}  # virtual keys made by earlier tests of this module, by name
+
+
+def test_1_converges_and_verifies_the_database_path(converged):
+    summary = converged.output[converged.output.index("verification summary"):]
+    for check in ("gateway readiness", "gateway models", "gateway database: admin user admin and its master-key link"):
+        assert re.search(rf"ok\s+{re.escape(check)}\s+from", summary), summary[:3000]
 
 
 def test_1_postgres_schema_and_bootstrap_are_in_place(deployment, converged):
     migrations = int(psql(deployment, "SELECT count(*) FROM _prisma_migrations WHERE finished_at IS NOT NULL"))
     assert migrations >= 200
-    assert psql(deployment, "SELECT count(*) FROM \"LiteLLM_VerificationToken\"") != ""
     linked = psql(deployment, "SELECT token || '|' || user_id FROM \"LiteLLM_VerificationToken\" WHERE key_alias = 'master-key'")
-    assert linked == hashlib.sha256(master_key(deployment).encode()).hexdigest() + "|admin"
+    assert linked == hashlib.sha256(deployment.master_key().encode()).hexdigest() + "|admin"
     assert psql(deployment, "SELECT user_role FROM \"LiteLLM_UserTable\" WHERE user_id = 'admin'") == "proxy_admin"
 
 
-def test_2_second_run_changes_nothing_before_the_proxy(deployment, converged):
+def test_1_proxy_is_ready_with_its_database(gateway):
+    readiness = api.wait_ready(gateway, timeout=30)
+    assert readiness["status"] == "healthy" and readiness["db"] == "connected"
+
+
+def test_2_second_run_changes_nothing(deployment, converged):
     rows_before = psql(deployment, "SELECT md5(string_agg(t::text, ',' ORDER BY token)) FROM \"LiteLLM_VerificationToken\" t")
     second = deployment.pyinfra(limit=HOST)
-    assert ops_before_proxy(deployment, second) == [], "changed on the second run: " + ", ".join(
-        ops_before_proxy(deployment, second))
-    if not OFFLINE:
-        assert second.returncode == 0 and deployment.changed(second, HOST) == []
+    assert second.returncode == 0, second.output[-4000:]
+    assert deployment.changed(second, HOST) == [], "changed on the second run: " + ", ".join(
+        deployment.changed(second, HOST))
     rows_after = psql(deployment, "SELECT md5(string_agg(t::text, ',' ORDER BY token)) FROM \"LiteLLM_VerificationToken\" t")
     assert rows_after == rows_before
 
@@ -86,13 +82,90 @@ def test_3_host_state(deployment, converged):
                                  "/opt/litellm/litellm-config.yaml").splitlines()
     assert modes == ["/opt/litellm/.env 600 root", "/opt/litellm/docker-compose.yml 644 root",
                      "/opt/litellm/litellm-config.yaml 644 root"]
-    db = json.loads(deployment.ssh(HOST, "docker compose --project-directory /opt/litellm ps --format json db"))
-    assert (db["State"], db["Health"]) == ("running", "healthy")
+    for service in ("db", "litellm"):
+        state = json.loads(deployment.ssh(HOST, f"docker compose --project-directory /opt/litellm ps --format json {service}"))
+        assert (state["State"], state["Health"]) == ("running", "healthy"), service
     listening = deployment.ssh(HOST, "ss -Hltn").split("\n")
     assert not [line for line in listening if ":5432 " in line and "127.0.0.1:5432" not in line], listening
 
 
-def test_4_model_change_recreates_the_proxy_but_not_postgres(deployment, converged):
+# --- the virtual-key workflow, over HTTP from the controller ---------------------------------------
+
+
+def test_4_master_key_makes_a_virtual_key(deployment, gateway, keys):
+    status, made = api.request(gateway, "POST", "/key/generate", key=deployment.master_key(),
+                               body={"models": ["chat-upstream"], "key_alias": "e2e-team-key",
+                                     "metadata": {"owner": "e2e", "purpose": "workflow"}})
+    assert status == 200, made
+    assert made["key"].startswith("sk-") and made["key_alias"] == "e2e-team-key"
+    assert made["models"] == ["chat-upstream"] and made["metadata"] == {"owner": "e2e", "purpose": "workflow"}
+    keys["team"] = made["key"]
+    # What LiteLLM stored: the key's sha256, the metadata as a JSON object.
+    row = psql(deployment, "SELECT key_alias || '|' || jsonb_typeof(metadata) || '|' || (metadata->>'owner') "
+                           f"FROM \"LiteLLM_VerificationToken\" WHERE token = '{hashlib.sha256(made['key'].encode()).hexdigest()}'")
+    assert row == "e2e-team-key|object|e2e"
+
+
+def test_4_virtual_key_sees_its_models_and_chats(gateway, keys):
+    assert api.models_seen(gateway, keys["team"]) == (200, ["chat-upstream"])
+    status, reply = api.chat(gateway, keys["team"], "chat-upstream")
+    assert status == 200, reply
+    assert reply["choices"][0]["message"]["content"]
+    # A model the key was not given is refused.
+    status, reply = api.chat(gateway, keys["team"], "chat-ollama")
+    assert status in api.REFUSED, reply
+
+
+def test_4_key_list_shows_the_key(deployment, gateway, keys):
+    status, listed = api.request(gateway, "GET", "/key/list?return_full_object=true&size=100", key=deployment.master_key())
+    assert status == 200, listed
+    aliases = {k.get("key_alias") for k in listed["keys"]}
+    assert "e2e-team-key" in aliases, listed
+
+
+def test_4_key_update_sets_a_budget(deployment, gateway, keys):
+    status, updated = api.request(gateway, "POST", "/key/update", key=deployment.master_key(),
+                                  body={"key": keys["team"], "max_budget": 10.0, "budget_duration": "30d"})
+    assert status == 200, updated
+    status, info = api.request(gateway, "GET", f"/key/info?key={keys['team']}", key=deployment.master_key())
+    assert status == 200, info
+    assert (info["info"]["max_budget"], info["info"]["budget_duration"]) == (10.0, "30d")
+    assert info["info"]["budget_reset_at"]  # a 30-day budget has a reset date
+    assert api.models_seen(gateway, keys["team"]) == (200, ["chat-upstream"])
+
+
+def test_4_exhausted_budget_is_refused_with_litellms_budget_error(deployment, gateway):
+    broke = api.generate_key(gateway, deployment.master_key(), models=["chat-upstream"], key_alias="e2e-broke",
+                             max_budget=0.0)
+    status, reply = api.chat(gateway, broke, "chat-upstream")
+    # LiteLLM 1.108's BudgetExceededError: HTTP 422, type budget_exceeded, naming the key's alias.
+    assert (status, reply["error"]["type"]) == (422, "budget_exceeded"), reply
+    assert "Budget has been exceeded! Key=e2e-broke" in reply["error"]["message"], reply
+
+
+def test_4_deleted_and_bogus_keys_are_refused(deployment, gateway):
+    doomed = api.generate_key(gateway, deployment.master_key(), models=["chat-upstream"], key_alias="e2e-doomed")
+    assert api.models_seen(gateway, doomed) == (200, ["chat-upstream"])
+    status, deleted = api.request(gateway, "POST", "/key/delete", key=deployment.master_key(), body={"keys": [doomed]})
+    assert status == 200, deleted
+    status, _ = api.models_seen(gateway, doomed)
+    assert status in api.REFUSED
+    status, _ = api.models_seen(gateway, "sk-bogus-" + "0" * 32)
+    assert status in api.REFUSED
+
+
+def test_4_admin_ui_login(deployment, gateway):
+    values = dotenv_values(deployment.secrets, interpolate=False)
+    status, body = api.request(gateway, "POST", "/login", form={"username": "admin", "password": values["UI_PASSWORD"]})
+    assert status in (200, 303), body
+    status, body = api.request(gateway, "POST", "/login", form={"username": "admin", "password": "not-the-password"})
+    assert status == 401, body
+
+
+# --- changes, reboot ------------------------------------------------------------------------------
+
+
+def test_5_model_change_recreates_the_proxy_but_not_postgres(deployment, gateway, keys):
     before = db_container(deployment)
     models = deployment.models()
     models[0] = {**models[0], "name": "chat-upstream-renamed"}
@@ -101,29 +174,19 @@ def test_4_model_change_recreates_the_proxy_but_not_postgres(deployment, converg
         run = deployment.pyinfra(limit=HOST)
     finally:
         deployment.overrides.pop(HOST)
-    assert any(PROXY_OP in op for op in deployment.changed(run, HOST)) or (OFFLINE and run.returncode != 0)
+    assert run.returncode == 0, run.output[-4000:]
+    assert any("LiteLLM proxy up and healthy" in op for op in deployment.changed(run, HOST))
     assert "chat-upstream-renamed" in deployment.ssh(HOST, "cat /opt/litellm/litellm-config.yaml")
     assert db_container(deployment) == before
-    deployment.pyinfra(limit=HOST)
+    back = deployment.pyinfra(limit=HOST)
+    assert back.returncode == 0, back.output[-4000:]
+    # The key made before both changes still works.
+    assert api.models_seen(gateway, keys["team"]) == (200, ["chat-upstream"])
 
 
-def test_5_reboot_brings_postgres_back_with_its_data(deployment, converged):
+def test_6_reboot_brings_the_gateway_back_with_its_keys(deployment, gateway, keys):
     token_rows = psql(deployment, "SELECT md5(string_agg(t::text, ',' ORDER BY token)) FROM \"LiteLLM_VerificationToken\" t")
     deployment.bed.restart(deployment.name(HOST))
-
-    def healthy():
-        result = deployment.bed.ssh(deployment.name(HOST), "docker compose --project-directory /opt/litellm ps --format json db")
-        return result.ok and '"Health":"healthy"' in result.output.replace(" ", "")
-
-    wait_until("Postgres healthy after a reboot", healthy, timeout=180, interval=2)
+    api.wait_ready(gateway, timeout=180)
     assert psql(deployment, "SELECT md5(string_agg(t::text, ',' ORDER BY token)) FROM \"LiteLLM_VerificationToken\" t") == token_rows
-
-
-@pytest.mark.skipif(OFFLINE, reason="the DB-backed proxy needs Prisma engines, downloaded at runtime; "
-                                    "runs with TESTBED_IMAGES=official where official images can be pulled")
-def test_6_virtual_key_made_by_the_proxy_works(deployment, converged):
-    status, made = deployment.call(HOST, "/key/generate", body={"models": ["chat-upstream"]})
-    assert status == 200, made
-    status, reply = deployment.call(HOST, "/v1/chat/completions", key=made["key"],
-                                    body={"model": "chat-upstream", "messages": [{"role": "user", "content": "hi"}]})
-    assert status == 200, reply
+    assert api.models_seen(gateway, keys["team"]) == (200, ["chat-upstream"])

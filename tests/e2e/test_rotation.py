@@ -2,9 +2,13 @@
 
 Own hosts (rot-gw-stateless, rot-gw-db, rot-ollama1, rot-up1), so this suite runs beside others.
 Each gateway gets its own inventory (the gateway, the Ollama node, the upstream) and its own
-secrets file: the controller records the new key as LITELLM_MASTER_KEY only when every gateway of
-the inventory has it, and offline rot-gw-db cannot run its DB-backed proxy (no Prisma engines,
-FIELD-NOTES.md), so an inventory holding both could never finish a rotation here.
+secrets file, so each half of the suite rotates its own master keys: the controller records a new
+key as LITELLM_MASTER_KEY only when every gateway of the inventory has it, and a failure injected on
+one gateway must not hold up the other half.
+
+rot-gw-db runs its DB-backed proxy for real (offline its Prisma query engine is the test bed's
+stand-in, tests/testbed/images/litellm): a virtual key made through the proxy before the rotation
+must keep working through every rotation and rollback.
 
 Interruptions use the documented hook LITELLM_DEPLOY_TEST_STOP_AFTER=<stage>: the run ends there
 with exit code 75 and no clean-up, as a kill would leave it. Tests run in file order (-x).
@@ -17,13 +21,16 @@ import json
 import os
 import re
 import shlex
+from collections import Counter
+
 import pytest
 
 from tasks import database
 from tasks import rotate as R
 from tasks import secrets as S
 from tasks.filters import dotenv_quote
-from tests.e2e.conftest import IMAGES, make_deployment
+from tests.e2e import gateway_http as api
+from tests.e2e.conftest import make_deployment
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -248,7 +255,31 @@ def test_7_after_the_cause_is_fixed_the_rerun_finishes_with_the_same_key(deploym
     assert_no_key_in(memo, memo["old"], memo["new"], memo["failed"])
 
 
-# --- gw-db (offline: converged up to the proxy stage; the DB-backed proxy needs official images) ----
+# --- gw-db: the DB-backed proxy runs; a virtual key made through it must survive every rotation ------
+
+DB_TIMEOUTS = {"verify_timeout": 60, "start_timeout": 90}
+VIRTUAL_ALIAS = "e2e-made-before-rotation"
+VIRTUAL_MODELS = ["chat-upstream"]  # what the virtual key may use (the gateway routes two models)
+TOKENS = "LiteLLM_VerificationToken"
+SPEND_LOGS = "LiteLLM_SpendLogs"
+# A running proxy keeps accounts of every request it serves, the rotation's own poller and proof
+# among them: a row per request in the spend logs (refused keys too), per-day aggregates upserted in
+# the Daily tables, and on the key used its spend, last use and (Prisma's @updatedAt) updated_at.
+# Each proxy process also keeps a heartbeat row of its own (a recreated proxy is a new worker).
+# Those change while the tests run; everything else must not, unless the rotation means to change it.
+ACCOUNTING_COLUMNS = ("spend", "total_spend", "model_spend", "last_active", "updated_at")
+TOKEN_ROWS = (f"SELECT md5((to_jsonb(t) {' '.join(f'- {c!r}' for c in ACCOUNTING_COLUMNS)})::text) "
+              f'FROM "{TOKENS}" t;')
+
+
+def accounting(table: str) -> bool:
+    return table.startswith(("LiteLLM_Daily", "LiteLLM_SpendLog")) or table == "LiteLLM_ProxyWorkerHeartbeat"
+
+
+def on_db(deployment):
+    on(deployment, DB)
+    deployment.overrides[DB] = dict(DB_TIMEOUTS)
+    return deployment
 
 
 class HostDb:
@@ -274,37 +305,104 @@ class HostDb:
 
 
 def master_rows(db: HostDb) -> list[dict]:
-    return db.json("""SELECT coalesce(json_agg(json_build_object('token', token, 'user_id', user_id)
-                       ORDER BY token), '[]') FROM "LiteLLM_VerificationToken" WHERE key_alias = 'master-key';""")
+    return db.json(f"""SELECT coalesce(json_agg(json_build_object('token', token, 'user_id', user_id)
+                       ORDER BY token), '[]') FROM "{TOKENS}" WHERE key_alias = 'master-key';""")
 
 
-def test_8_db_gateway_converges_to_the_proxy_stage(deployment, memo):
+def token_row(db: HostDb, key: str) -> list[str]:
+    """md5 of the stored row(s) of a key (its sha256 token), accounting columns aside: [] when it is
+    not stored."""
+    where = f"WHERE token = '{database.hash_key(key)}'"
+    return [line.strip() for line in db.psql(TOKEN_ROWS.replace(" t;", f" t {where};")).stdout.splitlines() if line.strip()]
+
+
+def data_of(db: HostDb) -> dict[str, Counter]:
+    """table -> multiset of row md5s, every table of the schema; the token table's rows without
+    their accounting columns."""
+    from tests.integration.litellm_data import snapshot
+
+    data = snapshot(db)
+    data[TOKENS] = Counter(line.strip() for line in db.psql(TOKEN_ROWS).stdout.splitlines() if line.strip())
+    return data
+
+
+def assert_rows_kept(before: dict, after: dict) -> None:
+    """Outside the token table every row is as before, the proxy's request accounting aside; of that,
+    no spend log row was lost (they are only ever added)."""
+    kept = [{t: rows for t, rows in data.items() if t != TOKENS and not accounting(t)} for data in (before, after)]
+    changed = sorted(t for t in set(kept[0]) | set(kept[1]) if kept[0].get(t) != kept[1].get(t))
+    assert changed == [], f"rows outside {TOKENS} changed in: {', '.join(changed)}"
+    lost = before[SPEND_LOGS] - after[SPEND_LOGS]
+    assert not lost, f"{sum(lost.values())} spend log row(s) lost"
+
+
+def token_moves(before: dict, after: dict) -> tuple[int, int]:
+    """(rows of the token table gone, rows come) from `before` to `after`."""
+    return sum((before[TOKENS] - after[TOKENS]).values()), sum((after[TOKENS] - before[TOKENS]).values())
+
+
+def probe_rows(db: HostDb) -> list[dict]:
+    return db.json(f"""SELECT coalesce(json_agg(json_build_object('token', token, 'user_id', user_id, 'models', models)),
+                       '[]') FROM "{TOKENS}" WHERE key_alias = '{R.PROBE_ALIAS}';""")
+
+
+def seen(deployment, key: str):
+    """(status, sorted model ids) that `key` gets on /v1/models, from the controller."""
+    return api.models_seen(deployment.base_url(DB), key)
+
+
+def backups(deployment) -> list[str]:
+    """The rotation's backups on the host (the backup timer's own files aside)."""
+    return sorted(deployment.ssh(DB, f"ls -1 {INSTALL}/backups | grep -- '-before-rotation[.]dump$' || true").split())
+
+
+def gateway_models(deployment) -> list[str]:
+    return sorted(m["name"] for m in deployment.models())
+
+
+def assert_only_the_master_row_moved(memo, reference: dict, db: HostDb) -> dict:
+    """Against `reference`: every other table unchanged; in the token table one row left and one came
+    (the master-key row, on another key or re-made), the virtual key's row untouched, no probe row."""
+    after = data_of(db)
+    assert_rows_kept(reference, after)
+    assert token_moves(reference, after) == (1, 1)
+    assert sum(after[TOKENS].values()) == sum(reference[TOKENS].values())
+    assert token_row(db, memo["db_virtual"]) == [memo["db_virtual_row"]], "the virtual key's row changed"
+    assert probe_rows(db) == [], "the proof's virtual key was left behind"
+    return after
+
+
+def test_8_db_gateway_converges_and_a_virtual_key_is_made_through_the_proxy(deployment, memo):
     from litellm.proxy.auth.auth_utils import abbreviate_api_key
     from litellm.proxy.utils import hash_token
 
-    from tests.integration.litellm_data import seed, snapshot
+    from tests.integration.litellm_data import seed
 
-    on(deployment, DB)
-    deployment.overrides[DB] = {"verify_timeout": 60, "start_timeout": 60}
+    on_db(deployment)
     run = deployment.pyinfra(limit=DB)
-    if IMAGES == "official":
-        assert run.returncode == 0, run.output[-4000:]
-    else:
-        assert any("master-key link" in op for op in deployment.changed(run, DB)), run.output[-4000:]
+    assert run.returncode == 0, run.output[-6000:]
+    base = deployment.base_url(DB)
+    assert api.wait_ready(base, timeout=60)["db"] == "connected"
     values = secrets_of(deployment)
     memo["db_old"], memo["db_salt"] = values[S.MASTER_KEY], values[S.SALT_KEY]
+    assert deployment.master_key() == memo["db_old"]
+    assert seen(deployment, memo["db_old"]) == (200, gateway_models(deployment))
     db = HostDb(deployment)
     seed(db, hash_token, abbreviate_api_key, keys=20, users=3, teams=2)
-    memo["db_before"] = snapshot(db)
+    # A real virtual key, made by the proxy with the master key, as a gateway's users get theirs.
+    memo["db_virtual"] = api.generate_key(base, memo["db_old"], models=VIRTUAL_MODELS, key_alias=VIRTUAL_ALIAS)
+    assert seen(deployment, memo["db_virtual"]) == (200, VIRTUAL_MODELS)
+    assert seen(deployment, WRONG_KEY)[0] in api.REFUSED
+    memo["db_virtual_row"], = token_row(db, memo["db_virtual"])
+    memo["db_before"] = data_of(db)
     assert [r["token"] for r in master_rows(db)] == [hash_token(memo["db_old"])]
 
 
 def test_9_db_rotation_stopped_after_the_database_stage(deployment, memo):
-    """Acceptance 2 on a real host, up to the proxy stage: backup 0600 and restorable with identical
-    rows; old hash row gone, new hash linked, every other row unchanged."""
-    from tests.integration.litellm_data import snapshot
-
-    on(deployment, DB)
+    """Acceptance 2 on a real host, stopped before the proxy's restart: backup 0600 and restorable
+    with identical rows; old hash row gone, new hash linked, the proof's virtual key added, every
+    other row (the virtual key made through the proxy among them) unchanged."""
+    on_db(deployment)
     run = rotate(deployment, memo, stop="database", gateway=DB)
     assert run.returncode == R.STOP_EXIT_CODE, run.output[-6000:]
     new = secrets_of(deployment)[S.MASTER_KEY_NEXT]
@@ -315,19 +413,24 @@ def test_9_db_rotation_stopped_after_the_database_stage(deployment, memo):
     assert path.startswith(f"{INSTALL}/backups/")
     assert deployment.ssh(DB, f"stat -c '%a %U' {shlex.quote(path)}").strip() == "600 root"
     assert deployment.ssh(DB, f"stat -c '%a' {INSTALL}/backups").strip() == "700"
+    memo["db_backups"] = backups(deployment)
+    assert path.rsplit("/", 1)[1] in memo["db_backups"]
 
     db = HostDb(deployment)
     assert master_rows(db) == [{"token": database.hash_key(new), "user_id": "admin"}]
-    after = snapshot(db)
-    before = dict(memo["db_before"])
-    tokens_before, tokens_after = before.pop("LiteLLM_VerificationToken"), after.pop("LiteLLM_VerificationToken")
-    assert after == before, "a row outside LiteLLM_VerificationToken changed"
-    # In that table: the old master row left, the new master row and the proof's virtual key came.
-    assert sum((tokens_before - tokens_after).values()) == 1
-    assert sum((tokens_after - tokens_before).values()) == 2
-    probe = db.json(f"""SELECT json_agg(json_build_object('token', token, 'user_id', user_id, 'models', models))
-                         FROM "LiteLLM_VerificationToken" WHERE key_alias = '{R.PROBE_ALIAS}';""")
-    assert probe == [{"token": database.hash_key(R.probe_key_for(new)), "user_id": None, "models": [R.PROBE_MODEL]}]
+    after = data_of(db)
+    before = memo["db_before"]
+    assert_rows_kept(before, after)
+    # In that table: the old master row left, the new master row and the proof's virtual key came;
+    # the seeded keys and the virtual key made through the proxy are all still there, unchanged.
+    assert token_moves(before, after) == (1, 2)
+    assert sum(after[TOKENS].values()) == sum(before[TOKENS].values()) + 1
+    assert token_row(db, memo["db_virtual"]) == [memo["db_virtual_row"]]
+    assert probe_rows(db) == [{"token": database.hash_key(R.probe_key_for(new)), "user_id": None,
+                               "models": [R.PROBE_MODEL]}]
+    # The proxy was not restarted: it still runs on the previous key, and the virtual key works.
+    assert seen(deployment, memo["db_old"]) == (200, gateway_models(deployment))
+    assert seen(deployment, memo["db_virtual"]) == (200, VIRTUAL_MODELS)
 
     # The backup restores into a scratch database with exactly the rows from before the rotation.
     admin = HostDb(deployment, "postgres")
@@ -336,42 +439,117 @@ def test_9_db_rotation_stopped_after_the_database_stage(deployment, memo):
         deployment.name(DB),
         f"{COMPOSE} exec -T db pg_restore -U litellm -d rotation_scratch --no-owner < {shlex.quote(path)}")
     assert restored.ok, restored.output
-    scratch = snapshot(HostDb(deployment, "rotation_scratch"))
-    assert scratch == memo["db_before"]
-    assert {t: sum(c.values()) for t, c in scratch.items()} == {t: sum(c.values()) for t, c in memo["db_before"].items()}
-    assert_no_key_in(memo, memo["db_old"], new, R.probe_key_for(new))
+    scratch_db = HostDb(deployment, "rotation_scratch")
+    scratch = data_of(scratch_db)
+    assert_rows_kept(before, scratch)
+    assert scratch[TOKENS] == before[TOKENS]
+    # The proxy's request accounting went on while the backup was taken: the backup holds every spend
+    # log row from before the rotation, and none that the database does not hold now.
+    assert not scratch[SPEND_LOGS] - after[SPEND_LOGS]
+    counts = [{t: sum(rows.values()) for t, rows in data.items() if not accounting(t)} for data in (scratch, before)]
+    assert counts[0] == counts[1]
+    assert token_row(scratch_db, memo["db_virtual"]) == [memo["db_virtual_row"]]
+    admin.psql("DROP DATABASE rotation_scratch;")
+    assert_no_key_in(memo, memo["db_old"], new, R.probe_key_for(new), memo["db_virtual"])
 
 
-def test_10_db_rotation_completes_or_rolls_back(deployment, memo):
-    """With official images the DB-backed proxy runs: the rotation completes and proves itself.
-    Offline it cannot start (no Prisma engines), which is exactly an injected failure: the run
-    rolls .env and the database link back to the previous key and fails naming host and reason."""
-    on(deployment, DB)
-    deployment.overrides[DB] = {"verify_timeout": 60, "start_timeout": 60}
+def test_10_db_rerun_finishes_the_rotation_and_the_virtual_key_survives(deployment, memo):
+    """Acceptance 1 and 4 on the DB-backed gateway: the re-run restarts the proxy on the pending key
+    and proves it (new key accepted, old refused, a virtual key accepted); the secrets file then
+    holds the new key. The virtual key made through the proxy before the rotation still works."""
+    on_db(deployment)
     run = rotate(deployment, memo, gateway=DB)
-    db = HostDb(deployment)
+    assert run.returncode == 0, run.output[-6000:]
     new, old = memo["db_new"], memo["db_old"]
-    values = secrets_of(deployment)
-    if IMAGES == "official":
-        assert run.returncode == 0, run.output[-6000:]
-        assert status(deployment, DB, new) == 200 and status(deployment, DB, old) in R.REFUSED
-        assert values[S.MASTER_KEY] == new and S.MASTER_KEY_NEXT not in values
-        assert master_rows(db) == [{"token": database.hash_key(new), "user_id": "admin"}]
-    else:
-        assert run.returncode != 0
-        assert f"rotation FAILED on {deployment.name(DB)}: restarting the proxy on the new key failed" in run.output, \
-            run.output[-6000:]
-        assert holds(deployment, DB, S.MASTER_KEY, old)
-        assert master_rows(db) == [{"token": database.hash_key(old), "user_id": "admin"}]
-        assert values[S.MASTER_KEY] == old and values[S.MASTER_KEY_NEXT] == new
-    assert values[S.SALT_KEY] == memo["db_salt"] and holds(deployment, DB, S.SALT_KEY, memo["db_salt"])
-    # The proof's virtual key is gone again; every other row is as before the rotation.
-    from tests.integration.litellm_data import snapshot
+    assert "with a virtual key made before the rotation" in run.output, run.output[-6000:]
+    assert "now holds the new key" in run.output
+    window = re.search(r"refusal window: ([0-9.]+) s", run.output)
+    assert window and 0 <= float(window.group(1)) < 300, run.output[-4000:]
+    # The database was backed up by the interrupted run, before any change: no second backup now.
+    assert "Database backup before rotation" not in "".join(deployment.changed(run, DB))
+    assert backups(deployment) == memo["db_backups"]
 
-    after, before = snapshot(db), dict(memo["db_before"])
-    tokens_before, tokens_after = before.pop("LiteLLM_VerificationToken"), after.pop("LiteLLM_VerificationToken")
-    assert after == before
-    # Only the master row differs: gone for the new key's, or re-made for the previous key's.
-    assert sum((tokens_before - tokens_after).values()) == 1
-    assert sum((tokens_after - tokens_before).values()) == 1
-    assert_no_key_in(memo, old, new, R.probe_key_for(new))
+    assert seen(deployment, new) == (200, gateway_models(deployment))
+    assert seen(deployment, old)[0] in api.REFUSED
+    assert seen(deployment, WRONG_KEY)[0] in api.REFUSED
+    assert seen(deployment, memo["db_virtual"]) == (200, VIRTUAL_MODELS)
+    values = secrets_of(deployment)
+    assert values[S.MASTER_KEY] == new and S.MASTER_KEY_NEXT not in values
+    assert deployment.master_key() == new
+    assert values[S.SALT_KEY] == memo["db_salt"] and holds(deployment, DB, S.SALT_KEY, memo["db_salt"])
+    assert holds(deployment, DB, S.MASTER_KEY, new)
+
+    db = HostDb(deployment)
+    assert master_rows(db) == [{"token": database.hash_key(new), "user_id": "admin"}]
+    # Only the master row differs from before the rotation: the old key's gone, the new key's came.
+    memo["db_rotated"] = assert_only_the_master_row_moved(memo, memo["db_before"], db)
+    assert R.KEYS_FILE not in deployment.ssh(DB, f"ls -A {INSTALL}/{R.WORKSPACE}").split()
+    assert deployment.ssh(DB, "docker ps -q --filter name=rotation-poller").strip() == ""
+    assert_no_key_in(memo, old, new, R.probe_key_for(new), memo["db_virtual"])
+
+
+def test_11_db_proxy_that_cannot_start_on_the_new_key_is_rolled_back(deployment, memo):
+    """Acceptance 5 on the DB-backed gateway: the proxy refuses to start on the new key (the same
+    injected docker-compose.override.yml as on gw-stateless), so the run rolls the host back: the
+    previous .env, the master-key link back on the previous key, the proxy proven on it; the virtual
+    key still works, every other row is as it was; the run fails naming host and reason."""
+    on_db(deployment)
+    current = memo["db_new"]
+    override = OVERRIDE.format(digest=hashlib.sha256(current.encode()).hexdigest())
+    deployment.bed.ssh(deployment.name(DB), f"cat > {INSTALL}/docker-compose.override.yml", input=override.encode())
+    run = rotate(deployment, memo, gateway=DB)
+    assert run.returncode != 0, run.output[-4000:]
+    values = secrets_of(deployment)
+    pending = values[S.MASTER_KEY_NEXT]
+    memo["db_failed"] = pending
+    assert pending not in (current, memo["db_old"])
+    host = deployment.name(DB)
+    assert f"rotation FAILED on {host}: restarting the proxy on the new key failed" in run.output, run.output[-6000:]
+    assert "rolled back: the proxy is healthy on the previous master key again" in run.output
+    assert re.search(r"Database backup before rotation: \S+\.dump", run.output), run.output[-4000:]
+
+    assert seen(deployment, current) == (200, gateway_models(deployment))
+    assert seen(deployment, pending)[0] in api.REFUSED
+    assert seen(deployment, memo["db_virtual"]) == (200, VIRTUAL_MODELS)
+    assert holds(deployment, DB, S.MASTER_KEY, current)
+    assert values[S.MASTER_KEY] == current and values[S.SALT_KEY] == memo["db_salt"]
+    assert holds(deployment, DB, S.SALT_KEY, memo["db_salt"])
+
+    db = HostDb(deployment)
+    assert master_rows(db) == [{"token": database.hash_key(current), "user_id": "admin"}]
+    # The master row was moved to the pending key and back (re-made); nothing else changed.
+    assert_only_the_master_row_moved(memo, memo["db_rotated"], db)
+    assert token_row(db, pending) == []
+    assert_no_key_in(memo, memo["db_old"], current, pending, R.probe_key_for(pending), memo["db_virtual"])
+
+
+def test_12_db_after_the_cause_is_fixed_the_rerun_finishes_with_the_same_key(deployment, memo):
+    """The override removed, the same command finishes the rotation with the pending key of the failed
+    run (never a third key); the virtual key made before the first rotation still chats."""
+    on_db(deployment)
+    deployment.ssh(DB, f"rm -f {INSTALL}/docker-compose.override.yml")
+    run = rotate(deployment, memo, gateway=DB)
+    assert run.returncode == 0, run.output[-6000:]
+    previous, new = memo["db_new"], memo["db_failed"]
+    assert "with a virtual key made before the rotation" in run.output, run.output[-6000:]
+    assert seen(deployment, new) == (200, gateway_models(deployment))
+    assert seen(deployment, previous)[0] in api.REFUSED
+    assert seen(deployment, memo["db_old"])[0] in api.REFUSED
+    values = secrets_of(deployment)
+    assert values[S.MASTER_KEY] == new and S.MASTER_KEY_NEXT not in values
+    assert values[S.SALT_KEY] == memo["db_salt"] and holds(deployment, DB, S.SALT_KEY, memo["db_salt"])
+    assert holds(deployment, DB, S.MASTER_KEY, new)
+
+    db = HostDb(deployment)
+    assert master_rows(db) == [{"token": database.hash_key(new), "user_id": "admin"}]
+    assert_only_the_master_row_moved(memo, memo["db_rotated"], db)
+    # Two rotations and a rollback later, the virtual key made before them all still works for real:
+    # it sees its model, chats through it, and is refused the model it was not given.
+    base = deployment.base_url(DB)
+    assert seen(deployment, memo["db_virtual"]) == (200, VIRTUAL_MODELS)
+    status_code, reply = api.chat(base, memo["db_virtual"], "chat-upstream")
+    assert status_code == 200, reply
+    assert reply["choices"][0]["message"]["content"]
+    status_code, reply = api.chat(base, memo["db_virtual"], "chat-ollama")
+    assert status_code in api.REFUSED, reply
+    assert_no_key_in(memo, memo["db_old"], previous, new, R.probe_key_for(new), memo["db_virtual"])

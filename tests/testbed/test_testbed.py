@@ -156,3 +156,35 @@ def test_bed_down_removes_everything_of_its_hosts(bed):
     assert "tbt-up" not in [h["name"] for h in bed.hosts()]
     assert not bed.client.containers.list(all=True, filters={"label": "litellm-deploy.testbed.name=tbt-up"})
     assert not bed.upstream_key_file("tbt-up").exists()
+
+
+# -- the LiteLLM image ----------------------------------------------------------------------------
+IMAGE_FACTS = r"""
+cd /app && pwd
+cat /app/docker/prod_entrypoint.sh | tail -n 1
+test -f litellm/proxy/prisma_migration.py && echo migration-entry-point
+python3 -c 'import prisma, litellm; print("prisma", prisma.__version__)'
+echo "schema-update $DISABLE_SCHEMA_UPDATE"
+"$PRISMA_QUERY_ENGINE_BINARY" --version
+"$PRISMA_SCHEMA_ENGINE_BINARY" migrate >/dev/null 2>&1 || echo "schema-engine refuses"
+python3 -c 'from prisma.client import BINARY_PATHS; print("client engine", sorted(set(BINARY_PATHS.query_engine.values())))'
+"""
+
+
+@pytest.mark.e2e
+def test_litellm_image_keeps_the_official_contract_and_its_query_engine_stand_in():
+    """What the deploy relies on (entrypoint, /app, python3, the migration entry point) as in the official
+    image, and the DB-backed parts: Prisma Client Python generated against the stand-in engine."""
+    docker = pytest.importorskip("docker")
+    from tests.testbed import Images
+
+    images = Images(docker.from_env(timeout=600))
+    ref = images.litellm()
+    config = images.client.images.get(ref).attrs["Config"]
+    assert (config["Entrypoint"], config["WorkingDir"]) == (["/app/docker/prod_entrypoint.sh"], "/app")
+    out = images.client.containers.run(ref, entrypoint=["sh", "-c", IMAGE_FACTS], remove=True).decode().splitlines()
+    assert out == [
+        "/app", 'exec litellm "$@"', "migration-entry-point", "prisma 0.15.0", "schema-update true",
+        "query-engine 393aa359c9ad4a4bb28630fb5613f9c281cde053", "schema-engine refuses",
+        "client engine ['/opt/prisma-standin/query-engine']",
+    ], out

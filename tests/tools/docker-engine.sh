@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# A running Docker engine and debootstrap on this machine, for `make demo` and `.ci/run`: installed
-# from the distribution's packages when missing (Debian/Ubuntu, as root), and the engine started when
-# it does not answer (by systemd where it runs, else by hand: FIELD-NOTES.md). Says what it does.
+# A running Docker engine and debootstrap on this machine (and curl, which the demo's closing commands
+# use), for `make demo` and `.ci/run`: installed from the distribution's packages when missing
+# (Debian/Ubuntu, as root), and the engine started when it does not answer (by systemd where it runs,
+# else by hand: FIELD-NOTES.md). Says what it does.
 set -euo pipefail
 
 missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "needs ${missing[*]}: install them (Debian/Ubuntu: sudo apt-get install -y ${missing[*]}), then run this again" >&2

@@ -1,0 +1,69 @@
+"""The gateway's HTTP API as a client on the controller sees it: status and parsed body, no redirects.
+
+Used by the e2e suites to prove what a user of a DB-backed gateway relies on: virtual keys made with
+the master key are accepted (and keep being accepted across rotation, restore and upgrade), deleted
+or bogus keys are refused.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from urllib.parse import urlencode, urlsplit
+
+from tests.testbed import wait_until
+
+REFUSED = (400, 401, 403)  # LiteLLM answers a refused key with 401 (DB-backed) or 400 (stateless)
+TIMEOUT = 60
+
+
+def request(base_url: str, method: str, path: str, key: str | None = None, body: dict | None = None,
+            form: dict | None = None):
+    """(status, body): JSON decoded when it is JSON, else text. Redirects are returned, not followed."""
+    parts = urlsplit(base_url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=TIMEOUT)
+    headers = {}
+    data = None
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    if body is not None:
+        data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+    elif form is not None:
+        data, headers["Content-Type"] = urlencode(form).encode(), "application/x-www-form-urlencoded"
+    try:
+        connection.request(method, path, body=data, headers=headers)
+        response = connection.getresponse()
+        text = response.read().decode("utf-8", "replace")
+    finally:
+        connection.close()
+    try:
+        return response.status, json.loads(text)
+    except ValueError:
+        return response.status, text
+
+
+def generate_key(base_url: str, master_key: str, **fields) -> str:
+    """A new virtual key from /key/generate (fields: models, key_alias, metadata, max_budget, ...)."""
+    status, made = request(base_url, "POST", "/key/generate", key=master_key, body=fields)
+    assert status == 200, made
+    return made["key"]
+
+
+def models_seen(base_url: str, key: str):
+    """(status, sorted model ids) that `key` sees on /v1/models."""
+    status, body = request(base_url, "GET", "/v1/models", key=key)
+    return status, sorted(m["id"] for m in body["data"]) if status == 200 else body
+
+
+def chat(base_url: str, key: str, model: str):
+    return request(base_url, "POST", "/chat/completions", key=key,
+                   body={"model": model, "messages": [{"role": "user", "content": "hello"}]})
+
+
+def wait_ready(base_url: str, timeout: float = 120) -> dict:
+    """/health/readiness once it answers 200 with the database connected."""
+    def ready():
+        status, body = request(base_url, "GET", "/health/readiness")
+        return body if status == 200 and body.get("db") == "connected" else None
+
+    return wait_until(f"{base_url} ready with db connected", ready, timeout=timeout, interval=1)
