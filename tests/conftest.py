@@ -18,8 +18,9 @@ SHARED_FIXTURE_UNITS = {
     "main-bed": ("tests/e2e/test_db_gateway.py", "tests/e2e/test_stateless_gateway.py", "tests/e2e/test_upgrade.py"),
 }
 
-# The e2e units, longest first, as UnitClock measured them on 2 cores (2026-12-01: main bed 1186 s,
-# rotation 782 s, verify faults 542 s, backup 346 to 555 s; every other unit under 45 s). Handing them out in
+# The e2e units, longest first, as UnitClock measured them on 2 cores (2026-12-01, DB-backed gateway on
+# the bed: main bed 1030 s, rotation 737 s, verify faults 513 s, backup 349 s, demo 151 s; every other
+# unit under 70 s). Handing them out in
 # this order lets the two workers finish close together: in test-count order one worker ran three of
 # them back to back and finished 430 s after the other.
 LONGEST_FIRST = (
