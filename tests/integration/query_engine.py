@@ -9,6 +9,7 @@ real PostgreSQL through Prisma Client Python -> stand-in -> Prisma's wasm query 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import shutil
 import subprocess
@@ -78,3 +79,8 @@ def generate_client(standin: Path) -> None:
                        env=env, capture_output=True, text=True, timeout=NPM_TIMEOUT)
     if r.returncode != 0:
         raise StandinUnavailable(f"prisma generate failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    # An earlier test in this process may have imported the package before it was generated (LiteLLM's
+    # proxy modules import it): drop that copy, so the next import reads the generated client.
+    for name in [n for n in sys.modules if n == "prisma" or n.startswith("prisma.")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
