@@ -99,18 +99,33 @@ def service_up(
     """`compose up -d --wait` one service when what it depends on changed or it is not healthy.
 
     recreate_on: changes compose cannot see (a bind-mounted config file), which force a recreate.
-    On failure the command quotes the container's last log lines, so the error names the cause.
     """
     state = host.get_fact(ComposeServices, project=project, install_dir=install_dir).get(service)
     force = changed(recreate_on or [])
     if is_up(state) and not force and not changed(depends_on or []):
         host.noop(f"{service} is running and healthy, nothing it depends on changed")
         return
+    yield up_command(project, install_dir, service, force, timeout)
+
+
+def up_command(project: str, install_dir: str, service: str, force: bool, timeout: int) -> str:
+    """`up --wait` for one service; a container the engine created but could not start is tried once more.
+
+    Seen on loaded hosts: runc fails a start now and then ("OCI runtime create failed ... read init-p:
+    connection reset by peer") and leaves the container in state "created". That is the engine, not
+    the service, so one more start is right; a container that started and then failed is not retried
+    (its logs name the cause, and waiting out its health check twice would double the failure time).
+    On failure the command quotes the container's last log lines, so the error names the cause.
+    """
     base = compose_cmd(project, install_dir)
     flags = "--force-recreate " if force else ""
     quoted = shlex.quote(service)
-    yield (
-        f"{base} up --detach --wait --wait-timeout {int(timeout)} --no-deps {flags}{quoted} || "
+    up = f"{base} up --detach --wait --wait-timeout {int(timeout)} --no-deps {flags}{quoted}"
+    never_started = f"[ \"$({base} ps --all --format '{{{{.State}}}}' {quoted})\" = created ]"
+    retry = f"{base} up --detach --wait --wait-timeout {int(timeout)} --no-deps {quoted}"
+    return (
+        f"{up} || {{ {never_started} && echo 'service {service}: the engine could not start its container; "
+        f"trying once more' >&2 && {retry}; }} || "
         f"{{ echo \"service {service} (container $({base} ps --all --format '{{{{.Name}}}}' {quoted})) "
         f"did not become healthy; its last {LOG_LINES} log lines:\" >&2; "
         f"{base} logs --no-color --tail {LOG_LINES} {quoted} >&2; exit 1; }}"
