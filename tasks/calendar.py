@@ -22,6 +22,7 @@ or its tz database, so only UTC is accepted here; without a zone the host's loca
 
 from __future__ import annotations
 
+import datetime
 import re
 from dataclasses import dataclass
 
@@ -248,8 +249,6 @@ class _Parser:
         match = re.fullmatch(r" *([+-]?)([0-9]+)", self.rest[1:])
         if match is None:
             raise CalendarError("'@' must be followed by seconds since 1970 and nothing else")
-        import datetime
-
         sign, digits = match.groups()
         seconds = int(digits)
         if sign == "-" and seconds:
