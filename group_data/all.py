@@ -3,7 +3,8 @@
 
 # Official LiteLLM image with Prisma engines baked in, pinned (never `latest` / `main-latest`).
 litellm_image = "ghcr.io/berriai/litellm-database:main-v1.108.7"
-# PostgreSQL image for database_mode "bundled"; its data lives in a named volume.
+# PostgreSQL image: the bundled database ("bundled"; data in a named volume), and psql/pg_dump for "external".
+# Pinned to a version tag ("16" or "16.4"); tags without a version ("latest", "alpine") are refused.
 postgres_image = "postgres:16"
 # Where the compose project (docker-compose.yml, litellm-config.yaml, .env) lives on the host.
 install_dir = "/opt/litellm"
@@ -49,5 +50,10 @@ backup_keep = 7
 backup_local_dir = "backups"
 # Install a systemd timer that takes a backup on the host by itself (bundled database only).
 backup_enabled = True
-# When the timer runs: a systemd OnCalendar expression ("daily", "hourly", "*-*-* 03:15:00").
+# When the timer runs: a systemd OnCalendar expression ("daily", "hourly", "Mon..Fri 02:30", "*-*-* 03:15:00 UTC"),
+# checked on the controller with systemd's grammar before anything changes (tasks/calendar.py).
 backup_schedule = "daily"
+# Container logs (json-file) are rotated at this size ("10m"; a number then k, m or g) ...
+log_max_size = "10m"
+# ... and this many files are kept per container.
+log_max_file = 3

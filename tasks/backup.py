@@ -30,6 +30,8 @@ from tasks.compose import DB_SERVICE, compose_cmd
 from tasks.settings import Settings
 
 BACKUP_DIR = "backups"
+STAMP_PATTERN = r"[0-9]{8}T[0-9]{6}Z"
+PRE_CHANGE_NAME = re.compile(rf"litellm-{STAMP_PATTERN}-([a-z-]+)\.dump")
 EXTERNAL_DUMP = database.EXTERNAL_PSQL.replace('exec psql "$@"', 'exec pg_dump "$@"')
 assert EXTERNAL_DUMP != database.EXTERNAL_PSQL, "tasks.database.EXTERNAL_PSQL no longer ends in `exec psql`"
 
@@ -44,8 +46,8 @@ def backup_path(install_dir: str, stamp: str, purpose: str = "before-rotation") 
 
 def pre_change_backup_path(settings: Settings, stamp: str, purpose: str = "before-rotation") -> str:
     """Where rotate.py (and an upgrade, purpose "before-upgrade") puts its backup: the gateway's
-    backup_dir when the settings have one (the scheduled backups' retention leaves these names
-    alone), else <install_dir>/backups."""
+    backup_dir when the settings have one, else <install_dir>/backups. Each purpose is its own kind
+    for retention: backup_script keeps the newest backup_keep of it."""
     directory = getattr(settings, "backup_dir", None) or backup_dir(settings.install_dir)
     return f"{directory.rstrip('/')}/litellm-{stamp}-{purpose}.dump"
 
@@ -79,19 +81,25 @@ def read_back_command(settings: Settings) -> str:
     return f"docker run --rm -i --entrypoint pg_restore {shlex.quote(settings.postgres_image)} --file=/dev/null"
 
 
-def backup_script(dump: str, check: str, path: str) -> str:
+def backup_script(dump: str, check: str, path: str, keep: int | None = None) -> str:
     """Shell that writes the output of `dump` to `path` (0600, directory 0700) once `check` has read
-    it back from stdin, or fails naming the cause and leaves nothing at `path`."""
+    it back from stdin, or fails naming the cause and leaves nothing at `path`. With `keep`, older
+    backups of the same kind (litellm-<stamp>-<purpose>.dump, same purpose) beyond the newest
+    `keep` are deleted afterwards."""
     directory = shlex.quote(path.rsplit("/", 1)[0])
     final = shlex.quote(path)
     part = shlex.quote(path + ".part")
+    kind = PRE_CHANGE_NAME.fullmatch(path.rsplit("/", 1)[-1])
+    prune = ""
+    if keep is not None and kind:  # the purpose is [a-z-]+: nothing in it is special to grep -E
+        prune = prune_shell(directory, rf"^litellm-{STAMP_PATTERN}-{kind[1]}\.dump$", keep) + " && "
     return (
         f"umask 077 && mkdir -p {directory} && chmod 700 {directory} && "
         f"{{ {dump} > {part} || "
         f"{{ rm -f {part}; echo 'database backup failed: pg_dump did not complete (output above)' >&2; exit 1; }}; }} && "
         f"{{ {check} < {part} > /dev/null || "
         f"{{ rm -f {part}; echo 'database backup failed: pg_restore cannot read the dump back' >&2; exit 1; }}; }} && "
-        f"chmod 600 {part} && mv -f {part} {final} && echo {shlex.quote('database backup written: ' + path)}"
+        f"chmod 600 {part} && mv -f {part} {final} && {prune}echo {shlex.quote('database backup written: ' + path)}"
     )
 
 
@@ -106,7 +114,7 @@ def database_backup(settings: Settings, path: str, needed: bool | None = None):
     if wanted is False:
         host.noop("no change is due on this host's database: no backup needed")
         return
-    yield backup_script(dump_command(settings), read_back_command(settings), path)
+    yield backup_script(dump_command(settings), read_back_command(settings), path, settings.backup_keep)
 
 
 
@@ -116,14 +124,34 @@ def database_backup(settings: Settings, path: str, needed: bool | None = None):
 # retention. backup.py runs it inline with the run's UTC stamp; the systemd timer runs the same
 # text installed as /usr/local sbin script. Controller side: the dump is downloaded into a 0600
 # file under backup_local_dir/<host>/, its sha256 compared with the one the host recorded, then
-# the controller's retention applies. Only files named <UTC stamp>.dump take part in retention;
-# rotation's "litellm-...-before-rotation.dump" files are left alone.
+# the controller's retention applies. Retention keeps the newest backup_keep of each kind: the
+# scheduled <UTC stamp>.dump files here, and each purpose of litellm-<stamp>-<purpose>.dump
+# (before-rotation, before-upgrade) in backup_script when such a backup is written.
+# The script and its systemd units are named after the compose project, so two projects on one
+# host each keep their own timer.
 
-STAMP_PATTERN = r"[0-9]{8}T[0-9]{6}Z"
 DUMP_NAME = re.compile(rf"^{STAMP_PATTERN}\.dump$")
-SCRIPT_PATH = "/usr/local/sbin/litellm-backup"
-UNIT = "litellm-backup"
+LEGACY_UNIT = "litellm-backup"  # the one name every project shared before issue 15
+LEGACY_SCRIPT = "/usr/local/sbin/litellm-backup"
+UNIT_DIR = "/etc/systemd/system"
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def unit_name(settings: Settings) -> str:
+    """litellm-backup-<compose project>: the name of the script, the .service and the .timer."""
+    return f"{LEGACY_UNIT}-{settings.compose_project}"
+
+
+def script_path(settings: Settings) -> str:
+    return f"/usr/local/sbin/{unit_name(settings)}"
+
+
+def prune_shell(directory: str, pattern: str, keep: int) -> str:
+    """POSIX sh: in `directory` (a shell word), of the files whose names match the extended regex
+    `pattern` (one kind: their names sort by UTC stamp), delete all but the newest `keep`, each
+    with its .sha256. Exits 0 when nothing matches."""
+    return (f"ls -1 {directory} | grep -E {shlex.quote(pattern)} | sort -r | tail -n +{int(keep) + 1} | "
+            f"while read -r old; do rm -f {directory}/\"$old\" {directory}/\"$old.sha256\"; done")
 
 
 def utc_stamp(now: datetime | None = None) -> str:
@@ -150,10 +178,10 @@ def host_script(dump: str, check: str, backup_dir_: str, keep: int) -> str:
     """POSIX sh: `script [STAMP]` writes <dir>/<STAMP>.dump (0600, dir 0700) and <STAMP>.dump.sha256,
     after `check` has read the dump back; then keeps the newest `keep` <stamp>.dump files.
     Prints one line `database backup written: PATH sha256 SUM`; fails naming the cause."""
+    prune = prune_shell('"$dir"', rf"^{STAMP_PATTERN}\.dump$", keep)
     return f"""set -eu
 umask 077
 dir={shlex.quote(backup_dir_)}
-keep={int(keep)}
 stamp=${{1:-$(date -u +%Y%m%dT%H%M%SZ)}}
 final="$dir/$stamp.dump"
 part="$final.part"
@@ -168,9 +196,7 @@ mv -f "$part" "$final"
 printf '%s  %s\\n' "$sum" "$stamp.dump" > "$final.sha256.part"
 chmod 600 "$final.sha256.part"
 mv -f "$final.sha256.part" "$final.sha256"
-ls -1 "$dir" | grep -E '^{STAMP_PATTERN}\\.dump$' | sort -r | tail -n +$((keep + 1)) | while read -r old; do
-  rm -f "$dir/$old" "$dir/$old.sha256"
-done
+{prune}
 echo "database backup written: $final sha256 $sum"
 """
 
@@ -288,17 +314,18 @@ def backup_gateway(settings: Settings, stamp: str) -> None:
 
 
 def unit_files(settings: Settings) -> dict[str, str]:
-    """path on the host -> content, for the script, the service and the timer."""
+    """path on the host -> content, for the script, the service and the timer of this project."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)
-    values = dict(settings=settings, script_path=SCRIPT_PATH)
+    values = dict(settings=settings, script_path=script_path(settings))
+    unit = f"{UNIT_DIR}/{unit_name(settings)}"
     return {
-        SCRIPT_PATH: "#!/bin/sh\n# Written by litellm-deploy: database backup of the bundled Postgres.\n"
-                     + gateway_script(settings),
-        f"/etc/systemd/system/{UNIT}.service": env.get_template(f"{UNIT}.service.j2").render(**values),
-        f"/etc/systemd/system/{UNIT}.timer": env.get_template(f"{UNIT}.timer.j2").render(**values),
+        script_path(settings): "#!/bin/sh\n# Written by litellm-deploy: database backup of the bundled Postgres "
+                               f"of compose project {settings.compose_project}.\n" + gateway_script(settings),
+        f"{unit}.service": env.get_template(f"{LEGACY_UNIT}.service.j2").render(**values),
+        f"{unit}.timer": env.get_template(f"{LEGACY_UNIT}.timer.j2").render(**values),
     }
 
 
@@ -307,32 +334,64 @@ def scheduled_backup(settings: Settings) -> None:
     """systemd timer + service running the host backup script (bundled database, backup_enabled)."""
     from io import BytesIO
 
+    timer = f"{unit_name(settings)}.timer"
     wanted = settings.database_mode == "bundled" and settings.backup_enabled
     if not wanted:
-        systemd.service(name=f"Backup timer {UNIT}.timer disabled", service=f"{UNIT}.timer",
-                        running=False, enabled=False)
+        systemd.service(name=f"Backup timer {timer} disabled", service=timer, running=False, enabled=False)
+        legacy_units_retired(name=f"Backup units of the old name {LEGACY_UNIT}.* removed (if this project's)",
+                             settings=settings)
         return
     written = []
     for path, content in unit_files(settings).items():
         written.append(files.put(
             name=f"Backup unit file {path}", src=BytesIO(content.encode()), dest=path,
-            mode="700" if path == SCRIPT_PATH else "644", user="root", group="root",
+            mode="700" if path == script_path(settings) else "644", user="root", group="root",
         ))
-    units_reloaded(name="systemd reloaded for changed backup units", written=written)
+    units_reloaded(name="systemd reloaded for changed backup units", written=written, timer=timer)
     systemd.service(
-        name=f"Backup timer {UNIT}.timer enabled and active ({settings.backup_schedule})",
-        service=f"{UNIT}.timer", running=True, enabled=True,
+        name=f"Backup timer {timer} enabled and active ({settings.backup_schedule})",
+        service=timer, running=True, enabled=True,
     )
+    legacy_units_retired(name=f"Backup units of the old name {LEGACY_UNIT}.* removed (if this project's)",
+                         settings=settings)
 
 
 @operation()
-def units_reloaded(written: list):
+def units_reloaded(written: list, timer: str):
     """daemon-reload (and restart an active timer, so a new schedule applies) only when a unit
     file changed in this run: asked at execution time, so an unchanged deploy reports no change."""
     if not _changed(written):
         host.noop("backup units unchanged")
         return
-    yield f"systemctl daemon-reload && systemctl try-restart {UNIT}.timer"
+    yield f"systemctl daemon-reload && systemctl try-restart {timer}"
+
+
+def legacy_owner_pattern(settings: Settings) -> str:
+    """A line only this project's old-named backup script holds (its `docker compose ... exec`)."""
+    return f"{compose_cmd(settings.compose_project, settings.install_dir)} exec"
+
+
+def legacy_removal_command() -> str:
+    old = f"{UNIT_DIR}/{LEGACY_UNIT}"
+    return (f"systemctl disable --now {LEGACY_UNIT}.timer; "
+            f"rm -f {old}.timer {old}.service {LEGACY_SCRIPT} && systemctl daemon-reload")
+
+
+@operation()
+def legacy_units_retired(settings: Settings):
+    """Before issue 15 every project's units were named litellm-backup.*, so a second project on the
+    host overwrote the first one's timer. Those files are removed once this project has its own
+    units, but only when they back up this project: another project's stay until it is deployed."""
+    from pyinfra.facts.files import FindInFile
+
+    lines = host.get_fact(FindInFile, path=LEGACY_SCRIPT, pattern=legacy_owner_pattern(settings))
+    if lines is None:
+        host.noop(f"no {LEGACY_SCRIPT} on this host")
+        return
+    if not lines:
+        host.noop(f"{LEGACY_SCRIPT} backs up another compose project: left alone")
+        return
+    yield legacy_removal_command()
 
 
 def _changed(metas) -> bool:

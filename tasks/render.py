@@ -52,6 +52,10 @@ def container_env(settings: Settings) -> dict[str, str]:
         "LITELLM_MODE": "PRODUCTION",
         "STORE_MODEL_IN_DB": "True" if settings.store_model_in_db else "False",
     }
+    if settings.image_source == "archives":
+        # An air-gapped host: LiteLLM would fetch its model price list from GitHub at start and
+        # wait for the timeout; the copy inside the image is used instead.
+        env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     if settings.proxy_base_url:
         env["PROXY_BASE_URL"] = settings.proxy_base_url
     if settings.database_mode == "bundled":

@@ -7,6 +7,7 @@ any host is touched.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 
 from pyinfra.api.exceptions import PyinfraError
 
+from tasks import calendar
 from tasks import secrets as S
 from tasks.models import Model, is_http_url, parse_models
 
@@ -24,6 +26,10 @@ DATABASE_MODES = ("bundled", "external", "none")
 DOCKER_INSTALLS = ("distro", "docker-repo", "skip")
 IMAGE_SOURCES = ("pull", "archives")
 FLOATING_TAGS = {"latest", "main-latest", "main-stable", "stable", "nightly", "main"}
+# Characters a directory may hold: it is written into shell scripts and unit files unquoted-safe.
+PATH_CHARACTERS = r"[A-Za-z0-9_./-]+"
+# json-file log rotation size: a number and k, m or g (a subset of what Docker accepts).
+LOG_SIZE = r"[1-9][0-9]*[kmg]"
 MIN_KEY_LENGTH = 32
 MIN_PASSWORD_LENGTH = 12
 DEFAULT_OLLAMA_PORT = 11434
@@ -56,6 +62,8 @@ DEFAULTS = {
     "backup_local_dir": "backups",
     "backup_enabled": True,
     "backup_schedule": "daily",
+    "log_max_size": "10m",
+    "log_max_file": 3,
 }
 
 
@@ -117,6 +125,8 @@ class Settings:
     backup_local_dir: str = "backups"
     backup_enabled: bool = True
     backup_schedule: str = "daily"
+    log_max_size: str = "10m"
+    log_max_file: int = 3
 
     @property
     def has_database(self) -> bool:
@@ -157,23 +167,76 @@ def ollama_node_urls(nodes: Mapping[str, Callable[[str, object], object]]) -> di
     return urls
 
 
-def _image_problems(field_name: str, image: object) -> list[str]:
+def _image_problems(field_name: str, image: object, example: str = "main-v1.108.7") -> list[str]:
     if not isinstance(image, str) or not image:
         return [f"{field_name}: must be an image reference like 'registry/name:tag'"]
     if "@sha256:" in image:
         return []
     last = image.rsplit("/", 1)[-1]
     if ":" not in last:
-        return [f"{field_name}: {image!r} has no tag — fix: pin a version tag (never latest)"]
+        return [f"{field_name}: {image!r} has no tag — fix: pin a version tag such as {example} (never latest)"]
     if last.split(":", 1)[1] in FLOATING_TAGS:
-        return [f"{field_name}: {image!r} uses a floating tag — fix: pin a version tag such as main-v1.108.7"]
+        return [f"{field_name}: {image!r} uses a floating tag — fix: pin a version tag such as {example}"]
+    return []
+
+
+def _postgres_image_problems(image: object) -> list[str]:
+    """Postgres tags start with the major version ("16", "16.4", "16.4-bookworm"): a major tag only
+    moves within that major, whose data directory format is fixed, so it is an acceptable pin. A tag
+    without a version ("latest", "alpine", "bookworm") moves to the next major one day, and a
+    Postgres of a new major cannot start on the old data directory."""
+    example = "postgres:16.4 (or postgres:16)"
+    problems = _image_problems("postgres_image", image, example)
+    if problems or "@sha256:" in str(image):
+        return problems
+    tag = str(image).rsplit("/", 1)[-1].split(":", 1)[1]
+    if not tag[:1].isdigit():
+        return [f"postgres_image: {image!r} uses a floating tag (no version number) — "
+                f"fix: pin a version tag such as {example}"]
+    return []
+
+
+def _number_problems(field_name: str, value: object, low: int, high: int | None, meaning: str) -> list[str]:
+    """One policy for every whole-number setting: a number, never text. "4000" (quoted) is refused
+    with the exact fix rather than converted, so the group data reads the way it is used."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
+        return [f"{field_name}: {value!r} is text — fix: write {value.strip()} without quotes"]
+    bounds = f"{low} or more" if high is None else f"{low}-{high}"
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        return [f"{field_name}: {value!r} is not {meaning} ({bounds})"]
     return []
 
 
 def _port_problems(field_name: str, value: object, allow_zero: bool = False) -> list[str]:
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 65535:
-        return [f"{field_name}: {value!r} is not a port ({low}-65535)"]
+    return _number_problems(field_name, value, 0 if allow_zero else 1, 65535, "a port")
+
+
+def _flag_problems(field_name: str, value: object) -> list[str]:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return [f"{field_name}: {value!r} is text — fix: write {value.strip().capitalize()} without quotes"]
+    if not isinstance(value, bool):
+        return [f"{field_name}: must be True or False"]
+    return []
+
+
+def _directory_problems(field_name: str, value: object) -> list[str]:
+    """An absolute directory other than /, shell-safe: it goes into scripts and unit files."""
+    parts = value.strip("/").split("/") if isinstance(value, str) else []
+    if not isinstance(value, str) or not value.startswith("/") or value.rstrip("/") in ("", "/") \
+            or not re.fullmatch(PATH_CHARACTERS, value) or "." in parts or ".." in parts:
+        return [f"{field_name}: {value!r} must be an absolute directory other than /, of letters, digits and "
+                "_ . - / only, without . or .. parts — fix: e.g. /opt/litellm"]
+    return []
+
+
+def _bind_problems(value: object) -> list[str]:
+    try:
+        if not isinstance(value, str):  # ip_address() would take the number 4000 as 0.0.15.160
+            raise ValueError(value)
+        ipaddress.ip_address(value)
+    except ValueError:
+        return [f"proxy_bind: {value!r} is not an IP address — fix: 0.0.0.0 (every interface), 127.0.0.1 "
+                "(behind a local reverse proxy) or one of the host's addresses"]
     return []
 
 
@@ -188,8 +251,8 @@ def data_problems(raw: dict[str, object]) -> list[str]:
     problems += _image_problems("litellm_image", raw["litellm_image"])
     mode = raw["database_mode"]
     problems += _choice("database_mode", mode, DATABASE_MODES)
-    if mode == "bundled":
-        problems += _image_problems("postgres_image", raw["postgres_image"])
+    if mode in ("bundled", "external"):  # external runs psql and pg_dump from this image
+        problems += _postgres_image_problems(raw["postgres_image"])
     problems += _choice("docker_install", raw["docker_install"], DOCKER_INSTALLS)
     problems += _choice("image_source", raw["image_source"], IMAGE_SOURCES)
     problems += _port_problems("proxy_port", raw["proxy_port"])
@@ -198,16 +261,13 @@ def data_problems(raw: dict[str, object]) -> list[str]:
         problems.append(
             f"postgres_publish_port: {raw['postgres_publish_port']} collides with proxy_port — fix: pick another port"
         )
-    install_dir = raw["install_dir"]
-    if not isinstance(install_dir, str) or not install_dir.startswith("/") or install_dir.rstrip("/") in ("", "/"):
-        problems.append(f"install_dir: {install_dir!r} must be an absolute directory other than /")
+    problems += _directory_problems("install_dir", raw["install_dir"])
     if not isinstance(raw["compose_project"], str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", raw["compose_project"]):
         problems.append("compose_project: use lowercase letters, digits, '-' and '_' (Compose's rule)")
     for name in ("postgres_user", "postgres_db"):
         if not isinstance(raw[name], str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", raw[name]):
             problems.append(f"{name}: {raw[name]!r} must be a plain SQL identifier (letters, digits, _)")
-    if not isinstance(raw["proxy_bind"], str) or not re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+", raw["proxy_bind"]):
-        problems.append(f"proxy_bind: {raw['proxy_bind']!r} must be an IP address such as 0.0.0.0 or 127.0.0.1")
+    problems += _bind_problems(raw["proxy_bind"])
     if raw["proxy_base_url"] and not is_http_url(raw["proxy_base_url"]):
         problems.append(f"proxy_base_url: {raw['proxy_base_url']!r} is not a URL — fix: https://gateway.example.com")
     archives = raw["image_archives"]
@@ -224,34 +284,38 @@ def data_problems(raw: dict[str, object]) -> list[str]:
             problems.append(f"{name}: must be a non-empty string")
     if not isinstance(raw["admin_email"], str):
         problems.append("admin_email: must be a string (may be empty)")
-    if not isinstance(raw["store_model_in_db"], bool):
-        problems.append("store_model_in_db: must be True or False")
+    if flag := _flag_problems("store_model_in_db", raw["store_model_in_db"]):
+        problems += flag
     elif raw["store_model_in_db"] and mode == "none":
         problems.append("store_model_in_db: needs a database — fix: database_mode 'bundled' or 'external'")
     for name in ("verify_timeout", "start_timeout"):
-        timeout = raw[name]
-        if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
-            problems.append(f"{name}: must be a whole number of seconds >= 1")
+        problems += _number_problems(name, raw[name], 1, None, "a whole number of seconds")
+    problems += log_problems(raw)
     problems += backup_problems(raw)
+    return problems
+
+
+def log_problems(raw: dict[str, object]) -> list[str]:
+    """Container log rotation (Docker's json-file driver: max-size, max-file)."""
+    problems = []
+    size = raw["log_max_size"]
+    if not isinstance(size, str) or not re.fullmatch(LOG_SIZE, size):
+        problems.append(f"log_max_size: {size!r} must be a size such as '10m' (a number, then k, m or g)")
+    problems += _number_problems("log_max_file", raw["log_max_file"], 1, None, "a whole number of log files")
     return problems
 
 
 def backup_problems(raw: dict[str, object]) -> list[str]:
     problems = []
-    backup_dir = raw["backup_dir"]
-    if not isinstance(backup_dir, str) or not backup_dir.startswith("/") or backup_dir.rstrip("/") in ("", "/") \
-            or not re.fullmatch(r"[A-Za-z0-9_./-]+", backup_dir):
-        problems.append(f"backup_dir: {backup_dir!r} must be an absolute directory other than / (letters, digits, _ . - /)")
-    keep = raw["backup_keep"]
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        problems.append("backup_keep: must be a whole number of backups >= 1")
+    problems += _directory_problems("backup_dir", raw["backup_dir"])
+    problems += _number_problems("backup_keep", raw["backup_keep"], 1, None, "a whole number of backups")
     if not isinstance(raw["backup_local_dir"], str) or not raw["backup_local_dir"].strip():
         problems.append("backup_local_dir: must be a directory on the controller, such as 'backups'")
-    if not isinstance(raw["backup_enabled"], bool):
-        problems.append("backup_enabled: must be True or False")
+    problems += _flag_problems("backup_enabled", raw["backup_enabled"])
     schedule = raw["backup_schedule"]
-    if not isinstance(schedule, str) or not re.fullmatch(r"[A-Za-z0-9 *:,./~-]+", schedule):
-        problems.append(f"backup_schedule: {schedule!r} must be a systemd OnCalendar expression such as 'daily'")
+    if reason := calendar.problem(schedule):
+        problems.append(f"backup_schedule: {schedule!r} is not a systemd OnCalendar expression ({reason}) — "
+                        f"fix: e.g. {calendar.EXAMPLES}")
     return problems
 
 

@@ -150,7 +150,8 @@ def quiet_backup(settings: Settings, path: str):
     after it would be lost. The upgrade replaces the proxy anyway; if the backup fails, the proxy
     is started again and the host stops there, unchanged."""
     proxy = f"{compose_cmd(settings.compose_project, settings.install_dir)} %s {PROXY_SERVICE}"
-    dump = backup.backup_script(backup.dump_command(settings), backup.read_back_command(settings), path)
+    dump = backup.backup_script(backup.dump_command(settings), backup.read_back_command(settings), path,
+                                settings.backup_keep)
     yield (
         f"{proxy % 'stop'} && ( {dump} ) || {{ {proxy % 'start'} >/dev/null 2>&1; "
         "echo 'upgrade not started: the backup before it failed (above); the proxy was started again' >&2; exit 1; }"

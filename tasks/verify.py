@@ -221,13 +221,23 @@ def age(seconds: float) -> str:
     return f"{hours} h" if hours < 48 else f"{hours // 24} days"
 
 
-def backup_note(where: str, newest: tuple[str, float] | None, stale_after: float) -> str:
+def backup_note(where: str, newest: tuple[str, float] | None, stale_after: float,
+                timer: str = "the backup timer") -> str:
     """One summary line on the newest backup; "STALE" once older than stale_after seconds."""
     if newest is None:
         return f"newest backup {where}: none yet"
     name, seconds = newest
-    flag = "  STALE: check the backup timer (systemctl status litellm-backup)" if seconds > stale_after else ""
+    flag = f"  STALE: check the backup timer (systemctl status {timer})" if seconds > stale_after else ""
     return f"newest backup {where}: {name}, {age(seconds)} old{flag}"
+
+
+def host_backup_note(settings: Settings, newest: tuple[str, float] | None) -> str:
+    """The host's line: stale after two missed runs of the timer (a custom OnCalendar= is not
+    second-guessed), naming this project's timer unit."""
+    from tasks.backup import unit_name
+
+    stale = STALE_AFTER.get(settings.backup_schedule, float("inf")) if settings.backup_enabled else float("inf")
+    return backup_note(f"on the host ({settings.backup_dir})", newest, stale, timer=f"{unit_name(settings)}.timer")
 
 
 def backup_notes(settings: Settings) -> list[str]:
@@ -236,10 +246,7 @@ def backup_notes(settings: Settings) -> list[str]:
         return []
     from tasks.backup import local_dir
 
-    # Two missed runs of the timer make a backup stale; a custom OnCalendar= is not second-guessed.
-    stale = STALE_AFTER.get(settings.backup_schedule, float("inf")) if settings.backup_enabled else float("inf")
-    notes = [backup_note(f"on the host ({settings.backup_dir})",
-                         host.get_fact(NewestBackup, directory=settings.backup_dir), stale)]
+    notes = [host_backup_note(settings, host.get_fact(NewestBackup, directory=settings.backup_dir))]
     controller = local_dir(settings)
     dumps = sorted(controller.glob("*.dump"), key=lambda p: p.stat().st_mtime) if controller.is_dir() else []
     newest = (dumps[-1].name, max(0.0, time.time() - dumps[-1].stat().st_mtime)) if dumps else None

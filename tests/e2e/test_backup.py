@@ -25,6 +25,7 @@ from tests.e2e.conftest import make_deployment
 pytestmark = pytest.mark.e2e
 HOST = "gw-db"
 KEEP = 2
+UNIT = "litellm-backup-litellm"  # the backup units carry the compose project (default "litellm")
 MODELS = ["chat-upstream"]  # what the virtual keys of this suite may use
 
 def token_rows(deployment, key: str) -> str:
@@ -197,15 +198,15 @@ def test_4_timer_active_and_a_forced_run_backs_up_and_prunes(deployment, seeded,
     # The reprovisioned, restored host is converged: a deploy now changes nothing at all.
     again = deploy(deployment)
     assert deployment.changed(again, HOST) == [], "changed: " + ", ".join(deployment.changed(again, HOST))
-    assert deployment.ssh(HOST, "systemctl is-active litellm-backup.timer; systemctl is-enabled litellm-backup.timer"
+    assert deployment.ssh(HOST, f"systemctl is-active {UNIT}.timer; systemctl is-enabled {UNIT}.timer"
                           ).split() == ["active", "enabled"]
     # Enough backups on the host that the forced run must prune.
     for _ in range(KEEP):
         backup(deployment)
     before = host_dumps(deployment)
     assert len(before) == KEEP
-    deployment.ssh(HOST, "systemctl start litellm-backup.service")  # oneshot: returns when done
-    assert deployment.ssh(HOST, "systemctl show -p Result --value litellm-backup.service").strip() == "success"
+    deployment.ssh(HOST, f"systemctl start {UNIT}.service")  # oneshot: returns when done
+    assert deployment.ssh(HOST, f"systemctl show -p Result --value {UNIT}.service").strip() == "success"
     after = host_dumps(deployment)
     assert len(after) == KEEP and after[-1] not in before and after[-1] > before[-1]
     assert deployment.ssh(HOST, f"stat -c %a /opt/litellm/backups/{after[-1]}").strip() == "600"

@@ -135,3 +135,50 @@ def container_view(environment: dict) -> dict:
 
 # The same hostile value as the secrets file holds it (python-dotenv double-quoted syntax).
 HOSTILE_DOTENV = HOSTILE.replace("\\", "\\\\").replace('"', '\\"')
+
+
+# --- issue 15, defect 8: air-gapped and long-running hosts -----------------------------------------
+
+
+@pytest.fixture
+def archives_settings(build, tmp_path):
+    archive = tmp_path / "images.tar"
+    archive.write_bytes(b"not read by the renderer")
+    return build(image_source="archives", image_archives=[str(archive)])
+
+
+def test_air_gapped_proxy_uses_the_price_list_inside_its_image(archives_settings, build):
+    env = parse_env(render_files(archives_settings)[".env"])
+    assert env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
+    assert "LITELLM_LOCAL_MODEL_COST_MAP" not in parse_env(render_files(build())[".env"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_service_rotates_its_logs_as_set(settings_for_mode, mode):
+    from dataclasses import replace
+
+    settings = replace(settings_for_mode(mode), log_max_size="50m", log_max_file=5)
+    services = yaml.safe_load(render_files(settings)["docker-compose.yml"])["services"]
+    for name, service in services.items():
+        assert service["logging"] == {"driver": "json-file", "options": {"max-size": "50m", "max-file": "5"}}, name
+
+
+def test_postgres_gets_time_to_shut_down_cleanly(settings_for_mode):
+    services = yaml.safe_load(render_files(settings_for_mode("bundled"))["docker-compose.yml"])["services"]
+    assert services["db"]["stop_grace_period"] == "60s"
+
+
+@pytest.mark.skipif(compose_binary() is None, reason="Compose v2 binary not fetched (tests/tools/fetch-compose.sh)")
+@pytest.mark.parametrize("mode", MODES)
+def test_compose_itself_reads_log_rotation_and_grace_period(settings_for_mode, tmp_path, mode):
+    """Docker Compose 2.26 (Debian 13's) loads the project and keeps what the engine will get."""
+    for name, content in render_files(settings_for_mode(mode)).items():
+        (tmp_path / name).write_text(content)
+    result = subprocess.run([compose_binary(), "--project-directory", str(tmp_path), "config", "--format", "json"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    for name, service in services.items():
+        assert service["logging"] == {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}, name
+    if mode == "bundled":
+        assert services["db"]["stop_grace_period"] == "1m0s"

@@ -132,3 +132,140 @@ def test_secrets_never_show_in_settings_repr(build):
     settings = build()
     assert settings.secrets.master_key not in repr(settings)
     assert UPSTREAM_KEY not in repr(settings)
+
+
+# --- issue 15, defect 7: input the checks used to miss ---------------------------------------------
+
+
+@pytest.mark.parametrize("bind", ["999.1.1.1", ":::", "1.2.3", "localhost", "0.0.0.0 ", "", 4000])
+def test_proxy_bind_must_be_an_ip_address(build, bind):
+    with pytest.raises(ConfigError) as error:
+        build(proxy_bind=bind)
+    [problem] = error.value.problems
+    assert problem.startswith("host gw1: proxy_bind:") and "not an IP address" in problem and "127.0.0.1" in problem
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "127.0.0.1", "192.0.2.7", "::", "::1", "fd00::7"])
+def test_proxy_bind_accepts_ip_addresses(build, bind):
+    assert build(proxy_bind=bind).proxy_bind == bind
+
+
+@pytest.mark.parametrize("mode", ["bundled", "external"])
+@pytest.mark.parametrize("image", ["postgres:latest", "postgres:alpine", "postgres:bookworm", "postgres",
+                                   "registry.example.com:5000/postgres", "postgres:stable"])
+def test_floating_postgres_image_is_refused_with_a_postgres_hint(build, secrets_file, mode, image):
+    """External mode runs psql and pg_dump from postgres_image too (tasks/stack.py required_images)."""
+    secrets_file.write_text(secrets_file.read_text() + 'DATABASE_URL="postgresql://u:p4ssword@db.example:5432/l"\n')
+    with pytest.raises(ConfigError) as error:
+        build(database_mode=mode, postgres_image=image)
+    [problem] = error.value.problems
+    assert problem.startswith("host gw1: postgres_image:") and "postgres:16.4" in problem
+    assert "main-v" not in problem  # not the LiteLLM tag of the litellm_image hint
+
+
+@pytest.mark.parametrize("image", ["postgres:16", "postgres:16.4", "postgres:16.4-bookworm", "postgres:17-alpine",
+                                   "registry.example.com:5000/postgres:16",
+                                   "postgres@sha256:" + "a" * 64])
+def test_pinned_postgres_images_are_accepted(build, image):
+    assert build(postgres_image=image).postgres_image == image
+
+
+def test_postgres_image_is_not_checked_where_nothing_runs_it(build):
+    assert build(database_mode="none", postgres_image="postgres:latest").database_mode == "none"
+
+
+@pytest.mark.parametrize("schedule", ["daily 03:00", "*-*-* 25:00", "Mon..Fry 02:00", "every day", "3",
+                                      "*:*/15", "Fri..Mon", "*-*-* 03:00 Europe/Berlin", "daily\nExecStart=/x", 7])
+def test_backup_schedule_systemd_would_refuse_is_refused_before_any_host(build, secrets_file, schedule):
+    before = secrets_file.read_bytes()
+    with pytest.raises(ConfigError) as error:
+        build(backup_schedule=schedule)
+    [problem] = error.value.problems
+    assert problem.startswith("host gw1: backup_schedule:") and "OnCalendar" in problem and "fix: e.g. daily" in problem
+    assert secrets_file.read_bytes() == before
+
+
+@pytest.mark.parametrize("schedule", ["daily", "weekly", "Mon..Fri 02:30", "*-*-* 03:15:00 UTC", "Sun *-*-1..7 04:00",
+                                      "*-*~01 23:00", "*:0/30"])
+def test_backup_schedules_systemd_accepts_are_accepted(build, schedule):
+    assert build(backup_schedule=schedule).backup_schedule == schedule
+
+
+@pytest.mark.parametrize("field", ["install_dir", "backup_dir"])
+@pytest.mark.parametrize("path", ["/opt/lite llm", "/opt/$HOME", "/opt/it's", '/opt/"x"', "/opt/a;b", "/opt/../etc",
+                                  "/opt/litellm/..", "/opt/./litellm", "/opt/`id`", "/opt/litellm\n", "relative", "/"])
+def test_directories_must_be_absolute_and_shell_safe(build, field, path):
+    with pytest.raises(ConfigError) as error:
+        build(**{field: path})
+    assert [p for p in error.value.problems if p.startswith(f"host gw1: {field}:")], error.value.problems
+    assert all("fix: e.g. /opt/litellm" in p for p in error.value.problems if f"{field}:" in p)
+
+
+def test_shell_safe_directories_are_accepted(build):
+    settings = build(install_dir="/srv/litellm-2.prod/", backup_dir="/var/backups/litellm_2")
+    assert (settings.install_dir, settings.backup_dir) == ("/srv/litellm-2.prod/", "/var/backups/litellm_2")
+
+
+# One policy for every whole-number setting: a number written in quotes is refused with the fix.
+NUMBER_FIELDS = {"proxy_port": "4000", "postgres_publish_port": "5433", "verify_timeout": "180",
+                 "start_timeout": "180", "backup_keep": "7", "log_max_file": "3"}
+
+
+@pytest.mark.parametrize("field,text", NUMBER_FIELDS.items())
+def test_every_number_given_as_text_is_refused_with_the_same_fix(build, field, text):
+    with pytest.raises(ConfigError) as error:
+        build(**{field: text})
+    assert error.value.problems == [f"host gw1: {field}: {text!r} is text — fix: write {text} without quotes"]
+
+
+def test_the_number_policy_covers_every_integer_setting():
+    from tasks.settings import DEFAULTS
+
+    integers = {name for name, value in DEFAULTS.items() if isinstance(value, int) and not isinstance(value, bool)}
+    assert integers == set(NUMBER_FIELDS)
+
+
+@pytest.mark.parametrize("field,value", [("proxy_port", 0), ("proxy_port", 4000.0), ("postgres_publish_port", -1),
+                                         ("verify_timeout", "3 min"), ("backup_keep", 0), ("log_max_file", True)])
+def test_numbers_out_of_range_name_the_range(build, field, value):
+    with pytest.raises(ConfigError) as error:
+        build(**{field: value})
+    [problem] = error.value.problems
+    assert problem.startswith(f"host gw1: {field}: {value!r} is not a ")
+    assert problem.endswith("-65535)") or problem.endswith(" or more)")
+
+
+@pytest.mark.parametrize("field,text", [("store_model_in_db", "True"), ("backup_enabled", "false")])
+def test_flags_given_as_text_are_refused_with_the_fix(build, field, text):
+    with pytest.raises(ConfigError) as error:
+        build(**{field: text})
+    fix = f"write {text.capitalize()} without quotes"
+    assert error.value.problems == [f"host gw1: {field}: {text!r} is text — fix: {fix}"]
+
+
+def test_every_new_check_reports_at_once_and_writes_nothing(build, secrets_file):
+    before = secrets_file.read_bytes()
+    with pytest.raises(ConfigError) as error:
+        build(hosts={"gw1": {"proxy_bind": "999.1.1.1", "postgres_image": "postgres:alpine"},
+                     "gw2": {"backup_schedule": "daily 03:00", "install_dir": "/opt/my litellm", "proxy_port": "4000",
+                             "log_max_size": "10 MB"}})
+    fields = [p.split(":")[0] + ":" + p.split(":")[1] for p in error.value.problems]
+    assert fields == ["host gw1: postgres_image", "host gw1: proxy_bind", "host gw2: proxy_port",
+                      "host gw2: install_dir", "host gw2: log_max_size", "host gw2: backup_schedule"]
+    assert secrets_file.read_bytes() == before
+
+
+@pytest.mark.parametrize("size", ["10 MB", "10", "0m", "1.5g", "10M", "", 10])
+def test_log_max_size_must_be_a_docker_size(build, size):
+    with pytest.raises(ConfigError) as error:
+        build(log_max_size=size)
+    [problem] = error.value.problems
+    assert problem.startswith("host gw1: log_max_size:") and "'10m'" in problem
+
+
+def test_log_rotation_defaults_come_from_group_data(build):
+    settings = build()
+    assert (settings.log_max_size, settings.log_max_file) == (group_data("all")["log_max_size"],
+                                                              group_data("all")["log_max_file"])
+    custom = build(log_max_size="200k", log_max_file=10)
+    assert (custom.log_max_size, custom.log_max_file) == ("200k", 10)
