@@ -29,27 +29,17 @@ from tasks import database
 from tasks.compose import DB_SERVICE, compose_cmd
 from tasks.settings import Settings
 
-BACKUP_DIR = "backups"
 STAMP_PATTERN = r"[0-9]{8}T[0-9]{6}Z"
 PRE_CHANGE_NAME = re.compile(rf"litellm-{STAMP_PATTERN}-([a-z-]+)\.dump")
 EXTERNAL_DUMP = database.EXTERNAL_PSQL.replace('exec psql "$@"', 'exec pg_dump "$@"')
 assert EXTERNAL_DUMP != database.EXTERNAL_PSQL, "tasks.database.EXTERNAL_PSQL no longer ends in `exec psql`"
 
 
-def backup_dir(install_dir: str) -> str:
-    return f"{install_dir.rstrip('/')}/{BACKUP_DIR}"
-
-
-def backup_path(install_dir: str, stamp: str, purpose: str = "before-rotation") -> str:
-    return f"{backup_dir(install_dir)}/litellm-{stamp}-{purpose}.dump"
-
-
 def pre_change_backup_path(settings: Settings, stamp: str, purpose: str = "before-rotation") -> str:
     """Where rotate.py (and an upgrade, purpose "before-upgrade") puts its backup: the gateway's
-    backup_dir when the settings have one, else <install_dir>/backups. Each purpose is its own kind
-    for retention: backup_script keeps the newest backup_keep of it."""
-    directory = getattr(settings, "backup_dir", None) or backup_dir(settings.install_dir)
-    return f"{directory.rstrip('/')}/litellm-{stamp}-{purpose}.dump"
+    backup_dir. Each purpose is its own kind for retention: backup_script keeps the newest
+    backup_keep of it."""
+    return f"{settings.backup_dir.rstrip('/')}/litellm-{stamp}-{purpose}.dump"
 
 
 def dump_command(settings: Settings) -> str:

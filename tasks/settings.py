@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import urlsplit
@@ -34,37 +34,10 @@ MIN_KEY_LENGTH = 32
 MIN_PASSWORD_LENGTH = 12
 DEFAULT_OLLAMA_PORT = 11434
 
-# Defaults live in group_data/all.py for users to read; these only catch a missing group_data dir.
-DEFAULTS = {
-    "litellm_image": None,
-    "postgres_image": "postgres:16",
-    "install_dir": "/opt/litellm",
-    "compose_project": "litellm",
-    "proxy_port": 4000,
-    "proxy_bind": "0.0.0.0",
-    "proxy_base_url": "",
-    "database_mode": "bundled",
-    "postgres_user": "litellm",
-    "postgres_db": "litellm",
-    "postgres_publish_port": 0,
-    "docker_install": "distro",
-    "image_source": "pull",
-    "image_archives": [],
-    "ui_username": "admin",
-    "admin_user_id": "admin",
-    "admin_email": "",
-    "store_model_in_db": False,
-    "verify_timeout": 180,
-    "start_timeout": 180,
-    "models": None,
-    "backup_dir": "/opt/litellm/backups",
-    "backup_keep": 7,
-    "backup_local_dir": "backups",
-    "backup_enabled": True,
-    "backup_schedule": "daily",
-    "log_max_size": "10m",
-    "log_max_file": 3,
-}
+# Every default has one source: the shipped group_data/all.py, which pyinfra reads as group data and
+# users read as the list of settings. Settings falls back on the same file (read here once) when the
+# group data in use lacks a setting, e.g. an inventory run from a directory of its own.
+SHIPPED_GROUP_DATA = Path(__file__).resolve().parent.parent / "group_data" / "all.py"
 
 
 class ConfigError(PyinfraError):
@@ -120,13 +93,13 @@ class Settings:
     models: tuple[Model, ...]
     ollama_nodes: Mapping[str, str]
     secrets: Secrets
-    backup_dir: str = "/opt/litellm/backups"
-    backup_keep: int = 7
-    backup_local_dir: str = "backups"
-    backup_enabled: bool = True
-    backup_schedule: str = "daily"
-    log_max_size: str = "10m"
-    log_max_file: int = 3
+    backup_dir: str
+    backup_keep: int
+    backup_local_dir: str
+    backup_enabled: bool
+    backup_schedule: str
+    log_max_size: str
+    log_max_file: int
 
     @property
     def has_database(self) -> bool:
@@ -139,6 +112,20 @@ class Settings:
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.proxy_port}"
+
+
+def shipped_defaults() -> dict[str, object]:
+    """The settings of the shipped group_data/all.py, as pyinfra would load them."""
+    namespace: dict[str, object] = {}
+    exec(compile(SHIPPED_GROUP_DATA.read_text(), str(SHIPPED_GROUP_DATA), "exec"), namespace)
+    return {name: value for name, value in namespace.items() if not name.startswith("_")}
+
+
+# Settings read from host data (the rest are derived), each with its shipped default; `models` has
+# none on purpose: a gateway that routes nothing is an error, not a default.
+_DERIVED = ("host_name", "ollama_nodes", "secrets")
+_SHIPPED = shipped_defaults()
+DEFAULTS = {f.name: _SHIPPED.get(f.name) for f in fields(Settings) if f.name not in _DERIVED}
 
 
 def needed_secrets(mode: str) -> list[str]:

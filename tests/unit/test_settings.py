@@ -3,7 +3,7 @@
 import pytest
 
 from tasks.settings import ConfigError
-from tests.unit.conftest import UPSTREAM_KEY, example_models, group_data
+from tests.unit.conftest import OLLAMA_NODES, UPSTREAM_KEY, example_models, group_data, lookup
 
 
 def test_shipped_defaults_are_valid_and_pinned(build):
@@ -269,3 +269,28 @@ def test_log_rotation_defaults_come_from_group_data(build):
                                                               group_data("all")["log_max_file"])
     custom = build(log_max_size="200k", log_max_file=10)
     assert (custom.log_max_size, custom.log_max_file) == ("200k", 10)
+
+
+def test_every_default_has_one_source_the_shipped_group_data():
+    """group_data/all.py names every setting a gateway reads (but `models`, which has no default on
+    purpose) and nothing else; Settings takes its defaults from it and holds no defaults of its own."""
+    from dataclasses import MISSING, fields
+
+    from tasks.settings import DEFAULTS, Settings, shipped_defaults
+
+    shipped = shipped_defaults()
+    gateway_settings = set(DEFAULTS) - {"models"}
+    assert gateway_settings <= set(shipped), f"not in group_data/all.py: {gateway_settings - set(shipped)}"
+    assert all(DEFAULTS[name] == shipped[name] for name in gateway_settings)
+    assert DEFAULTS["models"] is None
+    assert all(f.default is MISSING for f in fields(Settings))
+
+
+def test_a_gateway_without_group_data_gets_the_shipped_defaults(secrets_file):
+    from tasks.settings import HostInput, build_all
+
+    data = {"models": example_models()}
+    settings = build_all([HostInput("gw1", lookup(data))], [HostInput(n, lookup(d)) for n, d in OLLAMA_NODES.items()],
+                         secrets_file, lambda names: {})["gw1"]
+    assert settings.install_dir == "/opt/litellm" and settings.backup_keep == 7
+    assert settings.litellm_image == group_data("all")["litellm_image"]
