@@ -8,7 +8,7 @@ from pyinfra import host, state
 
 from tasks.context import settings_for
 from tasks.deploy_gateway import deploy_gateway
-from tasks.rotate import refuse_during_rotation
+from tasks.rotation.pending import refuse_during_rotation
 
 settings = settings_for(state, host)
 # A half-finished master-key rotation is finished with rotate.py; a deploy now would put the old

@@ -8,7 +8,8 @@ Run the same command again: it finishes the same rotation.
 from pyinfra import host, state
 
 from tasks.context import settings_for
-from tasks.rotate import rotate_gateway, rotation_for
+from tasks.rotation.records import rotation_for
+from tasks.rotation.stages import rotate_gateway
 
 settings = settings_for(state, host)
 
