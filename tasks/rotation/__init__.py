@@ -2,7 +2,7 @@
 
 One master key per inventory. A run rotates every gateway it reaches from the current key
 (LITELLM_MASTER_KEY in the secrets file) to the pending one (LITELLM_MASTER_KEY_NEXT: generated
-and written to the secrets file before any host is touched, or chosen there by the user), and
+and written to the secrets file as the run's first operation, or chosen there by the user), and
 writes the new key as LITELLM_MASTER_KEY only once every gateway of the inventory has proven it.
 Until then the secrets file holds both keys, so a run killed at any point is finished by running
 the same command again: the same pending key, never a third one.

@@ -1,11 +1,12 @@
 """The controller's side of a rotation: the pending key in the secrets file (LITELLM_MASTER_KEY_NEXT),
-its completion, and the guard for runbooks that must not run while a rotation is pending."""
+its completion, and the guard every runbook gets (what it does while a rotation is pending)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from pyinfra import logger
 from pyinfra.api import State
 
 from tasks import secrets as S
@@ -29,17 +30,28 @@ def next_key_problems(current: str, pending: str, salt: str | None) -> list[str]
 
 
 def pending_key(path: Path, current: str, salt: str | None) -> tuple[str, bool]:
-    """(the pending key, whether it was generated now). Written to the secrets file before any host
-    is touched, so an interrupted run is finished with the same key."""
+    """(the pending key, whether it was generated now). Only read here: a generated key is written
+    by record_pending_key when the run executes (before any host operation), so `--dry`, or a run
+    declined at pyinfra's prompt, leaves the secrets file as it was."""
     existing = S.read_secrets(path).get(S.MASTER_KEY_NEXT)
     if existing:
         problems = next_key_problems(current, existing, salt)
         if problems:
             raise ConfigError(problems)
         return existing, False
-    key = S.new_master_key()
+    return S.new_master_key(), True
+
+
+def record_pending_key(path: Path, key: str) -> None:
+    """Write the generated key as LITELLM_MASTER_KEY_NEXT, so an interrupted run is finished with the
+    same key. Every gateway of the run asks; the first one writes."""
+    existing = S.read_secrets(path).get(S.MASTER_KEY_NEXT)
+    if existing == key:
+        return
+    if existing:
+        raise ConfigError([f"{S.MASTER_KEY_NEXT} appeared in {path} after this run was planned, so the run's "
+                           f"new key is not the one recorded — nothing was changed; fix: run rotate.py again"])
     S.rewrite_secrets(path, {S.MASTER_KEY_NEXT: key}, {S.MASTER_KEY_NEXT: pending_comment()})
-    return key, True
 
 
 def pending_comment() -> str:
@@ -62,12 +74,10 @@ def complete(path: Path, new_key: str) -> bool:
     return True
 
 
-def pending_rotation_problem(path: Path) -> str | None:
-    """For deploy.py: a deploy during a pending rotation would put the previous key back on gateways
-    that already have the new one."""
+def pending_rotation_problem(path: Path, runbook: str) -> str | None:
     if S.read_secrets(path).get(S.MASTER_KEY_NEXT):
         return (f"{S.MASTER_KEY_NEXT} is set in {path}: a master-key rotation is pending — finish it with "
-                f"`pyinfra inventory rotate.py` before deploying (see docs/rotation.md)")
+                f"`pyinfra inventory rotate.py` before running {runbook} (see docs/rotation.md)")
     return None
 
 
@@ -78,12 +88,45 @@ def secrets_file_of(state: State) -> Path:
     return S.secrets_path(configured)
 
 
-def refuse_during_rotation(state: State) -> None:
-    """For deploy.py (one line after settings_for): stop before any operation while a rotation is
-    pending, with the usual "nothing was changed" report."""
-    problem = pending_rotation_problem(secrets_file_of(state))
-    if problem:
+# What each runbook does while a rotation is pending (tasks.context.runbook_settings asks here, so
+# no runbook has to remember it, and a new runbook must be added here to run at all):
+#   refuse  stop while its operations are planned, naming the fix; nothing is touched
+#   report  a warning, then run
+#   finish  rotate.py: it is what finishes the rotation
+DURING_ROTATION = {
+    # The previous key would go back on gateways that already have the new one.
+    "deploy.py": "refuse",
+    # The restored database is re-linked to LITELLM_MASTER_KEY, the previous key, while a gateway that
+    # already has the new key keeps it in its .env: a proxy whose master key the database does not know.
+    "restore.py": "refuse",
+    # pg_dump reads the database; no key, .env or link changes, so the rotation is no worse after it.
+    # The dump holds whichever master-key link the host has now; a later restore re-links it to the
+    # current key (and refuses while the rotation is pending).
+    "backup.py": "report",
+    # Changes nothing; gateways already on the new key refuse the previous one, which the report explains.
+    "verify.py": "report",
+    "rotate.py": "finish",
+}
+_reported: set[int] = set()
+
+
+def rotation_guard(state: State, runbook: str) -> None:
+    """Before any operation of `runbook` is added: refuse (ConfigError, the usual "nothing was changed"
+    report) or report a pending rotation, as DURING_ROTATION says for it."""
+    if runbook not in DURING_ROTATION:
+        raise ConfigError([f"{runbook}: not in tasks/rotation/pending.py DURING_ROTATION — "
+                           "fix: say there what it does while a master-key rotation is pending"])
+    if DURING_ROTATION[runbook] == "finish":
+        return
+    problem = pending_rotation_problem(secrets_file_of(state), runbook)
+    if problem is None:
+        return
+    if DURING_ROTATION[runbook] == "refuse":
         raise ConfigError([problem])
+    if id(state) not in _reported:  # once per run, not once per host
+        _reported.add(id(state))
+        logger.warning(f"--> {problem}; {runbook} runs meanwhile. Gateways the rotation already reached refuse "
+                       f"{S.MASTER_KEY} (the previous key) and accept {S.MASTER_KEY_NEXT}.")
 
 
 def _utc_now() -> str:

@@ -16,7 +16,7 @@ from pyinfra.api.operation import OperationMeta
 from tasks import secrets as S
 from tasks.outcome import failed, last_error
 from tasks.rotation.interrupt import STAGES, STOP_ENV
-from tasks.rotation.pending import complete, pending_key, secrets_file_of
+from tasks.rotation.pending import complete, pending_key, record_pending_key, secrets_file_of
 from tasks.rotation.window import Window
 from tasks.settings import ConfigError, Secrets, Settings
 
@@ -70,6 +70,11 @@ class Rotation:
             self.runs[settings.host_name] = HostRun(settings.host_name, settings, dataclasses.replace(settings, secrets=secrets))
         return self.runs[settings.host_name]
 
+    def record_pending(self) -> None:
+        """Controller side, the run's first operation on every gateway: a generated new key goes into
+        the secrets file (pending.record_pending_key). Not while planning: `--dry` writes nothing."""
+        record_pending_key(self.secrets_file, self.new_key)
+
     def confirm(self, host_name: str) -> None:
         """Controller side, after a gateway proved the new key: when every gateway of the inventory
         has, the new key becomes LITELLM_MASTER_KEY in the secrets file."""
@@ -116,7 +121,8 @@ def rotation_for(state: State) -> Rotation:
             stamp=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), gateways=tuple(sorted(settings)),
         )
         _rotations[key] = rotation
-        how = "generated and recorded as" if generated else "taken from"
+        how = ("generated; recorded as" if generated else "taken from")
+        when = " when the run starts, before any host operation" if generated else ""
         logger.info(f"--> Master-key rotation for {', '.join(rotation.gateways)}: new key {how} "
-                    f"{S.MASTER_KEY_NEXT} in {path}")
+                    f"{S.MASTER_KEY_NEXT} in {path}{when}")
     return _rotations[key]

@@ -9,6 +9,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, python
 
 from tasks import backup, compose, database
+from tasks import secrets as S
 from tasks.render import ENV_FILE, render_files
 from tasks.rotation.interrupt import stop_after
 from tasks.rotation.operations import (gate, key_proven, needs_data_change, poller_started, poller_stopped, preflight,
@@ -27,6 +28,11 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
     old, new = run.old, run.new
     failed: Callable[[], bool] = lambda: run.failure() is not None  # noqa: E731
     ok: Callable[[], bool] = lambda: run.failure() is None  # noqa: E731
+
+    # 0. A generated new key is recorded before anything else runs, so an interrupted run finishes with it.
+    if rotation.generated:
+        python.call(name=f"Controller: record the new key as {S.MASTER_KEY_NEXT} in the secrets file",
+                    function=rotation.record_pending)
 
     # 1. Preflight on every gateway, then nothing anywhere unless all passed.
     preflight(name="Preflight: .env present, salt key unchanged, master key known", run=run, rotation=rotation)

@@ -9,7 +9,6 @@ import io
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,16 +20,15 @@ from pyinfra.api.deploy import add_deploy
 from tasks import secrets as S
 from tasks.rotation.facts import EnvKeyLines, env_line_hash, evaluate_proof
 from tasks.rotation.interrupt import STOP_ENV
-from tasks.rotation.pending import complete, pending_key, pending_rotation_problem, refuse_during_rotation
+from tasks.rotation.pending import complete, pending_key, pending_rotation_problem, record_pending_key, rotation_guard
 from tasks.rotation.records import Rotation
 from tasks.rotation.sql import probe_key_for, probe_sql
 from tasks.rotation.stages import rotate_gateway
 from tasks.rotation.window import parse_poll_log, refusal_window
 from tasks.render import render_files
 from tasks.settings import ConfigError
-from tests.unit.conftest import ROOT, UPSTREAM_KEY
+from tests.unit.conftest import UPSTREAM_KEY
 
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 HOSTILE = "sk-" + "p$HOME'\"\\#x $$y ${HOME} `id`" + "k" * 20
 
 
@@ -114,13 +112,26 @@ def test_rewrite_creates_a_private_file(tmp_path):
 def test_pending_key_is_recorded_once_and_reused(tmp_path):
     path = user_file(tmp_path)
     old = S.read_secrets(path)[S.MASTER_KEY]
+    before = path.read_bytes()
     first, generated = pending_key(path, old, None)
     assert generated and first.startswith("sk-") and len(first) >= 3 + 43 and first != old
+    assert path.read_bytes() == before, "choosing the key writes nothing (--dry plans, never writes)"
+    record_pending_key(path, first)
+    record_pending_key(path, first)  # every gateway of the run asks; only the first one writes
     values = S.read_secrets(path)
     assert values[S.MASTER_KEY] == old and values[S.MASTER_KEY_NEXT] == first
     assert f"# {S.MASTER_KEY_NEXT}: pending master-key rotation" in path.read_text()
     again, generated = pending_key(path, old, None)
     assert (again, generated) == (first, False), "a second run must never make a third key"
+
+
+def test_a_pending_key_that_appeared_after_planning_is_not_overwritten(tmp_path):
+    path = user_file(tmp_path)
+    planned, _ = pending_key(path, "sk-old", None)
+    S.rewrite_secrets(path, {S.MASTER_KEY_NEXT: "sk-" + "c" * 40})
+    with pytest.raises(ConfigError, match="appeared in .* after this run was planned"):
+        record_pending_key(path, planned)
+    assert S.read_secrets(path)[S.MASTER_KEY_NEXT] == "sk-" + "c" * 40
 
 
 def test_pending_key_chosen_by_the_user_is_used(tmp_path):
@@ -150,6 +161,7 @@ def test_complete_makes_the_new_key_current_in_one_rewrite(tmp_path):
     path = user_file(tmp_path)
     old = S.read_secrets(path)[S.MASTER_KEY]
     new, _ = pending_key(path, old, None)
+    record_pending_key(path, new)
     assert complete(path, new)
     values = S.read_secrets(path)
     assert values[S.MASTER_KEY] == new and S.MASTER_KEY_NEXT not in values
@@ -163,6 +175,7 @@ def test_complete_refuses_when_the_pending_key_changed_meanwhile(tmp_path):
     path = user_file(tmp_path)
     old = S.read_secrets(path)[S.MASTER_KEY]
     new, _ = pending_key(path, old, None)
+    record_pending_key(path, new)
     S.rewrite_secrets(path, {S.MASTER_KEY_NEXT: "sk-" + "z" * 40})
     assert not complete(path, new)
     assert S.read_secrets(path)[S.MASTER_KEY] == old
@@ -170,13 +183,14 @@ def test_complete_refuses_when_the_pending_key_changed_meanwhile(tmp_path):
 
 def test_deploy_is_told_when_a_rotation_is_pending(tmp_path, monkeypatch):
     path = user_file(tmp_path)
-    assert pending_rotation_problem(path) is None
-    pending_key(path, "sk-old", None)
-    assert "rotate.py" in pending_rotation_problem(path)
+    assert pending_rotation_problem(path, "deploy.py") is None
+    record_pending_key(path, pending_key(path, "sk-old", None)[0])
+    assert "rotate.py` before running deploy.py" in pending_rotation_problem(path, "deploy.py")
     state = State(Inventory((["@local"], {}), litellm_hosts=(["@local"], {})), Config())
     monkeypatch.setenv(S.SECRETS_ENV_VAR, str(path))
     with pytest.raises(ConfigError, match="rotation is pending"):
-        refuse_during_rotation(state)
+        rotation_guard(state, "deploy.py")
+    rotation_guard(state, "rotate.py")  # the one runbook that finishes it
 
 
 # --- what the host-side checks compare ------------------------------------------------------------
@@ -308,7 +322,7 @@ def test_every_operation_is_named_and_carries_no_key(build, secrets_file, tmp_pa
         disconnect_all(state)
     assert len(metas) > 15
     assert all(not meta.args for meta in metas), [meta.names for meta in metas if meta.args]
-    steps = ["Preflight", "Every gateway passed its preflight", "Database backup before rotation",
+    steps = ["Controller: record the new key", "Preflight", "Every gateway passed its preflight", "Database backup before rotation",
              "Every gateway's database is backed up", "Virtual key for the proof", "Start the refusal-window poller",
              "Write .env with the new master key", "Test hook", "Master-key link moves to the new key",
              "Restart the proxy", "Proof: new key accepted", "Rollback: .env", "Rollback: master-key link",
@@ -321,31 +335,6 @@ def test_every_operation_is_named_and_carries_no_key(build, secrets_file, tmp_pa
     assert any("Database backup" in name for name in names) == (mode_ != "none")
     for key in (rotation.old_key, rotation.new_key, probe_key_for(rotation.new_key)):
         assert not any(key in name for name in names)
-
-
-def test_cli_records_the_pending_key_before_any_host_operation(tmp_path):
-    """`pyinfra INVENTORY rotate.py --dry -vv`: the pending key is in the secrets file before any
-    operation would run, and no key is in the output."""
-    inventory = tmp_path / "inventory.py"
-    inventory.write_text(f"""
-litellm_hosts = [("@local", {{"install_dir": "{tmp_path / 'opt'}", "database_mode": "bundled",
-                   "litellm_image": "ghcr.io/berriai/litellm-database:main-v1.108.7",
-                   "models": [{{"name": "m", "model": "ollama_chat/llama3", "ollama_node": "local"}}]}})]
-""")
-    secrets = tmp_path / "secrets.env"
-    env = {**os.environ, "LITELLM_DEPLOY_SECRETS": str(secrets)}
-    env.pop(STOP_ENV, None)
-    result = subprocess.run([PYINFRA, str(inventory), "rotate.py", "--dry", "-y", "-vv"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    values = S.read_secrets(secrets)
-    assert values[S.MASTER_KEY_NEXT] != values[S.MASTER_KEY]
-    assert mode(secrets) == 0o600
-    for key in (values[S.MASTER_KEY], values[S.MASTER_KEY_NEXT]):
-        assert key not in output
-    assert "new key generated and recorded as LITELLM_MASTER_KEY_NEXT" in output
-    assert not (tmp_path / "opt").exists(), "--dry touched the host"
 
 
 # --- acceptance 3: stored credentials survive, because the salt key does -------------------------
@@ -363,6 +352,7 @@ def test_credential_encrypted_with_the_salt_key_decrypts_after_rotation(build, s
 
     # The rotation, as the controller does it: pending key recorded, then made current.
     new, _ = pending_key(secrets_file, before.secrets.master_key, salt)
+    record_pending_key(secrets_file, new)
     assert complete(secrets_file, new)
     after = build()
     assert after.secrets.master_key == new != before.secrets.master_key
