@@ -150,6 +150,13 @@ def test_1_stateless_converges(deployment, memo):
 
 def test_2_killed_before_any_host_change_the_rerun_keeps_the_pending_key(deployment, memo):
     on(deployment, STATELESS)
+    # --dry plans the rotation and writes nothing anywhere, the secrets file included (issue 15).
+    before = deployment.secrets.read_bytes()
+    dry = rotate(deployment, memo, "--dry", gateway=STATELESS)
+    assert dry.returncode == 0, dry.output[-4000:]
+    assert deployment.secrets.read_bytes() == before, "rotate.py --dry wrote the secrets file"
+    assert holds(deployment, STATELESS, S.MASTER_KEY, memo["old"])
+
     run = rotate(deployment, memo, stop="pending", gateway=STATELESS)
     assert run.returncode == interrupt.STOP_EXIT_CODE, run.output[-4000:]
     values = secrets_of(deployment)
@@ -453,6 +460,19 @@ def test_9_db_rotation_stopped_after_the_database_stage(deployment, memo):
     assert counts[0] == counts[1]
     assert token_row(scratch_db, memo["db_virtual"]) == [memo["db_virtual_row"]]
     admin.psql("DROP DATABASE rotation_scratch;")
+
+    # While the rotation is pending, restore.py refuses before any operation (issue 15): it would link
+    # the restored database to the previous key. Nothing changes: secrets file, database, proxy.
+    secrets_before = deployment.secrets.read_bytes()
+    refused = deployment.pyinfra("restore.py", "--data", "restore_from=latest", limit=DB)
+    memo["outputs"].append(refused.output)
+    assert refused.returncode != 0, refused.output[-4000:]
+    assert "a master-key rotation is pending" in refused.output
+    assert "finish it with `pyinfra inventory rotate.py` before running restore.py" in refused.output
+    assert "nothing was changed on any host" in refused.output
+    assert deployment.secrets.read_bytes() == secrets_before
+    assert master_rows(db) == [{"token": database.hash_key(new), "user_id": "admin"}]
+    assert seen(deployment, memo["db_old"]) == (200, gateway_models(deployment))
     assert_no_key_in(memo, memo["db_old"], new, sql.probe_key_for(new), memo["db_virtual"])
 
 
