@@ -49,8 +49,9 @@ def record_pending_key(path: Path, key: str) -> None:
     if existing == key:
         return
     if existing:
-        raise ConfigError([f"{S.MASTER_KEY_NEXT} appeared in {path} after this run was planned, so the run's "
-                           f"new key is not the one recorded — nothing was changed; fix: run rotate.py again"])
+        # Raised while the run executes (python.call fails this host), so not a ConfigError.
+        raise RuntimeError(f"{S.MASTER_KEY_NEXT} appeared in {path} after this run was planned, so it is not "
+                           f"this run's new key — no gateway was changed; fix: run rotate.py again")
     S.rewrite_secrets(path, {S.MASTER_KEY_NEXT: key}, {S.MASTER_KEY_NEXT: pending_comment()})
 
 

@@ -129,7 +129,7 @@ def test_a_pending_key_that_appeared_after_planning_is_not_overwritten(tmp_path)
     path = user_file(tmp_path)
     planned, _ = pending_key(path, "sk-old", None)
     S.rewrite_secrets(path, {S.MASTER_KEY_NEXT: "sk-" + "c" * 40})
-    with pytest.raises(ConfigError, match="appeared in .* after this run was planned"):
+    with pytest.raises(RuntimeError, match="appeared in .* after this run was planned"):
         record_pending_key(path, planned)
     assert S.read_secrets(path)[S.MASTER_KEY_NEXT] == "sk-" + "c" * 40
 
