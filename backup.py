@@ -7,9 +7,9 @@ retention; then a copy on the controller under backups/<host>/<UTC stamp>.dump, 
 from pyinfra import host, state
 
 from tasks.backup import backup_gateway, utc_stamp
-from tasks.context import settings_for
+from tasks.context import runbook_settings
 
-settings = settings_for(state, host)
+settings = runbook_settings(state, host, "backup.py")
 
 if settings is not None:
     # One stamp per run and host, taken when the operations are added (UTC, sortable).

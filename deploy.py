@@ -6,14 +6,10 @@ input); then, on each gateway, in order: Docker, files, images, database, proxy,
 
 from pyinfra import host, state
 
-from tasks.context import settings_for
+from tasks.context import runbook_settings
 from tasks.deploy_gateway import deploy_gateway
-from tasks.rotate import refuse_during_rotation
 
-settings = settings_for(state, host)
-# A half-finished master-key rotation is finished with rotate.py; a deploy now would put the old
-# key back on gateways that already have the new one.
-refuse_during_rotation(state)
+settings = runbook_settings(state, host, "deploy.py")
 
 if settings is not None:
     deploy_gateway(settings)

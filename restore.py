@@ -8,10 +8,10 @@ The backup is checked on the controller before any operation exists (a bad file 
 
 from pyinfra import host, state
 
-from tasks.context import settings_for
+from tasks.context import runbook_settings
 from tasks.restore import plan_for, restore_gateway
 
-settings = settings_for(state, host)
+settings = runbook_settings(state, host, "restore.py")
 
 if settings is not None:
     restore_gateway(settings, plan_for(settings, host.data.get("restore_from")))

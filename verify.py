@@ -2,10 +2,10 @@
 
 from pyinfra import host, state
 
-from tasks.context import settings_for
+from tasks.context import runbook_settings
 from tasks.verify import verify_gateway
 
-settings = settings_for(state, host)
+settings = runbook_settings(state, host, "verify.py")
 
 if settings is not None:
     verify_gateway(settings)

@@ -7,6 +7,7 @@ from pyinfra.api import Host, State
 
 from tasks import secrets as S
 from tasks.filters import dotenv_unquote
+from tasks.rotation.pending import rotation_guard
 from tasks.settings import GATEWAYS, OLLAMA_NODES, HostInput, Settings, build_all
 
 _built: dict[int, dict[str, Settings]] = {}
@@ -73,3 +74,11 @@ def _all_settings(state: State) -> dict[str, Settings]:
 def settings_for(state: State, host: Host) -> Settings | None:
     """This host's Settings, or None when it is not a gateway (an Ollama node, say)."""
     return all_settings(state).get(host.name)
+
+
+def runbook_settings(state: State, host: Host, runbook: str) -> Settings | None:
+    """settings_for, as every runbook starts: the whole inventory validated, then the rotation guard
+    (tasks.rotation.pending.DURING_ROTATION says what `runbook` does while a rotation is pending)."""
+    settings = settings_for(state, host)
+    rotation_guard(state, runbook)
+    return settings

@@ -138,7 +138,7 @@ def complete_secrets(
 # --- master-key rotation: the pending key, and rewriting entries in place -------------------------
 
 # The next master key while a rotation is in progress (or chosen in advance by the user). It becomes
-# LITELLM_MASTER_KEY only once every gateway has it: see tasks/rotate.py.
+# LITELLM_MASTER_KEY only once every gateway has it: see tasks/rotation/.
 MASTER_KEY_NEXT = "LITELLM_MASTER_KEY_NEXT"
 
 

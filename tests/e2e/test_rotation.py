@@ -26,7 +26,10 @@ from collections import Counter
 import pytest
 
 from tasks import database
-from tasks import rotate as R
+from tasks.rotation import facts
+from tasks.rotation import interrupt
+from tasks.rotation import sql
+from tasks.rotation import workspace
 from tasks import secrets as S
 from tasks.filters import dotenv_quote
 from tests.e2e import gateway_http as api
@@ -88,15 +91,15 @@ def secrets_of(deployment) -> dict[str, str]:
 
 def rotate(deployment, memo, *args: str, stop: str | None = None, gateway: str):
     """rotate.py at -vv (what acceptance 6 inspects), optionally stopped after a stage."""
-    saved = os.environ.pop(R.STOP_ENV, None)
+    saved = os.environ.pop(interrupt.STOP_ENV, None)
     if stop:
-        os.environ[R.STOP_ENV] = stop
+        os.environ[interrupt.STOP_ENV] = stop
     try:
         run = deployment.pyinfra("rotate.py", "-vv", *args, limit=gateway)
     finally:
-        os.environ.pop(R.STOP_ENV, None)
+        os.environ.pop(interrupt.STOP_ENV, None)
         if saved is not None:
-            os.environ[R.STOP_ENV] = saved
+            os.environ[interrupt.STOP_ENV] = saved
     memo["outputs"].append(run.output)
     # Kept for reading after a failure (the suite's temporary directory, never printed).
     (deployment.workdir / f"rotate-{len(memo['outputs'])}-{gateway}.log").write_text(run.output)
@@ -110,7 +113,7 @@ def env_line_hash(deployment, gateway: str, name: str) -> str:
 
 
 def holds(deployment, gateway: str, name: str, value: str) -> bool:
-    return env_line_hash(deployment, gateway, name) == R.env_line_hash(name, value)
+    return env_line_hash(deployment, gateway, name) == facts.env_line_hash(name, value)
 
 
 def status(deployment, gateway: str, key: str) -> int:
@@ -147,18 +150,25 @@ def test_1_stateless_converges(deployment, memo):
 
 def test_2_killed_before_any_host_change_the_rerun_keeps_the_pending_key(deployment, memo):
     on(deployment, STATELESS)
+    # --dry plans the rotation and writes nothing anywhere, the secrets file included (issue 15).
+    before = deployment.secrets.read_bytes()
+    dry = rotate(deployment, memo, "--dry", gateway=STATELESS)
+    assert dry.returncode == 0, dry.output[-4000:]
+    assert deployment.secrets.read_bytes() == before, "rotate.py --dry wrote the secrets file"
+    assert holds(deployment, STATELESS, S.MASTER_KEY, memo["old"])
+
     run = rotate(deployment, memo, stop="pending", gateway=STATELESS)
-    assert run.returncode == R.STOP_EXIT_CODE, run.output[-4000:]
+    assert run.returncode == interrupt.STOP_EXIT_CODE, run.output[-4000:]
     values = secrets_of(deployment)
     pending = values[S.MASTER_KEY_NEXT]
     assert values[S.MASTER_KEY] == memo["old"] and pending != memo["old"]
     assert holds(deployment, STATELESS, S.MASTER_KEY, memo["old"])
     assert status(deployment, STATELESS, memo["old"]) == 200
-    assert status(deployment, STATELESS, pending) in R.REFUSED
+    assert status(deployment, STATELESS, pending) in facts.REFUSED
     memo["new"] = pending
 
     again = rotate(deployment, memo, stop="pending", gateway=STATELESS)
-    assert again.returncode == R.STOP_EXIT_CODE, again.output[-4000:]
+    assert again.returncode == interrupt.STOP_EXIT_CODE, again.output[-4000:]
     assert secrets_of(deployment)[S.MASTER_KEY_NEXT] == pending, "a re-run must never make a third key"
     assert "taken from LITELLM_MASTER_KEY_NEXT" in again.output
     assert_no_key_in(memo, memo["old"], memo["new"])
@@ -167,11 +177,11 @@ def test_2_killed_before_any_host_change_the_rerun_keeps_the_pending_key(deploym
 def test_3_killed_after_env_written_before_restart(deployment, memo):
     on(deployment, STATELESS)
     run = rotate(deployment, memo, stop="env", gateway=STATELESS)
-    assert run.returncode == R.STOP_EXIT_CODE, run.output[-4000:]
+    assert run.returncode == interrupt.STOP_EXIT_CODE, run.output[-4000:]
     assert holds(deployment, STATELESS, S.MASTER_KEY, memo["new"]), ".env should hold the pending key"
     # The proxy was not restarted: it still runs on the previous key.
     assert status(deployment, STATELESS, memo["old"]) == 200
-    assert status(deployment, STATELESS, memo["new"]) in R.REFUSED
+    assert status(deployment, STATELESS, memo["new"]) in facts.REFUSED
     values = secrets_of(deployment)
     assert values[S.MASTER_KEY] == memo["old"] and values[S.MASTER_KEY_NEXT] == memo["new"]
 
@@ -182,8 +192,8 @@ def test_4_rerun_finishes_the_same_rotation(deployment, memo):
     run = rotate(deployment, memo, gateway=STATELESS)
     assert run.returncode == 0, run.output[-6000:]
     assert status(deployment, STATELESS, memo["new"]) == 200
-    assert status(deployment, STATELESS, memo["old"]) in R.REFUSED
-    assert status(deployment, STATELESS, WRONG_KEY) in R.REFUSED
+    assert status(deployment, STATELESS, memo["old"]) in facts.REFUSED
+    assert status(deployment, STATELESS, WRONG_KEY) in facts.REFUSED
     values = secrets_of(deployment)
     assert values[S.MASTER_KEY] == memo["new"] and S.MASTER_KEY_NEXT not in values
     assert values[S.SALT_KEY] == memo["salt"]
@@ -196,7 +206,7 @@ def test_4_rerun_finishes_the_same_rotation(deployment, memo):
     assert "now holds the new key" in run.output
     assert_no_key_in(memo, memo["old"], memo["new"])
     # Nothing left behind: no key file, no poller.
-    assert R.KEYS_FILE not in deployment.ssh(STATELESS, f"ls -A {INSTALL}/{R.WORKSPACE}").split()
+    assert workspace.KEYS_FILE not in deployment.ssh(STATELESS, f"ls -A {INSTALL}/{workspace.WORKSPACE}").split()
     assert deployment.ssh(STATELESS, "docker ps -q --filter name=rotation-poller").strip() == ""
 
 
@@ -235,7 +245,7 @@ def test_6_proxy_that_cannot_start_on_the_new_key_is_rolled_back(deployment, mem
     assert f"rotation FAILED on {host}: restarting the proxy on the new key failed" in run.output, run.output[-6000:]
     assert "rolled back: the proxy is healthy on the previous master key again" in run.output
     assert status(deployment, STATELESS, current) == 200
-    assert status(deployment, STATELESS, pending) in R.REFUSED
+    assert status(deployment, STATELESS, pending) in facts.REFUSED
     assert holds(deployment, STATELESS, S.MASTER_KEY, current)
     values = secrets_of(deployment)
     assert values[S.MASTER_KEY] == current and values[S.MASTER_KEY_NEXT] == pending
@@ -248,7 +258,7 @@ def test_7_after_the_cause_is_fixed_the_rerun_finishes_with_the_same_key(deploym
     run = rotate(deployment, memo, gateway=STATELESS)
     assert run.returncode == 0, run.output[-6000:]
     assert status(deployment, STATELESS, memo["failed"]) == 200
-    assert status(deployment, STATELESS, memo["new"]) in R.REFUSED
+    assert status(deployment, STATELESS, memo["new"]) in facts.REFUSED
     values = secrets_of(deployment)
     assert values[S.MASTER_KEY] == memo["failed"] and S.MASTER_KEY_NEXT not in values
     assert values[S.SALT_KEY] == memo["salt"]
@@ -343,7 +353,7 @@ def token_moves(before: dict, after: dict) -> tuple[int, int]:
 
 def probe_rows(db: HostDb) -> list[dict]:
     return db.json(f"""SELECT coalesce(json_agg(json_build_object('token', token, 'user_id', user_id, 'models', models)),
-                       '[]') FROM "{TOKENS}" WHERE key_alias = '{R.PROBE_ALIAS}';""")
+                       '[]') FROM "{TOKENS}" WHERE key_alias = '{sql.PROBE_ALIAS}';""")
 
 
 def seen(deployment, key: str):
@@ -404,7 +414,7 @@ def test_9_db_rotation_stopped_after_the_database_stage(deployment, memo):
     other row (the virtual key made through the proxy among them) unchanged."""
     on_db(deployment)
     run = rotate(deployment, memo, stop="database", gateway=DB)
-    assert run.returncode == R.STOP_EXIT_CODE, run.output[-6000:]
+    assert run.returncode == interrupt.STOP_EXIT_CODE, run.output[-6000:]
     new = secrets_of(deployment)[S.MASTER_KEY_NEXT]
     memo["db_new"] = new
     found = re.search(r"Database backup before rotation: (\S+\.dump)", run.output)
@@ -426,8 +436,8 @@ def test_9_db_rotation_stopped_after_the_database_stage(deployment, memo):
     assert token_moves(before, after) == (1, 2)
     assert sum(after[TOKENS].values()) == sum(before[TOKENS].values()) + 1
     assert token_row(db, memo["db_virtual"]) == [memo["db_virtual_row"]]
-    assert probe_rows(db) == [{"token": database.hash_key(R.probe_key_for(new)), "user_id": None,
-                               "models": [R.PROBE_MODEL]}]
+    assert probe_rows(db) == [{"token": database.hash_key(sql.probe_key_for(new)), "user_id": None,
+                               "models": [sql.PROBE_MODEL]}]
     # The proxy was not restarted: it still runs on the previous key, and the virtual key works.
     assert seen(deployment, memo["db_old"]) == (200, gateway_models(deployment))
     assert seen(deployment, memo["db_virtual"]) == (200, VIRTUAL_MODELS)
@@ -450,7 +460,20 @@ def test_9_db_rotation_stopped_after_the_database_stage(deployment, memo):
     assert counts[0] == counts[1]
     assert token_row(scratch_db, memo["db_virtual"]) == [memo["db_virtual_row"]]
     admin.psql("DROP DATABASE rotation_scratch;")
-    assert_no_key_in(memo, memo["db_old"], new, R.probe_key_for(new), memo["db_virtual"])
+
+    # While the rotation is pending, restore.py refuses before any operation (issue 15): it would link
+    # the restored database to the previous key. Nothing changes: secrets file, database, proxy.
+    secrets_before = deployment.secrets.read_bytes()
+    refused = deployment.pyinfra("restore.py", "--data", "restore_from=latest", limit=DB)
+    memo["outputs"].append(refused.output)
+    assert refused.returncode != 0, refused.output[-4000:]
+    assert "a master-key rotation is pending" in refused.output
+    assert "finish it with `pyinfra inventory rotate.py` before running restore.py" in refused.output
+    assert "nothing was changed on any host" in refused.output
+    assert deployment.secrets.read_bytes() == secrets_before
+    assert master_rows(db) == [{"token": database.hash_key(new), "user_id": "admin"}]
+    assert seen(deployment, memo["db_old"]) == (200, gateway_models(deployment))
+    assert_no_key_in(memo, memo["db_old"], new, sql.probe_key_for(new), memo["db_virtual"])
 
 
 def test_10_db_rerun_finishes_the_rotation_and_the_virtual_key_survives(deployment, memo):
@@ -483,9 +506,9 @@ def test_10_db_rerun_finishes_the_rotation_and_the_virtual_key_survives(deployme
     assert master_rows(db) == [{"token": database.hash_key(new), "user_id": "admin"}]
     # Only the master row differs from before the rotation: the old key's gone, the new key's came.
     memo["db_rotated"] = assert_only_the_master_row_moved(memo, memo["db_before"], db)
-    assert R.KEYS_FILE not in deployment.ssh(DB, f"ls -A {INSTALL}/{R.WORKSPACE}").split()
+    assert workspace.KEYS_FILE not in deployment.ssh(DB, f"ls -A {INSTALL}/{workspace.WORKSPACE}").split()
     assert deployment.ssh(DB, "docker ps -q --filter name=rotation-poller").strip() == ""
-    assert_no_key_in(memo, old, new, R.probe_key_for(new), memo["db_virtual"])
+    assert_no_key_in(memo, old, new, sql.probe_key_for(new), memo["db_virtual"])
 
 
 def test_11_db_proxy_that_cannot_start_on_the_new_key_is_rolled_back(deployment, memo):
@@ -520,7 +543,7 @@ def test_11_db_proxy_that_cannot_start_on_the_new_key_is_rolled_back(deployment,
     # The master row was moved to the pending key and back (re-made); nothing else changed.
     assert_only_the_master_row_moved(memo, memo["db_rotated"], db)
     assert token_row(db, pending) == []
-    assert_no_key_in(memo, memo["db_old"], current, pending, R.probe_key_for(pending), memo["db_virtual"])
+    assert_no_key_in(memo, memo["db_old"], current, pending, sql.probe_key_for(pending), memo["db_virtual"])
 
 
 def test_12_db_after_the_cause_is_fixed_the_rerun_finishes_with_the_same_key(deployment, memo):
@@ -552,4 +575,4 @@ def test_12_db_after_the_cause_is_fixed_the_rerun_finishes_with_the_same_key(dep
     assert reply["choices"][0]["message"]["content"]
     status_code, reply = api.chat(base, memo["db_virtual"], "chat-ollama")
     assert status_code in api.REFUSED, reply
-    assert_no_key_in(memo, memo["db_old"], previous, new, R.probe_key_for(new), memo["db_virtual"])
+    assert_no_key_in(memo, memo["db_old"], previous, new, sql.probe_key_for(new), memo["db_virtual"])

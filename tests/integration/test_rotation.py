@@ -1,6 +1,6 @@
 """Master-key rotation's database side against the real LiteLLM schema, run the way the rotation
 runs it: the backup (tasks.backup's shell with the external-mode pg_dump script), the proof's
-virtual key (tasks.rotate's SQL), the link move and its rollback (tasks.database.bootstrap), the
+virtual key (tasks.rotation.sql), the link move and its rollback (tasks.database.bootstrap), the
 restore of the backup into a scratch database, and a stored credential through all of it."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tasks import backup, database
-from tasks import rotate as R
+from tasks.rotation import sql
 from tasks import secrets as S
 from tasks.filters import dotenv_quote
 from tests.integration.conftest import create_database, drop_database
@@ -90,15 +90,15 @@ def test_rotation_moves_the_link_only_and_the_backup_restores_every_row(schema_d
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
 
     # 2. The proof's virtual key, 3. the link move (one transaction), 4. the virtual key removed.
-    probe = R.probe_key_for(new)
-    assert psql_stdin(schema_db, R.probe_sql(True, probe)).returncode == 0
+    probe = sql.probe_key_for(new)
+    assert psql_stdin(schema_db, sql.probe_sql(True, probe)).returncode == 0
     run_bootstrap(schema_db, values_for(new))
     rows = schema_db.json(f"""SELECT json_agg(json_build_object('token', token, 'user_id', user_id, 'models', models,
                                   'hours', round(extract(epoch FROM expires - now()) / 3600)) ORDER BY key_alias)
-                             FROM "LiteLLM_VerificationToken" WHERE key_alias IN ('master-key', '{R.PROBE_ALIAS}');""")
-    assert rows == [{"token": hash_token(probe), "user_id": None, "models": [R.PROBE_MODEL], "hours": 2},
+                             FROM "LiteLLM_VerificationToken" WHERE key_alias IN ('master-key', '{sql.PROBE_ALIAS}');""")
+    assert rows == [{"token": hash_token(probe), "user_id": None, "models": [sql.PROBE_MODEL], "hours": 2},
                     {"token": hash_token(new), "user_id": "admin", "models": ["all-proxy-models"], "hours": None}]
-    assert psql_stdin(schema_db, R.probe_sql(False, probe)).returncode == 0
+    assert psql_stdin(schema_db, sql.probe_sql(False, probe)).returncode == 0
 
     after = snapshot(schema_db)
     tokens_before, tokens_after = before.pop("LiteLLM_VerificationToken"), after.pop("LiteLLM_VerificationToken")
@@ -166,13 +166,13 @@ def test_probe_key_insert_is_idempotent_replaces_stale_ones_and_delete_removes_i
     hash_token, abbreviate_api_key = litellm_keys
     seed(schema_db, hash_token, abbreviate_api_key, keys=5, users=1, teams=1)
     before = snapshot(schema_db)
-    stale, probe = R.probe_key_for(S.new_master_key()), R.probe_key_for(S.new_master_key())
-    assert psql_stdin(schema_db, R.probe_sql(True, stale)).returncode == 0  # an interrupted earlier rotation
+    stale, probe = sql.probe_key_for(S.new_master_key()), sql.probe_key_for(S.new_master_key())
+    assert psql_stdin(schema_db, sql.probe_sql(True, stale)).returncode == 0  # an interrupted earlier rotation
     for _ in range(2):
-        assert psql_stdin(schema_db, R.probe_sql(True, probe)).returncode == 0
-    probes = f"""SELECT coalesce(json_agg(token), '[]') FROM "LiteLLM_VerificationToken" WHERE key_alias = '{R.PROBE_ALIAS}';"""
+        assert psql_stdin(schema_db, sql.probe_sql(True, probe)).returncode == 0
+    probes = f"""SELECT coalesce(json_agg(token), '[]') FROM "LiteLLM_VerificationToken" WHERE key_alias = '{sql.PROBE_ALIAS}';"""
     assert schema_db.json(probes) == [hash_token(probe)]
-    assert psql_stdin(schema_db, R.probe_sql(False, probe)).returncode == 0
+    assert psql_stdin(schema_db, sql.probe_sql(False, probe)).returncode == 0
     assert schema_db.json(probes) == []
     assert snapshot(schema_db) == before
 

@@ -9,7 +9,6 @@ import io
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,18 @@ from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy
 
-from tasks import rotate as R
 from tasks import secrets as S
+from tasks.rotation.facts import EnvKeyLines, env_line_hash, evaluate_proof
+from tasks.rotation.interrupt import STOP_ENV
+from tasks.rotation.pending import complete, pending_key, pending_rotation_problem, record_pending_key, rotation_guard
+from tasks.rotation.records import Rotation
+from tasks.rotation.sql import probe_key_for, probe_sql
+from tasks.rotation.stages import rotate_gateway
+from tasks.rotation.window import parse_poll_log, refusal_window
 from tasks.render import render_files
 from tasks.settings import ConfigError
-from tests.unit.conftest import ROOT, UPSTREAM_KEY
+from tests.unit.conftest import UPSTREAM_KEY
 
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 HOSTILE = "sk-" + "p$HOME'\"\\#x $$y ${HOME} `id`" + "k" * 20
 
 
@@ -108,20 +112,33 @@ def test_rewrite_creates_a_private_file(tmp_path):
 def test_pending_key_is_recorded_once_and_reused(tmp_path):
     path = user_file(tmp_path)
     old = S.read_secrets(path)[S.MASTER_KEY]
-    first, generated = R.pending_key(path, old, None)
+    before = path.read_bytes()
+    first, generated = pending_key(path, old, None)
     assert generated and first.startswith("sk-") and len(first) >= 3 + 43 and first != old
+    assert path.read_bytes() == before, "choosing the key writes nothing (--dry plans, never writes)"
+    record_pending_key(path, first)
+    record_pending_key(path, first)  # every gateway of the run asks; only the first one writes
     values = S.read_secrets(path)
     assert values[S.MASTER_KEY] == old and values[S.MASTER_KEY_NEXT] == first
     assert f"# {S.MASTER_KEY_NEXT}: pending master-key rotation" in path.read_text()
-    again, generated = R.pending_key(path, old, None)
+    again, generated = pending_key(path, old, None)
     assert (again, generated) == (first, False), "a second run must never make a third key"
+
+
+def test_a_pending_key_that_appeared_after_planning_is_not_overwritten(tmp_path):
+    path = user_file(tmp_path)
+    planned, _ = pending_key(path, "sk-old", None)
+    S.rewrite_secrets(path, {S.MASTER_KEY_NEXT: "sk-" + "c" * 40})
+    with pytest.raises(RuntimeError, match="appeared in .* after this run was planned"):
+        record_pending_key(path, planned)
+    assert S.read_secrets(path)[S.MASTER_KEY_NEXT] == "sk-" + "c" * 40
 
 
 def test_pending_key_chosen_by_the_user_is_used(tmp_path):
     path = user_file(tmp_path)
     chosen = "sk-" + "c" * 40
     S.rewrite_secrets(path, {S.MASTER_KEY_NEXT: chosen})
-    assert R.pending_key(path, "sk-old", "sk-salt") == (chosen, False)
+    assert pending_key(path, "sk-old", "sk-salt") == (chosen, False)
 
 
 @pytest.mark.parametrize("pending,problem", [
@@ -136,41 +153,44 @@ def test_a_bad_pending_key_is_refused_before_anything(tmp_path, pending, problem
     before = path.read_text()
     values = S.read_secrets(path)
     with pytest.raises(ConfigError, match=problem):
-        R.pending_key(path, values[S.MASTER_KEY], values[S.SALT_KEY])
+        pending_key(path, values[S.MASTER_KEY], values[S.SALT_KEY])
     assert path.read_text() == before
 
 
 def test_complete_makes_the_new_key_current_in_one_rewrite(tmp_path):
     path = user_file(tmp_path)
     old = S.read_secrets(path)[S.MASTER_KEY]
-    new, _ = R.pending_key(path, old, None)
-    assert R.complete(path, new)
+    new, _ = pending_key(path, old, None)
+    record_pending_key(path, new)
+    assert complete(path, new)
     values = S.read_secrets(path)
     assert values[S.MASTER_KEY] == new and S.MASTER_KEY_NEXT not in values
     assert values[S.SALT_KEY] == "sk-salt-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
     assert "# LITELLM_MASTER_KEY: rotated by litellm-deploy" in path.read_text()
-    assert R.complete(path, new), "completing twice is a no-op"
+    assert complete(path, new), "completing twice is a no-op"
     assert mode(path) == 0o600
 
 
 def test_complete_refuses_when_the_pending_key_changed_meanwhile(tmp_path):
     path = user_file(tmp_path)
     old = S.read_secrets(path)[S.MASTER_KEY]
-    new, _ = R.pending_key(path, old, None)
+    new, _ = pending_key(path, old, None)
+    record_pending_key(path, new)
     S.rewrite_secrets(path, {S.MASTER_KEY_NEXT: "sk-" + "z" * 40})
-    assert not R.complete(path, new)
+    assert not complete(path, new)
     assert S.read_secrets(path)[S.MASTER_KEY] == old
 
 
 def test_deploy_is_told_when_a_rotation_is_pending(tmp_path, monkeypatch):
     path = user_file(tmp_path)
-    assert R.pending_rotation_problem(path) is None
-    R.pending_key(path, "sk-old", None)
-    assert "rotate.py" in R.pending_rotation_problem(path)
+    assert pending_rotation_problem(path, "deploy.py") is None
+    record_pending_key(path, pending_key(path, "sk-old", None)[0])
+    assert "rotate.py` before running deploy.py" in pending_rotation_problem(path, "deploy.py")
     state = State(Inventory((["@local"], {}), litellm_hosts=(["@local"], {})), Config())
     monkeypatch.setenv(S.SECRETS_ENV_VAR, str(path))
     with pytest.raises(ConfigError, match="rotation is pending"):
-        R.refuse_during_rotation(state)
+        rotation_guard(state, "deploy.py")
+    rotation_guard(state, "rotate.py")  # the one runbook that finishes it
 
 
 # --- what the host-side checks compare ------------------------------------------------------------
@@ -181,7 +201,7 @@ def test_env_line_hash_is_the_hash_of_the_rendered_line(build, secrets_file):
     settings = build()
     lines = render_files(settings)[".env"].splitlines()
     (line,) = [line for line in lines if line.startswith(f"{S.MASTER_KEY}=")]
-    assert hashlib.sha256(line.encode()).hexdigest() == R.env_line_hash(S.MASTER_KEY, HOSTILE)
+    assert hashlib.sha256(line.encode()).hexdigest() == env_line_hash(S.MASTER_KEY, HOSTILE)
 
 
 def test_env_key_lines_fact_reads_a_rendered_env(build, secrets_file, tmp_path):
@@ -191,19 +211,19 @@ def test_env_key_lines_fact_reads_a_rendered_env(build, secrets_file, tmp_path):
     install = tmp_path / "opt"
     install.mkdir()
     (install / ".env").write_text(render_files(settings)[".env"])
-    command = R.EnvKeyLines().command(str(install))
+    command = EnvKeyLines().command(str(install))
     result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True)
-    found = R.EnvKeyLines().process(result.stdout.splitlines())
-    assert found == {S.MASTER_KEY: R.env_line_hash(S.MASTER_KEY, HOSTILE),
-                     S.SALT_KEY: R.env_line_hash(S.SALT_KEY, settings.secrets[S.SALT_KEY])}
+    found = EnvKeyLines().process(result.stdout.splitlines())
+    assert found == {S.MASTER_KEY: env_line_hash(S.MASTER_KEY, HOSTILE),
+                     S.SALT_KEY: env_line_hash(S.SALT_KEY, settings.secrets[S.SALT_KEY])}
     assert HOSTILE not in result.stdout
-    missing = subprocess.run(["sh", "-c", R.EnvKeyLines().command(str(tmp_path / "none"))],
+    missing = subprocess.run(["sh", "-c", EnvKeyLines().command(str(tmp_path / "none"))],
                              capture_output=True, text=True, check=True)
-    assert R.EnvKeyLines().process(missing.stdout.splitlines()) is None
+    assert EnvKeyLines().process(missing.stdout.splitlines()) is None
 
 
-def rotation_for_settings(settings, path: Path) -> R.Rotation:
-    return R.Rotation(secrets_file=path, old_key=settings.secrets.master_key, new_key=S.new_master_key(),
+def rotation_for_settings(settings, path: Path) -> Rotation:
+    return Rotation(secrets_file=path, old_key=settings.secrets.master_key, new_key=S.new_master_key(),
                       generated=True, stamp="20261127T000000Z", gateways=(settings.host_name,))
 
 
@@ -228,17 +248,17 @@ def test_rotation_renders_a_new_env_differing_only_in_the_master_key(build, secr
 
 def test_refusal_window_counts_each_refused_probe_until_the_next():
     samples = [(0.0, True), (0.2, True), (0.4, False), (0.6, False), (1.6, False), (1.8, True), (2.0, False)]
-    window = R.refusal_window(samples, interval=0.2)
+    window = refusal_window(samples, interval=0.2)
     assert window.seconds == pytest.approx(0.2 + 1.0 + 0.2 + 0.2)
     assert window.longest == pytest.approx(1.4)
     assert (window.refused, window.probes) == (4, 7)
     assert window.span == pytest.approx(2.2)
-    assert R.refusal_window([]).describe().startswith("not measured")
-    assert R.refusal_window([(0.0, True), (0.2, True)]).seconds == 0
+    assert refusal_window([]).describe().startswith("not measured")
+    assert refusal_window([(0.0, True), (0.2, True)]).seconds == 0
 
 
 def test_poll_log_parsing_ignores_partial_lines():
-    assert R.parse_poll_log(["0.000 1", "0.200 0", "0.4", "garbage x", "1.0 2"]) == [(0.0, True), (0.2, False)]
+    assert parse_poll_log(["0.000 1", "0.200 0", "0.4", "garbage x", "1.0 2"]) == [(0.0, True), (0.2, False)]
 
 
 @pytest.mark.parametrize("result,expect,probe,problem", [
@@ -253,16 +273,16 @@ def test_poll_log_parsing_ignores_partial_lines():
     ({"error": "the proof could not run"}, "new", False, "could not run"),
 ])
 def test_proof_verdict(result, expect, probe, problem):
-    verdict = R.evaluate_proof(result, expect, probe)
+    verdict = evaluate_proof(result, expect, probe)
     assert (verdict is None) if problem is None else (problem in verdict)
 
 
 def test_probe_key_is_stable_and_reveals_nothing():
     new = S.new_master_key()
-    assert R.probe_key_for(new) == R.probe_key_for(new) != R.probe_key_for(S.new_master_key())
-    assert R.probe_key_for(new).startswith("sk-") and new[3:] not in R.probe_key_for(new)
-    sql = R.probe_sql(True, R.probe_key_for(new))
-    assert R.probe_key_for(new) not in sql and hashlib.sha256(R.probe_key_for(new).encode()).hexdigest() in sql
+    assert probe_key_for(new) == probe_key_for(new) != probe_key_for(S.new_master_key())
+    assert probe_key_for(new).startswith("sk-") and new[3:] not in probe_key_for(new)
+    sql = probe_sql(True, probe_key_for(new))
+    assert probe_key_for(new) not in sql and hashlib.sha256(probe_key_for(new).encode()).hexdigest() in sql
 
 
 @pytest.mark.parametrize("mode_", ["bundled", "external"])
@@ -287,7 +307,7 @@ def test_backup_commands_carry_no_value(build, secrets_file, mode_):
 @pytest.mark.parametrize("mode_", ["none", "bundled", "external"])
 def test_every_operation_is_named_and_carries_no_key(build, secrets_file, tmp_path, monkeypatch, mode_):
     """pyinfra prints the arguments of an operation without name=; here there are none to print."""
-    monkeypatch.setenv(R.STOP_ENV, "env")
+    monkeypatch.setenv(STOP_ENV, "env")
     if mode_ == "external":
         secrets_file.write_text(secrets_file.read_text() + 'DATABASE_URL="postgresql://u:p@db.example:5432/l"\n')
     settings = build(database_mode=mode_, install_dir=str(tmp_path / "opt"))
@@ -295,14 +315,14 @@ def test_every_operation_is_named_and_carries_no_key(build, secrets_file, tmp_pa
     state = State(Inventory((["@local"], {})), Config(), check_for_changes=False)
     connect_all(state)
     try:
-        add_deploy(state, R.rotate_gateway, settings, rotation)
+        add_deploy(state, rotate_gateway, settings, rotation)
         metas = [state.op_meta[op_hash] for op_hash in state.get_op_order()]
         names = [name for meta in metas for name in sorted(meta.names)]
     finally:
         disconnect_all(state)
     assert len(metas) > 15
     assert all(not meta.args for meta in metas), [meta.names for meta in metas if meta.args]
-    steps = ["Preflight", "Every gateway passed its preflight", "Database backup before rotation",
+    steps = ["Controller: record the new key", "Preflight", "Every gateway passed its preflight", "Database backup before rotation",
              "Every gateway's database is backed up", "Virtual key for the proof", "Start the refusal-window poller",
              "Write .env with the new master key", "Test hook", "Master-key link moves to the new key",
              "Restart the proxy", "Proof: new key accepted", "Rollback: .env", "Rollback: master-key link",
@@ -313,33 +333,8 @@ def test_every_operation_is_named_and_carries_no_key(build, secrets_file, tmp_pa
     positions = [next(i for i, name in enumerate(names) if step in name) for step in steps]
     assert positions == sorted(positions), names
     assert any("Database backup" in name for name in names) == (mode_ != "none")
-    for key in (rotation.old_key, rotation.new_key, R.probe_key_for(rotation.new_key)):
+    for key in (rotation.old_key, rotation.new_key, probe_key_for(rotation.new_key)):
         assert not any(key in name for name in names)
-
-
-def test_cli_records_the_pending_key_before_any_host_operation(tmp_path):
-    """`pyinfra INVENTORY rotate.py --dry -vv`: the pending key is in the secrets file before any
-    operation would run, and no key is in the output."""
-    inventory = tmp_path / "inventory.py"
-    inventory.write_text(f"""
-litellm_hosts = [("@local", {{"install_dir": "{tmp_path / 'opt'}", "database_mode": "bundled",
-                   "litellm_image": "ghcr.io/berriai/litellm-database:main-v1.108.7",
-                   "models": [{{"name": "m", "model": "ollama_chat/llama3", "ollama_node": "local"}}]}})]
-""")
-    secrets = tmp_path / "secrets.env"
-    env = {**os.environ, "LITELLM_DEPLOY_SECRETS": str(secrets)}
-    env.pop(R.STOP_ENV, None)
-    result = subprocess.run([PYINFRA, str(inventory), "rotate.py", "--dry", "-y", "-vv"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    values = S.read_secrets(secrets)
-    assert values[S.MASTER_KEY_NEXT] != values[S.MASTER_KEY]
-    assert mode(secrets) == 0o600
-    for key in (values[S.MASTER_KEY], values[S.MASTER_KEY_NEXT]):
-        assert key not in output
-    assert "new key generated and recorded as LITELLM_MASTER_KEY_NEXT" in output
-    assert not (tmp_path / "opt").exists(), "--dry touched the host"
 
 
 # --- acceptance 3: stored credentials survive, because the salt key does -------------------------
@@ -356,8 +351,9 @@ def test_credential_encrypted_with_the_salt_key_decrypts_after_rotation(build, s
     assert ciphertext != secret
 
     # The rotation, as the controller does it: pending key recorded, then made current.
-    new, _ = R.pending_key(secrets_file, before.secrets.master_key, salt)
-    assert R.complete(secrets_file, new)
+    new, _ = pending_key(secrets_file, before.secrets.master_key, salt)
+    record_pending_key(secrets_file, new)
+    assert complete(secrets_file, new)
     after = build()
     assert after.secrets.master_key == new != before.secrets.master_key
     rotated_env = dotenv_values(stream=io.StringIO(render_files(after)[".env"]), interpolate=False)
