@@ -174,8 +174,10 @@ def bed():
     return Testbed(images=IMAGES)
 
 
-def make_deployment(bed, tmp_path_factory, prefix: str = "", hosts: tuple[str, ...] = tuple(ALL_HOSTS)) -> Deployment:
-    """Fresh hosts for one suite (`hosts`: which of the standard ones); tear them down with deployment.down()."""
+def make_deployment(bed, tmp_path_factory, prefix: str = "",
+                    hosts: tuple[str, ...] = tuple(ALL_HOSTS)) -> Deployment:
+    """Fresh hosts for one suite (`hosts`: which of the standard ones, all by default); tear them
+    down with deployment.down()."""
     deployment = Deployment(bed, tmp_path_factory.mktemp(f"e2e-{prefix or 'main'}"), prefix, hosts)
     deployment.up()
     return deployment
