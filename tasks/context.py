@@ -8,7 +8,7 @@ from pyinfra.api import Host, State
 from tasks import secrets as S
 from tasks.filters import dotenv_unquote
 from tasks.rotation.pending import rotation_guard
-from tasks.settings import GATEWAYS, OLLAMA_NODES, HostInput, Settings, build_all
+from tasks.settings import GATEWAYS, OLLAMA_NODES, HostInput, Settings, build_all, refuse_node_group
 
 _built: dict[int, dict[str, Settings]] = {}
 # pyinfra prepares hosts in concurrent greenlets; reading a host's .env over SSH yields to the
@@ -62,9 +62,11 @@ def _all_settings(state: State) -> dict[str, Settings]:
             return found
 
         configured = gateways[0].data.get("secrets_file") if gateways else None
+        # group_data/ollama_nodes.py refuses the old node group before pyinfra connects; this is for
+        # runs that load no group data.
+        refuse_node_group([HostInput(h.name, h.data.get) for h in _hosts(state, OLLAMA_NODES)])
         _built[key] = build_all(
             [HostInput(h.name, h.data.get) for h in gateways],
-            [HostInput(h.name, h.data.get) for h in _hosts(state, OLLAMA_NODES)],
             S.secrets_path(configured),
             read_from_hosts,
         )
@@ -72,7 +74,7 @@ def _all_settings(state: State) -> dict[str, Settings]:
 
 
 def settings_for(state: State, host: Host) -> Settings | None:
-    """This host's Settings, or None when it is not a gateway (an Ollama node, say)."""
+    """This host's Settings, or None when it is not a gateway."""
     return all_settings(state).get(host.name)
 
 

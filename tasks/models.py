@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -21,11 +22,16 @@ PROVIDERS = {
     "hosted_vllm": "vLLM (OpenAI-compatible)",
 }
 OLLAMA_PROVIDERS = {"ollama", "ollama_chat"}
+OLLAMA_PORT = 11434  # Ollama's own default; a node given by address listens here unless it says "port"
 LOCAL_OLLAMA = "local"
 # Ollama on the gateway host itself, as the proxy container sees it (compose adds the name).
-LOCAL_OLLAMA_URL = "http://host.docker.internal:11434"
+LOCAL_OLLAMA_URL = f"http://host.docker.internal:{OLLAMA_PORT}"
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 MODEL_FIELDS = {"name", "model", "api_key_env", "api_base", "ollama_node", "smoke_test"}
+NODE_FIELDS = {"url", "address", "port"}
+NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$")
+NODE_EXAMPLE = {"smarthome": {"address": "192.168.1.20"}}
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,77 @@ def is_http_url(value: object) -> bool:
         return False
     parts = urlsplit(value)
     return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def parse_ollama_nodes(raw: object, problems: list[str]) -> dict[str, str]:
+    """A gateway's `ollama_nodes` data -> {node name: base URL}.
+
+    A node is data, not a pyinfra host: only the gateway's proxy (and verify, from inside it) ever
+    talks to it, over HTTP, so an Ollama box nobody can log into (an appliance) works as any other.
+    """
+    if not isinstance(raw, dict):
+        problems.append(f"ollama_nodes: must be a dict of node name -> {{'address': ...}} or {{'url': ...}} "
+                        f"— fix: ollama_nodes = {NODE_EXAMPLE!r}")
+        return {}
+    urls = {}
+    for name, entry in raw.items():
+        field = f"ollama_nodes[{name!r}]"
+        if not isinstance(name, str) or not NODE_NAME.match(name) or name == LOCAL_OLLAMA:
+            problems.append(f"{field}: a node name is letters, digits, '.', '_' and '-', and not {LOCAL_OLLAMA!r} "
+                            "(which means Ollama on the gateway host itself)")
+            continue
+        url = _node_url(field, entry, problems)
+        if url is not None:
+            urls[name] = url
+    return urls
+
+
+def _node_url(field: str, entry: object, problems: list[str]) -> str | None:
+    if not isinstance(entry, dict):
+        fix = {"url": entry} if is_http_url(entry) else NODE_EXAMPLE["smarthome"]
+        problems.append(f"{field}: must be a dict — fix: {fix!r}")
+        return None
+    unknown = sorted(set(entry) - NODE_FIELDS, key=str)
+    if unknown:
+        problems.append(f"{field}: unknown key(s) {', '.join(map(str, unknown))} — fix: use url, "
+                        "or address (and port)")
+        return None
+    url, address, port = entry.get("url"), entry.get("address"), entry.get("port", OLLAMA_PORT)
+    if (url is None) == (address is None):
+        problems.append(f"{field}: give either url (http://host:{OLLAMA_PORT}) or address (host name or IP, "
+                        f"port {OLLAMA_PORT} unless port says otherwise), exactly one of them")
+        return None
+    if url is not None:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if not is_http_url(url) or parts.query or parts.fragment:
+            problems.append(f"{field}.url: {url!r} is not a base URL — fix: http://host:{OLLAMA_PORT}")
+            return None
+        if "port" in entry:
+            problems.append(f"{field}.port: the url already holds the port — fix: drop port, "
+                            "or give address instead of url")
+            return None
+        return url.rstrip("/")
+    host = _url_host(address)
+    if host is None:
+        problems.append(f"{field}.address: {address!r} must be a host name or IP address (no scheme, no port) "
+                        "— fix: give the port as port, or the whole URL as url")
+        return None
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        problems.append(f"{field}.port: {port!r} is not a port (1-65535; Ollama's own is {OLLAMA_PORT})")
+        return None
+    return f"http://{host}:{port}"
+
+
+def _url_host(address: object) -> str | None:
+    """The address as a URL's host part (an IPv6 address in brackets), or None when it is neither a
+    host name nor an IP address."""
+    if not isinstance(address, str):
+        return None
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address if HOST_NAME.match(address) and len(address) <= 253 else None
+    return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
 def parse_models(raw: object, ollama_nodes: dict[str, str], problems: list[str]) -> tuple[Model, ...]:
@@ -133,7 +210,7 @@ def _ollama_base(field, node, api_base, ollama_nodes, problems) -> str | None:
         return None
     if node is None and api_base is None:
         problems.append(
-            f"{field}.ollama_node: an Ollama model needs ollama_node (a host of ollama_nodes, or 'local') "
+            f"{field}.ollama_node: an Ollama model needs ollama_node (a node of ollama_nodes, or 'local') "
             "or api_base (the node's URL)"
         )
         return None
@@ -143,9 +220,11 @@ def _ollama_base(field, node, api_base, ollama_nodes, problems) -> str | None:
         return LOCAL_OLLAMA_URL
     if node in ollama_nodes:
         return ollama_nodes[node]
-    known = ", ".join(sorted(ollama_nodes)) or "none defined"
+    known = ", ".join(sorted(ollama_nodes)) or "none declared"
+    example = {node: {"address": "<its IP or host name>"}}
     problems.append(
-        f"{field}.ollama_node: {node!r} is not in the ollama_nodes group ({known}) — fix: add it to "
-        "ollama_nodes in the inventory, use 'local', or give api_base: http://host:11434"
+        f"{field}.ollama_node: {node!r} is not in ollama_nodes ({known}) — fix: declare it in the gateways' data "
+        f"(group_data/litellm_hosts.py), e.g. ollama_nodes = {example!r}, use 'local', or give api_base: "
+        f"http://host:{OLLAMA_PORT}"
     )
     return None

@@ -18,10 +18,10 @@ from pyinfra.api.exceptions import PyinfraError
 
 from tasks import calendar
 from tasks import secrets as S
-from tasks.models import Model, is_http_url, parse_models
+from tasks.models import OLLAMA_PORT, Model, is_http_url, parse_models, parse_ollama_nodes
 
 GATEWAYS = "litellm_hosts"
-OLLAMA_NODES = "ollama_nodes"
+OLLAMA_NODES = "ollama_nodes"  # the old inventory group of nodes, refused (refuse_node_group)
 DATABASE_MODES = ("bundled", "external", "none")
 DOCKER_INSTALLS = ("distro", "docker-repo", "skip")
 IMAGE_SOURCES = ("pull", "archives")
@@ -32,7 +32,6 @@ PATH_CHARACTERS = r"[A-Za-z0-9_./-]+"
 LOG_SIZE = r"[1-9][0-9]*[kmg]"
 MIN_KEY_LENGTH = 32
 MIN_PASSWORD_LENGTH = 12
-DEFAULT_OLLAMA_PORT = 11434
 
 # Every default has one source: the shipped group_data/all.py, which pyinfra reads as group data and
 # users read as the list of settings. Settings falls back on the same file (read here once) when the
@@ -142,16 +141,29 @@ def read_host_data(data: Callable[[str, object], object]) -> dict[str, object]:
     return {name: data(name, default) for name, default in DEFAULTS.items()}
 
 
-def ollama_node_urls(nodes: Mapping[str, Callable[[str, object], object]]) -> dict[str, str]:
-    """name -> base URL of every host in the ollama_nodes group."""
-    urls = {}
-    for name, data in nodes.items():
-        url = data("ollama_url", None)
-        if not url:
-            address = data("ssh_hostname", None) or name
-            url = f"http://{address}:{data('ollama_port', DEFAULT_OLLAMA_PORT)}"
-        urls[name] = str(url).rstrip("/")
-    return urls
+def refuse_node_group(nodes: list[HostInput]) -> None:
+    """Ollama nodes listed as inventory hosts (the format before nodes were data): refused with the
+    data to paste instead. pyinfra would log into each over SSH, though nothing is ever done on a
+    node, and an appliance nobody can log into would fail the run."""
+    if not nodes:
+        return
+    declared = {node.name: _node_declaration(node) for node in nodes}
+    raise ConfigError([
+        f"inventory: the {OLLAMA_NODES} group lists {', '.join(declared)} as hosts, so pyinfra would log into them "
+        f"over SSH; Ollama nodes are data now and need no SSH — fix: delete the {OLLAMA_NODES} group from the "
+        f"inventory and declare the nodes in the gateways' data (group_data/litellm_hosts.py): "
+        f"ollama_nodes = {declared!r}"
+    ])
+
+
+def _node_declaration(node: HostInput) -> dict[str, object]:
+    """An old-format node's host data (ollama_url, or ssh_hostname and ollama_port) as a declaration."""
+    if node.data("ollama_url", None):
+        return {"url": node.data("ollama_url", None)}
+    declared: dict[str, object] = {"address": node.data("ssh_hostname", None) or node.name}
+    if node.data("ollama_port", OLLAMA_PORT) != OLLAMA_PORT:
+        declared["port"] = node.data("ollama_port", OLLAMA_PORT)
+    return declared
 
 
 def _image_problems(field_name: str, image: object, example: str = "main-v1.108.7") -> list[str]:
@@ -363,7 +375,6 @@ class HostInput:
 
 def build_all(
     gateways: list[HostInput],
-    ollama_nodes: list[HostInput],
     secrets_file: Path,
     read_from_hosts: Callable[[list[str]], dict[str, str]],
     complete: bool = True,
@@ -374,25 +385,22 @@ def build_all(
     complete=False (checks that only read) leaves missing generated secrets missing.
     """
     problems: list[str] = []
-    node_urls = ollama_node_urls({n.name: n.data for n in ollama_nodes})
-    for name, url in node_urls.items():
-        if not is_http_url(url):
-            problems.append(f"host {name}: ollama_url: {url!r} is not a URL — fix: http://host:11434")
     if not gateways:
         problems.append(f"inventory: no host in the {GATEWAYS} group — fix: add your gateways to {GATEWAYS}")
     if problem := S.loose_mode_problem(secrets_file):
         problems.append(problem)
     present = S.read_secrets(secrets_file)
 
-    parsed: dict[str, tuple[dict, tuple[Model, ...]]] = {}
+    parsed: dict[str, tuple[dict, dict[str, str], tuple[Model, ...]]] = {}
     modes: set[str] = set()
     provider_keys: set[str] = set()
     for gateway in gateways:
         raw = read_host_data(gateway.data)
         host_problems = data_problems(raw)
-        models = parse_models(raw["models"], node_urls, host_problems)
+        nodes = parse_ollama_nodes(gateway.data("ollama_nodes", {}), host_problems)
+        models = parse_models(raw["models"], nodes, host_problems)
         problems += [f"host {gateway.name}: {p}" for p in host_problems]
-        parsed[gateway.name] = (raw, models)
+        parsed[gateway.name] = (raw, nodes, models)
         modes.add(raw["database_mode"])
         provider_keys |= {m.api_key_env for m in models if m.api_key_env}
     for mode in modes & set(DATABASE_MODES):
@@ -410,8 +418,8 @@ def build_all(
             **{k: v for k, v in raw.items() if k not in ("models", "image_archives")},
             image_archives=tuple(raw["image_archives"]),
             models=models,
-            ollama_nodes=node_urls,
+            ollama_nodes=nodes,
             secrets=secrets,
         )
-        for name, (raw, models) in parsed.items()
+        for name, (raw, nodes, models) in parsed.items()
     }

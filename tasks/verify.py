@@ -34,7 +34,7 @@ STALE_AFTER = {"hourly": 3 * 3600, "daily": 2 * 86400 + 3600, "weekly": 15 * 864
 
 
 def _node_label(base: str, models: tuple[Model, ...], nodes: dict[str, str]) -> str:
-    """'ollama node NAME at URL' when the inventory names the node, else 'ollama at URL'."""
+    """'ollama node NAME at URL' when ollama_nodes names the node, else 'ollama at URL'."""
     named = {m.ollama_node for m in models if m.is_ollama and m.api_base == base and m.ollama_node}
     named |= {name for name, url in nodes.items() if url.rstrip("/") == base.rstrip("/")}
     return f"ollama node {', '.join(sorted(named))} at {base}" if named else f"ollama at {base}"

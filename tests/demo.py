@@ -2,7 +2,8 @@
 
 Hosts come from the test bed (tests/testbed): a Debian 13 container with systemd and sshd that the
 deploy provisions over real SSH, plus an Ollama stand-in node (Ollama itself cannot be installed
-offline; the stand-in speaks its API). The gateway is the package's default: bundled PostgreSQL and
+offline; the stand-in speaks its API), declared as the gateway's data as a user's node is: pyinfra
+never logs into it. The gateway is the package's default: bundled PostgreSQL and
 the DB-backed LiteLLM proxy (offline, the test bed's image with its query-engine stand-in;
 TESTBED_IMAGES=official uses the official images where they can be pulled). It ends with the
 commands to try: make a virtual key with the master key, then use it.

@@ -1,9 +1,10 @@
 """The end-to-end bed: fresh hosts each run, real pyinfra over real SSH, converged twice.
 
 Hosts: gateways gw-db (bundled Postgres, the DB-backed proxy) and gw-stateless (no database), Ollama
-stand-in node ollama1, upstream LiteLLM up1. Offline the images are the test bed's own (the LiteLLM one
-runs DB-backed through its query-engine stand-in); TESTBED_IMAGES=official uses the official images on
-a machine that can pull them. Every test runs with either.
+stand-in node ollama1 (the gateways' data, never a pyinfra host), upstream LiteLLM up1. Offline the
+images are the test bed's own (the LiteLLM one runs DB-backed through its query-engine stand-in);
+TESTBED_IMAGES=official uses the official images on a machine that can pull them. Every test runs with
+either.
 """
 
 from __future__ import annotations
@@ -72,11 +73,12 @@ class Run:
 class Deployment:
     """The bed plus an inventory, a secrets file and group-data overrides for it."""
 
-    def __init__(self, bed, workdir: Path, prefix: str = ""):
+    def __init__(self, bed, workdir: Path, prefix: str = "", hosts: tuple[str, ...] = tuple(ALL_HOSTS)):
         self.bed = bed
         self.workdir = workdir
         # A prefix gives a suite its own hosts (gw-db -> rot-gw-db), so suites can run side by side.
         self.prefix = prefix
+        self.standard_hosts = hosts  # which of the standard hosts this suite has
         self.secrets = workdir / "secrets.env"
         self.inventory = workdir / "inventory.py"
         self.overrides: dict[str, dict] = {}
@@ -87,15 +89,16 @@ class Deployment:
 
     @property
     def hosts(self) -> list[str]:
-        return [self.name(h) for h in ALL_HOSTS]
+        return [self.name(h) for h in self.standard_hosts]
 
     def up(self) -> None:
         roles = {"ollama1": ":ollama", "up1": ":upstream"}
         self.bed.build_images()  # every image the suite needs, the independent ones built at once
         self.bed.down(self.hosts)
-        self.bed.up([self.name(h) + roles.get(h, "") for h in ALL_HOSTS],
+        self.bed.up([self.name(h) + roles.get(h, "") for h in self.standard_hosts],
                     ollama_models=[OLLAMA_MODEL], upstream_models=[UPSTREAM_MODEL])
-        self.secrets.write_text(f'UPSTREAM_LITELLM_API_KEY="{self.bed.upstream_key(self.name("up1"))}"\n')
+        key = self.bed.upstream_key(self.name("up1")) if "up1" in self.standard_hosts else None
+        self.secrets.write_text(f'UPSTREAM_LITELLM_API_KEY="{key}"\n' if key else "")
         self.secrets.chmod(0o600)
 
     def down(self) -> None:
@@ -103,12 +106,15 @@ class Deployment:
             self.bed.down(self.hosts)
 
     def models(self) -> list[dict]:
-        upstream = self.bed.host(self.name("up1"))
-        return [
-            {"name": "chat-upstream", "model": f"openai/{UPSTREAM_MODEL}", "api_base": upstream["api_base"],
-             "api_key_env": "UPSTREAM_LITELLM_API_KEY"},
-            {"name": "chat-ollama", "model": f"ollama_chat/{OLLAMA_MODEL}", "ollama_node": self.name("ollama1")},
-        ]
+        models = []
+        if "up1" in self.standard_hosts:
+            upstream = self.bed.host(self.name("up1"))
+            models.append({"name": "chat-upstream", "model": f"openai/{UPSTREAM_MODEL}",
+                           "api_base": upstream["api_base"], "api_key_env": "UPSTREAM_LITELLM_API_KEY"})
+        if "ollama1" in self.standard_hosts:  # a node the bed declares as the gateways' data (ollama_nodes)
+            models.append({"name": "chat-ollama", "model": f"ollama_chat/{OLLAMA_MODEL}",
+                           "ollama_node": self.name("ollama1")})
+        return models
 
     def write_inventory(self) -> Path:
         archives = self.bed.archives()
@@ -120,8 +126,8 @@ class Deployment:
         }
         if IMAGES == "local":
             common.update(image_source="archives", image_archives=[str(archives["litellm"]), str(archives["postgres"])])
-        data = {"*": common, self.name("gw-db"): {"database_mode": "bundled"},
-                self.name("gw-stateless"): {"database_mode": "none"}}
+        modes = {"gw-db": "bundled", "gw-stateless": "none"}
+        data = {"*": common, **{self.name(h): {"database_mode": modes[h]} for h in self.standard_hosts if h in modes}}
         for name, extra in self.overrides.items():
             data.setdefault(self.name(name), {}).update(extra)
         self.inventory.write_text(self.bed.inventory_text(data, names=self.hosts))
@@ -168,9 +174,11 @@ def bed():
     return Testbed(images=IMAGES)
 
 
-def make_deployment(bed, tmp_path_factory, prefix: str = "") -> Deployment:
-    """Fresh hosts for one suite; tear them down with deployment.down()."""
-    deployment = Deployment(bed, tmp_path_factory.mktemp(f"e2e-{prefix or 'main'}"), prefix)
+def make_deployment(bed, tmp_path_factory, prefix: str = "",
+                    hosts: tuple[str, ...] = tuple(ALL_HOSTS)) -> Deployment:
+    """Fresh hosts for one suite (`hosts`: which of the standard ones, all by default); tear them
+    down with deployment.down()."""
+    deployment = Deployment(bed, tmp_path_factory.mktemp(f"e2e-{prefix or 'main'}"), prefix, hosts)
     deployment.up()
     return deployment
 

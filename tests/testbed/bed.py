@@ -574,19 +574,22 @@ class Testbed:
         """A pyinfra inventory (Python) for the current hosts (only `names` when given).
 
         extra_data: {"host name": {...}, "*": {...}} merged into each host's data ("*" = every host).
-        Only the two group lists are module-level lists (pyinfra turns every list into a group).
+        Gateways are the one group, `litellm_hosts` (pyinfra turns every module-level list into a
+        group). Ollama stand-ins are not inventory hosts, as a user's Ollama nodes are not: every
+        gateway gets them as data, ollama_nodes = {name: {"url": ...}}, so pyinfra never logs into them.
         """
         extra_data = extra_data or {}
-        groups = {"litellm_hosts": [], "ollama_nodes": []}
-        upstreams = []
-        for h in self.hosts():
-            if names is not None and h["name"] not in names:
-                continue
+        gateways, upstreams = [], []
+        hosts = [h for h in self.hosts() if names is None or h["name"] in names]
+        nodes = {h["name"]: {"url": h["api_base"]} for h in hosts if h["role"] == "ollama"}
+        for h in hosts:
             if h["role"] == "upstream":
                 upstreams.append(h)
                 continue
             if not h["address"]:
                 raise TestbedError(f"{h['name']} is not running; `up` it again")
+            if h["role"] == "ollama":
+                continue
             data = {
                 "ssh_hostname": h["address"],
                 "ssh_user": h["ssh_user"],
@@ -594,27 +597,26 @@ class Testbed:
                 "ssh_known_hosts_file": "/dev/null",
                 "ssh_strict_host_key_checking": "off",
             }
-            if h["role"] == "ollama":
-                data["ollama_url"] = h["api_base"]
+            if nodes:
+                data["ollama_nodes"] = nodes
             data.update(extra_data.get("*", {}))
             data.update(extra_data.get(h["name"], {}))
-            groups["litellm_hosts" if h["role"] == "host" else "ollama_nodes"].append((h["name"], data))
+            gateways.append((h["name"], data))
         lines = [
             "# pyinfra inventory written by `python -m tests.testbed inventory` for the test bed's hosts.",
             "# Regenerate it after every `up` (addresses change). Run: pyinfra THIS_FILE deploy.py",
         ]
         for u in upstreams:
             lines.append(f"# upstream LiteLLM {u['name']}: api_base {u['api_base']}, key in {u['api_key_file']}")
-        lines.append("")
-        for group, entries in groups.items():
-            lines.append(f"{group} = [")
-            for name, data in entries:
-                lines.append(f"    ({name!r}, {{")
-                for k, v in data.items():
-                    lines.append(f"        {k!r}: {v!r},")
-                lines.append("    }),")
-            lines.append("]")
-            lines.append("")
+        for name, node in nodes.items():
+            lines.append(f"# Ollama stand-in {name}: {node['url']}, a node in each gateway's ollama_nodes (no SSH)")
+        lines += ["", "litellm_hosts = ["]
+        for name, data in gateways:
+            lines.append(f"    ({name!r}, {{")
+            for k, v in data.items():
+                lines.append(f"        {k!r}: {v!r},")
+            lines.append("    }),")
+        lines += ["]", ""]
         return "\n".join(lines)
 
     def write_inventory(self, path: str | os.PathLike | None = None, extra_data: dict[str, dict] | None = None,

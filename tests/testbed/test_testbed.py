@@ -137,13 +137,15 @@ def test_bed_end_to_end(bed, tmp_path):
         _post(up["api_base"] + "/v1/chat/completions", body, {"Authorization": "Bearer sk-wrong"})
     assert e.value.code in (400, 401)
 
-    # The inventory: exactly the two groups, our hosts with their addresses.
+    # The inventory: exactly one group, the gateways with their addresses; the Ollama stand-in is
+    # their data (ollama_nodes), not a host pyinfra would log into.
     path = bed.write_inventory(tmp_path / "inventory.py", extra_data={"tbt-gw": {"role_note": "gw"}})
     ns = {k: v for k, v in runpy.run_path(str(path)).items() if not k.startswith("__")}
-    assert sorted(k for k, v in ns.items() if isinstance(v, (list, tuple))) == ["litellm_hosts", "ollama_nodes"]
+    assert sorted(k for k, v in ns.items() if isinstance(v, (list, tuple))) == ["litellm_hosts"]
     gw = dict(ns["litellm_hosts"])["tbt-gw"]
     assert gw["ssh_hostname"] == hosts["tbt-gw"]["address"] and gw["role_note"] == "gw"
     assert gw["ssh_user"] == "root" and gw["ssh_key"] == str(bed.key_path)
+    assert gw["ollama_nodes"] == {"tbt-ollama": {"url": ollama["api_base"]}}
 
     # A reboot: systemd and sshd come back.
     bed.restart("tbt-gw")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tasks.secrets import secrets_path
-from tasks.settings import GATEWAYS, OLLAMA_NODES, HostInput, Settings, build_all
+from tasks.settings import GATEWAYS, HostInput, Settings, build_all
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,7 +65,6 @@ def all_settings(pytestconfig) -> dict[str, tuple[dict, Settings]]:
     gateways = inventory.get_group(GATEWAYS, default=[])
     settings = build_all(
         [HostInput(h.name, h.data.get) for h in gateways],
-        [HostInput(h.name, h.data.get) for h in inventory.get_group(OLLAMA_NODES, default=[])],
         secrets_path(gateways[0].data.get("secrets_file") if gateways else None),
         read_from_hosts=lambda names: {},
         complete=False,

@@ -11,7 +11,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "ghcr.io/berriai/litellm-database:main-v1.108.7"
 UPSTREAM_KEY = "sk-upstream-" + "u" * 40
-OLLAMA_NODES = {"smarthome": {"ssh_hostname": "192.0.2.20"}}
+OLLAMA_NODES = {"smarthome": {"address": "192.0.2.20"}}
 
 
 def group_data(name: str) -> dict:
@@ -47,11 +47,10 @@ def build(secrets_file):
     """build(**host_data) -> Settings of one gateway 'gw1' (shipped defaults underneath)."""
 
     def _build(hosts=None, read_from_hosts=lambda names: {}, **overrides):
-        base = {**group_data("all"), "models": example_models()}
+        base = {**group_data("all"), "models": example_models(), "ollama_nodes": OLLAMA_NODES}
         gateways = hosts or {"gw1": overrides}
         inputs = [HostInput(name, lookup({**base, **data})) for name, data in gateways.items()]
-        nodes = [HostInput(n, lookup(d)) for n, d in OLLAMA_NODES.items()]
-        result = build_all(inputs, nodes, secrets_file, read_from_hosts)
+        result = build_all(inputs, secrets_file, read_from_hosts)
         return result if hosts else result["gw1"]
 
     return _build
