@@ -6,7 +6,7 @@ from pyinfra.api import deploy
 
 from tasks import backup, database, docker, migrations, stack, upgrade, verify
 from tasks.settings import Settings
-from tasks.stages import stage
+from tasks.stages import Stage, stage
 
 
 @deploy("LiteLLM gateway")
@@ -14,6 +14,7 @@ def deploy_gateway(settings: Settings) -> None:
     changes = stack.Changes()
     # Docker Engine + Compose v2, running and enabled.
     docker.install_docker(settings)
+    # Root only (0700) before anything goes into it: image archives, then .env.
     stack.install_directory(settings)
     # Pinned images pulled, or uploaded as archives and loaded (air-gapped hosts), and checked, before
     # anything is stopped, backed up or written: a mistyped tag fails the host with the gateway untouched.
@@ -25,6 +26,7 @@ def deploy_gateway(settings: Settings) -> None:
         stage("writing the files", stack.write_files, settings, changes),
         # Postgres healthy (bundled mode).
         stage("starting the database", stack.start_database, settings, changes),
+        # Database modes: migrations, bootstrap, scheduled backups (below).
         *database_stages(settings),
         # The proxy, recreated only when its files or image changed.
         stage("starting the proxy", stack.start_proxy, settings, changes),
@@ -36,7 +38,7 @@ def deploy_gateway(settings: Settings) -> None:
                                     image=settings.litellm_image)
 
 
-def database_stages(settings: Settings) -> list:
+def database_stages(settings: Settings) -> list[Stage]:
     if not settings.has_database:
         return []
     return [
