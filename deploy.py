@@ -1,7 +1,7 @@
 """Runbook for a LiteLLM gateway: `pyinfra inventory deploy.py`.
 
 Every gateway in the inventory is validated first (all problems at once, nothing touched on bad
-input); then, on each gateway, in order: Docker, files, images, database, proxy, verification.
+input); then, on each gateway, in order: Docker, images, files, database, proxy, verification.
 """
 
 from pyinfra import host, state

@@ -44,15 +44,19 @@ def staging_dir(settings: Settings) -> str:
     return f"{settings.install_dir}/.staging"
 
 
-@deploy("Compose project files")
-def write_files(settings: Settings, changes: Changes) -> None:
-    files.directory(
+def install_directory(settings: Settings):
+    """The project's directory, root only, before anything goes into it (image archives, files)."""
+    return files.directory(
         name=f"Install directory {settings.install_dir} (root only)",
         path=settings.install_dir,
         user="root",
         group="root",
         mode="700",
     )
+
+
+@deploy("Compose project files")
+def write_files(settings: Settings, changes: Changes) -> None:
     rendered = render_files(settings)
     written = {
         name: private_file(
@@ -67,47 +71,65 @@ def write_files(settings: Settings, changes: Changes) -> None:
     changes.compose_file, changes.config_file, changes.env_file = (written[n] for n in FILE_MODES)
 
 
-def required_images(settings: Settings) -> list[str]:
-    images = [settings.litellm_image]
+def required_images(settings: Settings) -> dict[str, str]:
+    """{setting: image} of the images the project runs, so an error can name the setting to fix."""
+    images = {"litellm_image": settings.litellm_image}
     if settings.database_mode in ("bundled", "external"):
         # external mode runs psql from the Postgres image as a one-shot container.
-        images.append(settings.postgres_image)
+        images["postgres_image"] = settings.postgres_image
     return images
 
 
+# Said by every image failure: it happens before anything of a running gateway is touched.
+UNTOUCHED = "the running gateway was not touched"
+
+
+def image_check(image: str, field: str, problem: str, fix: str) -> str:
+    """The command that fails the host, naming the image, its setting and the fix, unless the image is
+    on the host now (after a pull or a load): nothing later may meet a missing image halfway."""
+    message = f"{problem} {image} ({field}): {fix}; {UNTOUCHED}"
+    return (f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(image)} >/dev/null 2>&1 || "
+            f"{{ echo {shlex.quote(message)} >&2; exit 1; }}")
+
+
+PULL_FIX = "check the tag, and that this host reaches the registry (its error is above)"
+ARCHIVE_FIX = "check the tag, or add the archive holding it to image_archives"
+
+
 @operation()
-def image_present(image: str):
-    """Pull a pinned image only when it is not on the host yet."""
+def image_present(image: str, field: str):
+    """Pull a pinned image only when it is not on the host yet; a failed pull fails the host naming it."""
     if host.get_fact(compose.ImageId, image=image):
         host.noop(f"{image} is present")
         return
-    yield f"docker pull --quiet {shlex.quote(image)}"
+    # One command: a failed pull's own error and the check's message that names the setting fail it together.
+    yield f"docker pull --quiet {shlex.quote(image)}; {image_check(image, field, 'could not pull', PULL_FIX)}"
 
 
 @operation()
-def archives_loaded(uploads: dict[str, OperationMeta], images: list[str]):
+def archives_loaded(uploads: dict[str, OperationMeta], images: dict[str, str]):
     """`docker load` the uploaded archives that are new, or all of them when an image is missing;
     then insist every image the project needs is there."""
-    missing = [image for image in images if not host.get_fact(compose.ImageId, image=image)]
+    missing = {field: image for field, image in images.items() if not host.get_fact(compose.ImageId, image=image)}
     to_load = list(uploads) if missing else [path for path, meta in uploads.items() if compose.changed([meta])]
     if not to_load:
         host.noop(f"{len(images)} image(s) loaded from {len(uploads)} archive(s)")
         return
     for remote_archive in to_load:
         yield f"docker load --input {shlex.quote(remote_archive)}"
-    for image in missing:
+    for field, image in missing.items():
         # Fail here, naming the image, rather than later with a confusing compose error.
-        yield (
-            f"docker image inspect {shlex.quote(image)} >/dev/null 2>&1 || "
-            f"{{ echo 'none of the image archives contains {image}' >&2; exit 1; }}"
-        )
+        yield image_check(image, field, "none of the image archives contains", ARCHIVE_FIX)
 
 
 @deploy("Container images")
 def get_images(settings: Settings, changes: Changes) -> None:
+    """The images on the host and checked, before any file of the project is written: on an upgrade a
+    mistyped tag or an unreachable registry must fail the host while the old image still serves."""
     images = required_images(settings)
     if settings.image_source == "pull":
-        changes.images = [image_present(name=f"Image {image}", image=image) for image in images]
+        changes.images = [image_present(name=f"Image {image}", image=image, field=field)
+                          for field, image in images.items()]
         return
     archive_dir = f"{settings.install_dir}/images"
     files.directory(name=f"Image archive directory {archive_dir}", path=archive_dir, mode="700")

@@ -8,12 +8,16 @@ than `litellm_image`. Which one comes from the host, read when the run is planne
      or never verified);
   neither: a first deploy, no upgrade.
 
-On an upgrade, in deploy order (tasks.deploy_gateway):
+On an upgrade, in deploy order (tasks.deploy_gateway, then run_stages here):
+  image     pulled or loaded and checked before anything else (tasks.stack.get_images): a mistyped
+            tag or an unreachable registry fails the host with the proxy still serving on the
+            previous image, its files unchanged and no backup taken
   backup    database modes: pg_dump before the new files are written, into backup_dir as
             litellm-<UTC stamp>-before-upgrade.dump (out of the scheduled retention); a failed
             backup stops the host before anything changed
-  attempt   migrations with the new image, bootstrap, proxy, verification run with their errors
-            held (_ignore_errors): a failure skips the rest of the attempt and starts the rollback
+  attempt   the runbook's stages (files, database, migrations, bootstrap, proxy, verification) run
+            with their errors held (_ignore_errors): a failure skips the rest of the attempt and
+            starts the rollback. The stages know nothing of this: run_stages wraps the list.
   rollback  the files for the previous image; bundled: the proxy stopped, the database replaced by
             the backup (the whole schema, so the new image's migrations are undone too), migrations
             and bootstrap for the previous image; the proxy on the previous image; verification
@@ -39,6 +43,7 @@ from tasks import backup, restore, stack, verify
 from tasks.compose import PROXY_SERVICE, ImageId, compose_cmd
 from tasks.outcome import failed, last_error
 from tasks.settings import Settings
+from tasks.stages import Stage, run_plainly
 
 STATE_DIR = ".state"
 VERIFIED_MARKER = "verified-image"
@@ -105,9 +110,9 @@ class Upgrade:
     def rolling_back(self) -> bool:
         return self.failure() is not None
 
-    def held(self, label: str, meta: OperationMeta | None) -> OperationMeta | None:
-        self.attempt.append((label, meta))
-        return meta
+    def attempted(self, label: str, operations: list[OperationMeta]) -> None:
+        """A stage of the attempt, its operations as pyinfra added them."""
+        self.attempt += [(label, meta) for meta in operations]
 
 
 def upgrade_for(settings: Settings) -> Upgrade | None:
@@ -125,10 +130,25 @@ def upgrade_for(settings: Settings) -> Upgrade | None:
     return upgrade
 
 
-def attempt_args(upgrade: Upgrade | None) -> dict:
-    """Global arguments for the attempt's operations: errors held and the rest skipped after the
-    first failure on an upgrade; nothing special otherwise (a failure stops the host as usual)."""
-    return {"_ignore_errors": True, "_if": [upgrade.going]} if upgrade else {}
+def run_stages(settings: Settings, stages: list[Stage]) -> None:
+    """The runbook's stages: plainly on a first deploy or a re-run (the first failure stops the
+    host); on an upgrade as its attempt, between the backup and the rollback-or-report."""
+    upgrading = upgrade_for(settings)
+    if upgrading is None:
+        run_plainly(stages)
+        return
+    backed_up(settings, upgrading)
+    for stage in stages:
+        upgrading.attempted(stage.label, stage(**attempt_args(upgrading)))
+    # Only after a failure: the previous image, data from before it, verified; then the host fails.
+    rolled_back(settings, upgrading, _if=[upgrading.rolling_back])
+    upgrade_reported(name=f"Upgrade to {settings.litellm_image}", upgrade=upgrading)
+
+
+def attempt_args(upgrade: Upgrade) -> dict:
+    """Global arguments for the attempt's operations: errors held, and the rest skipped after the
+    first failure (which starts the rollback)."""
+    return {"_ignore_errors": True, "_if": [upgrade.going]}
 
 
 def backed_up(settings: Settings, upgrade: Upgrade) -> None:

@@ -172,3 +172,41 @@ def test_6_redeploy_on_the_previous_tag_reports_no_change(deployment, attempt):
     assert again.returncode == 0, again.output[-4000:]
     for host in GATEWAYS:
         assert deployment.changed(again, host) == [], (host, again.output[-4000:])
+
+
+PROJECT_FILES = ("/opt/litellm/.env", "/opt/litellm/docker-compose.yml", "/opt/litellm/litellm-config.yaml")
+
+
+def containers(deployment, host: str) -> dict[str, str]:
+    """service -> "container id, start time, image" of the project's containers."""
+    out = deployment.ssh(host, "cd /opt/litellm && for s in $(docker compose ps -a --services); do echo \"$s "
+                               "$(docker inspect --format '{{.Id}} {{.State.StartedAt}} {{.Config.Image}}' "
+                               "$(docker compose ps -aq \"$s\"))\"; done")
+    return dict(line.split(" ", 1) for line in out.strip().splitlines())
+
+
+def untouched_state(deployment, host: str) -> dict:
+    return {"containers": containers(deployment, host),
+            "files": deployment.ssh(host, "sha256sum " + " ".join(PROJECT_FILES)),
+            "before-upgrade backups": deployment.ssh(host, "ls /opt/litellm/backups | grep -- -before-upgrade || true"),
+            "verified": deployment.ssh(host, "cat /opt/litellm/.state/verified-image")}
+
+
+def test_7_a_tag_that_does_not_exist_fails_the_host_and_changes_nothing(deployment, prepared):
+    """Issue 15, defect 3: a mistyped tag (the bed has no registry: a pull fails; with archives, none
+    holds it) fails the host naming the image, before the proxy is stopped, a backup taken or a file
+    written; the proxy goes on serving on the previous image, never restarted."""
+    _, old, _ = prepared
+    bad = old + "-no-such-release"
+    before = untouched_state(deployment, "gw-db")
+    assert before["containers"]["litellm"].endswith(" " + old), before
+    run = deploy_with(deployment, ["gw-db"], limit="gw-db", litellm_image=bad)
+    assert run.returncode != 0, run.output[-4000:]
+    assert f"{bad} (litellm_image)" in run.output and "the running gateway was not touched" in run.output, \
+        run.output[-4000:]
+    assert "before the upgrade" not in run.output and f"upgrade to {bad} FAILED" not in run.output
+    # Getting images (archives loaded again in search of the tag) is the only change.
+    assert all("Container images" in op for op in deployment.changed(run, "gw-db")), deployment.changed(run, "gw-db")
+    assert untouched_state(deployment, "gw-db") == before
+    status, models = deployment.call("gw-db", "/v1/models")
+    assert status == 200 and {m["id"] for m in models["data"]} == {"chat-upstream", "chat-ollama"}

@@ -1,5 +1,6 @@
 """The upgrade's pieces that need no host: how the previous image is read, and when the rollback runs.
-The whole path (attempt, rollback, data identical) is proven on the test bed: tests/e2e/test_upgrade.py."""
+Its plan (order, held errors): tests/unit/test_deploy_plan.py. The whole path (attempt, rollback, data
+identical, a bad tag changing nothing) is proven on the test bed: tests/e2e/test_upgrade.py."""
 
 from tasks import upgrade
 
@@ -38,10 +39,9 @@ def test_previous_image_from_the_marker_or_the_container():
 
 def test_rollback_runs_after_the_first_failure_of_the_attempt_only():
     step = upgrade.Upgrade("gw1", "img:old", "img:new", "verified", "bundled")
-    assert upgrade.attempt_args(None) == {}
     assert upgrade.attempt_args(step) == {"_ignore_errors": True, "_if": [step.going]}
-    step.held("the database migration", Ran(True))
-    step.held("starting the proxy", NotRun())
+    step.attempted("the database migration", [Ran(True)])
+    step.attempted("starting the proxy", [Ran(True), NotRun()])
     assert step.going() and not step.rolling_back() and step.failure() is None
     step.attempt[-1] = ("starting the proxy", Ran(False, ("warn", "service litellm did not become healthy", "")))
     assert step.rolling_back()
