@@ -5,7 +5,9 @@ from pyinfra import host, state
 from tasks.context import settings_for
 from tasks.verify import verify_gateway
 
-settings = settings_for(state, host)
+# Read-only: the secrets file is never completed or written here (values a gateway holds are
+# used for this run only).
+settings = settings_for(state, host, complete=False)
 
 if settings is not None:
     verify_gateway(settings)

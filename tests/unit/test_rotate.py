@@ -327,6 +327,8 @@ litellm_hosts = [("@local", {{"install_dir": "{tmp_path / 'opt'}", "database_mod
                    "models": [{{"name": "m", "model": "ollama_chat/llama3", "ollama_node": "local"}}]}})]
 """)
     secrets = tmp_path / "secrets.env"
+    # A deployed gateway's secrets (a --dry run never records new ones: tasks/context.py).
+    S.append_secrets(secrets, {name: make() for name, make in S.GENERATED.items()}, {n: "test" for n in S.GENERATED})
     env = {**os.environ, "LITELLM_DEPLOY_SECRETS": str(secrets)}
     env.pop(R.STOP_ENV, None)
     result = subprocess.run([PYINFRA, str(inventory), "rotate.py", "--dry", "-y", "-vv"], cwd=ROOT, env=env,

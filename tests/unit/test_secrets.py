@@ -54,19 +54,12 @@ def test_provider_keys_are_never_generated(build, secrets_file):
 
 def test_missing_values_are_taken_from_the_host_before_generating(build, secrets_file):
     live = {"LITELLM_MASTER_KEY": "sk-live-" + "k" * 40, "LITELLM_SALT_KEY": "sk-salt-" + "s" * 40}
-    asked = []
-
-    def host_values(names):
-        asked.append(sorted(names))
-        return {n: v for n, v in live.items() if n in names}
-
-    settings = build(read_from_hosts=host_values)
-    assert asked == [sorted(GENERATED)]
+    settings = build(host_envs={"gw1": live})
     assert settings.secrets.master_key == live["LITELLM_MASTER_KEY"]
     assert settings.secrets["LITELLM_SALT_KEY"] == live["LITELLM_SALT_KEY"]
     # ...and written back, so the next run needs no host at all.
-    assert build(read_from_hosts=lambda names: {}).secrets.master_key == live["LITELLM_MASTER_KEY"]
-    assert "taken from a host's existing .env" in secrets_file.read_text()
+    assert build(host_envs={"gw1": {}}).secrets.master_key == live["LITELLM_MASTER_KEY"]
+    assert "# LITELLM_SALT_KEY: taken from gw1:/opt/litellm/.env" in secrets_file.read_text()
 
 
 def test_read_host_env_reads_back_what_the_deploy_wrote(build, tmp_path):
@@ -84,6 +77,10 @@ def test_read_host_env_reads_back_what_the_deploy_wrote(build, tmp_path):
     found = read_host_env(host, str(install_dir), ["LITELLM_MASTER_KEY", "UI_PASSWORD", "NOT_THERE"])
     assert found == {"LITELLM_MASTER_KEY": settings.secrets.master_key, "UI_PASSWORD": hostile}
     assert read_host_env(host, str(tmp_path / "missing"), ["LITELLM_MASTER_KEY"]) == {}
+    # A .env this user cannot read is "not read" (None), never "no .env" ({}).
+    (install_dir / ".env").unlink()
+    (install_dir / ".env").mkdir()  # cat fails on it, as on a file this user may not read
+    assert read_host_env(host, str(install_dir), ["LITELLM_MASTER_KEY"]) is None
 
 
 def test_written_values_read_back_with_python_dotenv(tmp_path):
