@@ -20,6 +20,9 @@ def deploy_gateway(settings: Settings) -> None:
     # From here to verification, an upgrade holds errors and rolls back instead of stopping.
     attempt = upgrade.attempt_args(upgrading)
     held = upgrading.held if upgrading else (lambda label, meta: meta)
+    # 3a. A POSTGRES_PASSWORD changed in the secrets file set on the existing role first, while the
+    # host's .env still holds the old one (the image applies it only to a new database).
+    database.role_password_for(settings)
     # 3. docker-compose.yml, litellm-config.yaml and .env (0600).
     stack.write_files(settings, changes)
     # 4. Pinned images: pulled, or uploaded as archives and loaded (air-gapped hosts).

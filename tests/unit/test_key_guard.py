@@ -185,3 +185,20 @@ def test_cli_host_with_another_salt_key_is_refused_before_any_operation(tmp_path
     for step in ("Install Docker", "Write .env"):
         assert step not in output
     assert secrets_file.read_bytes() == before
+
+
+def test_cli_changed_postgres_password_goes_to_the_role_before_the_env_changes(tmp_path, secrets_file):
+    """The deploy's plan: ALTER ROLE (tasks/database.role_password, proven against PostgreSQL in
+    tests/integration/test_role_password.py) comes before the new .env is written."""
+    ours = full_secrets(secrets_file, UPSTREAM_LITELLM_API_KEY=UPSTREAM_KEY)
+    install_dir = tmp_path / "opt"
+    install_dir.mkdir()
+    host_env = {**ours, "POSTGRES_PASSWORD": "the-previous-password"}
+    (install_dir / ".env").write_text("".join(S.dotenv_line(n, v) for n, v in host_env.items()))
+    # -y --debug-operations: the plan, in order, without gathering facts (this machine has no systemd).
+    result, output = run_cli(tmp_path, f'[("@local", {{**COMMON, "install_dir": "{install_dir}"}})]',
+                             "-y", "--debug-operations")
+    assert result.returncode == 0, output
+    order = output[output.rindex("Install Docker"):]
+    assert order.index("Database role litellm: POSTGRES_PASSWORD from the secrets file") < order.index("Write .env")
+    assert "the-previous-password" not in output and ours["POSTGRES_PASSWORD"] not in output
