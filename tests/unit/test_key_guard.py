@@ -129,7 +129,8 @@ def run_cli(tmp_path, gateways: str, *args: str, script: str = "deploy.py"):
                          "'models': [{'name': 'm', 'model': 'ollama_chat/llama3', 'ollama_node': 'local'}]}\n"
                          f"litellm_hosts = {gateways}\n")
     env = {**os.environ, "LITELLM_DEPLOY_SECRETS": str(tmp_path / "secrets.env")}
-    result = subprocess.run([PYINFRA, str(inventory), script, "--dry", *args], cwd=ROOT, env=env,
+    # --dry -y: plan without gathering facts (this machine is no gateway: no systemd).
+    result = subprocess.run([PYINFRA, str(inventory), script, "--dry", "-y", *args], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=180)
     return result, result.stdout + result.stderr
 
@@ -195,9 +196,8 @@ def test_cli_changed_postgres_password_goes_to_the_role_before_the_env_changes(t
     install_dir.mkdir()
     host_env = {**ours, "POSTGRES_PASSWORD": "the-previous-password"}
     (install_dir / ".env").write_text("".join(S.dotenv_line(n, v) for n, v in host_env.items()))
-    # -y --debug-operations: the plan, in order, without gathering facts (this machine has no systemd).
     result, output = run_cli(tmp_path, f'[("@local", {{**COMMON, "install_dir": "{install_dir}"}})]',
-                             "-y", "--debug-operations")
+                             "--debug-operations")
     assert result.returncode == 0, output
     order = output[output.rindex("Install Docker"):]
     assert order.index("Database role litellm: POSTGRES_PASSWORD from the secrets file") < order.index("Write .env")
