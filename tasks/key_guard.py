@@ -79,7 +79,7 @@ def complete(
         elif held:
             host, value = next(iter(held.items()))
             completion.additions[name] = value
-            completion.origin[name] = f"taken from {host}:{env_path(install_dirs.get(host, '/opt/litellm'))}"
+            completion.origin[name] = f"taken from {host}:{env_path(install_dirs[host])}"
         elif unread:
             where = " or ".join(f"{host}:{env_path(install_dirs[host])}" for host in unread)
             hosts = ", ".join(unread)
@@ -113,7 +113,7 @@ def mismatch_problems(values: Mapping[str, str], host_envs: HostEnvs, install_di
                 continue
             if name == S.MASTER_KEY and rotating:
                 continue  # a rotation moves it on purpose; rotate.py checks each gateway's key itself
-            path = f"{host}:{env_path(install_dirs.get(host, '/opt/litellm'))}"
+            path = f"{host}:{env_path(install_dirs[host])}"
             why = ("it encrypts the credentials stored in the database; a new one makes them unreadable"
                    if name == S.SALT_KEY else "every client and the admin UI use it; change it only with rotate.py")
             problems.append(

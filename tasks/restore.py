@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyinfra import host
+from pyinfra import host, state
 from pyinfra.api import FileUploadCommand, deploy, operation
 from pyinfra.api.exceptions import PyinfraError
 
@@ -80,8 +80,6 @@ def controller_check(path: Path) -> tuple[list[str], str]:
 
 def gateways_in_run() -> list[str]:
     """The gateways this pyinfra run targets (all of them without --limit)."""
-    from pyinfra import state
-
     return [h.name for h in state.inventory.get_group(GATEWAYS, default=[]) if state.is_host_in_limit(h)]
 
 
