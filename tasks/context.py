@@ -8,6 +8,7 @@ from pathlib import Path
 from gevent.lock import RLock
 from pyinfra import logger
 from pyinfra.api import Host, State
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.state import BaseStateCallback
 
 from tasks import key_guard
@@ -31,11 +32,14 @@ def read_host_env(host: Host, install_dir: str, names: list[str]) -> dict[str, s
     """
     directory = shlex.quote(install_dir.rstrip("/") or "/")
     env = shlex.quote(f"{install_dir.rstrip('/')}/.env")
+    # The host's own privilege settings (_sudo in its data, --sudo, a sudo password), as a fact gets them.
+    arguments, _ = pop_global_arguments(host.state, host, {})
+    escalation = {key: value for key, value in arguments.items() if key in CONNECTOR_ARGUMENT_KEYS}
     ok, output = host.run_shell_command(
         f"if [ -x {directory} ] || [ ! -e {directory} ]; then [ ! -e {env} ] || cat {env}; else exit 1; fi",
         print_output=False,
         print_input=False,
-        _sudo=bool(host.data.get("_sudo", False)),
+        **escalation,
     )
     if not ok:
         return None

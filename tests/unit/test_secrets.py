@@ -102,3 +102,21 @@ def test_no_published_credential_anywhere_in_the_repository():
             if any(S.is_published(word) for word in set(text.split())):
                 offenders.append(name)
     assert offenders == []
+
+
+def test_read_host_env_escalates_as_the_host_is_configured(tmp_path):
+    """`--sudo` (config) or `_sudo` in host data: the .env (root-only) is read with sudo, as facts are.
+    This machine has no sudo: the connector's arguments are checked, not run."""
+    state = State(Inventory((["@local"], {})), Config(SUDO=True, SUDO_PASSWORD="not-used"))
+    connect_all(state)
+    host = state.inventory.get_host("@local")
+    seen = {}
+
+    def run_shell_command(command, **arguments):
+        seen.update(arguments)
+        return False, None
+
+    host.connector.run_shell_command = run_shell_command
+    assert read_host_env(host, str(tmp_path), ["LITELLM_MASTER_KEY"]) is None
+    assert seen["_sudo"] is True and seen["_sudo_password"] == "not-used"
+    assert seen["print_output"] is False and seen["print_input"] is False
