@@ -25,6 +25,8 @@ HOST = "gw-db"
 @pytest.fixture(scope="module")
 def deployment(bed, tmp_path_factory):
     deployment = make_deployment(bed, tmp_path_factory, prefix="key-")
+    # The DB-backed proxy starts slowly when several suites share the machine's cores.
+    deployment.overrides[HOST] = {"start_timeout": 600}
     yield deployment
     deployment.down()
 
