@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from gevent.lock import RLock
-from pyinfra.api import Host, State
+import shlex
+from pathlib import Path
 
+from gevent.lock import RLock
+from pyinfra import logger
+from pyinfra.api import Host, State
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
+from pyinfra.api.state import BaseStateCallback
+
+from tasks import key_guard
 from tasks import secrets as S
 from tasks.filters import dotenv_unquote
+from tasks.key_guard import Completion, HostEnvs
 from tasks.rotation.pending import rotation_guard
-from tasks.settings import GATEWAYS, OLLAMA_NODES, HostInput, Settings, build_all, refuse_node_group
+from tasks.settings import (GATEWAYS, OLLAMA_NODES, HostInput, Settings, build_all, needed_secrets, read_host_data,
+                            refuse_node_group)
 
 _built: dict[int, dict[str, Settings]] = {}
 # pyinfra prepares hosts in concurrent greenlets; reading a host's .env over SSH yields to the
@@ -16,21 +25,27 @@ _built: dict[int, dict[str, Settings]] = {}
 _building = RLock()
 
 
-def read_host_env(host: Host, install_dir: str, names: list[str]) -> dict[str, str]:
-    """The named values from a host's existing .env (the one this package wrote).
+def read_host_env(host: Host, install_dir: str, names: list[str]) -> dict[str, str] | None:
+    """The named values from a host's existing .env (the one this package wrote): {} when the host
+    has none, None when it cannot be read (a directory this user may not enter, a failed command).
 
     Run straight through the connector with output printing off: a pyinfra fact would echo the
     file's lines at -vvv, and these are live secrets.
     """
+    directory = shlex.quote(install_dir.rstrip("/") or "/")
+    env = shlex.quote(f"{install_dir.rstrip('/')}/.env")
+    # The host's own privilege settings (_sudo in its data, --sudo, a sudo password), as a fact gets them.
+    arguments, _ = pop_global_arguments(host.state, host, {})
+    escalation = {key: value for key, value in arguments.items() if key in CONNECTOR_ARGUMENT_KEYS}
     ok, output = host.run_shell_command(
-        f"cat {install_dir}/.env 2>/dev/null || true",
+        f"if [ -x {directory} ] || [ ! -e {directory} ]; then [ ! -e {env} ] || cat {env}; else exit 1; fi",
         print_output=False,
         print_input=False,
-        _sudo=bool(host.data.get("_sudo", False)),
+        **escalation,
     )
-    found: dict[str, str] = {}
     if not ok:
-        return found
+        return None
+    found: dict[str, str] = {}
     for line in output.stdout_lines:
         name, sep, value = line.partition("=")
         if sep and name in names and value:
@@ -42,45 +57,88 @@ def _hosts(state: State, group: str) -> list[Host]:
     return list(state.inventory.get_group(group, default=[]))
 
 
-def all_settings(state: State) -> dict[str, Settings]:
+def _install_dir(gateway: Host) -> str:
+    return str(read_host_data(gateway.data.get)["install_dir"])
+
+
+def gateway_envs(gateways: list[Host], secrets_file: Path) -> HostEnvs:
+    """The generated secrets in every connected gateway's .env (key_guard compares them with the
+    secrets file). When the file lacks one that some gateway needs, the gateways not connected
+    (--limit left them out) are connected too, only to read their .env: one may hold the live value.
+    A gateway that cannot be read is left out, and tasks.key_guard refuses to generate in its place."""
+    present = S.read_secrets(secrets_file)
+    wanted = {name for g in gateways for name in needed_secrets(read_host_data(g.data.get)["database_mode"])}
+    missing = sorted(name for name in wanted if name in S.GENERATED and not present.get(name))
+    names = sorted({*S.GENERATED, *key_guard.GUARDED})
+    envs: dict[str, dict[str, str] | None] = {}
+    for gateway in gateways:
+        opened = False
+        if missing and not gateway.connected:
+            gateway.connect(reason=f"only to read its .env: the secrets file lacks {', '.join(missing)}")
+            opened = gateway.connected
+        if gateway.connected:
+            envs[gateway.name] = read_host_env(gateway, _install_dir(gateway), names)
+        if opened:
+            gateway.disconnect()
+    return envs
+
+
+class _RecordWhenOperationsStart(BaseStateCallback):
+    """Writes the secrets file's new entries when the first operation starts on any host: never
+    under --dry, nor when the user answers no to pyinfra's prompt, and always before any value
+    reaches a host."""
+
+    def __init__(self, secrets_file: Path, completion: Completion):
+        self.secrets_file = secrets_file
+        self.completion = completion
+        self.done = False
+
+    def operation_host_start(self, state: State, host: Host, op_hash) -> None:
+        with _building:
+            if not self.done:
+                S.append_secrets(self.secrets_file, self.completion.additions, self.completion.origin)
+                self.done = True
+
+
+def all_settings(state: State, complete: bool = True) -> dict[str, Settings]:
     with _building:
-        return _all_settings(state)
+        return _all_settings(state, complete)
 
 
-def _all_settings(state: State) -> dict[str, Settings]:
-    key = id(state)
+def _all_settings(state: State, complete: bool) -> dict[str, Settings]:
+    key = (id(state), complete)
     if key not in _built:
         gateways = _hosts(state, GATEWAYS)
-
-        def read_from_hosts(names: list[str]) -> dict[str, str]:
-            found: dict[str, str] = {}
-            for gateway in gateways:
-                if gateway.connected:
-                    install_dir = gateway.data.get("install_dir", "/opt/litellm")
-                    for name, value in read_host_env(gateway, install_dir, names).items():
-                        found.setdefault(name, value)
-            return found
-
         configured = gateways[0].data.get("secrets_file") if gateways else None
         # group_data/ollama_nodes.py refuses the old node group before pyinfra connects; this is for
         # runs that load no group data.
         refuse_node_group([HostInput(h.name, h.data.get) for h in _hosts(state, OLLAMA_NODES)])
+        secrets_file = S.secrets_path(configured)
+
+        def record(path: Path, completion: Completion) -> None:
+            logger.warning(f"--> Secrets file {path}: {completion.describe()}; written there when the "
+                           "operations start (not with --dry)")
+            state.add_callback_handler(_RecordWhenOperationsStart(path, completion))
+
         _built[key] = build_all(
             [HostInput(h.name, h.data.get) for h in gateways],
-            S.secrets_path(configured),
-            read_from_hosts,
+            secrets_file,
+            gateway_envs(gateways, secrets_file),
+            complete=complete,
+            record=record,
         )
     return _built[key]
 
 
-def settings_for(state: State, host: Host) -> Settings | None:
-    """This host's Settings, or None when it is not a gateway."""
-    return all_settings(state).get(host.name)
+def settings_for(state: State, host: Host, complete: bool = True) -> Settings | None:
+    """This host's Settings, or None when it is not a gateway.
+    complete=False for runbooks that only read (verify.py): nothing generated, nothing written."""
+    return all_settings(state, complete).get(host.name)
 
 
-def runbook_settings(state: State, host: Host, runbook: str) -> Settings | None:
+def runbook_settings(state: State, host: Host, runbook: str, complete: bool = True) -> Settings | None:
     """settings_for, as every runbook starts: the whole inventory validated, then the rotation guard
     (tasks.rotation.pending.DURING_ROTATION says what `runbook` does while a rotation is pending)."""
-    settings = settings_for(state, host)
+    settings = settings_for(state, host, complete)
     rotation_guard(state, runbook)
     return settings

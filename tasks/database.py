@@ -10,15 +10,20 @@ stores as the token) and its abbreviated display name, neither of which can auth
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
+import os
 import re
+import shlex
 from io import StringIO
 from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import FactBase, QuoteString, StringCommand, operation
+from pyinfra.api import FactBase, HiddenValue, QuoteString, StringCommand, operation
 
 from tasks.compose import DB_SERVICE
+from tasks.filters import dotenv_quote
 
 BOOTSTRAP_SQL = Path(__file__).resolve().parent.parent / "templates" / "bootstrap.sql"
 MASTER_KEY_ALIAS = "master-key"
@@ -344,3 +349,124 @@ def bootstrap_for_key(settings, key: str, name: str = "LiteLLM admin user and ma
 def bootstrap_current_key(settings, **op_args) -> object:
     """The bootstrap for the gateway's current master key (deploy, restore, an upgrade's rollback)."""
     return bootstrap_for_key(settings, settings.secrets.master_key, **op_args)
+
+
+# --- a changed POSTGRES_PASSWORD reaches the existing role ---------------------------------------
+#
+# The official Postgres image applies POSTGRES_PASSWORD only when it initialises an empty data
+# directory. A new value in the secrets file would reach the proxy's DATABASE_URL but not the role,
+# and the proxy could no longer log in. So the role gets it first, while the .env on the host still
+# holds the old value (write_files comes after): a failure here changes nothing, and a re-run finds
+# the old .env line again and retries.
+
+POSTGRES_PASSWORD = "POSTGRES_PASSWORD"
+ROLE_PASSWORD_SQL = "ALTER ROLE :\"role\" PASSWORD :'password';\n"
+SCRAM_ITERATIONS = 4096  # PostgreSQL's default scram_iterations
+
+
+def scram_sha256(password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
+    """PostgreSQL's SCRAM-SHA-256 verifier of `password` (RFC 5802/7677, as pg_authid stores it).
+
+    ALTER ROLE stores a verifier as given, so the server never sees the password itself: not in a
+    statement log, an error's STATEMENT line, nor pg_stat_activity. Only for printable ASCII, where
+    SASLprep changes nothing (see role_password_input)."""
+    salt = salt if salt is not None else os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def role_password_input(role: str, password: str) -> str:
+    """psql's stdin for ALTER ROLE: the verifier (or, for a password SASLprep might rewrite, the
+    password itself, hashed by the server) as a psql variable, never in a command line."""
+    plain_ascii = password.isascii() and password.isprintable()
+    value = scram_sha256(password) if plain_ascii else password
+    return PRELUDE + psql_variables({"role": role, "password": value}) + ROLE_PASSWORD_SQL
+
+
+def env_line_hash(name: str, value: str) -> str:
+    """sha256 of the line templates/env.j2 writes for name=value (what EnvLineHash reports)."""
+    return hashlib.sha256(f"{name}={dotenv_quote(value)}".encode()).hexdigest()
+
+
+class EnvLineHash(FactBase):
+    """sha256 of the `NAME=...` line of the project's .env: None without a .env, "" without the
+    line. A hash only: the line itself is a secret."""
+
+    def command(self, install_dir: str, variable: str) -> str:
+        if not VARIABLE_NAME.match(variable.lower()):
+            raise ValueError(f"not a .env variable name: {variable!r}")
+        env = shlex.quote(f"{install_dir.rstrip('/')}/{ENV_FILE}")
+        return (
+            f"if [ -f {env} ]; then echo present; line=$(grep -m1 '^{variable}=' {env}) && "
+            "printf '%s' \"$line\" | sha256sum | cut -d' ' -f1; true; else echo missing; fi"
+        )
+
+    def process(self, output: list[str]) -> str | None:
+        if not output or output[0].strip() != "present":
+            return None
+        return output[1].strip() if len(output) > 1 else ""
+
+
+@operation()
+def role_password(
+    mode: str,
+    install_dir: str,
+    password: HiddenValue,
+    postgres_user: str = "litellm",
+    postgres_db: str = "litellm",
+    postgres_image: str = "postgres:16",
+    compose_project: str = "litellm",
+    psql_host: str | None = None,
+    psql_port: int | None = None,
+):
+    """The role's password set to `password` when the .env on the host holds another one (an
+    existing database whose POSTGRES_PASSWORD changed in the secrets file). Run it before the
+    .env is written. No .env or no POSTGRES_PASSWORD line: a new database, initialised with it."""
+    value = password.unmask()
+    current = host.get_fact(EnvLineHash, install_dir=install_dir, variable=POSTGRES_PASSWORD)
+    if not current:
+        host.noop("no existing database password on the host: Postgres takes it when it initialises")
+        return
+    if current == env_line_hash(POSTGRES_PASSWORD, value):
+        host.noop(f"{POSTGRES_PASSWORD} unchanged")
+        return
+    target = dict(
+        postgres_user=postgres_user, postgres_db=postgres_db, postgres_image=postgres_image,
+        compose_project=compose_project, psql_host=psql_host, psql_port=psql_port,
+    )
+    role = shlex.quote(postgres_user)
+    refusal = (
+        f"{POSTGRES_PASSWORD} changed in the secrets file but could not be set on role {role}, so nothing "
+        "was changed (the .env and the proxy keep the old password). Fix: start the database "
+        f"(docker compose --project-name {shlex.quote(compose_project)} --project-directory "
+        f"{shlex.quote(install_dir)} up -d {DB_SERVICE}) and deploy again; or put the previous "
+        f"{POSTGRES_PASSWORD} (the one in {install_dir.rstrip('/')}/{ENV_FILE} on this host) back into the secrets file"
+    )
+    yield StringCommand(
+        psql_command(mode, install_dir, **target), "||", f"{{ echo {shlex.quote(refusal)} >&2; exit 1; }}",
+        _stdin=role_password_input(postgres_user, value),
+    )
+
+
+def role_password_for(settings, **op_args) -> object:
+    """role_password for a bundled gateway's Settings (deploy, before its files are written)."""
+    if settings.database_mode != "bundled":
+        return None
+    return role_password(
+        name=f"Database role {settings.postgres_user}: {POSTGRES_PASSWORD} from the secrets file",
+        mode=settings.database_mode,
+        install_dir=settings.install_dir,
+        password=HiddenValue(settings.secrets[POSTGRES_PASSWORD]),
+        postgres_user=settings.postgres_user,
+        postgres_db=settings.postgres_db,
+        postgres_image=settings.postgres_image,
+        compose_project=settings.compose_project,
+        **op_args,
+    )

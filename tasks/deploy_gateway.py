@@ -22,6 +22,9 @@ def deploy_gateway(settings: Settings) -> None:
     # Another image than the one running makes these stages an upgrade (tasks/upgrade.py): a backup
     # first, and the previous image and data put back if one fails. Otherwise they simply run in order.
     upgrade.run_stages(settings, [
+        # A POSTGRES_PASSWORD changed in the secrets file set on the existing role first, while the
+        # host's .env still holds the old one (the Postgres image applies it only to a new database).
+        stage("the database password", database.role_password_for, settings),
         # docker-compose.yml, litellm-config.yaml and .env (0600).
         stage("writing the files", stack.write_files, settings, changes),
         # Postgres healthy (bundled mode).

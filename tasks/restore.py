@@ -18,12 +18,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyinfra import host
+from pyinfra import host, state
 from pyinfra.api import FileUploadCommand, deploy, operation
 from pyinfra.api.exceptions import PyinfraError
 
 from tasks import backup, compose, database, migrations, verify
-from tasks.settings import Settings
+from tasks.settings import GATEWAYS, Settings
 
 MAGIC = b"PGDMP"
 LATEST = "latest"
@@ -78,7 +78,20 @@ def controller_check(path: Path) -> tuple[list[str], str]:
     return [f"{path}: pg_restore cannot read it: {result.stderr.strip()[:500]}"], ""
 
 
-def plan_for(settings: Settings, restore_from: str | None) -> Plan:
+def gateways_in_run() -> list[str]:
+    """The gateways this pyinfra run targets (all of them without --limit)."""
+    return [h.name for h in state.inventory.get_group(GATEWAYS, default=[]) if state.is_host_in_limit(h)]
+
+
+def plan_for(settings: Settings, restore_from: str | None, targeted: list[str] | None = None) -> Plan:
+    """targeted: the gateways of this run (default: from pyinfra's state)."""
+    targeted = gateways_in_run() if targeted is None else targeted
+    if restore_from and restore_from != LATEST and len(targeted) > 1:
+        raise RestoreRefused(
+            f"restore_from={restore_from} is one gateway's backup, but this run targets {len(targeted)} gateways "
+            f"({', '.join(sorted(targeted))}); nothing was changed on any host — fix: name the one to restore "
+            f"with --limit HOST (restore_from=latest picks each host's own latest backup)"
+        )
     if settings.database_mode != "bundled":
         raise RestoreRefused(f"host {settings.host_name}: restore.py handles database_mode 'bundled' only "
                              f"(this host: {settings.database_mode!r})")

@@ -16,8 +16,9 @@ from urllib.parse import urlsplit
 
 from pyinfra.api.exceptions import PyinfraError
 
-from tasks import calendar
+from tasks import calendar, key_guard
 from tasks import secrets as S
+from tasks.key_guard import Completion, HostEnvs
 from tasks.models import OLLAMA_PORT, Model, is_http_url, parse_models, parse_ollama_nodes
 
 GATEWAYS = "litellm_hosts"
@@ -330,6 +331,12 @@ def secret_problems(values: Mapping[str, str], mode: str, provider_keys: set[str
         if len(master) < MIN_KEY_LENGTH:
             problems.append(f"{S.MASTER_KEY}: shorter than {MIN_KEY_LENGTH} characters — fix: delete it to have one generated")
     salt = values.get(S.SALT_KEY)
+    if salt is not None and salt in (master, values.get(S.MASTER_KEY_NEXT)):
+        problems.append(
+            f"{S.SALT_KEY}: equals a master key ({S.MASTER_KEY} or {S.MASTER_KEY_NEXT}) — whoever holds the "
+            "master key could decrypt the stored credentials — fix: on a new deployment delete it to have one "
+            f"generated; on an existing one give {S.MASTER_KEY} a new value with rotate.py (never change the salt key)"
+        )
     if salt is not None and len(salt) < MIN_KEY_LENGTH:
         problems.append(
             f"{S.SALT_KEY}: shorter than {MIN_KEY_LENGTH} characters — fix: on a new deployment delete it to have one "
@@ -376,13 +383,18 @@ class HostInput:
 def build_all(
     gateways: list[HostInput],
     secrets_file: Path,
-    read_from_hosts: Callable[[list[str]], dict[str, str]],
+    host_envs: HostEnvs,
     complete: bool = True,
+    record: Callable[[Path, Completion], None] | None = None,
 ) -> dict[str, Settings]:
-    """Validate every gateway, then complete the secrets file, then build Settings.
+    """Validate every gateway and the secrets file against what the gateways hold, then build Settings.
 
-    Nothing is written (not even the controller's secrets file) unless every host is valid.
-    complete=False (checks that only read) leaves missing generated secrets missing.
+    host_envs: the generated secrets each gateway's .env holds (tasks/key_guard.py: None = not read).
+    A missing generated secret is taken from the gateways, or generated on a new deployment, and
+    handed to `record` (default: appended to the secrets file now; tasks.context defers it to the
+    start of the run's operations, so --dry writes nothing). Nothing is recorded unless every host
+    and every key is valid. complete=False (checks that only read): values are taken from the
+    gateways for this run only, nothing is generated or recorded.
     """
     problems: list[str] = []
     if not gateways:
@@ -403,15 +415,23 @@ def build_all(
         parsed[gateway.name] = (raw, nodes, models)
         modes.add(raw["database_mode"])
         provider_keys |= {m.api_key_env for m in models if m.api_key_env}
+
+    # Missing generated secrets: from the gateways, or new on a new deployment (never a live key).
+    wanted = sorted({name for mode in modes & set(DATABASE_MODES) for name in needed_secrets(mode)})
+    install_dirs = {name: str(raw["install_dir"]) for name, (raw, _, _) in parsed.items()}
+    completion = key_guard.complete(present, wanted, host_envs, install_dirs, generate=complete)
+    problems += completion.problems
+    values = {**present, **completion.additions}
     for mode in modes & set(DATABASE_MODES):
-        problems += secret_problems(present, mode, provider_keys)
+        problems += secret_problems(values, mode, provider_keys)
+    problems += key_guard.mismatch_problems(values, host_envs, install_dirs)
     problems = list(dict.fromkeys(problems))  # one secrets problem per run, not one per mode
     if problems:
         raise ConfigError(problems)
 
-    wanted = sorted({name for mode in modes for name in needed_secrets(mode)})
-    values = S.complete_secrets(secrets_file, wanted, read_from_hosts) if complete else present
-    secrets = Secrets(values=dict(values))
+    if complete and completion.additions:
+        (record or _record_now)(secrets_file, completion)
+    secrets = Secrets(values=values)
     return {
         name: Settings(
             host_name=name,
@@ -423,3 +443,7 @@ def build_all(
         )
         for name, (raw, nodes, models) in parsed.items()
     }
+
+
+def _record_now(secrets_file: Path, completion: Completion) -> None:
+    S.append_secrets(secrets_file, completion.additions, completion.origin)

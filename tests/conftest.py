@@ -26,7 +26,7 @@ SHARED_FIXTURE_UNITS = {
 # them back to back and finished 430 s after the other.
 LONGEST_FIRST = (
     "main-bed", "tests/e2e/test_rotation.py", "tests/e2e/test_verify_faults.py", "tests/e2e/test_backup.py",
-    "tests/e2e/test_demo.py", "tests/e2e/test_ollama_nodes.py",
+    "tests/e2e/test_demo.py", "tests/e2e/test_ollama_nodes.py", "tests/e2e/test_key_guard.py",
 )
 
 

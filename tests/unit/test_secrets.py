@@ -54,19 +54,12 @@ def test_provider_keys_are_never_generated(build, secrets_file):
 
 def test_missing_values_are_taken_from_the_host_before_generating(build, secrets_file):
     live = {"LITELLM_MASTER_KEY": "sk-live-" + "k" * 40, "LITELLM_SALT_KEY": "sk-salt-" + "s" * 40}
-    asked = []
-
-    def host_values(names):
-        asked.append(sorted(names))
-        return {n: v for n, v in live.items() if n in names}
-
-    settings = build(read_from_hosts=host_values)
-    assert asked == [sorted(GENERATED)]
+    settings = build(host_envs={"gw1": live})
     assert settings.secrets.master_key == live["LITELLM_MASTER_KEY"]
     assert settings.secrets["LITELLM_SALT_KEY"] == live["LITELLM_SALT_KEY"]
     # ...and written back, so the next run needs no host at all.
-    assert build(read_from_hosts=lambda names: {}).secrets.master_key == live["LITELLM_MASTER_KEY"]
-    assert "taken from a host's existing .env" in secrets_file.read_text()
+    assert build(host_envs={"gw1": {}}).secrets.master_key == live["LITELLM_MASTER_KEY"]
+    assert "# LITELLM_SALT_KEY: taken from gw1:/opt/litellm/.env" in secrets_file.read_text()
 
 
 def test_read_host_env_reads_back_what_the_deploy_wrote(build, tmp_path):
@@ -84,6 +77,10 @@ def test_read_host_env_reads_back_what_the_deploy_wrote(build, tmp_path):
     found = read_host_env(host, str(install_dir), ["LITELLM_MASTER_KEY", "UI_PASSWORD", "NOT_THERE"])
     assert found == {"LITELLM_MASTER_KEY": settings.secrets.master_key, "UI_PASSWORD": hostile}
     assert read_host_env(host, str(tmp_path / "missing"), ["LITELLM_MASTER_KEY"]) == {}
+    # A .env this user cannot read is "not read" (None), never "no .env" ({}).
+    (install_dir / ".env").unlink()
+    (install_dir / ".env").mkdir()  # cat fails on it, as on a file this user may not read
+    assert read_host_env(host, str(install_dir), ["LITELLM_MASTER_KEY"]) is None
 
 
 def test_written_values_read_back_with_python_dotenv(tmp_path):
@@ -105,3 +102,21 @@ def test_no_published_credential_anywhere_in_the_repository():
             if any(S.is_published(word) for word in set(text.split())):
                 offenders.append(name)
     assert offenders == []
+
+
+def test_read_host_env_escalates_as_the_host_is_configured(tmp_path):
+    """`--sudo` (config) or `_sudo` in host data: the .env (root-only) is read with sudo, as facts are.
+    This machine has no sudo: the connector's arguments are checked, not run."""
+    state = State(Inventory((["@local"], {})), Config(SUDO=True, SUDO_PASSWORD="not-used"))
+    connect_all(state)
+    host = state.inventory.get_host("@local")
+    seen = {}
+
+    def run_shell_command(command, **arguments):
+        seen.update(arguments)
+        return False, None
+
+    host.connector.run_shell_command = run_shell_command
+    assert read_host_env(host, str(tmp_path), ["LITELLM_MASTER_KEY"]) is None
+    assert seen["_sudo"] is True and seen["_sudo_password"] == "not-used"
+    assert seen["print_output"] is False and seen["print_input"] is False

@@ -290,6 +290,6 @@ def test_a_gateway_without_group_data_gets_the_shipped_defaults(secrets_file):
     from tasks.settings import HostInput, build_all
 
     data = {"models": example_models(), "ollama_nodes": OLLAMA_NODES}
-    settings = build_all([HostInput("gw1", lookup(data))], secrets_file, lambda names: {})["gw1"]
+    settings = build_all([HostInput("gw1", lookup(data))], secrets_file, {"gw1": {}})["gw1"]
     assert settings.install_dir == "/opt/litellm" and settings.backup_keep == 7
     assert settings.litellm_image == group_data("all")["litellm_image"]
