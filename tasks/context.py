@@ -8,6 +8,7 @@ from pyinfra.api import Host, State
 from tasks import secrets as S
 from tasks.filters import dotenv_unquote
 from tasks.settings import GATEWAYS, OLLAMA_NODES, HostInput, Settings, build_all
+from tasks.uploads import connector_arguments
 
 _built: dict[int, dict[str, Settings]] = {}
 # pyinfra prepares hosts in concurrent greenlets; reading a host's .env over SSH yields to the
@@ -25,7 +26,7 @@ def read_host_env(host: Host, install_dir: str, names: list[str]) -> dict[str, s
         f"cat {install_dir}/.env 2>/dev/null || true",
         print_output=False,
         print_input=False,
-        _sudo=bool(host.data.get("_sudo", False)),
+        **connector_arguments(host.state, host),
     )
     found: dict[str, str] = {}
     if not ok:
