@@ -80,11 +80,6 @@ class SudoDeployment(Deployment):
         S.rewrite_secrets(self.secrets, values)
         self.secrets.chmod(0o600)
 
-    def pyinfra(self, script: str = "deploy.py", *args: str, **kwargs):
-        # One host at a time: two DB-backed proxies starting at once beside the other suites on 2
-        # cores outlast the proxy's health-check start period.
-        return super().pyinfra(script, "--serial", *args, **kwargs)
-
     def models(self) -> list[dict]:
         upstream = self.bed.host(self.name("up1"))
         return [{"name": "chat-upstream", "model": f"openai/{UPSTREAM_MODEL}", "api_base": upstream["api_base"],
