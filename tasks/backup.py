@@ -25,7 +25,7 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, QuoteString, StringCommand, deploy, operation
 from pyinfra.operations import files, systemd
 
-from tasks import database
+from tasks import database, uploads
 from tasks.compose import DB_SERVICE, compose_cmd
 from tasks.settings import Settings
 
@@ -242,9 +242,8 @@ def fetch_and_verify(state, host, remote: str, directory: str, keep: int) -> boo
     name = remote.rsplit("/", 1)[-1]
     final = target_dir / name
     part = target_dir / f".{name}.part"
-    sudo = bool(host.data.get("_sudo", False))
     ok, output = host.run_shell_command(f"cat {shlex.quote(remote + '.sha256')}", print_output=False,
-                                        print_input=False, _sudo=sudo)
+                                        print_input=False, **uploads.connector_arguments(state, host))
     recorded = output.stdout_lines[0].split()[0] if ok and output.stdout_lines else ""
     if not re.fullmatch(r"[0-9a-f]{64}", recorded):
         host.log_styled(f"backup copy failed: no checksum recorded next to {remote}", fg="red", log_func=logger.error)
@@ -252,7 +251,7 @@ def fetch_and_verify(state, host, remote: str, directory: str, keep: int) -> boo
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
-            if not host.get_file(remote, handle, remote_temp_filename=host.get_temp_filename(remote), _sudo=sudo):
+            if not uploads.downloaded(state, host, remote, handle):
                 raise OSError(f"download of {remote} failed")
         copied = sha256_of(part)
         if copied != recorded:

@@ -8,7 +8,6 @@ from pathlib import Path
 from gevent.lock import RLock
 from pyinfra import logger
 from pyinfra.api import Host, State
-from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
 from pyinfra.api.state import BaseStateCallback
 
 from tasks import key_guard
@@ -18,6 +17,7 @@ from tasks.key_guard import Completion, HostEnvs
 from tasks.rotation.pending import rotation_guard
 from tasks.settings import (GATEWAYS, OLLAMA_NODES, HostInput, Settings, build_all, needed_secrets, read_host_data,
                             refuse_node_group)
+from tasks.uploads import connector_arguments
 
 _built: dict[int, dict[str, Settings]] = {}
 # pyinfra prepares hosts in concurrent greenlets; reading a host's .env over SSH yields to the
@@ -35,13 +35,11 @@ def read_host_env(host: Host, install_dir: str, names: list[str]) -> dict[str, s
     directory = shlex.quote(install_dir.rstrip("/") or "/")
     env = shlex.quote(f"{install_dir.rstrip('/')}/.env")
     # The host's own privilege settings (_sudo in its data, --sudo, a sudo password), as a fact gets them.
-    arguments, _ = pop_global_arguments(host.state, host, {})
-    escalation = {key: value for key, value in arguments.items() if key in CONNECTOR_ARGUMENT_KEYS}
     ok, output = host.run_shell_command(
         f"if [ -x {directory} ] || [ ! -e {directory} ]; then [ ! -e {env} ] || cat {env}; else exit 1; fi",
         print_output=False,
         print_input=False,
-        **escalation,
+        **connector_arguments(host.state, host),
     )
     if not ok:
         return None

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyinfra import host, state
-from pyinfra.api import FileUploadCommand, deploy, operation
+from pyinfra.api import deploy, operation
 from pyinfra.api.exceptions import PyinfraError
 
-from tasks import backup, compose, database, migrations, verify
+from tasks import backup, compose, database, migrations, uploads, verify
 from tasks.settings import GATEWAYS, Settings
 
 MAGIC = b"PGDMP"
@@ -113,7 +113,7 @@ def dump_uploaded(src: str, dest: str, sha256: str):
     directory = shlex.quote(dest.rsplit("/", 1)[0])
     part = shlex.quote(dest + ".part")
     yield f"umask 077 && mkdir -p {directory} && chmod 700 {directory} && rm -f {part}"
-    yield FileUploadCommand(src, dest + ".part", remote_temp_filename=dest + ".upload")
+    yield from uploads.installed_upload(src, dest + ".part", mode="600")
     yield (
         f"chmod 600 {part} && "
         f"if [ \"$(sha256sum < {part} | cut -d' ' -f1)\" = {shlex.quote(sha256)} ]; then mv -f {part} {shlex.quote(dest)}; "

@@ -25,8 +25,8 @@ SHARED_FIXTURE_UNITS = {
 # this order lets the two workers finish close together: in test-count order one worker ran three of
 # them back to back and finished 430 s after the other.
 LONGEST_FIRST = (
-    "main-bed", "tests/e2e/test_rotation.py", "tests/e2e/test_verify_faults.py", "tests/e2e/test_backup.py",
-    "tests/e2e/test_demo.py", "tests/e2e/test_ollama_nodes.py", "tests/e2e/test_key_guard.py",
+    "main-bed", "tests/e2e/test_rotation.py", "tests/e2e/test_verify_faults.py", "tests/e2e/test_sudo_user.py",
+    "tests/e2e/test_backup.py", "tests/e2e/test_demo.py", "tests/e2e/test_ollama_nodes.py", "tests/e2e/test_key_guard.py",
 )
 
 

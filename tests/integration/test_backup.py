@@ -6,7 +6,6 @@ through `docker compose exec -T db` (the part the e2e tier covers)."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import stat
 import subprocess

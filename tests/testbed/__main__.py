@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--upstream-models", help="upstream LiteLLM model names, comma-separated")
     up.add_argument("--images", choices=["local", "official"], default="local")
     up.add_argument("--timeout", type=float, default=180, help="seconds each host may take to be ready")
+    up.add_argument("--sudo", action="append", default=[], metavar="NAME=nopasswd|password",
+                    help="the deploy logs in to NAME as a non-root sudoer (repeatable)")
 
     ls = sub.add_parser("ls", help="list hosts")
     ls.add_argument("--json", action="store_true")
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         bed = Testbed(state_dir=a.state_dir, images=getattr(a, "images", "local"), verbose=a.verbose)
         if a.cmd == "up":
             hosts = bed.up(a.specs, ollama_models=_split(a.models), upstream_models=_split(a.upstream_models),
-                           timeout=a.timeout)
+                           timeout=a.timeout, sudo=_sudo_kinds(a.sudo))
             names = {spec.partition(":")[0] for spec in a.specs}
             _print_hosts([h for h in hosts if h["name"] in names])
             print(f"\nnext: python -m tests.testbed inventory   (writes {bed.state_dir / 'inventory.py'})")
@@ -130,6 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _sudo_kinds(options: list[str]) -> dict[str, str]:
+    kinds = {}
+    for option in options:
+        name, sep, kind = option.partition("=")
+        if not sep:
+            raise TestbedError(f"--sudo {option!r}: write NAME=nopasswd or NAME=password")
+        kinds[name] = kind
+    return kinds
+
+
 def _print_hosts(hosts: list[dict]) -> None:
     if not hosts:
         print("(no test bed hosts)")
@@ -140,6 +152,8 @@ def _print_hosts(hosts: list[dict]) -> None:
             access = f"{h['api_base']}  key: {h['api_key_file']}"
         else:
             access = f"ssh -i {h['ssh_key']} root@{h['address']}"
+            if h.get("sudo"):
+                access += f"  deploy: {h['deploy_user']} (sudo {h['sudo']})"
             if h["role"] == "ollama":
                 access += f"  api: {h['api_base']}"
         print(f"{h['name']:12} {h['role']:9} {h['status']:8} {h['address'] or '-':15} {access}")

@@ -5,6 +5,7 @@ Python API (used by pytest and by ``python -m tests.testbed``):
     from tests.testbed import Testbed
     bed = Testbed()
     bed.up(["gw1", "ollama1:ollama", "up1:upstream"], ollama_models=["m1"])
+    bed.up(["gw2"], sudo={"gw2": "password"})   # the deploy logs in as a sudoer, not root
     bed.hosts()                       # [{"name", "role", "address", "ssh_*", "api_base", ...}]
     bed.write_inventory(path, extra_data={"gw1": {...}, "*": {...}})
     bed.exec("gw1", "systemctl is-system-running")   # -> ExecResult(rc, output)
@@ -16,6 +17,10 @@ Roles:
     host      Debian 13, systemd as PID 1, sshd (root with the bed's key), python3, sudo; its own
               /var/lib/docker volume so a Docker engine installed by the deploy really runs.
     ollama    a host that also runs the Ollama API stand-in (ollama.service, port 11434).
+    sudo      (an option of a host, not a role) the inventory logs the deploy in as SUDO_USER, a
+              non-root sudoer made at `up`: "nopasswd" (password-less sudo, like cloud images) or
+              "password" (sudo asks for a password, generated per `up`, kept in the state dir 0600
+              and handed to pyinfra as `_sudo_password`). The bed's own ssh()/exec() stay root.
     upstream  the real LiteLLM proxy (local image from PyPI) whose models answer with LiteLLM's own
               `mock_response`; master key generated per `up`, kept in the state dir (0600). No SSH.
 
@@ -52,6 +57,8 @@ CONTAINER_PREFIX = "litellm-deploy-testbed-"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE_DIR = REPO_ROOT / ".testbed"
 
+SUDO_USER = "admin"  # the login of Debian's cloud images
+SUDO_KINDS = ("nopasswd", "password")
 DEFAULT_OLLAMA_MODELS = ["llama3.2:1b", "qwen2.5:0.5b"]
 DEFAULT_UPSTREAM_MODELS = ["upstream-mock"]
 OLLAMA_PORT = 11434
@@ -110,6 +117,13 @@ def wait_until(what: str, check, timeout: float, interval: float = 0.5):
         if time.monotonic() > deadline:
             raise TestbedError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
         time.sleep(interval)
+
+
+class InventoryCode(str):
+    """A value the inventory writes as Python code rather than as a literal."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def _tar(files: dict[str, tuple[bytes | None, int]]) -> bytes:
@@ -206,6 +220,9 @@ class Testbed:
     def _key_file(self, name: str) -> Path:
         return self.state_dir / f"upstream-{name}.key"
 
+    def sudo_password_file(self, name: str) -> Path:
+        return self.state_dir / f"sudo-{name}.password"
+
     # -- docker helpers ------------------------------------------------------------------------
     def _labels(self, name: str | None = None, role: str | None = None) -> dict[str, str]:
         labels = {LABEL: "1"}
@@ -262,6 +279,7 @@ class Testbed:
             except docker.errors.APIError as e:
                 raise TestbedError(f"cannot remove volume {v.name}: {e}") from e
         self._key_file(name).unlink(missing_ok=True)
+        self.sudo_password_file(name).unlink(missing_ok=True)
 
     @staticmethod
     def _address(container) -> str:
@@ -317,11 +335,20 @@ class Testbed:
 
     # -- up ------------------------------------------------------------------------------------
     def up(self, specs: list[str], ollama_models: list[str] | None = None,
-           upstream_models: list[str] | None = None, timeout: float = 180) -> list[dict]:
-        """Create fresh hosts ("NAME" or "NAME:ROLE"), replacing any of the same name. Returns hosts()."""
+           upstream_models: list[str] | None = None, timeout: float = 180,
+           sudo: dict[str, str] | None = None) -> list[dict]:
+        """Create fresh hosts ("NAME" or "NAME:ROLE"), replacing any of the same name. Returns hosts().
+
+        sudo: {"NAME": "nopasswd" | "password"} for hosts the deploy reaches as a non-root sudoer."""
         parsed = [parse_spec(s) for s in specs]
         if len({n for n, _ in parsed}) != len(parsed):
             raise TestbedError("a host name is given twice")
+        sudo = sudo or {}
+        for name, kind in sudo.items():
+            if kind not in SUDO_KINDS:
+                raise TestbedError(f"sudo for {name!r}: {kind!r} is not one of {', '.join(SUDO_KINDS)}")
+            if (name, "host") not in parsed and (name, "ollama") not in parsed:
+                raise TestbedError(f"sudo for {name!r}: not a host (or ollama) being brought up")
         ollama_models = ollama_models or _env_list("TESTBED_OLLAMA_MODELS") or DEFAULT_OLLAMA_MODELS
         upstream_models = upstream_models or _env_list("TESTBED_UPSTREAM_MODELS") or DEFAULT_UPSTREAM_MODELS
         roles = {r for _, r in parsed}
@@ -358,6 +385,8 @@ class Testbed:
                 try:
                     with Timer(f"host {name} ({role}) ready"):
                         self._wait_ready(name, role, c, timeout)
+                        if name in sudo:
+                            self._add_sudo_user(name, sudo[name])
                 except Exception as e:  # noqa: BLE001 - collected and raised together
                     errors.append(f"{name}: {e}")
 
@@ -368,6 +397,12 @@ class Testbed:
                 t.join()
             if errors:
                 raise TestbedError("hosts not ready:\n  " + "\n  ".join(errors))
+            if sudo:
+                with self._lock("hosts"):
+                    state = self._load_state()
+                    for name, kind in sudo.items():
+                        state["hosts"][name]["sudo"] = kind
+                    self._save_state(state)
         log(f"up total (images + hosts): {time.monotonic() - t0:.1f}s")
         return self.hosts()
 
@@ -408,6 +443,42 @@ class Testbed:
             info["models"] = ollama_models
         c.put_archive("/", _tar(files))
         return c, info
+
+    def _add_sudo_user(self, name: str, kind: str) -> None:
+        """SUDO_USER with the bed's key and sudo as `kind` says, made as root over the bed's SSH;
+        then checked: the user logs in, and `sudo -n` works exactly when no password is wanted."""
+        pub = self.key_path.with_suffix(".pub").read_text().strip()
+        rule = "NOPASSWD: ALL" if kind == "nopasswd" else "ALL"
+        setup = (
+            f"set -e; useradd --create-home --shell /bin/bash {SUDO_USER}; "
+            f"install -d -m 700 -o {SUDO_USER} -g {SUDO_USER} /home/{SUDO_USER}/.ssh; "
+            f"printf '%s\\n' '{pub}' > /home/{SUDO_USER}/.ssh/authorized_keys; "
+            f"chown {SUDO_USER}:{SUDO_USER} /home/{SUDO_USER}/.ssh/authorized_keys; "
+            f"chmod 600 /home/{SUDO_USER}/.ssh/authorized_keys; "
+            f"printf '%s\\n' '{SUDO_USER} ALL=(ALL:ALL) {rule}' > /etc/sudoers.d/testbed-{SUDO_USER}; "
+            f"chmod 440 /etc/sudoers.d/testbed-{SUDO_USER}; visudo -cq"
+        )
+        r = self.ssh(name, setup, timeout=60)
+        if not r.ok:
+            raise TestbedError(f"{name}: could not make the sudo user {SUDO_USER}: {r.output}")
+        password = None
+        if kind == "password":
+            password = secrets.token_urlsafe(24)
+            path = self.sudo_password_file(name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(password + "\n")
+            # On stdin: never in a command line on either side.
+            r = self.ssh(name, "chpasswd", timeout=60, input=f"{SUDO_USER}:{password}\n".encode())
+            if not r.ok:
+                raise TestbedError(f"{name}: could not set the sudo password: {r.output}")
+        ask = self.ssh_as(name, SUDO_USER, "sudo -n true", timeout=30)
+        if ask.ok != (kind == "nopasswd"):
+            raise TestbedError(f"{name}: `sudo -n true` as {SUDO_USER} gave rc {ask.rc} with sudo {kind}: {ask.output}")
+        if password is not None:
+            r = self.ssh_as(name, SUDO_USER, "sudo -S -k -p '' id -u", timeout=30, input=f"{password}\n".encode())
+            if r.output.strip().splitlines()[-1:] != ["0"]:
+                raise TestbedError(f"{name}: sudo with the password did not give root: {r.output}")
 
     def _create_upstream(self, name: str, image: str, models: list[str]):
         self._ensure_state_dir()
@@ -493,6 +564,11 @@ class Testbed:
                          models=state.get(name, {}).get("models", []))
             else:
                 h.update(ssh_port=22, ssh_user="root", ssh_key=key)
+                kind = state.get(name, {}).get("sudo")
+                if kind:
+                    h.update(sudo=kind, deploy_user=SUDO_USER)
+                    if kind == "password":
+                        h["sudo_password_file"] = str(self.sudo_password_file(name))
                 if role == "ollama":
                     h.update(api_base=f"http://{ip}:{OLLAMA_PORT}" if ip else None,
                              models=state.get(name, {}).get("models", []))
@@ -519,17 +595,22 @@ class Testbed:
         r = self._container(name).exec_run(argv, user=user)
         return ExecResult(r.exit_code, r.output.decode(errors="replace"))
 
-    def ssh_command(self, name: str) -> list[str]:
+    def ssh_command(self, name: str, user: str | None = None) -> list[str]:
         h = self.host(name)
         if not h.get("ssh_user"):
             raise TestbedError(f"{name} ({h['role']}) has no SSH")
         return ["ssh", "-i", h["ssh_key"], "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
                 "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5",
-                f"{h['ssh_user']}@{h['address']}"]
+                f"{user or h['ssh_user']}@{h['address']}"]
 
     def ssh(self, name: str, cmd: str, timeout: float = 600, input: bytes | None = None) -> ExecResult:
-        """Run a command on the host over real SSH with the bed's key."""
-        r = subprocess.run(self.ssh_command(name) + [cmd], capture_output=True, timeout=timeout, input=input)
+        """Run a command on the host over real SSH with the bed's key, as root."""
+        return self.ssh_as(name, None, cmd, timeout, input)
+
+    def ssh_as(self, name: str, user: str | None, cmd: str, timeout: float = 600,
+               input: bytes | None = None) -> ExecResult:
+        """The same as another user of the host (its sudo user: SUDO_USER)."""
+        r = subprocess.run(self.ssh_command(name, user) + [cmd], capture_output=True, timeout=timeout, input=input)
         return ExecResult(r.returncode, (r.stdout + r.stderr).decode(errors="replace"))
 
     def restart(self, name: str, timeout: float = 180) -> dict:
@@ -592,13 +673,19 @@ class Testbed:
                 continue
             data = {
                 "ssh_hostname": h["address"],
-                "ssh_user": h["ssh_user"],
+                "ssh_user": h.get("deploy_user") or h["ssh_user"],
                 "ssh_key": h["ssh_key"],
                 "ssh_known_hosts_file": "/dev/null",
                 "ssh_strict_host_key_checking": "off",
             }
             if nodes:
                 data["ollama_nodes"] = nodes
+            if h.get("sudo"):
+                data["_sudo"] = True
+            if h.get("sudo_password_file"):
+                # Read when pyinfra loads the inventory: the password stays in its 0600 file.
+                data["_sudo_password"] = InventoryCode(
+                    f"__import__('pathlib').Path({h['sudo_password_file']!r}).read_text().strip()")
             data.update(extra_data.get("*", {}))
             data.update(extra_data.get(h["name"], {}))
             gateways.append((h["name"], data))

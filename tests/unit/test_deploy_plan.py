@@ -39,8 +39,6 @@ def plan(settings, monkeypatch, previous: str | None):
         compose.ComposeServices: lambda **_: {"db": HEALTHY, "litellm": HEALTHY} if previous else {},
         migrations.MigratedImageId: lambda **_: "sha256:previous" if previous else None,
     }
-    real_get_fact = Host.get_fact
-
     def get_fact(self, fact_cls, *args, **kwargs):
         if fact_cls in canned:
             return canned[fact_cls](*args, **kwargs)

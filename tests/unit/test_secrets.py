@@ -2,7 +2,6 @@
 
 import stat
 import subprocess
-from pathlib import Path
 
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all
