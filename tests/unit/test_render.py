@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tasks.filters import dotenv_unquote
-from tasks.render import render_files
+from tasks.render import COMPOSE_FILE, render_files
 from tests.unit.conftest import ROOT, UPSTREAM_KEY
 
 MODES = ["bundled", "external", "none"]
@@ -181,3 +181,10 @@ def test_compose_itself_reads_log_rotation_and_grace_period(settings_for_mode, t
         assert service["logging"] == {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}, name
     if mode == "bundled":
         assert services["db"]["stop_grace_period"] == "1m0s"
+
+
+def test_health_checks_give_a_starting_container_start_timeout(build):
+    """A slow start (a loaded host) is not a failure before start_timeout, the bound deploy waits."""
+    compose = yaml.safe_load(render_files(build(start_timeout=420))[COMPOSE_FILE])
+    for service in ("db", "litellm"):
+        assert compose["services"][service]["healthcheck"]["start_period"] == "420s"
