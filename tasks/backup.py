@@ -2,9 +2,8 @@
 
 The dump runs where the database is reachable the way the proxy reaches it: inside the bundled
 Postgres service (local socket, no password), or, for an external database, in a one-shot
-container of the Postgres image that reads DATABASE_URL from the project's .env (the same script
-the bootstrap uses, tasks.database.EXTERNAL_PSQL, ending in pg_dump instead of psql). No value is
-ever on a command line. The file is written under a temporary name and renamed once pg_restore
+container of the Postgres image with libpq's service and password files of the project (the same
+way the bootstrap's psql runs: tasks.database.psql). No value is ever on a command line. The file is written under a temporary name and renamed once pg_restore
 has read all of it back, so a file at the final path is a complete, readable dump.
 
 Restore (see docs/rotation.md):
@@ -22,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, QuoteString, StringCommand, deploy, operation
+from pyinfra.api import FunctionCommand, deploy, operation
 from pyinfra.operations import files, systemd
 
 from tasks import database, uploads
@@ -31,8 +30,6 @@ from tasks.settings import Settings
 
 STAMP_PATTERN = r"[0-9]{8}T[0-9]{6}Z"
 PRE_CHANGE_NAME = re.compile(rf"litellm-{STAMP_PATTERN}-([a-z-]+)\.dump")
-EXTERNAL_DUMP = database.EXTERNAL_PSQL.replace('exec psql "$@"', 'exec pg_dump "$@"')
-assert EXTERNAL_DUMP != database.EXTERNAL_PSQL, "tasks.database.EXTERNAL_PSQL no longer ends in `exec psql`"
 
 
 def pre_change_backup_path(settings: Settings, stamp: str, purpose: str = "before-rotation") -> str:
@@ -43,31 +40,17 @@ def pre_change_backup_path(settings: Settings, stamp: str, purpose: str = "befor
 
 
 def dump_command(settings: Settings) -> str:
-    """pg_dump --format=custom of the gateway's database to stdout."""
-    if settings.database_mode == "bundled":
-        return str(StringCommand(
-            compose_cmd(settings.compose_project, settings.install_dir), "exec", "-T", DB_SERVICE,
-            "pg_dump", "-U", QuoteString(settings.postgres_user), "-d", QuoteString(settings.postgres_db),
-            "--format=custom",
-        ).get_raw_value())
-    if settings.database_mode == "external":
-        env_file = f"{settings.install_dir.rstrip('/')}/{database.ENV_FILE}"
-        return " ".join([
-            "docker", "run", "--rm", "--add-host", "host.docker.internal:host-gateway",
-            "-v", shlex.quote(f"{env_file}:{database.CONTAINER_ENV_FILE}:ro"),
-            "-e", f"ENV_FILE={database.CONTAINER_ENV_FILE}",
-            "--entrypoint", "bash", shlex.quote(settings.postgres_image), "-c", shlex.quote(EXTERNAL_DUMP),
-            "pg_dump", "--format=custom",
-        ])
-    raise ValueError(f"database_mode {settings.database_mode!r} has no database to back up")
+    """pg_dump --format=custom of the gateway's database to stdout, run where psql runs."""
+    if not settings.has_database:
+        raise ValueError(f"database_mode {settings.database_mode!r} has no database to back up")
+    return database.psql(settings, "--format=custom", program="pg_dump")
 
 
 def read_back_command(settings: Settings) -> str:
-    """pg_restore reading a whole dump from stdin (every data block, into /dev/null): a truncated
-    or corrupted file fails here."""
+    """pg_restore reading a whole dump from stdin (every data block, not only the table of contents,
+    into /dev/null): a truncated or corrupted file fails here."""
     if settings.database_mode == "bundled":
-        return (f"{compose_cmd(settings.compose_project, settings.install_dir)} exec -T {DB_SERVICE} "
-                "pg_restore --file=/dev/null")
+        return f"{db_exec(settings)} pg_restore --file=/dev/null"
     return f"docker run --rm -i --entrypoint pg_restore {shlex.quote(settings.postgres_image)} --file=/dev/null"
 
 
@@ -153,17 +136,6 @@ def db_exec(settings: Settings) -> str:
     return f"{compose_cmd(settings.compose_project, settings.install_dir)} exec -T {DB_SERVICE}"
 
 
-def pg_dump_command(settings: Settings) -> str:
-    return (f"{db_exec(settings)} pg_dump -U {shlex.quote(settings.postgres_user)} "
-            f"-d {shlex.quote(settings.postgres_db)} --format=custom")
-
-
-def read_check_command(settings: Settings) -> str:
-    """pg_restore reading the WHOLE archive from stdin (every data block, not only the table of
-    contents), so a truncated or corrupted dump fails here. Writes the SQL to /dev/null."""
-    return f"{db_exec(settings)} pg_restore --file=/dev/null"
-
-
 def host_script(dump: str, check: str, backup_dir_: str, keep: int) -> str:
     """POSIX sh: `script [STAMP]` writes <dir>/<STAMP>.dump (0600, dir 0700) and <STAMP>.dump.sha256,
     after `check` has read the dump back; then keeps the newest `keep` <stamp>.dump files.
@@ -192,7 +164,7 @@ echo "database backup written: $final sha256 $sum"
 
 
 def gateway_script(settings: Settings) -> str:
-    return host_script(pg_dump_command(settings), read_check_command(settings), settings.backup_dir,
+    return host_script(dump_command(settings), read_back_command(settings), settings.backup_dir,
                        settings.backup_keep)
 
 

@@ -20,18 +20,15 @@ from io import StringIO
 from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import FactBase, HiddenValue, QuoteString, StringCommand, operation
+from pyinfra.api import FactBase, HiddenValue, StringCommand, operation
 
-from tasks.compose import DB_SERVICE
+from tasks import pgservice
+from tasks.compose import DB_SERVICE, compose_cmd
 from tasks.filters import dotenv_quote
+from tasks.render import ENV_FILE
 
 BOOTSTRAP_SQL = Path(__file__).resolve().parent.parent / "templates" / "bootstrap.sql"
 MASTER_KEY_ALIAS = "master-key"
-MODES = ("bundled", "external", "direct")
-# The file (0600) that holds the compose project's environment, DATABASE_URL included.
-ENV_FILE = ".env"
-# Where the one-shot container of mode "external" sees the project's .env (read-only).
-CONTAINER_ENV_FILE = "/run/litellm-deploy/env"
 # Lines the check query prints; anything else (including no output) means "not in place".
 IN_PLACE = "bootstrap: in place"
 NOT_IN_PLACE = "bootstrap: not in place"
@@ -132,122 +129,41 @@ def check_input(values: dict[str, str]) -> StringIO:
 
 # --- where psql runs ----------------------------------------------------------------------------
 
-# Mode "external": the one-shot Postgres container gets DATABASE_URL from the project's .env
-# (mounted read-only) and hands it to psql as libpq's PG* variables, because psql takes a URL
-# only as an argument, which would show in `ps`. The .env is Compose's dotenv (double-quoted,
-# backslash, quote and newline escaped, `$` doubled: tasks/filters.dotenv_quote), which
-# `docker run --env-file` would pass on with its quotes. Bash, because the official Postgres
-# images ship it (their entrypoint is a bash script) and its printf decodes %XX. Only libpq
-# parameters that make sense inside the container are taken from the URL's query (sslmode,
-# connect_timeout, application_name, target_session_attrs; Prisma's schema= as search_path).
-EXTERNAL_PSQL = r"""set -eu
-line=$(grep -m1 '^DATABASE_URL=' "$ENV_FILE") || { echo "psql: no DATABASE_URL in the project's .env" >&2; exit 2; }
-value=${line#DATABASE_URL=}
-url=
-case $value in
-  \"*\")
-    value=${value:1:${#value}-2}
-    for ((i = 0; i < ${#value}; i++)); do
-      c=${value:i:1} n=${value:i+1:1}
-      if [[ $c == '\' && ( $n == '\' || $n == '"' ) ]]; then url+=$n; i=$((i + 1))
-      elif [[ $c == '\' && $n == n ]]; then url+=$'\n'; i=$((i + 1))
-      elif [[ $c == '$' && $n == '$' ]]; then url+='$'; i=$((i + 1))
-      else url+=$c; fi
-    done ;;
-  \'*\') url=${value:1:${#value}-2} ;;
-  *) url=$value ;;
-esac
-case $url in
-  postgres://* | postgresql://*) ;;
-  *) echo "psql: DATABASE_URL is not a postgresql:// URL" >&2; exit 2 ;;
-esac
-pct() { local s=${1//\\/\\\\}; printf -v REPLY '%b' "${s//%/\\x}"; }
-rest=${url#*://} query= path= userinfo=
-case $rest in *\?*) query=${rest#*\?} rest=${rest%%\?*} ;; esac
-case $rest in */*) path=${rest#*/} rest=${rest%%/*} ;; esac
-case $rest in *@*) userinfo=${rest%@*} rest=${rest##*@} ;; esac
-unset PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE PGOPTIONS
-if [ -n "$userinfo" ]; then
-  pct "${userinfo%%:*}"; export PGUSER=$REPLY
-  case $userinfo in *:*) pct "${userinfo#*:}"; export PGPASSWORD=$REPLY ;; esac
-fi
-hosts= ports=
-IFS=, read -ra entries <<< "$rest"
-for e in "${entries[@]}"; do
-  case $e in
-    \[*) h=${e%%]*} h=${h#\[} p=${e#*]} p=${p#:} ;;
-    *:*) h=${e%%:*} p=${e#*:} ;;
-    *) h=$e p= ;;
-  esac
-  pct "$h"; hosts+=${hosts:+,}$REPLY; ports+=${ports:+,}${p:-5432}
-done
-if [ -n "$hosts" ]; then export PGHOST=$hosts PGPORT=$ports; fi
-if [ -n "$path" ]; then pct "$path"; export PGDATABASE=$REPLY; fi
-IFS='&' read -ra params <<< "$query"
-for kv in "${params[@]}"; do
-  pct "${kv#*=}"; v=$REPLY
-  case ${kv%%=*} in
-    sslmode) export PGSSLMODE=$v ;;
-    connect_timeout) export PGCONNECT_TIMEOUT=$v ;;
-    application_name) export PGAPPNAME=$v ;;
-    target_session_attrs) export PGTARGETSESSIONATTRS=$v ;;
-    schema) export PGOPTIONS="-c search_path=${v// /\\ }" ;;
-  esac
-done
-unset line value url rest query path userinfo REPLY
-exec psql "$@"
-"""
+# Mode "external": libpq's own service and password files, made from DATABASE_URL on the controller
+# (tasks/pgservice.py) and written 0600 beside the project's .env, seen read-only by a one-shot
+# container of the Postgres image. psql takes a URL only as an argument, which `ps` would show.
+CONTAINER_PG_DIR = "/run/litellm-deploy"
 
 
-def psql_command(
-    mode: str,
-    install_dir: str,
-    *,
-    postgres_user: str = "litellm",
-    postgres_db: str = "litellm",
-    postgres_image: str = "postgres:16",
-    compose_project: str = "litellm",
-    psql_host: str | None = None,
-    psql_port: int | None = None,
-    psql_args: tuple[str, ...] = (),
-) -> StringCommand:
-    """The psql invocation for `mode`; the SQL and its variables go on its stdin.
+def psql(settings, *psql_args: str, program: str = "psql") -> str:
+    """The psql (or pg_dump: `program`) invocation on a gateway host for its database; the SQL and
+    its variables go on its stdin, no value is in the command.
 
-    bundled   psql inside the compose project's Postgres service: the official image trusts
-              local socket connections, so no password is involved at all.
-    external  psql in a one-shot container of `postgres_image` on the gateway host, reading
-              DATABASE_URL from the project's .env (see EXTERNAL_PSQL). Like the proxy's
-              container it sits on a bridge network with host.docker.internal mapped, so the
-              URL resolves the way it does for the proxy.
-    direct    psql on the target host itself (`psql_host`/`psql_port`/`postgres_user`/
-              `postgres_db`); the password comes from libpq's own sources in the host's
-              environment (PGPASSFILE, ~/.pgpass). Used by the integration tests.
+    bundled   inside the compose project's Postgres service: the official image trusts local socket
+              connections, so no password is involved at all.
+    external  a one-shot container of `postgres_image` with the project's libpq files mounted
+              read-only; like the proxy's container it sits on a bridge network with
+              host.docker.internal mapped, so the database's address resolves as it does for the proxy.
     """
-    args = ["-X", "-q", "-v", "ON_ERROR_STOP=1", *psql_args]
-    if mode == "bundled":
-        return StringCommand(
-            "docker", "compose", "--project-name", QuoteString(compose_project),
-            "--project-directory", QuoteString(install_dir),
-            "exec", "-T", DB_SERVICE, "psql", "-U", QuoteString(postgres_user), "-d", QuoteString(postgres_db),
-            *(QuoteString(arg) for arg in args),
+    args = " ".join(shlex.quote(arg) for arg in psql_args)
+    if settings.database_mode == "bundled":
+        flags = "-X -q -v ON_ERROR_STOP=1 " if program == "psql" else ""
+        return (f"{compose_cmd(settings.compose_project, settings.install_dir)} exec -T {DB_SERVICE} {program} "
+                f"-U {shlex.quote(settings.postgres_user)} -d {shlex.quote(settings.postgres_db)} {flags}{args}").rstrip()
+    if settings.database_mode == "external":
+        install_dir = settings.install_dir.rstrip("/")
+        mounts = " ".join(
+            f"-v {shlex.quote(f'{install_dir}/{name}:{CONTAINER_PG_DIR}/{name}:ro')}"
+            for name in (pgservice.SERVICE_FILE, pgservice.PASSWORD_FILE)
         )
-    if mode == "external":
-        env_file = f"{install_dir.rstrip('/')}/{ENV_FILE}"
-        return StringCommand(
-            "docker", "run", "--rm", "-i", "--add-host", "host.docker.internal:host-gateway",
-            "-v", QuoteString(f"{env_file}:{CONTAINER_ENV_FILE}:ro"), "-e", f"ENV_FILE={CONTAINER_ENV_FILE}",
-            "--entrypoint", "bash", QuoteString(postgres_image), "-c", QuoteString(EXTERNAL_PSQL), "psql",
-            *(QuoteString(arg) for arg in args),
-        )
-    if mode == "direct":
-        target = []
-        if psql_host:
-            target += ["-h", psql_host]
-        if psql_port:
-            target += ["-p", str(psql_port)]
-        target += ["-U", postgres_user, "-d", postgres_db]
-        return StringCommand("psql", *(QuoteString(arg) for arg in [*target, *args]))
-    raise ValueError(f"psql mode must be one of {', '.join(MODES)}, not {mode!r}")
+        flags = "-X -q -v ON_ERROR_STOP=1 " if program == "psql" else ""
+        return (
+            f"docker run --rm -i --add-host host.docker.internal:host-gateway {mounts} "
+            f"-e PGSERVICEFILE={CONTAINER_PG_DIR}/{pgservice.SERVICE_FILE} -e PGPASSFILE={CONTAINER_PG_DIR}/{pgservice.PASSWORD_FILE} "
+            f"-e PGSERVICE={pgservice.SERVICE} --entrypoint {program} {shlex.quote(settings.postgres_image)} "
+            f"{flags}{args}"
+        ).rstrip()
+    raise ValueError(f"database_mode {settings.database_mode!r} has no database")
 
 
 # --- fact and operation -------------------------------------------------------------------------
@@ -267,64 +183,39 @@ class BootstrapState(FactBase[bool]):
     def default() -> bool:
         return False
 
-    def command(
-        self,
-        mode: str,
-        install_dir: str,
-        postgres_user: str = "litellm",
-        postgres_db: str = "litellm",
-        postgres_image: str = "postgres:16",
-        compose_project: str = "litellm",
-        psql_host: str | None = None,
-        psql_port: int | None = None,
-    ) -> StringCommand:
-        psql = psql_command(
-            mode, install_dir, postgres_user=postgres_user, postgres_db=postgres_db,
-            postgres_image=postgres_image, compose_project=compose_project,
-            psql_host=psql_host, psql_port=psql_port, psql_args=("-A", "-t"),
-        )
-        return StringCommand(psql, "||", "true")
+    def command(self, psql: str) -> str:
+        return f"{psql} -A -t || true"
 
     def process(self, output: list[str]) -> bool:
         return any(line.strip() == IN_PLACE for line in output)
 
 
-def bootstrap_in_place(values: dict[str, str], mode: str, install_dir: str, **target) -> bool:
+def bootstrap_in_place(values: dict[str, str], psql: str) -> bool:
     """BootstrapState on the current host, its wanted values on stdin (see the fact)."""
-    return host.get_fact(BootstrapState, mode=mode, install_dir=install_dir, _stdin=check_input(values), **target)
+    return host.get_fact(BootstrapState, psql=psql, _stdin=check_input(values))
 
 
 @operation()
 def bootstrap(
-    mode: str,
-    install_dir: str,
+    psql: str,
     admin_user_id: str,
     admin_email: str,
     master_key_hash: str,
     master_key_name: str,
-    postgres_user: str = "litellm",
-    postgres_db: str = "litellm",
-    postgres_image: str = "postgres:16",
-    compose_project: str = "litellm",
-    psql_host: str | None = None,
-    psql_port: int | None = None,
 ):
     """Admin user + master-key link in LiteLLM's tables (templates/bootstrap.sql), only when the
-    fact says they are not in place, so an unchanged deploy reports no change.
+    fact says they are not in place, so an unchanged deploy reports no change. `psql`: where psql
+    runs (database.psql for a gateway).
 
     No argument is a secret (the key arrives as its hash); give the operation a `name=` anyway,
     as every operation in this package, so its arguments stay out of the logs.
     """
     values = bootstrap_values(admin_user_id, admin_email, master_key_hash, master_key_name)
-    target = dict(
-        postgres_user=postgres_user, postgres_db=postgres_db, postgres_image=postgres_image,
-        compose_project=compose_project, psql_host=psql_host, psql_port=psql_port,
-    )
-    if bootstrap_in_place(values, mode, install_dir, **target):
+    if bootstrap_in_place(values, psql):
         host.noop("LiteLLM admin user and master key link are in place")
         return
     # The values ride on this command's stdin; pyinfra never prints a command's stdin.
-    yield StringCommand(psql_command(mode, install_dir, **target), _stdin=bootstrap_input(values))
+    yield StringCommand(psql, _stdin=bootstrap_input(values))
 
 
 def bootstrap_for_key(settings, key: str, name: str = "LiteLLM admin user and master-key link", **op_args) -> object:
@@ -332,16 +223,11 @@ def bootstrap_for_key(settings, key: str, name: str = "LiteLLM admin user and ma
     op_args: pyinfra global arguments (_if, _ignore_errors)."""
     return bootstrap(
         name=name,
-        mode=settings.database_mode,
-        install_dir=settings.install_dir,
+        psql=psql(settings),
         admin_user_id=settings.admin_user_id,
         admin_email=settings.admin_email,
         master_key_hash=hash_key(key),
         master_key_name=abbreviate_key(key),
-        postgres_user=settings.postgres_user,
-        postgres_db=settings.postgres_db,
-        postgres_image=settings.postgres_image,
-        compose_project=settings.compose_project,
         **op_args,
     )
 
@@ -415,17 +301,7 @@ class EnvLineHash(FactBase):
 
 
 @operation()
-def role_password(
-    mode: str,
-    install_dir: str,
-    password: HiddenValue,
-    postgres_user: str = "litellm",
-    postgres_db: str = "litellm",
-    postgres_image: str = "postgres:16",
-    compose_project: str = "litellm",
-    psql_host: str | None = None,
-    psql_port: int | None = None,
-):
+def role_password(psql: str, install_dir: str, compose_project: str, role: str, password: HiddenValue):
     """The role's password set to `password` when the .env on the host holds another one (an
     existing database whose POSTGRES_PASSWORD changed in the secrets file). Run it before the
     .env is written. No .env or no POSTGRES_PASSWORD line: a new database, initialised with it."""
@@ -437,22 +313,14 @@ def role_password(
     if current == env_line_hash(POSTGRES_PASSWORD, value):
         host.noop(f"{POSTGRES_PASSWORD} unchanged")
         return
-    target = dict(
-        postgres_user=postgres_user, postgres_db=postgres_db, postgres_image=postgres_image,
-        compose_project=compose_project, psql_host=psql_host, psql_port=psql_port,
-    )
-    role = shlex.quote(postgres_user)
     refusal = (
-        f"{POSTGRES_PASSWORD} changed in the secrets file but could not be set on role {role}, so nothing "
-        "was changed (the .env and the proxy keep the old password). Fix: start the database "
-        f"(docker compose --project-name {shlex.quote(compose_project)} --project-directory "
-        f"{shlex.quote(install_dir)} up -d {DB_SERVICE}) and deploy again; or put the previous "
+        f"{POSTGRES_PASSWORD} changed in the secrets file but could not be set on role {shlex.quote(role)}, so "
+        "nothing was changed (the .env and the proxy keep the old password). Fix: start the database "
+        f"({compose_cmd(compose_project, install_dir)} up -d {DB_SERVICE}) and deploy again; or put the previous "
         f"{POSTGRES_PASSWORD} (the one in {install_dir.rstrip('/')}/{ENV_FILE} on this host) back into the secrets file"
     )
-    yield StringCommand(
-        psql_command(mode, install_dir, **target), "||", f"{{ echo {shlex.quote(refusal)} >&2; exit 1; }}",
-        _stdin=role_password_input(postgres_user, value),
-    )
+    yield StringCommand(psql, "||", f"{{ echo {shlex.quote(refusal)} >&2; exit 1; }}",
+                        _stdin=role_password_input(role, value))
 
 
 def role_password_for(settings, **op_args) -> object:
@@ -461,12 +329,10 @@ def role_password_for(settings, **op_args) -> object:
         return None
     return role_password(
         name=f"Database role {settings.postgres_user}: {POSTGRES_PASSWORD} from the secrets file",
-        mode=settings.database_mode,
+        psql=psql(settings),
         install_dir=settings.install_dir,
-        password=HiddenValue(settings.secrets[POSTGRES_PASSWORD]),
-        postgres_user=settings.postgres_user,
-        postgres_db=settings.postgres_db,
-        postgres_image=settings.postgres_image,
         compose_project=settings.compose_project,
+        role=settings.postgres_user,
+        password=HiddenValue(settings.secrets[POSTGRES_PASSWORD]),
         **op_args,
     )

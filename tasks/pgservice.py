@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
 SERVICE = "litellm"
+# The two files, beside the project's .env on the host (both 0600: libpq ignores a password file
+# others can read).
+SERVICE_FILE = "pg_service.conf"
+PASSWORD_FILE = "pgpass"
 SCHEMES = ("postgresql", "postgres")
 DEFAULT_PORT = "5432"
 # URL query parameters that mean the same to libpq inside the container; Prisma's own ones

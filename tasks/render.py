@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jinja2
 
+from tasks import pgservice
 from tasks import secrets as S
 from tasks.filters import FILTERS, url_component
 from tasks.settings import Settings
@@ -76,8 +77,15 @@ def container_env(settings: Settings) -> dict[str, str]:
 def render_files(settings: Settings) -> dict[str, str]:
     """file name -> content, for the install directory."""
     env = _environment()
-    return {
+    rendered = {
         COMPOSE_FILE: env.get_template("docker-compose.yml.j2").render(settings=settings),
         CONFIG_FILE: env.get_template("litellm-config.yaml.j2").render(settings=settings, models=settings.models),
         ENV_FILE: env.get_template("env.j2").render(env=container_env(settings)),
     }
+    if settings.database_mode == "external":
+        # For psql and pg_dump in one-shot containers (tasks/database.py psql): DATABASE_URL as libpq's
+        # own files, parsed here once, so no shell on the host parses a URL or a dotenv line.
+        url = settings.secrets[S.DATABASE_URL]
+        rendered[pgservice.SERVICE_FILE] = pgservice.service_file(url)
+        rendered[pgservice.PASSWORD_FILE] = pgservice.password_file(url)
+    return rendered

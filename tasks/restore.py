@@ -125,7 +125,7 @@ def dump_uploaded(src: str, dest: str, sha256: str):
 @operation(is_idempotent=False)
 def dump_readable(settings: Settings, path: str):
     yield (
-        f"{backup.read_check_command(settings)} < {shlex.quote(path)} || "
+        f"{backup.read_back_command(settings)} < {shlex.quote(path)} || "
         "{ echo 'restore refused: the database pg_restore cannot read this backup whole "
         "(corrupted, truncated or not a custom-format dump); nothing was changed' >&2; exit 1; }"
     )

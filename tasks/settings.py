@@ -12,11 +12,10 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Mapping
-from urllib.parse import urlsplit
 
 from pyinfra.api.exceptions import PyinfraError
 
-from tasks import calendar, key_guard
+from tasks import calendar, key_guard, pgservice
 from tasks import secrets as S
 from tasks.key_guard import Completion, HostEnvs
 from tasks.models import OLLAMA_PORT, Model, is_http_url, parse_models, parse_ollama_nodes
@@ -358,8 +357,8 @@ def secret_problems(values: Mapping[str, str], mode: str, provider_keys: set[str
         url = values.get(S.DATABASE_URL)
         if not url:
             problems.append(f"{S.DATABASE_URL}: database_mode is 'external' — fix: add DATABASE_URL=postgresql://... to the secrets file")
-        elif urlsplit(url).scheme not in ("postgresql", "postgres") or not urlsplit(url).hostname:
-            problems.append(f"{S.DATABASE_URL}: must be postgresql://user:password@host:5432/dbname")
+        else:
+            problems += [f"{S.DATABASE_URL}: {problem}" for problem in pgservice.problems(url)]
     for name in sorted(provider_keys):
         if not values.get(name):
             problems.append(

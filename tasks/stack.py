@@ -15,7 +15,7 @@ from pyinfra.api import deploy, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files
 
-from tasks import compose
+from tasks import compose, pgservice
 from tasks.render import COMPOSE_FILE, CONFIG_FILE, ENV_FILE, render_files
 from tasks.settings import Settings
 from tasks.uploads import private_file
@@ -36,8 +36,10 @@ class Changes:
         return [self.compose_file, self.env_file, *(self.images or [])]
 
 
-# Compose file and config hold no secret; .env holds them all.
-FILE_MODES = {COMPOSE_FILE: "644", CONFIG_FILE: "644", ENV_FILE: "600"}
+# Compose file and config hold no secret; .env holds them all, and libpq's files of an external
+# database (rendered in that mode only) its address and password.
+FILE_MODES = {COMPOSE_FILE: "644", CONFIG_FILE: "644", ENV_FILE: "600",
+              pgservice.SERVICE_FILE: "600", pgservice.PASSWORD_FILE: "600"}
 
 
 def staging_dir(settings: Settings) -> str:
@@ -67,8 +69,13 @@ def write_files(settings: Settings, changes: Changes) -> None:
             mode=mode,
         )
         for name, mode in FILE_MODES.items()
+        if name in rendered
     }
-    changes.compose_file, changes.config_file, changes.env_file = (written[n] for n in FILE_MODES)
+    for name in (name for name in FILE_MODES if name not in rendered):
+        # An external database's credentials do not outlive a switch to another database mode.
+        files.file(name=f"No {name} (only an external database uses it)",
+                   path=f"{settings.install_dir}/{name}", present=False)
+    changes.compose_file, changes.config_file, changes.env_file = (written[n] for n in (COMPOSE_FILE, CONFIG_FILE, ENV_FILE))
 
 
 def required_images(settings: Settings) -> dict[str, str]:

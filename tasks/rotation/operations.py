@@ -86,20 +86,12 @@ def needs_data_change(run: HostRun, rotation: Rotation) -> bool:
         return True
     values = database.bootstrap_values(run.new.admin_user_id, run.new.admin_email,
                                        database.hash_key(rotation.new_key), database.abbreviate_key(rotation.new_key))
-    return not database.bootstrap_in_place(values, run.new.database_mode, run.new.install_dir, **_db_target(run.new))
-
-
-def _db_target(settings: Settings) -> dict:
-    return dict(postgres_user=settings.postgres_user, postgres_db=settings.postgres_db,
-                postgres_image=settings.postgres_image, compose_project=settings.compose_project)
+    return not database.bootstrap_in_place(values, database.psql(run.new))
 
 
 @operation()
 def probe_key(settings: Settings, key: str, present: bool):
-    yield StringCommand(
-        database.psql_command(settings.database_mode, settings.install_dir, **_db_target(settings)),
-        _stdin=probe_sql(present, key),
-    )
+    yield StringCommand(database.psql(settings), _stdin=probe_sql(present, key))
 
 
 @operation()

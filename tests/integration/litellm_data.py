@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shlex
 import subprocess
 import uuid
 from collections import Counter
@@ -110,11 +111,10 @@ def values_for(master_key: str, admin_user_id: str = "admin", admin_email: str =
 
 
 def direct_command(db: Db, *psql_args: str) -> str:
-    """tasks.database's psql command in mode "direct", as the shell will run it."""
-    return database.psql_command(
-        "direct", "/nonexistent", postgres_user=db.server.superuser, postgres_db=db.name,
-        psql_host="127.0.0.1", psql_port=db.server.port, psql_args=psql_args,
-    ).get_raw_value()
+    """psql on this machine for the suite's database, with the flags tasks.database.psql gives it
+    on a gateway; the bootstrap's operation and fact take it as their `psql` (the password comes
+    from PGPASSFILE, Db.env)."""
+    return " ".join(shlex.quote(arg) for arg in (*db.argv(), *psql_args))
 
 
 def run_bootstrap(db: Db, values: dict[str, str]) -> subprocess.CompletedProcess:

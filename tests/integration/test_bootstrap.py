@@ -10,8 +10,8 @@ from collections import Counter
 
 import pytest
 
-from tasks import database
-from tasks.filters import dotenv_quote, url_component
+from tasks import database, pgservice
+from tasks.filters import url_component
 from tests.integration.litellm_data import (
     check_in_place,
     managed_rows,
@@ -164,32 +164,34 @@ def test_bootstrap_input_carries_values_only_as_psql_variables():
     assert json.dumps(values)  # plain strings only
 
 
-def test_external_mode_reads_a_hostile_database_url_from_the_compose_env_file(schema_db, tmp_path):
-    """Acceptance 4 for mode "external": its shell part (run here with the local bash and psql
-    instead of inside the Postgres image) takes DATABASE_URL, hostile password and all, from a
-    .env as the deploy renders it, and no process's command line ever shows the password."""
+def test_external_mode_bootstraps_through_libpq_files_made_from_a_hostile_database_url(schema_db, tmp_path):
+    """Acceptance 4 for mode "external": the service and password files the controller renders from
+    DATABASE_URL (tasks/pgservice.py; mounted into the one-shot Postgres container on a host, read by
+    the local psql here), hostile user and password and all, and no process's command line ever
+    shows the password."""
     user = "li'te llm@x:y"
-    password = "p'a\"s$s\\w%o@r:d/?#&=+ ;$$ ünï `id` $(id)\nend"
+    password = "p'a\"s$s\\w%o@r:d/?#&=+ ;$$ ünï `id` $(id) end"
     admin = schema_db.server.db("postgres")
     admin.psql(database.psql_variables({"user": user, "password": password})
                + "CREATE ROLE :\"user\" SUPERUSER LOGIN PASSWORD :'password';\n")
     try:
         url = (f"postgresql://{url_component(user)}:{url_component(password)}@127.0.0.1:{schema_db.server.port}"
                f"/{url_component(schema_db.name)}?sslmode=disable&connection_limit=5")
-        env_file = tmp_path / ".env"
-        env_file.write_text(f'LITELLM_MASTER_KEY="sk-x"\nDATABASE_URL={dotenv_quote(url)}\nOTHER="y"\n')
         env = {name: value for name, value in os.environ.items() if not name.startswith("PG")}
-        env["ENV_FILE"] = str(env_file)
+        for name, text, variable in ((pgservice.SERVICE_FILE, pgservice.service_file(url), "PGSERVICEFILE"),
+                                     (pgservice.PASSWORD_FILE, pgservice.password_file(url), "PGPASSFILE")):
+            (tmp_path / name).write_text(text)
+            (tmp_path / name).chmod(0o600)
+            env[variable] = str(tmp_path / name)
+        env["PGSERVICE"] = pgservice.SERVICE
         values = values_for(new_master_key())
         script = "SELECT current_user;\n\\! ps -eo args\n" + database.bootstrap_input(values)
-        result = subprocess.run(
-            ["bash", "-c", database.EXTERNAL_PSQL, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-A", "-t"],
-            input=script, capture_output=True, text=True, env=env,
-        )
+        result = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-A", "-t"],
+                                input=script, capture_output=True, text=True, env=env)
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines()[0] == user
         assert "psql -X -q" in result.stdout, "ps listed the running psql"
-        for shown in (password, password.splitlines()[0], url_component(password)):
+        for shown in (password, url_component(password)):
             assert shown not in result.stdout
         assert check_in_place(schema_db, values)
     finally:

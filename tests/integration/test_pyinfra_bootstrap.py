@@ -1,5 +1,5 @@
 """The bootstrap fact and operation through pyinfra's own API (State/Inventory with @local), against
-the suite's PostgreSQL: psql runs on "the host" in mode "direct", its password from PGPASSFILE."""
+the suite's PostgreSQL: psql runs on "the host" (@local), its password from PGPASSFILE."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_ops
 
 from tasks import database
-from tests.integration.litellm_data import values_for
+from tests.integration.litellm_data import direct_command, values_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,10 +40,7 @@ def new_state() -> State:
 
 
 def target(db) -> dict:
-    return {
-        "mode": "direct", "install_dir": "/nonexistent", "postgres_user": db.server.superuser,
-        "postgres_db": db.name, "psql_host": "127.0.0.1", "psql_port": db.server.port,
-    }
+    return {"psql": direct_command(db)}
 
 
 def in_place(db, values: dict[str, str]) -> bool:

@@ -1,7 +1,7 @@
 """Issue 15, defect 4: a POSTGRES_PASSWORD changed in the secrets file reaches the existing role
 (ALTER ROLE through psql, the value on its stdin as a SCRAM verifier), before the .env changes; or
 the host fails with the steps and nothing changed. Through pyinfra's API on @local against the
-suite's real PostgreSQL (psql mode "direct"; the role changes its own password, as in bundled mode
+suite's real PostgreSQL (psql on this machine; the role changes its own password, as in bundled mode
 the image's POSTGRES_USER does)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import base64
 import logging
 import os
 import secrets
+import shlex
 import subprocess
 
 import pytest
@@ -61,10 +62,14 @@ def run_op(pg_server, role_name: str, install_dir, password: str, port: int | No
         setattr(state, flag, True)
     connect_all(state)
     try:
+        # psql on this machine as the role itself (its current password from PGPASSFILE), as the
+        # bundled mode's psql runs inside the Postgres container.
+        psql = " ".join(shlex.quote(arg) for arg in (
+            "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(port or pg_server.port),
+            "-U", role_name, "-d", "postgres"))
         (meta,) = add_op(
-            state, database.role_password, name="Database role password", mode="direct",
-            install_dir=str(install_dir), password=HiddenValue(password), postgres_user=role_name,
-            postgres_db="postgres", psql_host="127.0.0.1", psql_port=port or pg_server.port,
+            state, database.role_password, name="Database role password", psql=psql,
+            install_dir=str(install_dir), compose_project="litellm", role=role_name, password=HiddenValue(password),
         ).values()
         try:
             run_ops(state)

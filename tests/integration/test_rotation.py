@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import backup, database
+from tasks import backup, database, pgservice
 from tasks.rotation import sql
 from tasks import secrets as S
-from tasks.filters import dotenv_quote
 from tests.integration.conftest import create_database, drop_database
 from tests.integration.litellm_data import direct_command, managed_rows, run_bootstrap, seed, snapshot, values_for
 
@@ -29,12 +28,17 @@ def client_env() -> dict[str, str]:
 
 
 def take_backup(db, tmp_path: Path, path: Path, url: str | None = None, damage: str = "") -> subprocess.CompletedProcess:
-    """tasks.backup's script, with the dump of mode "external" (run here with the local bash and
-    pg_dump instead of inside the Postgres image), reading DATABASE_URL from a rendered .env."""
-    env_file = tmp_path / ".env"
-    env_file.write_text(f'LITELLM_MASTER_KEY="sk-x"\nDATABASE_URL={dotenv_quote(url or db.url)}\n')
-    env_file.chmod(0o600)
-    dump = (f"ENV_FILE={shlex.quote(str(env_file))} bash -c {shlex.quote(backup.EXTERNAL_DUMP)} "
+    """tasks.backup's script, with the dump of mode "external" (run here with the local pg_dump
+    instead of inside the Postgres image), reaching the database through libpq's files rendered
+    from DATABASE_URL, as the gateway host has them."""
+    files = {}
+    for name, text in ((pgservice.SERVICE_FILE, pgservice.service_file(url or db.url)),
+                       (pgservice.PASSWORD_FILE, pgservice.password_file(url or db.url))):
+        files[name] = tmp_path / name
+        files[name].write_text(text)
+        files[name].chmod(0o600)
+    dump = (f"PGSERVICEFILE={shlex.quote(str(files[pgservice.SERVICE_FILE]))} "
+            f"PGPASSFILE={shlex.quote(str(files[pgservice.PASSWORD_FILE]))} PGSERVICE={pgservice.SERVICE} "
             f"pg_dump --format=custom{damage}")
     script = backup.backup_script(dump, "pg_restore --file=/dev/null", str(path))
     return subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=client_env())

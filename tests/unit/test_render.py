@@ -188,3 +188,34 @@ def test_health_checks_give_a_starting_container_start_timeout(build):
     compose = yaml.safe_load(render_files(build(start_timeout=420))[COMPOSE_FILE])
     for service in ("db", "litellm"):
         assert compose["services"][service]["healthcheck"]["start_period"] == "420s"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_only_an_external_database_gets_libpq_files_and_psql_reads_them_mounted(settings_for_mode, mode):
+    """DATABASE_URL parsed once here into libpq's service and password files; psql and pg_dump on the
+    host get them mounted read-only and never a value on their command line."""
+    from tasks import database, pgservice
+
+    settings = settings_for_mode(mode)
+    rendered = render_files(settings)
+    libpq = {pgservice.SERVICE_FILE, pgservice.PASSWORD_FILE}
+    if mode != "external":
+        assert not libpq & rendered.keys()
+        return
+    assert rendered[pgservice.SERVICE_FILE].splitlines()[1:] == [
+        "host=db.example.com", "port=5432", "dbname=litellm", "user=ext"]
+    assert rendered[pgservice.PASSWORD_FILE] == "*:*:*:ext:ext-password-123\n"
+    for command in (database.psql(settings), database.psql(settings, "--format=custom", program="pg_dump")):
+        assert "ext-password-123" not in command and "DATABASE_URL" not in command
+        for name in libpq:
+            assert f"/opt/litellm/{name}:{database.CONTAINER_PG_DIR}/{name}:ro" in command
+        assert f"PGSERVICE={pgservice.SERVICE}" in command
+
+
+def test_a_database_url_libpq_cannot_hold_is_refused_before_any_host(build, secrets_file):
+    from tasks.settings import ConfigError
+
+    secrets_file.write_text(secrets_file.read_text() + 'DATABASE_URL="postgresql://u:a%0Ab@db.example.com/l"\n')
+    with pytest.raises(ConfigError) as refused:
+        build(database_mode="external")
+    assert "DATABASE_URL: the password holds a line break" in str(refused.value)
