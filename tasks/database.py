@@ -24,7 +24,7 @@ from pyinfra.api import FactBase, HiddenValue, StringCommand, operation
 
 from tasks import pgservice
 from tasks.compose import DB_SERVICE, compose_cmd
-from tasks.filters import dotenv_quote
+from tasks.envfile import EnvLineHashes, line_hash
 from tasks.render import ENV_FILE
 
 BOOTSTRAP_SQL = Path(__file__).resolve().parent.parent / "templates" / "bootstrap.sql"
@@ -276,41 +276,18 @@ def role_password_input(role: str, password: str) -> str:
     return PRELUDE + psql_variables({"role": role, "password": value}) + ROLE_PASSWORD_SQL
 
 
-def env_line_hash(name: str, value: str) -> str:
-    """sha256 of the line templates/env.j2 writes for name=value (what EnvLineHash reports)."""
-    return hashlib.sha256(f"{name}={dotenv_quote(value)}".encode()).hexdigest()
-
-
-class EnvLineHash(FactBase):
-    """sha256 of the `NAME=...` line of the project's .env: None without a .env, "" without the
-    line. A hash only: the line itself is a secret."""
-
-    def command(self, install_dir: str, variable: str) -> str:
-        if not VARIABLE_NAME.match(variable.lower()):
-            raise ValueError(f"not a .env variable name: {variable!r}")
-        env = shlex.quote(f"{install_dir.rstrip('/')}/{ENV_FILE}")
-        return (
-            f"if [ -f {env} ]; then echo present; line=$(grep -m1 '^{variable}=' {env}) && "
-            "printf '%s' \"$line\" | sha256sum | cut -d' ' -f1; true; else echo missing; fi"
-        )
-
-    def process(self, output: list[str]) -> str | None:
-        if not output or output[0].strip() != "present":
-            return None
-        return output[1].strip() if len(output) > 1 else ""
-
-
 @operation()
 def role_password(psql: str, install_dir: str, compose_project: str, role: str, password: HiddenValue):
     """The role's password set to `password` when the .env on the host holds another one (an
     existing database whose POSTGRES_PASSWORD changed in the secrets file). Run it before the
     .env is written. No .env or no POSTGRES_PASSWORD line: a new database, initialised with it."""
     value = password.unmask()
-    current = host.get_fact(EnvLineHash, install_dir=install_dir, variable=POSTGRES_PASSWORD)
+    current = (host.get_fact(EnvLineHashes, install_dir=install_dir, names=(POSTGRES_PASSWORD,)) or {}).get(
+        POSTGRES_PASSWORD)
     if not current:
         host.noop("no existing database password on the host: Postgres takes it when it initialises")
         return
-    if current == env_line_hash(POSTGRES_PASSWORD, value):
+    if current == line_hash(POSTGRES_PASSWORD, value):
         host.noop(f"{POSTGRES_PASSWORD} unchanged")
         return
     refusal = (

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 
@@ -11,42 +10,10 @@ from pyinfra.api import FactBase
 
 from tasks import compose
 from tasks import secrets as S
-from tasks.filters import dotenv_quote
-from tasks.render import ENV_FILE
 from tasks.rotation.window import parse_poll_log
 from tasks.rotation.workspace import POLL_LOG, PROOF_SCRIPT, host_python, workspace
 
 REFUSED = (400, 401, 403)  # how LiteLLM refuses a key (400 "No connected db" when it has no database)
-
-
-def env_line_hash(name: str, value: str) -> str:
-    """sha256 of the line tasks.render writes into .env for name=value (what EnvKeyLines reports)."""
-    return hashlib.sha256(f"{name}={dotenv_quote(value)}".encode()).hexdigest()
-
-
-
-class EnvKeyLines(FactBase):
-    """{"LITELLM_MASTER_KEY": sha256 of its line, ...} from the host's .env; None without a .env.
-    Hashes only: the lines themselves are secrets."""
-
-    def command(self, install_dir: str) -> str:
-        env = shlex.quote(f"{install_dir.rstrip('/')}/{ENV_FILE}")
-        pattern = f"^({S.MASTER_KEY}|{S.SALT_KEY})="
-        return (
-            f"if [ -f {env} ]; then echo present; grep -E '{pattern}' {env} | while IFS= read -r line; do "
-            "printf '%s %s\\n' \"${line%%=*}\" \"$(printf '%s' \"$line\" | sha256sum | cut -d' ' -f1)\"; "
-            "done; else echo missing; fi"
-        )
-
-    def process(self, output: list[str]) -> dict[str, str] | None:
-        if not output or output[0].strip() != "present":
-            return None
-        found = {}
-        for line in output[1:]:
-            name, _, digest = line.strip().partition(" ")
-            if name and digest:
-                found[name] = digest
-        return found
 
 
 class ProxyKeyHash(FactBase):

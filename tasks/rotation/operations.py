@@ -12,18 +12,23 @@ from pyinfra.api.operation import OperationMeta
 from tasks import database
 from tasks import secrets as S
 from tasks.render import ENV_FILE
-from tasks.rotation.facts import EnvKeyLines, KeyProof, PollSamples, ProxyKeyHash, env_line_hash, evaluate_proof
+from tasks.envfile import EnvLineHashes
+from tasks.envfile import line_hash as env_line_hash
+from tasks.rotation.facts import KeyProof, PollSamples, ProxyKeyHash, evaluate_proof
 from tasks.rotation.records import HostRun, Rotation
 from tasks.rotation.sql import probe_sql
 from tasks.rotation.window import POLL_INTERVAL, refusal_window
 from tasks.rotation.workspace import POLL_LOG, POLLER_SCRIPT, STOP_FILE, host_python, poller_name, probe_base, workspace
 from tasks.settings import Settings
 
+# The .env lines the rotation compares (as hashes): the master key it moves, the salt key it never may.
+KEY_LINES = (S.MASTER_KEY, S.SALT_KEY)
+
 
 @operation(is_idempotent=True)
 def preflight(run: HostRun, rotation: Rotation):
     """Nothing changes here; a problem fails this host, and the gate then stops every other."""
-    lines = host.get_fact(EnvKeyLines, install_dir=run.old.install_dir)
+    lines = host.get_fact(EnvLineHashes, install_dir=run.old.install_dir, names=KEY_LINES)
     salt = run.old.secrets.get(S.SALT_KEY)
     problem = None
     where = f"{run.old.install_dir}/{ENV_FILE}"
@@ -81,7 +86,7 @@ def gate(rotation: Rotation, stage: str):
 
 def needs_data_change(run: HostRun, rotation: Rotation) -> bool:
     """Asked on the host when the backup runs: is any change due to .env or the database?"""
-    lines = host.get_fact(EnvKeyLines, install_dir=run.old.install_dir) or {}
+    lines = host.get_fact(EnvLineHashes, install_dir=run.old.install_dir, names=KEY_LINES) or {}
     if lines.get(S.MASTER_KEY) != env_line_hash(S.MASTER_KEY, rotation.new_key):
         return True
     values = database.bootstrap_values(run.new.admin_user_id, run.new.admin_email,

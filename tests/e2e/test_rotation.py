@@ -25,7 +25,7 @@ from collections import Counter
 
 import pytest
 
-from tasks import database
+from tasks import database, envfile
 from tasks.rotation import facts
 from tasks.rotation import interrupt
 from tasks.rotation import sql
@@ -113,7 +113,7 @@ def env_line_hash(deployment, gateway: str, name: str) -> str:
 
 
 def holds(deployment, gateway: str, name: str, value: str) -> bool:
-    return env_line_hash(deployment, gateway, name) == facts.env_line_hash(name, value)
+    return env_line_hash(deployment, gateway, name) == envfile.line_hash(name, value)
 
 
 def status(deployment, gateway: str, key: str) -> int:

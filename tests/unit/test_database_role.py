@@ -5,7 +5,7 @@ from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.facts import get_facts
 
-from tasks import database
+from tasks import database, envfile
 from tasks.render import render_files
 
 
@@ -25,7 +25,7 @@ def test_a_password_saslprep_may_rewrite_goes_to_the_server_as_a_psql_variable()
 
 
 def test_env_line_hash_matches_the_line_the_deploy_writes(build, tmp_path):
-    """EnvLineHash through the real @local connector, on a .env rendered by the deploy's templates."""
+    """EnvLineHashes through the real @local connector, on a .env rendered by the deploy's templates."""
     settings = build(database_mode="bundled")
     install_dir = tmp_path / "opt"
     install_dir.mkdir()
@@ -33,14 +33,14 @@ def test_env_line_hash_matches_the_line_the_deploy_writes(build, tmp_path):
     state = State(Inventory((["@local"], {})), Config())
     connect_all(state)
     try:
-        def fact(directory, variable="POSTGRES_PASSWORD"):
-            kwargs = {"install_dir": str(directory), "variable": variable}
-            (value,) = get_facts(state, database.EnvLineHash, kwargs=kwargs).values()
+        def fact(directory, *names):
+            kwargs = {"install_dir": str(directory), "names": names or ("POSTGRES_PASSWORD",)}
+            (value,) = get_facts(state, envfile.EnvLineHashes, kwargs=kwargs).values()
             return value
 
-        wanted = database.env_line_hash("POSTGRES_PASSWORD", settings.secrets["POSTGRES_PASSWORD"])
-        assert fact(install_dir) == wanted
-        assert fact(install_dir, "NOT_IN_THE_FILE") == ""
+        wanted = envfile.line_hash("POSTGRES_PASSWORD", settings.secrets["POSTGRES_PASSWORD"])
+        assert fact(install_dir) == {"POSTGRES_PASSWORD": wanted}
+        assert fact(install_dir, "NOT_IN_THE_FILE") == {}
         assert fact(tmp_path / "absent") is None
     finally:
         disconnect_all(state)

@@ -18,7 +18,10 @@ from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy
 
 from tasks import secrets as S
-from tasks.rotation.facts import EnvKeyLines, env_line_hash, evaluate_proof
+from tasks.envfile import EnvLineHashes
+from tasks.envfile import line_hash as env_line_hash
+from tasks.rotation.facts import evaluate_proof
+from tasks.rotation.operations import KEY_LINES
 from tasks.rotation.interrupt import STOP_ENV
 from tasks.rotation.pending import complete, pending_key, pending_rotation_problem, record_pending_key, rotation_guard
 from tasks.rotation.records import Rotation
@@ -211,15 +214,15 @@ def test_env_key_lines_fact_reads_a_rendered_env(build, secrets_file, tmp_path):
     install = tmp_path / "opt"
     install.mkdir()
     (install / ".env").write_text(render_files(settings)[".env"])
-    command = EnvKeyLines().command(str(install))
+    command = EnvLineHashes().command(str(install), KEY_LINES)
     result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, check=True)
-    found = EnvKeyLines().process(result.stdout.splitlines())
+    found = EnvLineHashes().process(result.stdout.splitlines())
     assert found == {S.MASTER_KEY: env_line_hash(S.MASTER_KEY, HOSTILE),
                      S.SALT_KEY: env_line_hash(S.SALT_KEY, settings.secrets[S.SALT_KEY])}
     assert HOSTILE not in result.stdout
-    missing = subprocess.run(["sh", "-c", EnvKeyLines().command(str(tmp_path / "none"))],
+    missing = subprocess.run(["sh", "-c", EnvLineHashes().command(str(tmp_path / "none"), KEY_LINES)],
                              capture_output=True, text=True, check=True)
-    assert EnvKeyLines().process(missing.stdout.splitlines()) is None
+    assert EnvLineHashes().process(missing.stdout.splitlines()) is None
 
 
 def rotation_for_settings(settings, path: Path) -> Rotation:
