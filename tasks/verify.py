@@ -17,7 +17,7 @@ from pyinfra import host, logger, state
 from pyinfra.api import FactBase, deploy, operation
 
 from tasks import probe
-from tasks.compose import compose_cmd
+from tasks.compose import PROXY_SERVICE, compose_cmd
 from tasks.database import MASTER_KEY_ALIAS
 from tasks.models import Model
 from tasks.settings import Settings
@@ -61,12 +61,17 @@ def _route_names(settings: Settings) -> dict[str, list[str]]:
     return needs
 
 
+def proxy_logs(settings: Settings) -> str:
+    """The command that shows the proxy's log, as a fix hint."""
+    return f"`{compose_cmd(settings.compose_project, settings.install_dir)} logs {PROXY_SERVICE}`"
+
+
 def gateway_checks(settings: Settings) -> list[dict]:
     """Checks run inside the proxy container against the proxy itself (no chat: see chat_checks)."""
     names = [m.name for m in settings.models]
     return [
         {"name": "gateway liveliness", "kind": "status", "url": f"{PROXY}/health/liveliness",
-         "fix": "see `docker compose logs litellm` in " + settings.install_dir},
+         "fix": f"see {proxy_logs(settings)}"},
         {"name": "gateway readiness", "kind": "readiness", "url": f"{PROXY}/health/readiness",
          "db": settings.has_database, "fix": "check DATABASE_URL and that Postgres is healthy"},
         {"name": "gateway models", "kind": "models", "url": f"{PROXY}/v1/models", "key_env": "LITELLM_MASTER_KEY",
@@ -77,7 +82,7 @@ def gateway_checks(settings: Settings) -> list[dict]:
         "name": f"gateway database: admin user {settings.admin_user_id} and its master-key link",
         "kind": "admin_user", "url": f"{PROXY}/user/info?user_id={quote(settings.admin_user_id)}",
         "key_env": "LITELLM_MASTER_KEY", "expect": settings.admin_user_id, "alias": MASTER_KEY_ALIAS,
-        "fix": "the bootstrap stage makes them: re-run deploy.py; `docker compose logs litellm` for database errors",
+        "fix": f"the bootstrap stage makes them: re-run deploy.py; {proxy_logs(settings)} for database errors",
     }] if settings.has_database else [])
 
 
@@ -92,7 +97,7 @@ def chat_checks(settings: Settings) -> list[dict]:
                  "messages": [{"role": "user", "content": "Reply with one word: ok"}]},
         "requires": needs.get(model.name, []),
         "fix": f"the route of {model.name} ({model.model} at {model.api_base or 'provider default'}): "
-               "see `docker compose logs litellm` in " + settings.install_dir,
+               f"see {proxy_logs(settings)}",
     } for model in settings.models if model.smoke_test]
 
 
@@ -134,9 +139,10 @@ class ContainerChecks(FactBase):
     """Results of probe.py run inside the proxy container (keys come from its own environment)."""
 
     def command(self, project: str, install_dir: str, spec: str) -> str:
-        exec_cmd = f"{compose_cmd(project, install_dir)} exec -T -e {WRONG_KEY_ENV}=sk-litellm-deploy-wrong-key litellm"
+        exec_cmd = (f"{compose_cmd(project, install_dir)} exec -T -e {WRONG_KEY_ENV}=sk-litellm-deploy-wrong-key "
+                    f"{PROXY_SERVICE}")
         failed = json.dumps([{"name": "proxy container", "url": "", "ok": False, "status": 0,
-                              "problem": "cannot run checks inside the litellm container (is it running?)",
+                              "problem": f"cannot run checks inside the {PROXY_SERVICE} container (is it running?)",
                               "fix": f"docker compose ps in {install_dir}"}])
         return (f"{exec_cmd} python3 -c {shlex.quote(PROBE_SOURCE)} {shlex.quote(spec)} 2>/dev/null "
                 f"|| echo {shlex.quote(failed)}")

@@ -22,7 +22,7 @@ class ProxyKeyHash(FactBase):
 
     def command(self, project: str, install_dir: str) -> str:
         return (
-            f"id=$({compose.compose_cmd(project, install_dir)} ps -q litellm 2>/dev/null | head -n 1); "
+            f"id=$({compose.compose_cmd(project, install_dir)} ps -q {compose.PROXY_SERVICE} 2>/dev/null | head -n 1); "
             "if [ -n \"$id\" ]; then docker inspect --format '{{range .Config.Env}}{{println .}}{{end}}' \"$id\" "
             f"| sed -n 's/^{S.MASTER_KEY}=//p' | head -n 1 | tr -d '\\n' | sha256sum | cut -d' ' -f1; fi"
         )

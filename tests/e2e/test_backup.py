@@ -21,6 +21,7 @@ import pytest
 from tests.e2e import database
 from tests.e2e import gateway_http as api
 from tests.e2e.conftest import make_deployment
+from tasks.compose import PROXY_SERVICE
 
 pytestmark = pytest.mark.e2e
 HOST = "gw-db"
@@ -49,7 +50,7 @@ def local_dumps(deployment) -> list[Path]:
 
 def proxy_container(deployment) -> tuple[str, str]:
     """(container id, start time) of the proxy: a restart or recreation changes it."""
-    cid = deployment.ssh(HOST, "docker compose --project-directory /opt/litellm ps -q litellm").strip()
+    cid = deployment.ssh(HOST, f"docker compose --project-directory /opt/litellm ps -q {PROXY_SERVICE}").strip()
     assert cid, "no proxy container"
     started = deployment.ssh(HOST, f"docker inspect --format '{{{{.State.StartedAt}}}}' {cid}").strip()
     return cid, started

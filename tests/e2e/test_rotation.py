@@ -34,6 +34,7 @@ from tasks import secrets as S
 from tasks.filters import dotenv_quote
 from tests.e2e import gateway_http as api
 from tests.e2e.conftest import make_deployment
+from tasks.compose import PROXY_SERVICE
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -218,7 +219,7 @@ def test_5_gateway_verifies_and_the_salt_still_decrypts(deployment, memo):
     assert verify.returncode == 0, verify.output[-4000:]
     script = ("import sys; from litellm.proxy.common_utils.encrypt_decrypt_utils import decrypt_value_helper; "
               "print(repr(decrypt_value_helper(sys.argv[1], 'e2e')))")
-    out = deployment.ssh(STATELESS, f"{COMPOSE} exec -T litellm python3 -c {shlex.quote(script)} "
+    out = deployment.ssh(STATELESS, f"{COMPOSE} exec -T {PROXY_SERVICE} python3 -c {shlex.quote(script)} "
                                     f"{shlex.quote(memo['ciphertext'])} 2>/dev/null")
     assert out.strip().splitlines()[-1] == repr(CREDENTIAL)
 

@@ -7,6 +7,7 @@ import testinfra
 
 from tests.e2e.conftest import OLLAMA_MODEL
 from tests.testbed import wait_until
+from tasks.compose import PROXY_SERVICE
 
 HOST = "gw-stateless"
 pytestmark = pytest.mark.e2e
@@ -72,7 +73,7 @@ def test_3_chat_reaches_the_routed_node(deployment, converged, model, marker):
 
 
 def proxy_container(deployment):
-    return deployment.ssh(HOST, "docker compose --project-directory /opt/litellm ps -q litellm").strip()
+    return deployment.ssh(HOST, f"docker compose --project-directory /opt/litellm ps -q {PROXY_SERVICE}").strip()
 
 
 def test_4_changed_model_recreates_the_proxy(deployment, converged):

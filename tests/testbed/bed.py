@@ -64,8 +64,8 @@ DEFAULT_UPSTREAM_MODELS = ["upstream-mock"]
 OLLAMA_PORT = 11434
 UPSTREAM_PORT = 4000
 
-# Host containers: systemd as PID 1 with its own dockerd inside (see FIELD-NOTES.md; --privileged
-# fails on these machines, and without systempaths=unconfined the inner dockerd cannot start containers).
+# Host containers: systemd as PID 1 with its own dockerd inside (--privileged fails on these machines
+# with "unable to apply caps", and without systempaths=unconfined the inner dockerd cannot start containers).
 HOST_CAPS = ["SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE", "MKNOD"]
 HOST_SECURITY = ["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"]
 HOST_SECURITY_SDK = [o for o in HOST_SECURITY if not o.startswith("systempaths")]  # see _create_host

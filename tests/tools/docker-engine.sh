@@ -2,7 +2,7 @@
 # A running Docker engine and debootstrap on this machine (and curl, which the demo's closing commands
 # use), for `make demo` and `.ci/run`: installed from the distribution's packages when missing
 # (Debian/Ubuntu, as root), and the engine started when it does not answer (by systemd where it runs,
-# else by hand: FIELD-NOTES.md). Says what it does.
+# else by hand as `dockerd &`, e.g. in a container without systemd). Says what it does.
 set -euo pipefail
 
 missing=()
