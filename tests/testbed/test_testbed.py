@@ -139,7 +139,8 @@ def test_bed_end_to_end(bed, tmp_path):
 
     # The inventory: exactly one group, the gateways with their addresses; the Ollama stand-in is
     # their data (ollama_nodes), not a host pyinfra would log into.
-    path = bed.write_inventory(tmp_path / "inventory.py", extra_data={"tbt-gw": {"role_note": "gw"}})
+    # names=: this test's hosts only (other suites' hosts may be up on the same bed at the same time).
+    path = bed.write_inventory(tmp_path / "inventory.py", extra_data={"tbt-gw": {"role_note": "gw"}}, names=NAMES)
     ns = {k: v for k, v in runpy.run_path(str(path)).items() if not k.startswith("__")}
     assert sorted(k for k, v in ns.items() if isinstance(v, (list, tuple))) == ["litellm_hosts"]
     gw = dict(ns["litellm_hosts"])["tbt-gw"]

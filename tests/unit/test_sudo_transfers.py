@@ -59,6 +59,10 @@ def sudo_host(tmp_path, **data):
     """A connected @local host whose data says what a cloud image's inventory says."""
     temp_dir = tmp_path / "pyinfra-tmp"
     temp_dir.mkdir(exist_ok=True)
+    # pyinfra memoizes a host's temp directory by the host's name ("@local"), across States: an
+    # earlier test's @local would hand this one its temp directory, not TEMP_DIR below.
+    from pyinfra.api.host import Host
+    Host._get_temp_directory.cache.clear()  # noqa: SLF001
     state = State(Inventory((["@local"], {"_sudo": True, "_sudo_password": SUDO_PASSWORD, **data})),
                   Config(TEMP_DIR=str(temp_dir)))
     connect_all(state)
