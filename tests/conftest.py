@@ -18,12 +18,11 @@ SHARED_FIXTURE_UNITS = {
     "main-bed": ("tests/e2e/test_db_gateway.py", "tests/e2e/test_stateless_gateway.py", "tests/e2e/test_upgrade.py"),
 }
 
-# The e2e units, longest first, as UnitClock measured them on 2 cores (2026-12-01, DB-backed gateway on
-# the bed: main bed 1030 s, rotation 737 s, verify faults 513 s, backup 349 s, demo 151 s; every other
-# unit under 70 s; ollama nodes not yet measured alone: 654 s beside four other suites, one gateway as
-# the demo has). Handing them out in
-# this order lets the two workers finish close together: in test-count order one worker ran three of
-# them back to back and finished 430 s after the other.
+# The e2e units, longest first, as UnitClock measured them on 2 cores (2026-12-02, a whole `make test`
+# with other work on the machine: main bed 1562 s, rotation 1209 s, sudo user 1187 s, verify faults
+# 1127 s, backup 798 s, demo 275 s, ollama nodes 245 s, key guard 230 s; the rest under 90 s). Handing
+# them out in this order lets the two workers finish close together: in test-count order one worker
+# ran three of them back to back and finished 430 s after the other.
 LONGEST_FIRST = (
     "main-bed", "tests/e2e/test_rotation.py", "tests/e2e/test_verify_faults.py", "tests/e2e/test_sudo_user.py",
     "tests/e2e/test_backup.py", "tests/e2e/test_demo.py", "tests/e2e/test_ollama_nodes.py", "tests/e2e/test_key_guard.py",
