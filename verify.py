@@ -3,6 +3,7 @@
 from pyinfra import host, state
 
 from tasks.context import runbook_settings
+from tasks.key_converge import keys_verified
 from tasks.verify import verify_gateway
 
 # Read-only: the secrets file is never completed or written here (values a gateway holds are
@@ -11,3 +12,6 @@ settings = runbook_settings(state, host, "verify.py", complete=False)
 
 if settings is not None:
     verify_gateway(settings)
+    # Every declared virtual key authenticates and sees its models; blocked and absent ones are refused.
+    if settings.virtual_keys:
+        keys_verified(name="Virtual keys authenticate as declared", settings=settings)

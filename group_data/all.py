@@ -57,3 +57,16 @@ backup_schedule = "daily"
 log_max_size = "10m"
 # ... and this many files are kept per container.
 log_max_file = 3
+# Who may use the gateway (needs a database; converged through the proxy's API after verification, and
+# alone with `pyinfra inventory keys.py`). Teams and keys are matched by alias; entries not declared
+# here are left alone, and state "absent" deletes one. A key's value is never written here: it is the
+# secrets-file entry key_env (default VIRTUAL_KEY_<ALIAS>), generated on the first run, or set by you
+# beforehand to import an existing key. Fields (all optional except alias):
+#   team: alias, models ("all" or a list of model names), max_budget (USD), budget_duration ("30d"),
+#         tpm_limit, rpm_limit, members (user ids), metadata, blocked, state ("present"/"absent")
+#   key:  alias, models ("all": every model, or its team's), team, max_budget, budget_duration,
+#         tpm_limit, rpm_limit, metadata, duration ("90d" from creation) or expires ("2027-06-30", UTC),
+#         blocked, state, key_env
+# e.g. virtual_keys = [{"alias": "everything-30d", "models": "all", "max_budget": 50, "budget_duration": "30d"}]
+teams = []
+virtual_keys = []

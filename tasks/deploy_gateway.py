@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 
-from tasks import backup, database, docker, migrations, stack, upgrade, verify
+from tasks import backup, database, docker, key_converge, migrations, stack, upgrade, verify
 from tasks.settings import Settings
 from tasks.stages import Stage, stage
 
@@ -39,6 +39,8 @@ def deploy_gateway(settings: Settings) -> None:
     # Remembered as verified, so the next image change is known as an upgrade.
     upgrade.verified_image_recorded(name="Verified image recorded", install_dir=settings.install_dir,
                                     image=settings.litellm_image)
+    # Declared teams and virtual keys, through the verified proxy's API (database modes).
+    key_converge.converge_access(settings)
 
 
 def database_stages(settings: Settings) -> list[Stage]:

@@ -2,7 +2,9 @@
 
 Inside the container this file is sent as `python3 -c` source, so requests leave from where the
 gateway's real traffic leaves (LiteLLM issue #4494: an Ollama URL that works from the operator's
-laptop but not from the container). Keys are read from the environment by name, never passed in.
+laptop but not from the container). Keys are read from the environment by name, never passed in;
+a virtual key's check names its alias, and the values come on stdin ({alias: value}, from a
+root-only file on the host) when the spec says "keys_on_stdin".
 Each check retries until its deadline, then reports what was checked, the URL, and the error.
 
 A check is a dict: name, kind, url, and optionally key_env, body, timeout, expect, fix,
@@ -17,12 +19,21 @@ import time
 import urllib.error
 import urllib.request
 
+VIRTUAL_KEYS = {}  # alias -> value, from stdin (see the module's docstring)
 
-def request(url, key_env=None, body=None, timeout=10):
+
+def key_of(check):
+    """The key a check sends: a virtual key by alias, else an environment variable by name."""
+    if check.get("key_alias"):
+        return VIRTUAL_KEYS.get(check["key_alias"], "")
+    return os.environ.get(check["key_env"], "") if check.get("key_env") else None
+
+
+def request(url, key=None, body=None, timeout=10):
     """(status, parsed JSON or text) — status 0 means no HTTP answer (the error text instead)."""
     headers = {"Content-Type": "application/json"}
-    if key_env:
-        headers["Authorization"] = "Bearer " + os.environ.get(key_env, "")
+    if key is not None:
+        headers["Authorization"] = "Bearer " + key
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, headers=headers)
     try:
@@ -60,12 +71,13 @@ def evaluate(check, status, payload):
     if kind == "refused":
         return None if status in (400, 401, 403) else "HTTP %s: a wrong key was accepted" % status
     key_env = check.get("key_env")
-    if key_env and status in (400, 401, 403) and kind != "chat":
-        empty = "" if os.environ.get(key_env) else ", which is empty here"
+    if (key_env or check.get("key_alias")) and status in (400, 401, 403) and kind != "chat":
+        empty = "" if key_of(check) else ", which is empty here"
         said = error_text(payload)
         if status == 400 and "no connected db" in said.lower():
             said += "; a LiteLLM without a database answers 400, not 401, to any key but its master key"
-        return "HTTP %s: the key in %s was refused%s (%s)" % (status, key_env, empty, said)
+        holder = "virtual key %s" % check["key_alias"] if check.get("key_alias") else "the key in %s" % key_env
+        return "HTTP %s: %s was refused%s (%s)" % (status, holder, empty, said)
     if status != 200:
         return "HTTP %s: %s" % (status, error_text(payload))
     if kind == "models":
@@ -105,7 +117,7 @@ def run_check(check, deadline):
     """Retry one check until it passes or its deadline passes; the last failure is returned."""
     delay = 1.0
     while True:
-        status, payload = request(check["url"], check.get("key_env"), check.get("body"), check.get("timeout", 10))
+        status, payload = request(check["url"], key_of(check), check.get("body"), check.get("timeout", 10))
         problem = evaluate(check, status, payload)
         if problem is None or time.monotonic() + delay > deadline:
             fix = check.get("fix_no_answer", check.get("fix", "")) if status == 0 else check.get("fix", "")
@@ -134,4 +146,6 @@ def run_checks(checks, seconds):
 
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1])
+    if spec.get("keys_on_stdin"):
+        VIRTUAL_KEYS.update(json.loads(sys.stdin.read() or "{}"))
     print(json.dumps(run_checks(spec["checks"], spec["seconds"])))

@@ -123,6 +123,11 @@ def new_master_key() -> str:
     return _new_key()
 
 
+def new_virtual_key() -> str:
+    """A virtual key's value, made like a master key: LiteLLM takes it as given on /key/generate."""
+    return _new_key()
+
+
 def _split_lead(text: str) -> tuple[str, str]:
     """python-dotenv hands blank lines before an entry to that entry; keep them where they are."""
     body = text.lstrip("\n")

@@ -154,3 +154,17 @@ def test_a_re_run_on_the_same_image_runs_the_stages_plainly(build, monkeypatch, 
     assert all(not arguments["_ignore_errors"] and not arguments["_if"] for _, _, arguments in ops)
     # The image is on the host: nothing pulled.
     assert [commands for name, commands, _ in ops if f"Image {IMAGE}" in name] == [[]]
+
+
+def test_declared_keys_converge_after_verification_with_their_values_in_a_root_only_file(build, monkeypatch, archives):
+    keys = [{"alias": "everything", "models": "all"}]
+    ops = plan(settings_for(build, "pull", archives, virtual_keys=keys), monkeypatch, previous=None)
+    names = [name for name, _, _ in ops]
+    verified = position(ops, "Gateway, Ollama nodes and upstreams answer")
+    written = position(ops, "Write virtual-keys.json (virtual key values, mode 0600)")
+    assert verified < written < position(ops, "Teams and virtual keys as declared") \
+        < position(ops, "Virtual keys authenticate as declared"), names
+    assert any("install -m 600 -o root -g root" in c for c in ops[written][1])
+    # No declaration, no key operation at all.
+    plain = [name for name, _, _ in plan(settings_for(build, "pull", archives), monkeypatch, previous=None)]
+    assert not [name for name in plain if "irtual key" in name]

@@ -1,0 +1,380 @@
+"""The declared teams and virtual keys made true in the gateway's database, through LiteLLM's API.
+
+What the proxy holds is read (tasks/key_agent.py, inside the proxy container), compared here with
+the declarations, and only what differs is sent back: missing entries made, drifted fields (only
+those the declaration sets) updated, `absent` ones deleted. Spend is never sent, so never reset;
+keys the declarations do not name are never read or touched. A second run with nothing changed
+finds nothing to do and reports no change.
+
+A key's value travels from the secrets file to a root-only file on the host (KEYS_FILE) and from
+there on the agent's stdin: never in a command, a fact's output or pyinfra's log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shlex
+from pathlib import Path
+
+from pyinfra import host, logger, state
+from pyinfra.api import FactBase, deploy, operation
+
+from tasks import key_agent, probe
+from tasks.compose import PROXY_SERVICE, compose_cmd
+from tasks.settings import GATEWAYS, Settings, read_host_data
+from tasks.stack import staging_dir
+from tasks.uploads import private_file
+from tasks.virtual_keys import Team, VirtualKey, effective_models
+
+AGENT_SOURCE = Path(key_agent.__file__).read_text()
+PROBE_SOURCE = Path(probe.__file__).read_text()
+KEYS_FILE = "virtual-keys.json"
+PROXY = key_agent.PROXY
+# A fixed expiry is sent as seconds from now; this much drift is the request's own latency, not a change.
+EXPIRY_SLACK_SECONDS = 300
+KEY_SETTINGS = ("models", "team", "max_budget", "budget_duration", "tpm_limit", "rpm_limit", "metadata",
+                "expires", "blocked")
+TEAM_SETTINGS = ("models", "max_budget", "budget_duration", "tpm_limit", "rpm_limit", "metadata", "blocked")
+
+
+def keys_file(settings: Settings) -> str:
+    return f"{settings.install_dir}/{KEYS_FILE}"
+
+
+def key_values(settings: Settings) -> dict[str, str]:
+    """{alias: value} of every declared key whose value the secrets file holds."""
+    values = {key.alias: settings.secrets.get(key.key_env) for key in settings.virtual_keys}
+    return {alias: value for alias, value in values.items() if value}
+
+
+def _in_container(settings: Settings, script: str, *args: str) -> str:
+    """A stdlib script run in the proxy container, the key values on its stdin (no file: none)."""
+    source = shlex.quote(keys_file(settings))
+    exec_cmd = f"{compose_cmd(settings.compose_project, settings.install_dir)} exec -T {PROXY_SERVICE}"
+    quoted = " ".join(shlex.quote(a) for a in args)
+    return f"(cat {source} 2>/dev/null || echo '{{}}') | {exec_cmd} python3 -c {shlex.quote(script)} {quoted}"
+
+
+def owner(settings: Settings) -> str:
+    """The gateway of this run that converges the keys of settings' database: itself, unless an
+    earlier gateway of the run shares its (external: the secrets file's one DATABASE_URL) database."""
+    if settings.database_mode != "external":
+        return settings.host_name
+    for gateway in state.inventory.get_group(GATEWAYS, default=[]):
+        if state.is_host_in_limit(gateway) and read_host_data(gateway.data.get)["database_mode"] == "external":
+            return gateway.name
+    return settings.host_name
+
+
+class DeclaredAccess(FactBase):
+    """The declared teams and keys as the proxy holds them (key_agent.read), or {"error": ...}."""
+
+    def command(self, project: str, install_dir: str, agent_command: str, moment: str = "") -> str:
+        # `moment` only tells two reads of one run apart (pyinfra keeps a fact per argument set).
+        return f"{agent_command} 2>&1 || true"
+
+    def process(self, output: list[str]) -> dict:
+        try:
+            return json.loads(output[-1])
+        except (IndexError, ValueError):
+            return {"error": f"cannot ask the proxy (is the {PROXY_SERVICE} container running?): "
+                             + " ".join(output)[-300:]}
+
+
+def read_access(settings: Settings, moment: str = "before") -> dict:
+    spec = {"teams": [t.alias for t in settings.teams], "keys": [k.alias for k in settings.virtual_keys]}
+    return host.get_fact(DeclaredAccess, project=settings.compose_project, install_dir=settings.install_dir,
+                         agent_command=_in_container(settings, AGENT_SOURCE, "read", json.dumps(spec)),
+                         moment=moment)
+
+
+# --- comparing -----------------------------------------------------------------------------------
+
+
+def _parse_time(value: object) -> dt.datetime | None:
+    if not value:
+        return None
+    moment = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+def _seconds_until(moment: dt.datetime, now: dt.datetime) -> str:
+    return f"{max(1, int((moment - now).total_seconds()))}s"
+
+
+def _wanted(entry: Team | VirtualKey, name: str) -> object:
+    if name == "models":
+        return sorted(entry.models or [])
+    if name == "team":
+        return entry.team
+    if name == "metadata":
+        return dict(entry.metadata or {})
+    return getattr(entry, name)
+
+
+def _stored(row: dict, name: str) -> object:
+    if name == "models":
+        return sorted(row.get("models") or [])
+    if name == "team":
+        return row.get("team_id")
+    if name == "blocked":
+        return bool(row.get("blocked"))
+    if name in ("max_budget",) and row.get(name) is not None:
+        return float(row[name])
+    return row.get(name)
+
+
+def _same(name: str, wanted: object, stored: object, now: dt.datetime) -> bool:
+    if name == "metadata":  # LiteLLM adds entries of its own: the declared ones must match
+        return all((stored or {}).get(k) == v for k, v in wanted.items())
+    if name == "expires":
+        held = _parse_time(stored)
+        return wanted is None and held is None or (
+            wanted is not None and held is not None and abs((held - wanted).total_seconds()) <= EXPIRY_SLACK_SECONDS)
+    if name == "max_budget" and wanted is not None and stored is not None:
+        return abs(float(wanted) - float(stored)) < 1e-9
+    return wanted == stored
+
+
+def _body_value(name: str, wanted: object, row: dict | None, now: dt.datetime) -> tuple[str, object]:
+    """(API field, value) for one setting; a fixed expiry goes as LiteLLM's duration from now."""
+    if name == "team":
+        return "team_id", wanted
+    if name == "expires":
+        return "duration", None if wanted is None else _seconds_until(wanted, now)
+    if name == "metadata":
+        return "metadata", {**((row or {}).get("metadata") or {}), **wanted}
+    return name, wanted
+
+
+def _drift(entry: Team | VirtualKey, row: dict, settings_names: tuple[str, ...], now: dt.datetime) -> dict:
+    body = {}
+    for name in settings_names:
+        if name in entry.declared and not _same(name, _wanted(entry, name), _stored(row, name), now):
+            field, value = _body_value(name, _wanted(entry, name), row, now)
+            body[field] = value
+    return body
+
+
+def _new_body(entry: Team | VirtualKey, settings_names: tuple[str, ...], now: dt.datetime) -> dict:
+    body = {}
+    for name in settings_names:
+        wanted = _wanted(entry, name)
+        if wanted is None or (name == "metadata" and not wanted) or (name == "blocked" and not wanted):
+            continue
+        field, value = _body_value(name, wanted, None, now)
+        body[field] = value
+    if isinstance(entry, VirtualKey) and entry.duration:
+        body["duration"] = entry.duration
+    return body
+
+
+def _members(team: Team, user_ids) -> list[dict]:
+    return [{"role": "user", "user_id": user_id} for user_id in user_ids]
+
+
+def plan(teams: tuple[Team, ...], keys: tuple[VirtualKey, ...], current: dict,
+         now: dt.datetime) -> tuple[list[dict], list[str]]:
+    """(actions for key_agent.apply, problems that stop the host before any action)."""
+    actions: list[dict] = []
+    problems: list[str] = []
+    held_teams, held_keys = current.get("teams", {}), current.get("keys", {})
+    for team in (t for t in teams if t.state == "present"):
+        row = held_teams.get(team.alias)
+        if row is None:
+            body = {"team_id": team.alias, "team_alias": team.alias, **_new_body(team, TEAM_SETTINGS, now)}
+            if team.members:
+                body["members_with_roles"] = _members(team, team.members)
+            actions.append({"do": "team_new", "body": body, "describe": f"team {team.alias}: created"})
+            continue
+        if drift := _drift(team, row, TEAM_SETTINGS, now):
+            actions.append({"do": "team_update", "body": {"team_id": team.alias, **drift},
+                            "describe": f"team {team.alias}: {', '.join(sorted(drift))} updated"})
+        if "members" in team.declared:
+            held = set(row.get("members") or [])
+            if added := [u for u in team.members if u not in held]:
+                actions.append({"do": "member_add", "body": {"team_id": team.alias, "member": _members(team, added)},
+                                "describe": f"team {team.alias}: member(s) {', '.join(added)} added"})
+            for user_id in sorted(held - set(team.members)):
+                actions.append({"do": "member_delete", "body": {"team_id": team.alias, "user_id": user_id},
+                                "describe": f"team {team.alias}: member {user_id} removed"})
+    for key in keys:
+        row = held_keys.get(key.alias)
+        if key.state == "absent":
+            if row is not None:
+                actions.append({"do": "key_delete", "body": {"key_aliases": [key.alias]},
+                                "describe": f"key {key.alias}: deleted"})
+            continue
+        if row is None:
+            if key.expires is not None and key.expires <= now:
+                problems.append(f"virtual_keys[{key.alias!r}].expires: {key.expires:%Y-%m-%d %H:%M} UTC has passed, so the "
+                                "key would be made expired — fix: a later date, or state 'absent'")
+                continue
+            body = {"key_alias": key.alias, **_new_body(key, KEY_SETTINGS, now)}
+            actions.append({"do": "key_generate", "alias": key.alias, "body": body,
+                            "describe": f"key {key.alias}: created"})
+            continue
+        if row.get("count", 1) > 1:
+            problems.append(f"virtual key {key.alias!r}: {row['count']} keys in the database have this alias — fix: "
+                            "delete the extra ones in the admin UI (LiteLLM > Virtual Keys) so one is left")
+        elif row.get("value_matches") is False:
+            problems.append(
+                f"virtual key {key.alias!r}: the database holds a key with this alias whose value is not the "
+                f"secrets file's {key.key_env} — fix: put that key's value back into the secrets file as "
+                f"{key.key_env}=..., or, to replace the key (its spend history stays with the old one), first "
+                f"declare it state 'absent', deploy, then declare it present again")
+        elif row.get("key_alias") != key.alias:  # an imported key, found by its value
+            actions.append({"do": "key_update", "alias": key.alias,
+                            "body": {"key_alias": key.alias, **_drift(key, row, KEY_SETTINGS, now)},
+                            "describe": f"key {key.alias}: adopted (was {row.get('key_alias') or 'without alias'})"})
+        elif drift := _drift(key, row, KEY_SETTINGS, now):
+            actions.append({"do": "key_update", "alias": key.alias, "body": {"key_alias": key.alias, **drift},
+                            "describe": f"key {key.alias}: {', '.join(sorted(drift))} updated"})
+    for team in (t for t in teams if t.state == "absent"):
+        if held_teams.get(team.alias) is not None:
+            actions.append({"do": "team_delete", "body": {"team_ids": [team.alias]},
+                            "describe": f"team {team.alias}: deleted"})
+    return actions, problems
+
+
+# --- checking ------------------------------------------------------------------------------------
+
+
+def key_checks(settings: Settings, now: dt.datetime | None = None) -> list[dict]:
+    """For probe.py: every present, unblocked, unexpired key sees exactly its models; a blocked,
+    expired or absent one is refused (when its value is known)."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    values = key_values(settings)
+    routed = tuple(m.name for m in settings.models)
+    checks = []
+    for key in settings.virtual_keys:
+        if key.alias not in values:
+            continue
+        url = f"{PROXY}/v1/models"
+        live = key.state == "present" and not key.blocked and not (key.expires and key.expires <= now)
+        if live:
+            models = effective_models(key, settings.teams, routed)
+            checks.append({"name": f"virtual key {key.alias}: sees its models", "kind": "models", "url": url,
+                           "key_alias": key.alias, "expect": list(models), "exact": not settings.store_model_in_db,
+                           "fix": "run `pyinfra inventory keys.py` to converge the declared keys"})
+        else:
+            why = "absent" if key.state == "absent" else "blocked" if key.blocked else "expired"
+            checks.append({"name": f"virtual key {key.alias} ({why}): refused", "kind": "refused", "url": url,
+                           "key_alias": key.alias,
+                           "fix": "run `pyinfra inventory keys.py` to converge the declared keys"})
+    return checks
+
+
+def checks_command(settings: Settings, checks: list[dict], seconds: int) -> str:
+    spec = json.dumps({"checks": checks, "seconds": seconds, "keys_on_stdin": True})
+    failed = json.dumps([{"name": "proxy container", "url": "", "ok": False, "status": 0,
+                          "problem": f"cannot run checks inside the {PROXY_SERVICE} container (is it running?)",
+                          "fix": f"docker compose ps in {settings.install_dir}"}])
+    return f"{_in_container(settings, PROBE_SOURCE, spec)} 2>/dev/null || echo {shlex.quote(failed)}"
+
+
+class KeyChecks(FactBase):
+    def command(self, project: str, install_dir: str, probe_command: str) -> str:
+        return probe_command
+
+    def process(self, output: list[str]) -> list[dict]:
+        return json.loads(output[-1])
+
+
+def _fail(message: str):
+    yield f"echo {shlex.quote(message)} >&2; exit 1"
+
+
+# --- operations ----------------------------------------------------------------------------------
+
+
+@operation(is_idempotent=True)
+def access_converged(settings: Settings):
+    if not state.is_executing:
+        host.noop("compared with the gateway's database when the deploy executes")
+        return
+    converging = owner(settings)
+    if converging != host.name:
+        host.noop(f"converged by {converging}, which shares this gateway's database")
+        return
+    current = read_access(settings)
+    if current.get("error"):
+        yield from _fail(f"virtual keys on {host.name}: {current['error']}")
+        return
+    actions, problems = plan(settings.teams, settings.virtual_keys, current, dt.datetime.now(dt.timezone.utc))
+    if problems:
+        yield from _fail(f"virtual keys on {host.name}, nothing changed:" + "".join(f"\n  {p}" for p in problems))
+        return
+    if not actions:
+        host.noop(f"{len(settings.teams)} team(s) and {len(settings.virtual_keys)} key(s) as declared")
+        return
+    for action in actions:
+        host.log(f"will do: {action['describe']}", logger.info)
+    yield _in_container(settings, AGENT_SOURCE, "apply", json.dumps({"actions": actions}))
+
+
+@operation(is_idempotent=True)
+def keys_verified(settings: Settings):
+    checks = key_checks(settings)
+    if not state.is_executing or not checks:
+        host.noop("checked when the deploy executes" if checks else "no key value to check with")
+        return
+    results = host.get_fact(KeyChecks, project=settings.compose_project, install_dir=settings.install_dir,
+                            probe_command=checks_command(settings, checks, settings.verify_timeout))
+    failures = [f"{r['name']}: {r['problem']} — fix: {r['fix']}" for r in results if not r["ok"]]
+    if not failures:
+        host.noop(f"{len(results)} virtual key check(s) passed")
+        return
+    yield from _fail(f"virtual keys on {host.name}: " + "".join(f"\n  {f}" for f in failures))
+
+
+def table(settings: Settings, current: dict) -> str:
+    """alias, team, models, budget, spend, expires, state — never a value."""
+    header = ("alias", "team", "models", "budget", "spend", "expires", "state")
+    rows = [header]
+    for key in settings.virtual_keys:
+        row = current.get("keys", {}).get(key.alias)
+        if row is None:
+            rows.append((key.alias, key.team or "-", "-", "-", "-", "-", "absent" if key.state == "absent" else "MISSING"))
+            continue
+        budget = "-" if row.get("max_budget") is None else f"{float(row['max_budget']):.2f}"
+        if row.get("budget_duration"):
+            budget += f" / {row['budget_duration']}"
+        expires = _parse_time(row.get("expires"))
+        state_text = ("blocked" if row.get("blocked") else
+                      "expired" if expires and expires <= dt.datetime.now(dt.timezone.utc) else "active")
+        if key.state == "absent":
+            state_text = "DELETE PENDING"
+        rows.append((key.alias, row.get("team_id") or "-", ", ".join(row.get("models") or []) or "all",
+                     budget, f"{float(row.get('spend') or 0):.4f}", f"{expires:%Y-%m-%d %H:%M}" if expires else "never",
+                     state_text))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    return "\n".join("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+@operation(is_idempotent=True)
+def access_reported(settings: Settings):
+    if not state.is_executing:
+        host.noop("read when the deploy executes")
+        return
+    current = read_access(settings, moment="after")
+    if current.get("error"):
+        host.noop(f"cannot read the keys: {current['error']}")
+        return
+    host.log(f"virtual keys on {host.name}:\n{table(settings, current)}", logger.info)
+    host.noop(f"{len(settings.virtual_keys)} declared key(s) listed")
+    yield from ()  # an operation is a generator, even one that only reports
+
+
+@deploy("Virtual keys and teams")
+def converge_access(settings: Settings) -> None:
+    if not (settings.teams or settings.virtual_keys):
+        return
+    # The values of the declared keys, root-only: the agent and the checks read them on stdin.
+    private_file(name=f"Write {KEYS_FILE} (virtual key values, mode 0600)",
+                 content=json.dumps(key_values(settings), sort_keys=True, indent=1) + "\n",
+                 dest=keys_file(settings), staging_dir=staging_dir(settings))
+    access_converged(name="Teams and virtual keys as declared", settings=settings)
+    keys_verified(name="Virtual keys authenticate as declared", settings=settings)
+    access_reported(name="Virtual keys listed", settings=settings)

@@ -1,0 +1,147 @@
+"""The key converge's plan: what the proxy holds vs the declarations -> only the differing actions,
+never a spend, never a value; the commands and the printed table hold no key value either."""
+
+import datetime as dt
+import json
+
+from tasks import key_agent
+from tasks.key_converge import EXPIRY_SLACK_SECONDS, _in_container, key_checks, plan, table
+
+NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.timezone.utc)
+TEAMS = [{"alias": "research", "models": ["upstream"], "max_budget": 100, "budget_duration": "30d",
+          "members": ["alice"]}]
+KEYS = [
+    {"alias": "everything", "models": "all", "max_budget": 50, "budget_duration": "30d"},
+    {"alias": "research-ci", "team": "research", "metadata": {"owner": "ci"}},
+    {"alias": "limited", "models": ["upstream"], "rpm_limit": 2, "expires": "2027-01-01"},
+    {"alias": "old", "state": "absent"},
+]
+
+
+def held_as_declared():
+    """What LiteLLM returns after the declarations were applied (plus fields of its own)."""
+    return {
+        "teams": {"research": {"team_id": "research", "models": ["upstream"], "max_budget": 100.0,
+                               "budget_duration": "30d", "tpm_limit": None, "rpm_limit": None, "metadata": {},
+                               "blocked": False, "spend": 3.5, "members": ["alice"]}},
+        "keys": {
+            "everything": {"key_alias": "everything", "models": [], "team_id": None, "max_budget": 50.0,
+                           "budget_duration": "30d", "tpm_limit": None, "rpm_limit": None, "metadata": {},
+                           "expires": None, "blocked": None, "spend": 1.25, "value_matches": True, "count": 1},
+            "research-ci": {"key_alias": "research-ci", "models": [], "team_id": "research", "max_budget": None,
+                            "metadata": {"owner": "ci", "tags": []}, "expires": None, "blocked": False,
+                            "spend": 0.0, "value_matches": True, "count": 1},
+            "limited": {"key_alias": "limited", "models": ["upstream"], "team_id": None, "rpm_limit": 2,
+                        "metadata": {}, "expires": "2027-01-01T00:01:00Z", "blocked": False, "spend": 0,
+                        "value_matches": True, "count": 1},
+            "old": None,
+        },
+    }
+
+
+def declared(build, teams=TEAMS, keys=KEYS):
+    settings = build(teams=teams, virtual_keys=keys)
+    return settings, settings.teams, settings.virtual_keys
+
+
+def test_a_new_database_gets_everything_made(build):
+    _, teams, keys = declared(build)
+    actions, problems = plan(teams, keys, {"teams": {"research": None}, "keys": {k.alias: None for k in keys}}, NOW)
+    assert problems == []
+    assert [(a["do"], a["describe"]) for a in actions] == [
+        ("team_new", "team research: created"), ("key_generate", "key everything: created"),
+        ("key_generate", "key research-ci: created"), ("key_generate", "key limited: created")]
+    team, everything, research, limited = (a["body"] for a in actions)
+    assert team == {"team_id": "research", "team_alias": "research", "models": ["upstream"], "max_budget": 100,
+                    "budget_duration": "30d", "members_with_roles": [{"role": "user", "user_id": "alice"}]}
+    assert everything == {"key_alias": "everything", "models": [], "max_budget": 50, "budget_duration": "30d"}
+    assert research == {"key_alias": "research-ci", "models": [], "team_id": "research", "metadata": {"owner": "ci"}}
+    assert limited["duration"] == f"{int((dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc) - NOW).total_seconds())}s"
+    assert not [a for a in actions if "key" in a["body"] or "spend" in a["body"]]
+
+
+def test_as_declared_means_nothing_to_do(build):
+    _, teams, keys = declared(build)
+    assert plan(teams, keys, held_as_declared(), NOW) == ([], [])
+
+
+def test_only_drifted_declared_fields_are_sent_and_spend_never(build):
+    _, teams, keys = declared(build, teams=[dict(TEAMS[0], models=["upstream", "llama-local"], members=["bob"])],
+                              keys=[dict(KEYS[0], max_budget=75)] + KEYS[1:])
+    held = held_as_declared()
+    held["keys"]["research-ci"]["max_budget"] = 9.0  # set in the UI: the declaration does not name it
+    actions, problems = plan(teams, keys, held, NOW)
+    assert problems == []
+    assert [(a["do"], a["body"]) for a in actions] == [
+        ("team_update", {"team_id": "research", "models": ["llama-local", "upstream"]}),
+        ("member_add", {"team_id": "research", "member": [{"role": "user", "user_id": "bob"}]}),
+        ("member_delete", {"team_id": "research", "user_id": "alice"}),
+        ("key_update", {"key_alias": "everything", "max_budget": 75}),
+    ]
+
+
+def test_absent_entries_are_deleted_when_held(build):
+    _, teams, keys = declared(build, teams=[dict(TEAMS[0], state="absent")], keys=[KEYS[0], KEYS[3]])
+    held = held_as_declared()
+    held["keys"]["old"] = {"key_alias": "old", "models": [], "value_matches": None, "count": 1}
+    actions, _ = plan(teams, keys, held, NOW)
+    assert [(a["do"], a["body"]) for a in actions] == [("key_delete", {"key_aliases": ["old"]}),
+                                                       ("team_delete", {"team_ids": ["research"]})]
+
+
+def test_a_key_held_with_another_value_is_refused_never_replaced(build):
+    _, teams, keys = declared(build)
+    held = held_as_declared()
+    held["keys"]["everything"].update(value_matches=False, max_budget=1.0)
+    actions, problems = plan(teams, keys, held, NOW)
+    assert [a for a in actions if a.get("alias") == "everything"] == []
+    assert "the database holds a key with this alias whose value is not the secrets file's VIRTUAL_KEY_EVERYTHING" \
+        in problems[0]
+
+
+def test_a_fixed_expiry_within_the_slack_is_no_change(build):
+    _, teams, keys = declared(build)
+    held = held_as_declared()
+    held["keys"]["limited"]["expires"] = (dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc)
+                                          + dt.timedelta(seconds=EXPIRY_SLACK_SECONDS + 60)).isoformat()
+    actions, _ = plan(teams, keys, held, NOW)
+    assert [a["describe"] for a in actions] == ["key limited: duration updated"]
+
+
+def test_checks_and_commands_hold_no_key_value(build):
+    settings, _, _ = declared(build)
+    values = [settings.secrets.get(k.key_env) for k in settings.virtual_keys if settings.secrets.get(k.key_env)]
+    assert len(values) == 3
+    checks = key_checks(settings, NOW)
+    assert {c["name"]: c.get("expect") for c in checks} == {
+        "virtual key everything: sees its models": sorted(m.name for m in settings.models),
+        "virtual key research-ci: sees its models": ["upstream"],
+        "virtual key limited: sees its models": ["upstream"]}
+    command = _in_container(settings, "print(1)", "apply", json.dumps({"checks": checks}))
+    assert "virtual-keys.json" in command
+    text = json.dumps(checks) + command + table(settings, held_as_declared())
+    assert not [v for v in values if v in text]
+
+
+def test_the_table(build):
+    settings, _, _ = declared(build)
+    lines = table(settings, held_as_declared()).splitlines()
+    assert lines[0].split() == ["alias", "team", "models", "budget", "spend", "expires", "state"]
+    assert lines[1].split() == ["everything", "-", "all", "50.00", "/", "30d", "1.2500", "never", "active"]
+    assert lines[3].split()[-3:] == ["2027-01-01", "00:01", "active"]
+    assert lines[4].split() == ["old", "-", "-", "-", "-", "-", "absent"]
+
+
+def test_the_agent_never_repeats_a_key_in_an_error():
+    said = key_agent.describe({"error": {"message": "Key sk-abc123def already exists, token 'sk-zzz'."}})
+    assert "sk-abc" not in said and "sk-zzz" not in said and "already exists" in said
+
+
+def test_an_imported_key_found_by_its_value_is_adopted(build):
+    _, teams, keys = declared(build)
+    held = held_as_declared()
+    held["keys"]["everything"].update(key_alias=None, max_budget=None)  # made by hand with curl, no alias
+    actions, problems = plan(teams, keys, held, NOW)
+    assert problems == []
+    assert [(a["describe"], a["body"]) for a in actions] == [
+        ("key everything: adopted (was without alias)", {"key_alias": "everything", "max_budget": 50})]
