@@ -170,7 +170,7 @@ def _new_body(entry: Team | VirtualKey, settings_names: tuple[str, ...], now: dt
     return body
 
 
-def _members(team: Team, user_ids) -> list[dict]:
+def _members(user_ids) -> list[dict]:
     return [{"role": "user", "user_id": user_id} for user_id in user_ids]
 
 
@@ -185,7 +185,7 @@ def plan(teams: tuple[Team, ...], keys: tuple[VirtualKey, ...], current: dict,
         if row is None:
             body = {"team_id": team.alias, "team_alias": team.alias, **_new_body(team, TEAM_SETTINGS, now)}
             if team.members:
-                body["members_with_roles"] = _members(team, team.members)
+                body["members_with_roles"] = _members(team.members)
             actions.append({"do": "team_new", "body": body, "describe": f"team {team.alias}: created"})
             continue
         if drift := _drift(team, row, TEAM_SETTINGS, now):
@@ -194,7 +194,7 @@ def plan(teams: tuple[Team, ...], keys: tuple[VirtualKey, ...], current: dict,
         if "members" in team.declared:
             held = set(row.get("members") or [])
             if added := [u for u in team.members if u not in held]:
-                actions.append({"do": "member_add", "body": {"team_id": team.alias, "member": _members(team, added)},
+                actions.append({"do": "member_add", "body": {"team_id": team.alias, "member": _members(added)},
                                 "describe": f"team {team.alias}: member(s) {', '.join(added)} added"})
             for user_id in sorted(held - set(team.members)):
                 actions.append({"do": "member_delete", "body": {"team_id": team.alias, "user_id": user_id},

@@ -145,3 +145,28 @@ def test_an_imported_key_found_by_its_value_is_adopted(build):
     assert problems == []
     assert [(a["describe"], a["body"]) for a in actions] == [
         ("key everything: adopted (was without alias)", {"key_alias": "everything", "max_budget": 50})]
+
+
+class _Gateway:
+    def __init__(self, name, mode):
+        self.name, self.data = name, type("Data", (), {"get": staticmethod(lambda k, d=None: {"database_mode": mode}.get(k, d))})
+
+
+class _State:
+    def __init__(self, gateways, limit):
+        self.inventory = type("Inventory", (), {"get_group": staticmethod(lambda group, default=None: gateways)})
+        self.is_host_in_limit = lambda gateway: gateway.name in limit
+
+
+def test_gateways_sharing_an_external_database_converge_it_once(build, secrets_file, monkeypatch):
+    from tasks import key_converge
+
+    secrets_file.write_text(secrets_file.read_text() + 'DATABASE_URL="postgresql://u:pw-long-enough@db.internal/litellm"\n')
+    gateways = [_Gateway("gw1", "bundled"), _Gateway("gw2", "external"), _Gateway("gw3", "external")]
+    external = build(hosts={"gw2": {"database_mode": "external"}, "gw3": {"database_mode": "external"}})
+    bundled = build(hosts={"gw1": {}})["gw1"]
+    monkeypatch.setattr(key_converge, "state", _State(gateways, {"gw1", "gw2", "gw3"}))
+    assert [key_converge.owner(s) for s in (bundled, external["gw2"], external["gw3"])] == ["gw1", "gw2", "gw2"]
+    # --limit gw3: the first external gateway of the run is gw3 itself.
+    monkeypatch.setattr(key_converge, "state", _State(gateways, {"gw3"}))
+    assert key_converge.owner(external["gw3"]) == "gw3"
