@@ -18,6 +18,7 @@ import pytest
 
 from tasks import backup, database, pgservice
 from tasks.filters import url_component
+from tests.libpq_files import write_libpq_files
 
 USER = "li'te llm@x:y"
 PASSWORD = "p'a\"s$s\\w%o@r:d/?#&=+ ;$$ ünï `id` $(id) end"
@@ -55,10 +56,7 @@ def gateway(tmp_path, image: str, address: str, password: str = PASSWORD) -> Sim
     url = (f"postgresql://{url_component(USER)}:{url_component(password)}@{address}:5432/{url_component(DB)}"
            "?sslmode=disable&connection_limit=5")
     assert pgservice.problems(url) == []
-    for name, text in ((pgservice.SERVICE_FILE, pgservice.service_file(url)),
-                       (pgservice.PASSWORD_FILE, pgservice.password_file(url))):
-        (tmp_path / name).write_text(text)
-        (tmp_path / name).chmod(0o600)
+    write_libpq_files(tmp_path, url)
     return SimpleNamespace(database_mode="external", install_dir=str(tmp_path), postgres_image=image,
                            has_database=True)
 

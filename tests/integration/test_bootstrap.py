@@ -10,8 +10,9 @@ from collections import Counter
 
 import pytest
 
-from tasks import database, pgservice
+from tasks import database
 from tasks.filters import url_component
+from tests.libpq_files import write_libpq_files
 from tests.integration.litellm_data import (
     check_in_place,
     managed_rows,
@@ -178,12 +179,7 @@ def test_external_mode_bootstraps_through_libpq_files_made_from_a_hostile_databa
         url = (f"postgresql://{url_component(user)}:{url_component(password)}@127.0.0.1:{schema_db.server.port}"
                f"/{url_component(schema_db.name)}?sslmode=disable&connection_limit=5")
         env = {name: value for name, value in os.environ.items() if not name.startswith("PG")}
-        for name, text, variable in ((pgservice.SERVICE_FILE, pgservice.service_file(url), "PGSERVICEFILE"),
-                                     (pgservice.PASSWORD_FILE, pgservice.password_file(url), "PGPASSFILE")):
-            (tmp_path / name).write_text(text)
-            (tmp_path / name).chmod(0o600)
-            env[variable] = str(tmp_path / name)
-        env["PGSERVICE"] = pgservice.SERVICE
+        env.update(write_libpq_files(tmp_path, url))
         values = values_for(new_master_key())
         script = "SELECT current_user;\n\\! ps -eo args\n" + database.bootstrap_input(values)
         result = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-A", "-t"],

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks import backup, database, pgservice
+from tasks import backup, database
 from tasks.rotation import sql
 from tasks import secrets as S
 from tests.integration.conftest import create_database, drop_database
+from tests.libpq_files import write_libpq_files
 from tests.integration.litellm_data import direct_command, managed_rows, run_bootstrap, seed, snapshot, values_for
 
 pytestmark = pytest.mark.integration
@@ -31,14 +32,8 @@ def take_backup(db, tmp_path: Path, path: Path, url: str | None = None, damage: 
     """tasks.backup's script, with the dump of mode "external" (run here with the local pg_dump
     instead of inside the Postgres image), reaching the database through libpq's files rendered
     from DATABASE_URL, as the gateway host has them."""
-    files = {}
-    for name, text in ((pgservice.SERVICE_FILE, pgservice.service_file(url or db.url)),
-                       (pgservice.PASSWORD_FILE, pgservice.password_file(url or db.url))):
-        files[name] = tmp_path / name
-        files[name].write_text(text)
-        files[name].chmod(0o600)
-    dump = (f"PGSERVICEFILE={shlex.quote(str(files[pgservice.SERVICE_FILE]))} "
-            f"PGPASSFILE={shlex.quote(str(files[pgservice.PASSWORD_FILE]))} PGSERVICE={pgservice.SERVICE} "
+    libpq = write_libpq_files(tmp_path, url or db.url)
+    dump = (" ".join(f"{name}={shlex.quote(value)}" for name, value in libpq.items()) + " "
             f"pg_dump --format=custom{damage}")
     script = backup.backup_script(dump, "pg_restore --file=/dev/null", str(path))
     return subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=client_env())
