@@ -20,15 +20,15 @@ from pathlib import Path
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, deploy, operation
 
-from tasks import key_agent, probe
+from tasks import key_agent
 from tasks.compose import PROXY_SERVICE, compose_cmd
 from tasks.settings import GATEWAYS, Settings, read_host_data
 from tasks.stack import staging_dir
 from tasks.uploads import private_file
+from tasks.verify import PROBE_SOURCE, or_unavailable
 from tasks.virtual_keys import Team, VirtualKey, effective_models
 
 AGENT_SOURCE = Path(key_agent.__file__).read_text()
-PROBE_SOURCE = Path(probe.__file__).read_text()
 KEYS_FILE = "virtual-keys.json"
 PROXY = key_agent.PROXY
 # A fixed expiry is sent as seconds from now; this much drift is the request's own latency, not a change.
@@ -268,10 +268,7 @@ def key_checks(settings: Settings, now: dt.datetime | None = None) -> list[dict]
 
 def checks_command(settings: Settings, checks: list[dict], seconds: int) -> str:
     spec = json.dumps({"checks": checks, "seconds": seconds, "keys_on_stdin": True})
-    failed = json.dumps([{"name": "proxy container", "url": "", "ok": False, "status": 0,
-                          "problem": f"cannot run checks inside the {PROXY_SERVICE} container (is it running?)",
-                          "fix": f"docker compose ps in {settings.install_dir}"}])
-    return f"{_in_container(settings, PROBE_SOURCE, spec)} 2>/dev/null || echo {shlex.quote(failed)}"
+    return f"{_in_container(settings, PROBE_SOURCE, spec)} {or_unavailable(settings.install_dir)}"
 
 
 class KeyChecks(FactBase):

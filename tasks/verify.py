@@ -135,17 +135,21 @@ def container_spec(settings: Settings, seconds: int | None = None) -> str:
     return json.dumps({"checks": checks, "seconds": settings.verify_timeout if seconds is None else seconds})
 
 
+def or_unavailable(install_dir: str) -> str:
+    """Appended to a probe run in the proxy container: its one failed result when it cannot run there."""
+    failed = json.dumps([{"name": "proxy container", "url": "", "ok": False, "status": 0,
+                          "problem": f"cannot run checks inside the {PROXY_SERVICE} container (is it running?)",
+                          "fix": f"docker compose ps in {install_dir}"}])
+    return f"2>/dev/null || echo {shlex.quote(failed)}"
+
+
 class ContainerChecks(FactBase):
     """Results of probe.py run inside the proxy container (keys come from its own environment)."""
 
     def command(self, project: str, install_dir: str, spec: str) -> str:
         exec_cmd = (f"{compose_cmd(project, install_dir)} exec -T -e {WRONG_KEY_ENV}=sk-litellm-deploy-wrong-key "
                     f"{PROXY_SERVICE}")
-        failed = json.dumps([{"name": "proxy container", "url": "", "ok": False, "status": 0,
-                              "problem": f"cannot run checks inside the {PROXY_SERVICE} container (is it running?)",
-                              "fix": f"docker compose ps in {install_dir}"}])
-        return (f"{exec_cmd} python3 -c {shlex.quote(PROBE_SOURCE)} {shlex.quote(spec)} 2>/dev/null "
-                f"|| echo {shlex.quote(failed)}")
+        return f"{exec_cmd} python3 -c {shlex.quote(PROBE_SOURCE)} {shlex.quote(spec)} {or_unavailable(install_dir)}"
 
     def process(self, output: list[str]) -> list[dict]:
         return json.loads(output[-1])

@@ -71,7 +71,8 @@ def default_key_env(alias: str) -> str:
     return "VIRTUAL_KEY_" + re.sub(r"[^A-Z0-9]", "_", alias.upper())
 
 
-def _entries(raw: object, name: str, example: dict, problems: list[str]) -> list[tuple[str, dict]]:
+def _entries(raw: object, name: str, example: dict, allowed: set[str], problems: list[str]) -> list[tuple[str, dict]]:
+    """(field label, entry) of each dict with a valid alias not seen before; its unknown fields reported."""
     if not isinstance(raw, (list, tuple)):
         problems.append(f"{name}: must be a list of dicts — fix: {name} = [{example!r}]")
         return []
@@ -86,7 +87,12 @@ def _entries(raw: object, name: str, example: dict, problems: list[str]) -> list
             problems.append(f"{field}.alias: {alias!r} must be 1-63 letters, digits, '.', '_' or '-', "
                             "starting with a letter or digit — it identifies the entry on every run")
             continue
-        entries.append((f"{name}[{alias!r}]", entry))
+        field = f"{name}[{alias!r}]"
+        if any(entry["alias"] == alias for _, entry in entries):
+            problems.append(f"{field}: declared twice — fix: one entry per alias")
+            continue
+        _unknown(field, entry, allowed, problems)
+        entries.append((field, entry))
     return entries
 
 
@@ -179,12 +185,8 @@ def _expires(field: str, value: object, problems: list[str]) -> dt.datetime | No
 
 def parse_teams(raw: object, routed: set[str] | None, problems: list[str]) -> tuple[Team, ...]:
     teams: dict[str, Team] = {}
-    for field, entry in _entries(raw, "teams", TEAM_EXAMPLE, problems):
-        _unknown(field, entry, TEAM_FIELDS, problems)
+    for field, entry in _entries(raw, "teams", TEAM_EXAMPLE, TEAM_FIELDS, problems):
         alias = entry["alias"]
-        if alias in teams:
-            problems.append(f"{field}: declared twice — fix: one entry per team alias")
-            continue
         members = entry.get("members", [])
         if not isinstance(members, (list, tuple)) or not all(isinstance(m, str) and USER_ID.match(m) for m in members):
             problems.append(f"{field}.members: must be a list of user ids (text without spaces), e.g. ['alice']")
@@ -210,12 +212,8 @@ def parse_keys(raw: object, teams: tuple[Team, ...], routed: set[str] | None,
     by_alias = {t.alias: t for t in teams}
     keys: dict[str, VirtualKey] = {}
     envs: dict[str, str] = {}
-    for field, entry in _entries(raw, "virtual_keys", KEY_EXAMPLE, problems):
-        _unknown(field, entry, KEY_FIELDS, problems)
+    for field, entry in _entries(raw, "virtual_keys", KEY_EXAMPLE, KEY_FIELDS, problems):
         alias = entry["alias"]
-        if alias in keys:
-            problems.append(f"{field}: declared twice — fix: one entry per key alias")
-            continue
         state = _state(f"{field}.state", entry.get("state", "present"), problems)
         key_env = entry.get("key_env", default_key_env(alias))
         if not isinstance(key_env, str) or not ENV_NAME.match(key_env):

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks import secrets as S
+from tasks.virtual_keys import default_key_env
 from tests.e2e import database
 from tests.e2e import gateway_http as api
 from tests.e2e.conftest import make_deployment
@@ -28,6 +30,7 @@ HOST = "gw-db"
 KEEP = 2
 UNIT = "litellm-backup-litellm"  # the backup units carry the compose project (default "litellm")
 MODELS = ["chat-upstream"]  # what the virtual keys of this suite may use
+DECLARED_ALIAS = "bk-declared"
 
 def token_rows(deployment, key: str) -> str:
     """key_alias of the stored row(s) of a virtual key (its sha256), empty when it is not stored."""
@@ -72,7 +75,9 @@ def backup(deployment):
 @pytest.fixture(scope="module")
 def deployment(bed, tmp_path_factory):
     deployment = make_deployment(bed, tmp_path_factory, prefix="bk-")
-    deployment.overrides[HOST] = {"backup_local_dir": str(deployment.workdir / "backups"), "backup_keep": KEEP}
+    deployment.overrides[HOST] = {"backup_local_dir": str(deployment.workdir / "backups"), "backup_keep": KEEP,
+                                  # A key declared as code, converged by every deploy.py: restored like the rest.
+                                  "virtual_keys": [{"alias": DECLARED_ALIAS, "models": MODELS, "max_budget": 20}]}
     yield deployment
     deployment.down()
 
@@ -190,6 +195,9 @@ def test_3_restored_proxy_serves_the_keys_of_the_backup_only(deployment, seeded,
     assert status in api.REFUSED, body
     status, body = api.chat(gateway, keys["after"], "chat-upstream")
     assert status in api.REFUSED, body
+    # The declared key: its value from the secrets file, its settings from the backup.
+    declared = S.read_secrets(deployment.secrets)[default_key_env(DECLARED_ALIAS)]
+    assert api.models_seen(gateway, declared) == (200, MODELS)
     # The master key is the same one, linked again by the restore's bootstrap.
     status, _ = api.models_seen(gateway, deployment.master_key())
     assert status == 200

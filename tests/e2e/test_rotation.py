@@ -32,6 +32,7 @@ from tasks.rotation import sql
 from tasks.rotation import workspace
 from tasks import secrets as S
 from tasks.filters import dotenv_quote
+from tasks.virtual_keys import default_key_env
 from tests.e2e import gateway_http as api
 from tests.e2e.conftest import make_deployment
 from tasks.compose import PROXY_SERVICE
@@ -271,6 +272,8 @@ def test_7_after_the_cause_is_fixed_the_rerun_finishes_with_the_same_key(deploym
 DB_TIMEOUTS = {"verify_timeout": 60, "start_timeout": 90}
 VIRTUAL_ALIAS = "e2e-made-before-rotation"
 VIRTUAL_MODELS = ["chat-upstream"]  # what the virtual key may use (the gateway routes two models)
+# A key declared as code (group data virtual_keys), converged by deploy.py: it must survive too.
+DECLARED_ALIAS = "e2e-declared"
 TOKENS = "LiteLLM_VerificationToken"
 SPEND_LOGS = "LiteLLM_SpendLogs"
 # A running proxy keeps accounts of every request it serves, the rotation's own poller and proof
@@ -289,7 +292,7 @@ def accounting(table: str) -> bool:
 
 def on_db(deployment):
     on(deployment, DB)
-    deployment.overrides[DB] = dict(DB_TIMEOUTS)
+    deployment.overrides[DB] = {**DB_TIMEOUTS, "virtual_keys": [{"alias": DECLARED_ALIAS, "models": VIRTUAL_MODELS}]}
     return deployment
 
 
@@ -403,6 +406,8 @@ def test_8_db_gateway_converges_and_a_virtual_key_is_made_through_the_proxy(depl
     # A real virtual key, made by the proxy with the master key, as a gateway's users get theirs.
     memo["db_virtual"] = api.generate_key(base, memo["db_old"], models=VIRTUAL_MODELS, key_alias=VIRTUAL_ALIAS)
     assert seen(deployment, memo["db_virtual"]) == (200, VIRTUAL_MODELS)
+    memo["db_declared"] = values[default_key_env(DECLARED_ALIAS)]
+    assert seen(deployment, memo["db_declared"]) == (200, VIRTUAL_MODELS)
     assert seen(deployment, WRONG_KEY)[0] in api.REFUSED
     memo["db_virtual_row"], = token_row(db, memo["db_virtual"])
     memo["db_before"] = data_of(db)
@@ -497,6 +502,7 @@ def test_10_db_rerun_finishes_the_rotation_and_the_virtual_key_survives(deployme
     assert seen(deployment, old)[0] in api.REFUSED
     assert seen(deployment, WRONG_KEY)[0] in api.REFUSED
     assert seen(deployment, memo["db_virtual"]) == (200, VIRTUAL_MODELS)
+    assert seen(deployment, memo["db_declared"]) == (200, VIRTUAL_MODELS)
     values = secrets_of(deployment)
     assert values[S.MASTER_KEY] == new and S.MASTER_KEY_NEXT not in values
     assert deployment.master_key() == new
@@ -509,7 +515,7 @@ def test_10_db_rerun_finishes_the_rotation_and_the_virtual_key_survives(deployme
     memo["db_rotated"] = assert_only_the_master_row_moved(memo, memo["db_before"], db)
     assert workspace.KEYS_FILE not in deployment.ssh(DB, f"ls -A {INSTALL}/{workspace.WORKSPACE}").split()
     assert deployment.ssh(DB, "docker ps -q --filter name=rotation-poller").strip() == ""
-    assert_no_key_in(memo, old, new, sql.probe_key_for(new), memo["db_virtual"])
+    assert_no_key_in(memo, old, new, sql.probe_key_for(new), memo["db_virtual"], memo["db_declared"])
 
 
 def test_11_db_proxy_that_cannot_start_on_the_new_key_is_rolled_back(deployment, memo):

@@ -7,8 +7,9 @@ proxy that does not exist (HTTP(S)_PROXY=127.0.0.1:9, loopback exempt), so the p
 answers its health checks but reaches no Ollama node and no upstream: verification fails. It is
 tagged on the host, as a pull or an archive load would leave it.
 
-On gw-db a virtual key is made through the proxy before the attempt; after the rollback the proxy on
-the previous image accepts it again, with the data identical to before the attempt.
+On gw-db a virtual key is made through the proxy, and another declared as code, before the attempt;
+after the rollback the proxy on the previous image accepts both again, with the data identical to
+before the attempt.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import shlex
 
 import pytest
 
+from tasks import secrets as S
+from tasks.virtual_keys import default_key_env
 from tests.e2e import database
 from tests.e2e import gateway_http as api
 
 pytestmark = pytest.mark.e2e
 GATEWAYS = ("gw-stateless", "gw-db")
 PROXY_OP = "LiteLLM proxy up and healthy"
+DECLARED_ALIAS = "declared-before-the-upgrade"
 PROBE_MIGRATION = "29991231000000_litellm_deploy_upgrade_probe"
 NEWER_MIGRATION = """CREATE TABLE "LiteLLM_FromANewerImage" (id int PRIMARY KEY);
 ALTER TABLE "LiteLLM_TeamTable" ADD COLUMN from_a_newer_image text DEFAULT 'x';
@@ -63,7 +67,9 @@ def proxy_image(deployment, host: str) -> str:
 
 @pytest.fixture(scope="module")
 def prepared(deployment):
-    """Both gateways converged on the bed's image, gw-db seeded, the newer image on both hosts."""
+    """Both gateways converged on the bed's image, gw-db seeded and a key declared as code, the newer
+    image on both hosts."""
+    deployment.overrides.setdefault("gw-db", {})["virtual_keys"] = [{"alias": DECLARED_ALIAS, "models": ["chat-upstream"]}]
     first = deployment.pyinfra()
     assert first.returncode == 0, first.output[-4000:]
     if database.psql(deployment, "gw-db", "SELECT count(*) FROM \"LiteLLM_TeamTable\" WHERE team_id = 'team-1';") == "0":
@@ -71,6 +77,7 @@ def prepared(deployment):
     virtual_key = api.generate_key(deployment.base_url("gw-db"), deployment.master_key(), models=["chat-upstream"],
                                    key_alias="made-before-the-upgrade")
     before = {"data": database.seeded_rows(deployment, "gw-db"), "virtual_key": virtual_key,
+              "declared_key": S.read_secrets(deployment.secrets)[default_key_env(DECLARED_ALIAS)],
               "migrated": deployment.ssh("gw-db", "cat /opt/litellm/.state/migrated-image-id").strip()}
     old, new = deployment.bed.litellm_image(), newer_image(deployment)
     for host in GATEWAYS:
@@ -163,6 +170,7 @@ def test_5_rolled_back_proxy_serves_the_keys_from_before(deployment, attempt):
     base = deployment.base_url("gw-db")
     api.wait_ready(base, timeout=60)
     assert api.models_seen(base, before["virtual_key"]) == (200, ["chat-upstream"])
+    assert api.models_seen(base, before["declared_key"]) == (200, ["chat-upstream"])
     assert api.models_seen(base, deployment.master_key())[0] == 200
     assert api.models_seen(base, "sk-bogus-" + "0" * 32)[0] in api.REFUSED
 
