@@ -23,6 +23,11 @@ KEY_FIELDS = ("key_alias", "models", "team_id", "max_budget", "budget_duration",
 TEAM_FIELDS = ("team_id", "team_alias", "models", "max_budget", "budget_duration", "tpm_limit", "rpm_limit",
                "metadata", "blocked", "spend")
 
+# What tasks/key_converge.py may ask for, and the endpoint each one posts to.
+ACTIONS = {"team_new": "/team/new", "team_update": "/team/update", "team_delete": "/team/delete",
+           "member_add": "/team/member_add", "member_delete": "/team/member_delete",
+           "key_generate": "/key/generate", "key_update": "/key/update", "key_delete": "/key/delete"}
+
 
 class ApiError(Exception):
     pass
@@ -115,10 +120,7 @@ def apply(spec, values, done):
             if not values.get(action["alias"]):
                 raise ApiError("key %s: its value did not reach the gateway" % action["alias"])
             body["key"] = values[action["alias"]]
-        paths = {"team_new": "/team/new", "team_update": "/team/update", "team_delete": "/team/delete",
-                 "member_add": "/team/member_add", "member_delete": "/team/member_delete",
-                 "key_generate": "/key/generate", "key_update": "/key/update", "key_delete": "/key/delete"}
-        expect_ok("POST", paths[do], body)
+        expect_ok("POST", ACTIONS[do], body)
         done.append(action["describe"])
 
 

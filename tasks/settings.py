@@ -52,7 +52,8 @@ class ConfigError(PyinfraError):
 
 @dataclass(frozen=True)
 class Secrets:
-    """Values that only ever travel into the host's .env. repr() never shows them."""
+    """Values that only ever travel into the host's .env (virtual keys: into its virtual-keys.json).
+    repr() never shows them."""
 
     values: Mapping[str, str] = field(repr=False)
 

@@ -170,3 +170,15 @@ def test_gateways_sharing_an_external_database_converge_it_once(build, secrets_f
     # --limit gw3: the first external gateway of the run is gw3 itself.
     monkeypatch.setattr(key_converge, "state", _State(gateways, {"gw3"}))
     assert key_converge.owner(external["gw3"]) == "gw3"
+
+
+def test_every_planned_action_is_one_the_agent_knows(build):
+    _, teams, keys = declared(build, teams=[dict(TEAMS[0], members=["bob"]), {"alias": "gone", "state": "absent"}])
+    held = held_as_declared()
+    held["teams"]["gone"] = {"team_id": "gone"}
+    held["keys"]["old"] = {"key_alias": "old"}
+    held["keys"]["everything"]["max_budget"] = 1.0
+    held["teams"]["research"]["max_budget"] = 1.0
+    fresh, _ = plan(teams, keys, {"teams": {}, "keys": {}}, NOW)
+    drifted, _ = plan(teams, keys, held, NOW)
+    assert {a["do"] for a in fresh + drifted} == set(key_agent.ACTIONS)
