@@ -6,7 +6,8 @@ offline; the stand-in speaks its API), declared as the gateway's data as a user'
 never logs into it. The gateway is the package's default: bundled PostgreSQL and
 the DB-backed LiteLLM proxy (offline, the test bed's image with its query-engine stand-in;
 TESTBED_IMAGES=official uses the official images where they can be pulled). It ends with the
-commands to try: make a virtual key with the master key, then use it.
+commands to try: make a virtual key with the master key, then use it. One more key is declared as code
+(virtual_keys), as a user's group data would.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ IMAGES = os.environ.get("TESTBED_IMAGES", "local")
 GATEWAY, NODE = "demo-gw", "demo-ollama"
 MODEL = "llama3.2:1b"
 TRY_IT = "    try it:"  # the line before the commands a user (and tests/e2e/test_demo.py) runs
+DECLARED_KEY = {"alias": "demo", "models": "all", "max_budget": 10, "budget_duration": "30d"}
 
 
 def try_it(address: str, secrets: Path) -> list[str]:
@@ -53,6 +55,8 @@ def main() -> int:
         "postgres_image": bed.postgres_image(),
         "database_mode": "bundled",
         "models": [{"name": "llama", "model": f"ollama_chat/{MODEL}", "ollama_node": NODE}],
+        # Who may use the gateway, as code: its value lands in the secrets file as VIRTUAL_KEY_DEMO.
+        "virtual_keys": [DECLARED_KEY],
     }
     if IMAGES == "local":
         archives = bed.archives()
@@ -75,6 +79,8 @@ def main() -> int:
     master key and UI password: {secrets}  (LITELLM_MASTER_KEY, UI_PASSWORD; UI user 'admin')
 {TRY_IT}  make a virtual key with the master key, then chat with the virtual key
 {commands}
+    a key declared as code:       virtual_keys in the inventory; its value is VIRTUAL_KEY_DEMO in {secrets}
+    list the declared keys:       pyinfra {inventory} keys.py -y
     re-run the deploy (no change): pyinfra {inventory} deploy.py -y   (with LITELLM_DEPLOY_SECRETS={secrets})
     remove the demo hosts:        {sys.executable} -m tests.testbed down {GATEWAY} {NODE}
 """)

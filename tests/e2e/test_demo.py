@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tasks import secrets as S
 from tests import demo
+from tests.e2e import gateway_http as api
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -49,3 +51,12 @@ def test_demo_prints_a_virtual_key_curl_pair_that_works(demo_output):
     *_, reply_line, proof = run.stdout.strip().splitlines()
     assert json.loads(reply_line)["choices"][0]["message"]["content"], reply_line
     assert proof == "virtual key sk-..."
+
+
+def test_demo_declares_a_key_as_code_that_works(bed, demo_output):
+    assert "VIRTUAL_KEY_DEMO" in demo_output.stdout
+    secrets = bed.state_dir / "demo" / "secrets.env"
+    declared = S.read_secrets(secrets)["VIRTUAL_KEY_DEMO"]
+    address = next(h["address"] for h in bed.hosts() if h["name"] == demo.GATEWAY)
+    assert api.models_seen(f"http://{address}:4000", declared) == (200, ["llama"])
+    assert declared not in demo_output.stdout + demo_output.stderr
