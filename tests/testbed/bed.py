@@ -632,10 +632,29 @@ class Testbed:
         with Timer("down"), self._lock("hosts"):
             state = self._load_state()
             targets = [c.labels[NAME_LABEL] for c in self._containers(names)] if names is None else list(names)
+            # At once: removing a host that ran a deploy (its engine's volume holds the loaded images
+            # and the stack) takes many seconds, most of it the engine's own waiting and deleting.
+            errors: list[str] = []
+
+            def remove(name):
+                try:
+                    with Timer(f"remove {name}"):
+                        self._remove(name)
+                except Exception as e:  # noqa: BLE001 - collected and raised together
+                    errors.append(f"{name}: {e}")
+
+            threads = [threading.Thread(target=remove, args=(name,)) for name in targets]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
             for name in targets:
-                self._remove(name)
-                state["hosts"].pop(name, None)
-                gone.append(name)
+                if not any(e.startswith(f"{name}: ") for e in errors):
+                    state["hosts"].pop(name, None)
+                    gone.append(name)
+            if errors:
+                self._save_state(state)
+                raise TestbedError("hosts not removed:\n  " + "\n  ".join(errors))
             if names is None:  # also anything else carrying the label (e.g. a test's own containers)
                 for c in self.client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
                     c.remove(force=True, v=True)
