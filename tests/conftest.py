@@ -23,6 +23,10 @@ SHARED_FIXTURE_UNITS = {
 # 1127 s, backup 798 s, demo 275 s, ollama nodes 245 s, key guard 230 s; the rest under 90 s). Handing
 # them out in this order lets the two workers finish close together: in test-count order one worker
 # ran three of them back to back and finished 430 s after the other.
+# Since then (each module alone, another engineer's suites beside it): the sudo suite's watchers no
+# longer grep ~270 MB a round (they took ~0.65 of a core for the whole suite, from whichever unit
+# ran beside it too): sudo user 1019 s -> 572 s; verify faults 653 s -> 616 s; key guard 321 s;
+# the bed starts and removes a suite's hosts at once. The order stands until a whole run says otherwise.
 LONGEST_FIRST = (
     "main-bed", "tests/e2e/test_rotation.py", "tests/e2e/test_verify_faults.py", "tests/e2e/test_sudo_user.py",
     "tests/e2e/test_backup.py", "tests/e2e/test_demo.py", "tests/e2e/test_ollama_nodes.py", "tests/e2e/test_key_guard.py",

@@ -1,4 +1,5 @@
-"""No key changes by accident, on the bed with a real bundled gateway (issue 15, defect 4), own hosts key-*.
+"""No key changes by accident, on the bed with a real bundled gateway (issue 15, defect 4), own hosts key-*
+(the gateways key-gw-db and key-gw-stateless, the Ollama node key-ollama1).
 
 In order: the first deploy with --limit reads the other gateway's .env (nothing there: a new
 deployment, so the secrets are generated); a POSTGRES_PASSWORD changed in the secrets file reaches
@@ -24,7 +25,9 @@ HOST = "gw-db"
 
 @pytest.fixture(scope="module")
 def deployment(bed, tmp_path_factory):
-    deployment = make_deployment(bed, tmp_path_factory, prefix="key-")
+    # gw-stateless is the other gateway test_1 reads; the Ollama node gives gw-db a route to verify
+    # and chat through. No upstream LiteLLM: nothing here is about it, and it was the slowest host to start.
+    deployment = make_deployment(bed, tmp_path_factory, prefix="key-", hosts=(HOST, "gw-stateless", "ollama1"))
     # The DB-backed proxy starts slowly when several suites share the machine's cores.
     deployment.overrides[HOST] = {"start_timeout": 600}
     yield deployment

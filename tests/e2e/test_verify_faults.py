@@ -4,7 +4,8 @@ Own hosts (prefix vf-), so this runs beside the other suites. vf-gw-stateless ro
 node vf-ollama1 and the upstream LiteLLM vf-up1; vf-gw-db is run here without a database and with
 the upstream model only: it is "the other gateway", the one that must keep succeeding while
 vf-ollama1 is down. Every fault case restores the healthy bed (stand-in running with its models,
-secrets file and group data as before, both gateways re-deployed), so the cases are independent.
+secrets file and group data as before, both gateways re-deployed where the case changed what a
+deploy renders, else verified with no change), so the cases are independent.
 """
 
 from __future__ import annotations
@@ -141,22 +142,41 @@ def wait_for(what: str, condition, seconds: float = 60):
         time.sleep(0.5)  # polling interval of a wait that has a deadline
 
 
+def gateway_inputs(deployment) -> tuple:
+    """What a deploy renders onto the gateways: group data (verify_timeout aside: only the runbook
+    reads it) and the secrets file."""
+    overrides = {host: {k: v for k, v in data.items() if k != "verify_timeout"}
+                 for host, data in deployment.overrides.items()}
+    return {host: data for host, data in overrides.items() if data}, deployment.secrets.read_bytes()
+
+
 @pytest.fixture
 def faults(converged):
-    """The healthy bed for one fault case, and the healthy bed again afterwards."""
+    """The healthy bed for one fault case, and the healthy bed again afterwards.
+
+    A case that changed what a deploy renders (models, a key) is undone by a deploy of both gateways.
+    A case that only broke the node (the gateways deployed, or only verified, with their healthy
+    inputs) leaves the gateways as the healthy converge made them: there verify.py proves the whole
+    bed healthy again, with no change, instead of a deploy that would have nothing to change."""
     deployment = converged
     overrides = copy.deepcopy(deployment.overrides)
     secrets = deployment.secrets.read_bytes()
+    inputs = gateway_inputs(deployment)
     models = deployment.ssh("ollama1", f"cat {MODELS_FILE}")
     yield deployment
+    redeploy = gateway_inputs(deployment) != inputs
     deployment.overrides.clear()
     deployment.overrides.update(overrides)
     deployment.secrets.write_bytes(secrets)
     deployment.ssh("ollama1", f"printf %s {shlex.quote(models)} > {MODELS_FILE} && systemctl start ollama")
     url = ollama_url(deployment)
     wait_for(f"the Ollama stand-in at {url} with {OLLAMA_MODEL}", lambda: OLLAMA_MODEL in ollama_tags(url))
-    restored = deployment.pyinfra(limit=None)
+    restored = deployment.pyinfra("deploy.py" if redeploy else "verify.py", limit=None)
     assert restored.returncode == 0, "the healthy bed did not come back:\n" + tail(restored)
+    if not redeploy:
+        for host in (GW, OTHER):
+            assert verify_result(restored, deployment, host) == "No changes", tail(restored)
+            assert changed(restored, deployment, host) == [], tail(restored)
 
 
 def fast(deployment, *hosts: str, seconds: int = FAST) -> None:

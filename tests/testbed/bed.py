@@ -362,23 +362,42 @@ class Testbed:
             refs["upstream"] = self.litellm_image()
         with self._lock("images"):
             self.images.prune()
-        started = []
         with Timer(f"up {' '.join(specs)}"):
             with self._lock("hosts"):
                 pub = self.ensure_key().with_suffix(".pub").read_bytes()
                 self._network()
                 state = self._load_state()
+                # Every host at once (each removal, creation and start is seconds of the engine's work).
+                created: dict[str, tuple] = {}
+                failed: list[str] = []
+
+                def create(name, role):
+                    try:
+                        self._remove(name)
+                        if role == "upstream":
+                            c, info = self._create_upstream(name, refs["upstream"], upstream_models)
+                        else:
+                            c, info = self._create_host(name, role, refs[role], pub, ollama_models)
+                        c.start()
+                        created[name] = (c, info)
+                    except Exception as e:  # noqa: BLE001 - collected and raised together
+                        failed.append(f"{name}: {e}")
+
+                threads = [threading.Thread(target=create, args=spec) for spec in parsed]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                started = []
                 for name, role in parsed:
-                    self._remove(name)
                     state["hosts"].pop(name, None)
-                    if role == "upstream":
-                        c, info = self._create_upstream(name, refs["upstream"], upstream_models)
-                    else:
-                        c, info = self._create_host(name, role, refs[role], pub, ollama_models)
-                    c.start()
-                    started.append((name, role, c))
-                    state["hosts"][name] = {"role": role, "container": c.name, **info}
+                    if name in created:
+                        c, info = created[name]
+                        started.append((name, role, c))
+                        state["hosts"][name] = {"role": role, "container": c.name, **info}
                 self._save_state(state)
+                if failed:
+                    raise TestbedError("hosts not created:\n  " + "\n  ".join(failed))
             errors: list[str] = []
 
             def ready(name, role, c):
@@ -632,10 +651,29 @@ class Testbed:
         with Timer("down"), self._lock("hosts"):
             state = self._load_state()
             targets = [c.labels[NAME_LABEL] for c in self._containers(names)] if names is None else list(names)
+            # At once: removing a host that ran a deploy (its engine's volume holds the loaded images
+            # and the stack) took 25-55 s a host here, one after another.
+            errors: list[str] = []
+
+            def remove(name):
+                try:
+                    with Timer(f"remove {name}"):
+                        self._remove(name)
+                except Exception as e:  # noqa: BLE001 - collected and raised together
+                    errors.append(f"{name}: {e}")
+
+            threads = [threading.Thread(target=remove, args=(name,)) for name in targets]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
             for name in targets:
-                self._remove(name)
-                state["hosts"].pop(name, None)
-                gone.append(name)
+                if not any(e.startswith(f"{name}: ") for e in errors):
+                    state["hosts"].pop(name, None)
+                    gone.append(name)
+            if errors:
+                self._save_state(state)
+                raise TestbedError("hosts not removed:\n  " + "\n  ".join(errors))
             if names is None:  # also anything else carrying the label (e.g. a test's own containers)
                 for c in self.client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
                     c.remove(force=True, v=True)
