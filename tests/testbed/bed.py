@@ -144,6 +144,29 @@ def _tar(files: dict[str, tuple[bytes | None, int]]) -> bytes:
     return buf.getvalue()
 
 
+def each_at_once(work, items: list[tuple]) -> dict[str, str]:
+    """work(*item) for every item, each in a thread of its own; {item's first element: error} of
+    those that raised (a host's engine work is seconds each: one after another adds them up)."""
+    errors: dict[str, str] = {}
+
+    def run(*item):
+        try:
+            work(*item)
+        except Exception as e:  # noqa: BLE001 - collected and reported together
+            errors[str(item[0])] = str(e)
+
+    threads = [threading.Thread(target=run, args=item) for item in items]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def _listing(errors: dict[str, str]) -> str:
+    return "\n  " + "\n  ".join(f"{name}: {error}" for name, error in errors.items())
+
+
 def _port_open(ip: str, port: int) -> bool:
     with socket.create_connection((ip, port), timeout=2):
         return True
@@ -369,25 +392,17 @@ class Testbed:
                 state = self._load_state()
                 # Every host at once (each removal, creation and start is seconds of the engine's work).
                 created: dict[str, tuple] = {}
-                failed: list[str] = []
 
                 def create(name, role):
-                    try:
-                        self._remove(name)
-                        if role == "upstream":
-                            c, info = self._create_upstream(name, refs["upstream"], upstream_models)
-                        else:
-                            c, info = self._create_host(name, role, refs[role], pub, ollama_models)
-                        c.start()
-                        created[name] = (c, info)
-                    except Exception as e:  # noqa: BLE001 - collected and raised together
-                        failed.append(f"{name}: {e}")
+                    self._remove(name)
+                    if role == "upstream":
+                        c, info = self._create_upstream(name, refs["upstream"], upstream_models)
+                    else:
+                        c, info = self._create_host(name, role, refs[role], pub, ollama_models)
+                    c.start()
+                    created[name] = (c, info)
 
-                threads = [threading.Thread(target=create, args=spec) for spec in parsed]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
+                failed = each_at_once(create, parsed)
                 started = []
                 for name, role in parsed:
                     state["hosts"].pop(name, None)
@@ -397,25 +412,16 @@ class Testbed:
                         state["hosts"][name] = {"role": role, "container": c.name, **info}
                 self._save_state(state)
                 if failed:
-                    raise TestbedError("hosts not created:\n  " + "\n  ".join(failed))
-            errors: list[str] = []
+                    raise TestbedError("hosts not created:" + _listing(failed))
 
             def ready(name, role, c):
-                try:
-                    with Timer(f"host {name} ({role}) ready"):
-                        self._wait_ready(name, role, c, timeout)
-                        if name in sudo:
-                            self._add_sudo_user(name, sudo[name])
-                except Exception as e:  # noqa: BLE001 - collected and raised together
-                    errors.append(f"{name}: {e}")
+                with Timer(f"host {name} ({role}) ready"):
+                    self._wait_ready(name, role, c, timeout)
+                    if name in sudo:
+                        self._add_sudo_user(name, sudo[name])
 
-            threads = [threading.Thread(target=ready, args=s) for s in started]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            if errors:
-                raise TestbedError("hosts not ready:\n  " + "\n  ".join(errors))
+            if errors := each_at_once(ready, started):
+                raise TestbedError("hosts not ready:" + _listing(errors))
             if sudo:
                 with self._lock("hosts"):
                     state = self._load_state()
@@ -653,27 +659,18 @@ class Testbed:
             targets = [c.labels[NAME_LABEL] for c in self._containers(names)] if names is None else list(names)
             # At once: removing a host that ran a deploy (its engine's volume holds the loaded images
             # and the stack) took 25-55 s a host here, one after another.
-            errors: list[str] = []
-
             def remove(name):
-                try:
-                    with Timer(f"remove {name}"):
-                        self._remove(name)
-                except Exception as e:  # noqa: BLE001 - collected and raised together
-                    errors.append(f"{name}: {e}")
+                with Timer(f"remove {name}"):
+                    self._remove(name)
 
-            threads = [threading.Thread(target=remove, args=(name,)) for name in targets]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            errors = each_at_once(remove, [(name,) for name in targets])
             for name in targets:
-                if not any(e.startswith(f"{name}: ") for e in errors):
+                if name not in errors:
                     state["hosts"].pop(name, None)
                     gone.append(name)
             if errors:
                 self._save_state(state)
-                raise TestbedError("hosts not removed:\n  " + "\n  ".join(errors))
+                raise TestbedError("hosts not removed:" + _listing(errors))
             if names is None:  # also anything else carrying the label (e.g. a test's own containers)
                 for c in self.client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
                     c.remove(force=True, v=True)
