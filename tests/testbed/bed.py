@@ -653,17 +653,25 @@ class Testbed:
 
     def down(self, names: list[str] | None = None) -> list[str]:
         """Remove hosts (all when names is None), their volumes, and the network when it is empty."""
-        gone = []
-        with Timer("down"), self._lock("hosts"):
-            state = self._load_state()
-            targets = [c.labels[NAME_LABEL] for c in self._containers(names)] if names is None else list(names)
-            # At once: removing a host that ran a deploy (its engine's volume holds the loaded images
-            # and the stack) took 25-55 s a host here, one after another.
-            def remove(name):
-                with Timer(f"remove {name}"):
-                    self._remove(name)
 
+        def remove(name):
+            with Timer(f"remove {name}"):
+                self._remove(name)
+
+        with Timer("down"):
+            with self._lock("hosts"):
+                targets = [c.labels[NAME_LABEL] for c in self._containers(names)] if names is None else list(names)
+            # At once, and outside the lock, so another suite's up() does not wait for this teardown:
+            # removing a host that ran a deploy (its engine's volume holds the loaded images and the
+            # stack) took 25-55 s a host here, one after another.
             errors = each_at_once(remove, [(name,) for name in targets])
+            return self._forget(names, targets, errors)
+
+    def _forget(self, names: list[str] | None, targets: list[str], errors: dict[str, str]) -> list[str]:
+        """The removed hosts out of the state file (returned), and the network once nothing uses it."""
+        gone = []
+        with self._lock("hosts"):
+            state = self._load_state()
             for name in targets:
                 if name not in errors:
                     state["hosts"].pop(name, None)
