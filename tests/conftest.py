@@ -18,15 +18,13 @@ SHARED_FIXTURE_UNITS = {
     "main-bed": ("tests/e2e/test_db_gateway.py", "tests/e2e/test_stateless_gateway.py", "tests/e2e/test_upgrade.py"),
 }
 
-# The e2e units, longest first, as UnitClock measured them on 2 cores (2026-12-02, a whole `make test`
-# with other work on the machine: main bed 1562 s, rotation 1209 s, sudo user 1187 s, verify faults
-# 1127 s, backup 798 s, demo 275 s, ollama nodes 245 s, key guard 230 s; the rest under 90 s). Handing
-# them out in this order lets the two workers finish close together: in test-count order one worker
-# ran three of them back to back and finished 430 s after the other.
-# Since then (each module alone, another engineer's suites beside it): the sudo suite's watchers no
-# longer grep ~270 MB a round (they took ~0.65 of a core for the whole suite, from whichever unit
-# ran beside it too): sudo user 1019 s -> 572 s; verify faults 653 s -> 616 s; key guard 321 s;
-# the bed starts and removes a suite's hosts at once. The order stands until a whole run says otherwise.
+# The e2e units, longest first, as UnitClock measured them in a whole `make test` on 2 cores
+# (2026-12-02, 40 min in all, the workers finishing 3 s apart): main bed 1037 s, verify faults 744 s,
+# rotation 736 s, sudo user 580 s, backup 523 s, virtual keys 237 s, key guard 237 s, demo 191 s,
+# ollama nodes 174 s; the rest under 90 s. Handing them out in this order lets the two workers finish
+# close together: in test-count order one worker once ran three long ones back to back and finished
+# 430 s after the other. (The run before, 59 min, had the sudo suite's watchers grepping ~270 MB a
+# round, ~0.65 of a core taken from whatever ran beside them, and hosts made and removed one by one.)
 LONGEST_FIRST = (
     "main-bed", "tests/e2e/test_rotation.py", "tests/e2e/test_verify_faults.py", "tests/e2e/test_sudo_user.py",
     "tests/e2e/test_backup.py", "tests/e2e/test_demo.py", "tests/e2e/test_ollama_nodes.py", "tests/e2e/test_key_guard.py",
