@@ -15,7 +15,7 @@ import socket
 import pytest
 
 from tests.e2e.conftest import OLLAMA_MODEL, make_deployment
-from tests.e2e.test_verify_faults import (
+from tests.e2e.fault_runs import (
     GW, assert_verification_fails, fast, ollama_tags, ollama_url, summary, tail, verify_result, wait_for)
 
 pytestmark = pytest.mark.e2e

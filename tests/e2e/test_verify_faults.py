@@ -11,7 +11,6 @@ deploy renders, else verified with no change), so the cases are independent.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import shlex
@@ -19,20 +18,17 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from contextlib import contextmanager
 
 import pytest
 
 from tests.e2e.conftest import OLLAMA_MODEL, ROOT, UPSTREAM_MODEL, make_deployment
+from tests.e2e.fault_runs import (GW, assert_verification_fails, changed, fast, host_lines, ollama_tags, ollama_url,
+                                  op_results, summary, tail, verify_result, wait_for)
 
 pytestmark = pytest.mark.e2e
 
-GW = "gw-stateless"       # routes to vf-ollama1 and vf-up1
-OTHER = "gw-db"           # here: database_mode none, routes to vf-up1 only
-FAST = 20  # verify_timeout of fault cases: fail within seconds, not the default minutes (start_timeout,
-# which bounds a recreated proxy's `compose up --wait`, keeps its default)
+OTHER = "gw-db"           # here: database_mode none, routes to vf-up1 only (GW: vf-gw-stateless)
 MODELS_FILE = "/etc/ollama-standin/models.json"
 SSH_OPTIONS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
 
@@ -51,95 +47,6 @@ def converged(deployment):
     run = deployment.pyinfra(limit=None)  # both gateways in one run
     assert run.returncode == 0, tail(run)
     return deployment
-
-
-# -- reading pyinfra's output ------------------------------------------------------------------
-
-def tail(run, chars: int = 6000) -> str:
-    return run.output[-chars:]
-
-
-def host_lines(run, deployment, host: str) -> list[str]:
-    """Lines pyinfra printed for one host, without the '[host]' prefix."""
-    prefix = re.compile(r"^\s*\[" + re.escape(deployment.name(host)) + r"\]\s?(.*)$")
-    return [m.group(1) for m in map(prefix.match, run.output.splitlines()) if m]
-
-
-def op_results(run, deployment, host: str) -> dict[str, str]:
-    """operation name -> what pyinfra reported for `host` (Success, No changes, Error..., Skipped)."""
-    results, current = {}, None
-    status = re.compile(r"^\s*\[" + re.escape(deployment.name(host)) + r"\]\s+(Success|No changes|Skipped|Error.*)\s*$")
-    for line in run.output.splitlines():
-        started = re.match(r"--> Starting operation: (.*?)\s*$", line)
-        if started:
-            current = started.group(1)
-        elif current and (m := status.match(line)):
-            results[current] = m.group(1)
-    return results
-
-
-def changed(run, deployment, host: str) -> list[str]:
-    return [op for op, result in op_results(run, deployment, host).items() if result == "Success"]
-
-
-def verify_result(run, deployment, host: str) -> str:
-    found = [r for op, r in op_results(run, deployment, host).items() if op.endswith("Gateway, Ollama nodes and upstreams answer")]
-    assert len(found) == 1, f"no verify operation reported for {host}:\n{tail(run)}"
-    return found[0]
-
-
-def summary(run, deployment, host: str) -> list[str]:
-    """The host's verification summary lines ('ok   name  from where')."""
-    lines = run.output.splitlines()
-    marker = f"[{deployment.name(host)}]"
-    start = [i for i, line in enumerate(lines) if marker in line and line.rstrip().endswith("verification summary:")]
-    assert start, f"no verification summary for {host}:\n{tail(run)}"
-    out = []
-    for line in lines[start[-1] + 1:]:
-        if not re.match(r"^  (ok  |FAIL|SKIP) ", line):
-            break
-        out.append(line.strip())
-    return out
-
-
-def failure(run, deployment, host: str) -> str:
-    """The message the failing verification printed for `host`."""
-    lines = host_lines(run, deployment, host)
-    start = [i for i, line in enumerate(lines) if line.startswith("verification failed on")]
-    assert start, f"{host}: no 'verification failed' message:\n{tail(run)}"
-    return "\n".join(lines[start[-1]:])
-
-
-def assert_verification_fails(run, deployment, *needles: str) -> str:
-    assert run.returncode != 0, f"expected a failing run:\n{tail(run)}"
-    assert verify_result(run, deployment, GW).startswith("Error"), tail(run)
-    text = failure(run, deployment, GW)
-    for needle in needles:
-        assert needle.lower() in text.lower(), f"{needle!r} not in the failure:\n{text}"
-    return text
-
-
-# -- the bed ------------------------------------------------------------------------------------
-
-def ollama_url(deployment) -> str:
-    return deployment.bed.host(deployment.name("ollama1"))["api_base"]
-
-
-def ollama_tags(url: str) -> list[str]:
-    with urllib.request.urlopen(f"{url}/api/tags", timeout=5) as response:
-        return [m["name"] for m in json.load(response)["models"]]
-
-
-def wait_for(what: str, condition, seconds: float = 60):
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if result := condition():
-                return result
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, f"timed out after {seconds:.0f}s waiting for {what}"
-        time.sleep(0.5)  # polling interval of a wait that has a deadline
 
 
 def gateway_inputs(deployment) -> tuple:
@@ -177,11 +84,6 @@ def faults(converged):
         for host in (GW, OTHER):
             assert verify_result(restored, deployment, host) == "No changes", tail(restored)
             assert changed(restored, deployment, host) == [], tail(restored)
-
-
-def fast(deployment, *hosts: str, seconds: int = FAST) -> None:
-    for host in hosts:
-        deployment.overrides.setdefault(host, {})["verify_timeout"] = seconds
 
 
 class Forwarder:
