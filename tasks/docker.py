@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 
 from pyinfra import host, logger
@@ -11,6 +10,7 @@ from pyinfra.api import FactBase, deploy, operation
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, systemd
 
+from tasks.outcome import failing_command
 from tasks.settings import Settings
 
 DOCKER_REPO_KEY_URL = "https://download.docker.com/linux/{distro}/gpg"
@@ -143,15 +143,11 @@ class ComposeVersion(FactBase):
         return found
 
 
-def _fail(message: str) -> str:
-    return f"echo {shlex.quote(message)} >&2; exit 1"
-
-
 @operation(is_idempotent=True)
 def docker_packages_checked(distro: str):
     plan = distro_plan(distro, host.get_fact(DockerPackageStates))
     if plan.problem:
-        yield _fail(plan.problem)
+        yield failing_command(plan.problem)
         return
     host.noop(plan.note)
 
@@ -161,7 +157,7 @@ def compose_v2_present():
     found = host.get_fact(ComposeVersion)
     refusal = compose_refusal(found)
     if refusal:
-        yield _fail(refusal)
+        yield failing_command(refusal)
         return
     host.noop(f"Docker Compose {found['compose']}")
 

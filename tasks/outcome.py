@@ -3,7 +3,15 @@ upgrade and rotation rollbacks, and their reports)."""
 
 from __future__ import annotations
 
+import shlex
+
 from pyinfra.api.operation import OperationMeta
+
+
+def failing_command(message: str) -> str:
+    """The command an operation yields to fail this host only, with `message` on stderr (raising
+    OperationError while executing would abort every host)."""
+    return f"echo {shlex.quote(message)} >&2; exit 1"
 
 
 def failed(meta: OperationMeta | None) -> bool:

@@ -41,7 +41,7 @@ from pyinfra.api.operation import OperationMeta
 
 from tasks import backup, restore, stack, verify
 from tasks.compose import PROXY_SERVICE, ImageId, compose_cmd
-from tasks.outcome import failed, last_error
+from tasks.outcome import failed, failing_command, last_error
 from tasks.settings import Settings
 from tasks.stages import Stage, run_plainly
 
@@ -220,7 +220,7 @@ def upgrade_reported(upgrade: Upgrade):
         f"({data}); {state_now}. The group data still names {upgrade.target}, so the next deploy tries again: "
         f"fix the cause, or set litellm_image back to {upgrade.previous}."
     )
-    yield f"echo {shlex.quote(message)} >&2; exit 1"
+    yield failing_command(message)
 
 
 @operation(is_idempotent=True)

@@ -20,6 +20,7 @@ from tasks import probe
 from tasks.compose import PROXY_SERVICE, compose_cmd
 from tasks.database import MASTER_KEY_ALIAS
 from tasks.models import Model
+from tasks.outcome import failing_command
 from tasks.settings import Settings
 
 PROBE_SOURCE = Path(probe.__file__).read_text()
@@ -278,7 +279,7 @@ def gateway_verified(settings: Settings):
         return
     message = f"verification failed on {host.name} ({len(failures)} problem(s)):" + "".join(
         "\n  " + f for f in failures)
-    yield f"echo {shlex.quote(message)} >&2; exit 1"
+    yield failing_command(message)
 
 
 @deploy("Verify")

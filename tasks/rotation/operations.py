@@ -11,6 +11,7 @@ from pyinfra.api.operation import OperationMeta
 
 from tasks import database
 from tasks import secrets as S
+from tasks.outcome import failing_command
 from tasks.render import ENV_FILE
 from tasks.envfile import EnvLineHashes
 from tasks.envfile import line_hash as env_line_hash
@@ -65,7 +66,7 @@ def preflight(run: HostRun, rotation: Rotation):
         host.noop("preflight passed: salt key present and unchanged; .env holds "
                   + ("the new key already (an earlier run got this far)" if done else "the current key"))
         return
-    yield f"echo {shlex.quote(f'rotation preflight failed on {run.name}: {problem}')} >&2; exit 1"
+    yield failing_command(f"rotation preflight failed on {run.name}: {problem}")
 
 
 @operation(is_idempotent=True)
@@ -81,7 +82,7 @@ def gate(rotation: Rotation, stage: str):
     reasons = "; ".join(f"{name}: {rotation.preflight_problems.get(name, stage + ' failed, see above')}" for name in failed)
     message = (f"rotation not started on {host.name} (nothing was changed on any gateway): {stage} failed on "
                f"{', '.join(failed)} — {reasons}")
-    yield f"echo {shlex.quote(message)} >&2; exit 1"
+    yield failing_command(message)
 
 
 def needs_data_change(run: HostRun, rotation: Rotation) -> bool:
@@ -171,7 +172,7 @@ def key_proven(run: HostRun, expect: str):
         host.log(f"proof: {shown}", logger.info)
         host.noop("proven")
         return
-    yield f"echo {shlex.quote(f'proof failed on {run.name}: {problem}')} >&2; exit 1"
+    yield failing_command(f"proof failed on {run.name}: {problem}")
 
 
 @operation(is_idempotent=True)
@@ -195,7 +196,7 @@ def reported(run: HostRun, rotation: Rotation):
         f"keeps both keys ({S.MASTER_KEY} = the previous key, {S.MASTER_KEY_NEXT} = the pending one); fix the cause, "
         "then run `pyinfra inventory rotate.py` again (docs/rotation.md)."
     )
-    yield f"echo {shlex.quote(message)} >&2; exit 1"
+    yield failing_command(message)
 
 
 def _changed(meta: OperationMeta) -> bool:
