@@ -22,10 +22,11 @@ from pyinfra.api import FactBase, deploy, operation
 
 from tasks import key_agent
 from tasks.compose import PROXY_SERVICE, compose_cmd
+from tasks.outcome import failing_command
 from tasks.settings import GATEWAYS, Settings, read_host_data
 from tasks.stack import staging_dir
 from tasks.uploads import private_file
-from tasks.verify import PROBE_SOURCE, or_unavailable
+from tasks.verify import PROBE_SOURCE, ContainerChecks, or_unavailable
 from tasks.virtual_keys import Team, VirtualKey, effective_models
 
 AGENT_SOURCE = Path(key_agent.__file__).read_text()
@@ -120,8 +121,6 @@ def _stored(row: dict, name: str) -> object:
         return row.get("team_id")
     if name == "blocked":
         return bool(row.get("blocked"))
-    if name in ("max_budget",) and row.get(name) is not None:
-        return float(row[name])
     return row.get(name)
 
 
@@ -150,9 +149,10 @@ def _body_value(name: str, wanted: object, row: dict | None, now: dt.datetime) -
 
 def _drift(entry: Team | VirtualKey, row: dict, settings_names: tuple[str, ...], now: dt.datetime) -> dict:
     body = {}
-    for name in settings_names:
-        if name in entry.declared and not _same(name, _wanted(entry, name), _stored(row, name), now):
-            field, value = _body_value(name, _wanted(entry, name), row, now)
+    for name in (n for n in settings_names if n in entry.declared):
+        wanted = _wanted(entry, name)
+        if not _same(name, wanted, _stored(row, name), now):
+            field, value = _body_value(name, wanted, row, now)
             body[field] = value
     return body
 
@@ -271,16 +271,11 @@ def checks_command(settings: Settings, checks: list[dict], seconds: int) -> str:
     return f"{_in_container(settings, PROBE_SOURCE, spec)} {or_unavailable(settings.install_dir)}"
 
 
-class KeyChecks(FactBase):
+class KeyChecks(ContainerChecks):
+    """probe.py's results for the virtual-key checks (verify's fact, with the keys on stdin)."""
+
     def command(self, project: str, install_dir: str, probe_command: str) -> str:
         return probe_command
-
-    def process(self, output: list[str]) -> list[dict]:
-        return json.loads(output[-1])
-
-
-def _fail(message: str):
-    yield f"echo {shlex.quote(message)} >&2; exit 1"
 
 
 # --- operations ----------------------------------------------------------------------------------
@@ -297,13 +292,14 @@ def access_converged(settings: Settings):
         return
     current = read_access(settings)
     if current.get("error"):
-        yield from _fail(f"virtual keys on {host.name}: {current['error']}")
+        yield failing_command(f"virtual keys on {host.name}: {current['error']}")
         return
     actions, problems = plan(settings.teams, settings.virtual_keys, current, dt.datetime.now(dt.timezone.utc))
     if problems:
-        yield from _fail(f"virtual keys on {host.name}, nothing changed:" + "".join(f"\n  {p}" for p in problems))
+        yield failing_command(f"virtual keys on {host.name}, nothing changed:" + "".join(f"\n  {p}" for p in problems))
         return
     if not actions:
+        host.log(listing(settings, current), logger.info)
         host.noop(f"{len(settings.teams)} team(s) and {len(settings.virtual_keys)} key(s) as declared")
         return
     for action in actions:
@@ -323,7 +319,7 @@ def keys_verified(settings: Settings):
     if not failures:
         host.noop(f"{len(results)} virtual key check(s) passed")
         return
-    yield from _fail(f"virtual keys on {host.name}: " + "".join(f"\n  {f}" for f in failures))
+    yield failing_command(f"virtual keys on {host.name}: " + "".join(f"\n  {f}" for f in failures))
 
 
 def table(settings: Settings, current: dict) -> str:
@@ -350,8 +346,14 @@ def table(settings: Settings, current: dict) -> str:
     return "\n".join("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def listing(settings: Settings, current: dict) -> str:
+    return f"virtual keys on {settings.host_name}:\n{table(settings, current)}"
+
+
 @operation(is_idempotent=True)
 def access_reported(settings: Settings):
+    """The keys as the proxy holds them after the converge changed them (a converge with nothing to do
+    lists them from what it read; a gateway sharing another's database reads them here)."""
     if not state.is_executing:
         host.noop("read when the deploy executes")
         return
@@ -359,7 +361,7 @@ def access_reported(settings: Settings):
     if current.get("error"):
         host.noop(f"cannot read the keys: {current['error']}")
         return
-    host.log(f"virtual keys on {host.name}:\n{table(settings, current)}", logger.info)
+    host.log(listing(settings, current), logger.info)
     host.noop(f"{len(settings.virtual_keys)} declared key(s) listed")
     yield from ()  # an operation is a generator, even one that only reports
 
@@ -372,6 +374,7 @@ def converge_access(settings: Settings) -> None:
     private_file(name=f"Write {KEYS_FILE} (virtual key values, mode 0600)",
                  content=json.dumps(key_values(settings), sort_keys=True, indent=1) + "\n",
                  dest=keys_file(settings), staging_dir=staging_dir(settings))
-    access_converged(name="Teams and virtual keys as declared", settings=settings)
+    converged = access_converged(name="Teams and virtual keys as declared", settings=settings)
     keys_verified(name="Virtual keys authenticate as declared", settings=settings)
-    access_reported(name="Virtual keys listed", settings=settings)
+    access_reported(name="Virtual keys listed", settings=settings,
+                    _if=lambda: converged.did_change() or owner(settings) != settings.host_name)
