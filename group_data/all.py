@@ -57,6 +57,27 @@ backup_schedule = "daily"
 log_max_size = "10m"
 # ... and this many files are kept per container.
 log_max_file = 3
+# TLS in front of the proxy (a Caddy service in the compose project): "off" (the proxy itself on proxy_bind:proxy_port,
+# plain HTTP), "self-signed" (a certificate from the deployment's own CA, made once on the controller beside the
+# secrets file), "files" (tls_cert_file + tls_key_file from the controller) or "acme" (Caddy obtains one; the host
+# must be reachable from the ACME server under tls_names).
+tls = "off"
+# Controller paths of the certificate (PEM, full chain) and its private key, for tls = "files".
+tls_cert_file = ""
+tls_key_file = ""
+# Contact e-mail given to the ACME server, for tls = "acme".
+acme_email = ""
+# Names and addresses the certificate is for; [] = the host's inventory name and address.
+tls_names = []
+# HTTPS port of the TLS front, and the plain HTTP port that only redirects to it.
+tls_port = 443
+http_port = 80
+# The TLS front's and load balancers' image (Caddy), pinned.
+tls_image = "caddy:2.10.2"
+# Valkey (Redis-compatible) image of a redis_hosts host, pinned.
+redis_image = "valkey/valkey:8.1"
+# Behind load balancers (lb_hosts): how many gateways may be recreated at once while a change rolls.
+roll_width = 1
 # Who may use the gateway (needs a database; converged through the proxy's API after verification, and
 # alone with `pyinfra inventory keys.py`). Teams and keys are matched by alias; entries not declared
 # here are left alone, and state "absent" deletes one. A key's value is never written here: it is the

@@ -26,6 +26,7 @@ OLLAMA_NODES = "ollama_nodes"  # the old inventory group of nodes, refused (refu
 DATABASE_MODES = ("bundled", "external", "none")
 DOCKER_INSTALLS = ("distro", "docker-repo", "skip")
 IMAGE_SOURCES = ("pull", "archives")
+TLS_SOURCES = ("off", "self-signed", "files", "acme")
 FLOATING_TAGS = {"latest", "main-latest", "main-stable", "stable", "nightly", "main"}
 # Characters a directory may hold: it is written into shell scripts and unit files unquoted-safe.
 PATH_CHARACTERS = r"[A-Za-z0-9_./-]+"
@@ -101,6 +102,16 @@ class Settings:
     backup_schedule: str
     log_max_size: str
     log_max_file: int
+    tls: str
+    tls_cert_file: str
+    tls_key_file: str
+    acme_email: str
+    tls_names: tuple[str, ...]
+    tls_port: int
+    http_port: int
+    tls_image: str
+    redis_image: str
+    roll_width: int
     teams: tuple[Team, ...]
     virtual_keys: tuple[VirtualKey, ...]
 
@@ -295,6 +306,27 @@ def data_problems(raw: dict[str, object]) -> list[str]:
         problems += _number_problems(name, raw[name], 1, None, "a whole number of seconds")
     problems += log_problems(raw)
     problems += backup_problems(raw)
+    problems += topology_problems(raw)
+    return problems
+
+
+def topology_problems(raw: dict[str, object]) -> list[str]:
+    """The TLS front, load balancers and shared state: the shapes of their settings."""
+    problems = _choice("tls", raw["tls"], TLS_SOURCES)
+    for name in ("tls_cert_file", "tls_key_file", "acme_email"):
+        if not isinstance(raw[name], str):
+            problems.append(f"{name}: must be a string (may be empty)")
+    names = raw["tls_names"]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names):
+        problems.append("tls_names: must be a list of DNS names or IP addresses, e.g. ['gateway.example.com']")
+    problems += _port_problems("tls_port", raw["tls_port"])
+    problems += _port_problems("http_port", raw["http_port"])
+    if raw["tls"] != "off" and len({raw["tls_port"], raw["http_port"], raw["proxy_port"]}) < 3:
+        problems.append(f"tls_port/http_port: {raw['tls_port']}, {raw['http_port']} and proxy_port {raw['proxy_port']} "
+                        "must all differ — fix: e.g. tls_port 443, http_port 80, proxy_port 4000")
+    problems += _image_problems("tls_image", raw["tls_image"], "2.10.2")
+    problems += _image_problems("redis_image", raw["redis_image"], "8.1")
+    problems += _number_problems("roll_width", raw["roll_width"], 1, None, "a whole number of gateways")
     return problems
 
 
@@ -443,8 +475,10 @@ def build_all(
     return {
         name: Settings(
             host_name=name,
-            **{k: v for k, v in raw.items() if k not in ("models", "image_archives", "teams", "virtual_keys")},
+            **{k: v for k, v in raw.items()
+               if k not in ("models", "image_archives", "tls_names", "teams", "virtual_keys")},
             image_archives=tuple(raw["image_archives"]),
+            tls_names=tuple(raw["tls_names"]),
             models=models,
             ollama_nodes=nodes,
             secrets=secrets,

@@ -208,7 +208,8 @@ def test_shell_safe_directories_are_accepted(build):
 
 # One policy for every whole-number setting: a number written in quotes is refused with the fix.
 NUMBER_FIELDS = {"proxy_port": "4000", "postgres_publish_port": "5433", "verify_timeout": "180",
-                 "start_timeout": "180", "backup_keep": "7", "log_max_file": "3"}
+                 "start_timeout": "180", "backup_keep": "7", "log_max_file": "3", "tls_port": "443",
+                 "http_port": "80", "roll_width": "1"}
 
 
 @pytest.mark.parametrize("field,text", NUMBER_FIELDS.items())
@@ -293,3 +294,18 @@ def test_a_gateway_without_group_data_gets_the_shipped_defaults(secrets_file):
     settings = build_all([HostInput("gw1", lookup(data))], secrets_file, {"gw1": {}})["gw1"]
     assert settings.install_dir == "/opt/litellm" and settings.backup_keep == 7
     assert settings.litellm_image == group_data("all")["litellm_image"]
+
+
+@pytest.mark.parametrize("changes,field", [
+    ({"tls": "on"}, "tls"),
+    ({"tls_names": "gw.example.com"}, "tls_names"),
+    ({"tls": "self-signed", "tls_port": 4000}, "tls_port/http_port"),
+    ({"tls_image": "caddy:latest"}, "tls_image"),
+    ({"redis_image": "valkey/valkey"}, "redis_image"),
+    ({"roll_width": 0}, "roll_width"),
+])
+def test_tls_and_topology_settings_are_checked(build, changes, field):
+    with pytest.raises(ConfigError) as error:
+        build(**changes)
+    [problem] = error.value.problems
+    assert problem.startswith(f"host gw1: {field}: ")
