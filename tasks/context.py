@@ -15,11 +15,13 @@ from tasks import secrets as S
 from tasks.filters import dotenv_unquote
 from tasks.key_guard import Completion, HostEnvs
 from tasks.rotation.pending import rotation_guard
-from tasks.settings import (GATEWAYS, OLLAMA_NODES, HostInput, Settings, build_all, needed_secrets, read_host_data,
-                            refuse_node_group)
+from tasks.settings import (GATEWAYS, OLLAMA_NODES, HostInput, Settings, build_everything, needed_secrets,
+                            read_host_data, refuse_node_group)
+from tasks.topology import DB_HOSTS, REDIS_HOSTS, StateHost
 from tasks.uploads import connector_arguments
 
 _built: dict[int, dict[str, Settings]] = {}
+_built_state: dict[int, dict[str, StateHost]] = {}  # the db and redis hosts (tasks/topology.py), same keys
 # pyinfra prepares hosts in concurrent greenlets; reading a host's .env over SSH yields to the
 # next one, which must wait for the first build instead of generating secrets of its own.
 _building = RLock()
@@ -118,14 +120,23 @@ def _all_settings(state: State, complete: bool) -> dict[str, Settings]:
                            "operations start (not with --dry)")
             state.add_callback_handler(_RecordWhenOperationsStart(path, completion))
 
-        _built[key] = build_all(
+        _built[key], _built_state[key] = build_everything(
             [HostInput(h.name, h.data.get) for h in gateways],
             secrets_file,
             gateway_envs(gateways, secrets_file),
             complete=complete,
             record=record,
+            db_hosts=[HostInput(h.name, h.data.get) for h in _hosts(state, DB_HOSTS)],
+            redis_hosts=[HostInput(h.name, h.data.get) for h in _hosts(state, REDIS_HOSTS)],
         )
     return _built[key]
+
+
+def state_host_for(state: State, host: Host, complete: bool = True) -> StateHost | None:
+    """This host's db/redis services (tasks/topology.py), or None when it is neither."""
+    with _building:
+        _all_settings(state, complete)
+        return _built_state[(id(state), complete)].get(host.name)
 
 
 def settings_for(state: State, host: Host, complete: bool = True) -> Settings | None:
