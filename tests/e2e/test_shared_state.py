@@ -1,0 +1,140 @@
+"""State in its own engines (issue 17): two DB-backed gateways on one db host's PostgreSQL and one
+redis host's Valkey, a plain bed host as an outsider. Real pyinfra over real SSH, the bed's LiteLLM.
+
+Hosts (prefix "ss-"): ss-gw1, ss-gw2 (litellm_hosts), ss-db (db_hosts), ss-redis (redis_hosts),
+ss-out (a bed host in no group: it only tries to connect).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from tests.e2e.conftest import IMAGES, Deployment
+
+PREFIX = "ss-"
+GATEWAYS = ("gw1", "gw2")
+RPM_LIMIT = 4
+# LiteLLM's limiter counts in each instance and syncs with Redis; a request racing the sync on the
+# other gateway can slip through. Allowed slack, printed with the figure seen.
+RPM_SLACK = 2
+
+PG_PROBE = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")  # SSLRequest: any PostgreSQL answers one byte
+print(s.recv(1).decode() or "closed")
+"""
+REDIS_PROBE = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(b"PING\r\n")
+print(s.recv(64).decode().strip() or "closed")
+"""
+
+
+class SharedState(Deployment):
+    def up(self) -> None:
+        self.bed.build_images()
+        self.bed.down(self.hosts)
+        self.bed.up([self.name(h) for h in self.standard_hosts])
+        # The model's provider is never called (no smoke test): the key only has to exist.
+        self.secrets.write_text('OPENAI_API_KEY="sk-not-used-by-this-suite-0000000000"\n')
+        self.secrets.chmod(0o600)
+
+    def models(self) -> list[dict]:
+        return [{"name": "chat-mock", "model": "openai/gpt-4o-mini", "api_key_env": "OPENAI_API_KEY"}]
+
+    def write_inventory(self):
+        archives = self.bed.archives(("litellm", "postgres", "valkey"))
+        common = {"litellm_image": self.bed.litellm_image(), "postgres_image": self.bed.postgres_image(),
+                  "redis_image": self.bed.valkey_image(), "models": self.models(), "verify_timeout": 120}
+        if IMAGES == "local":
+            common.update(image_source="archives", image_archives=[str(p) for p in archives.values()])
+        names = [self.name(h) for h in ("gw1", "gw2", "db", "redis")]
+        text = self.bed.inventory_text({"*": common}, names=names)
+        # The bed writes every host into litellm_hosts; the db and redis hosts get their own groups.
+        groups = {}
+        for group, host in (("db_hosts", "db"), ("redis_hosts", "redis")):
+            entry = re.search(rf"    \({self.name(host)!r}, \{{\n.*?\n    \}}\),\n", text, re.S)
+            text = text.replace(entry.group(0), "")
+            groups[group] = entry.group(0)
+        for group, entry in groups.items():
+            text += f"\n{group} = [\n{entry}]\n"
+        self.inventory.write_text(text)
+        return self.inventory
+
+
+@pytest.fixture(scope="module")
+def shared(bed, tmp_path_factory):
+    deployment = SharedState(bed, tmp_path_factory.mktemp("e2e-ss"), PREFIX, ("gw1", "gw2", "db", "redis", "out"))
+    deployment.up()
+    first = deployment.pyinfra("deploy.py", "-vvv")
+    yield deployment, first
+    deployment.down()
+
+
+def address(shared, host: str) -> str:
+    return shared.bed.host(shared.name(host))["address"]
+
+
+def probe(shared, source: str, script: str, target: str, port: int) -> str:
+    result = shared.bed.ssh(shared.name(source), f"python3 - {address(shared, target)} {port}", input=script.encode())
+    return result.output.strip().splitlines()[-1] if result.output.strip() else ""
+
+
+def test_fresh_converge_then_no_change_on_any_host(shared):
+    deployment, first = shared
+    assert first.returncode == 0, first.output[-6000:]
+    second = deployment.pyinfra("deploy.py")
+    assert second.returncode == 0, second.output[-6000:]
+    for host in ("gw1", "gw2", "db", "redis"):
+        assert deployment.changed(second, host) == [], (host, deployment.changed(second, host))
+
+
+def test_no_secret_in_verbose_output(shared):
+    deployment, first = shared
+    values = json.loads(json.dumps(dict(
+        line.split("=", 1) for line in deployment.secrets.read_text().splitlines() if "=" in line)))
+    for name in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "LITELLM_MASTER_KEY", "LITELLM_SALT_KEY"):
+        value = values[name].strip('"')
+        assert len(value) >= 12 and value not in first.output, name
+
+
+def test_a_key_made_on_gateway_1_works_on_gateway_2(shared):
+    deployment, _ = shared
+    status, key = deployment.call("gw1", "/key/generate", body={"models": ["chat-mock"]})
+    assert status == 200, key
+    deadline = time.monotonic() + 60
+    while True:
+        status, body = deployment.call("gw2", "/v1/models", key=key["key"])
+        if status == 200 or time.monotonic() > deadline:
+            break
+    assert status == 200 and [m["id"] for m in body["data"]] == ["chat-mock"], body
+
+
+def test_an_rpm_limit_holds_across_both_gateways(shared):
+    deployment, _ = shared
+    status, key = deployment.call("gw1", "/key/generate", body={"models": ["chat-mock"], "rpm_limit": RPM_LIMIT})
+    assert status == 200, key
+    accepted = 0
+    started = time.monotonic()
+    for attempt in range(RPM_LIMIT * 3):  # bounded: 12 requests, alternating gateways, within the minute
+        status, _ = deployment.call(GATEWAYS[attempt % 2], "/v1/models", key=key["key"])
+        accepted += status == 200
+        assert status in (200, 429), status
+    elapsed = time.monotonic() - started
+    print(f"rpm_limit {RPM_LIMIT}: {accepted} of {RPM_LIMIT * 3} accepted through two gateways in {elapsed:.1f} s")
+    assert elapsed < 60, "the requests did not fit in one minute; the figure says nothing"
+    assert accepted <= RPM_LIMIT + RPM_SLACK
+
+
+def test_postgres_and_valkey_refuse_the_outsider_and_accept_the_gateways(shared):
+    deployment, _ = shared
+    assert probe(deployment, "gw1", PG_PROBE, "db", 5432) in ("N", "S")
+    assert probe(deployment, "gw2", REDIS_PROBE, "redis", 6379).startswith("-NOAUTH")
+    assert probe(deployment, "out", PG_PROBE, "db", 5432) not in ("N", "S")
+    assert not probe(deployment, "out", REDIS_PROBE, "redis", 6379).startswith(("-NOAUTH", "+PONG"))
