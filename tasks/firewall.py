@@ -107,7 +107,7 @@ class FirewallApplied(FactBase):
     chain holds as many rules as wanted."""
 
     def command(self, chain_name: str, wanted_mark: str, count: int) -> str:
-        return (f"if iptables -w -S {DOCKER_USER} 2>/dev/null | grep -q -e {shlex.quote('--comment ' + wanted_mark)} "
+        return (f"if iptables -w -S {DOCKER_USER} 2>/dev/null | grep -q -e {shlex.quote(wanted_mark)} "
                 f"&& [ \"$(iptables -w -S {chain_name} 2>/dev/null | grep -c '^-A')\" = {int(count)} ]; "
                 "then echo applied; else echo missing; fi")
 

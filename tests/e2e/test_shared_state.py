@@ -2,7 +2,8 @@
 redis host's Valkey, a plain bed host as an outsider. Real pyinfra over real SSH, the bed's LiteLLM.
 
 Hosts (prefix "ss-"): ss-gw1, ss-gw2 (litellm_hosts), ss-db (db_hosts), ss-redis (redis_hosts),
-ss-out (a bed host in no group: it only tries to connect).
+ss-out (a bed host in no group: it only tries to connect), ss-up1 (a real LiteLLM upstream with a
+mock_response model, so chat completions succeed and count against rate limits).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import IMAGES, Deployment
+from tests.e2e import gateway_http as api
+from tests.e2e.conftest import IMAGES, UPSTREAM_MODEL, Deployment
 
 PREFIX = "ss-"
 GATEWAYS = ("gw1", "gw2")
@@ -40,22 +42,27 @@ class SharedState(Deployment):
     def up(self) -> None:
         self.bed.build_images()
         self.bed.down(self.hosts)
-        self.bed.up([self.name(h) for h in self.standard_hosts])
-        # The model's provider is never called (no smoke test): the key only has to exist.
-        self.secrets.write_text('OPENAI_API_KEY="sk-not-used-by-this-suite-0000000000"\n')
+        self.bed.up([self.name(h) + (":upstream" if h == "up1" else "") for h in self.standard_hosts],
+                    upstream_models=[UPSTREAM_MODEL])
+        self.secrets.write_text(f'UPSTREAM_LITELLM_API_KEY="{self.bed.upstream_key(self.name("up1"))}"\n')
         self.secrets.chmod(0o600)
 
     def models(self) -> list[dict]:
-        return [{"name": "chat-mock", "model": "openai/gpt-4o-mini", "api_key_env": "OPENAI_API_KEY"}]
+        upstream = self.bed.host(self.name("up1"))
+        return [{"name": "chat-mock", "model": f"openai/{UPSTREAM_MODEL}", "api_base": upstream["api_base"],
+                 "api_key_env": "UPSTREAM_LITELLM_API_KEY"}]
 
     def write_inventory(self):
         archives = self.bed.archives(("litellm", "postgres", "valkey"))
         common = {"litellm_image": self.bed.litellm_image(), "postgres_image": self.bed.postgres_image(),
                   "redis_image": self.bed.valkey_image(), "models": self.models(), "verify_timeout": 120}
-        if IMAGES == "local":
-            common.update(image_source="archives", image_archives=[str(p) for p in archives.values()])
+        data = {"*": common}
+        if IMAGES == "local":  # each host gets the archives of the images it runs, no more
+            common.update(image_source="archives", image_archives=[str(archives[i]) for i in ("litellm", "postgres")])
+            data[self.name("db")] = {"image_archives": [str(archives["postgres"])]}
+            data[self.name("redis")] = {"image_archives": [str(archives["valkey"])]}
         names = [self.name(h) for h in ("gw1", "gw2", "db", "redis")]
-        text = self.bed.inventory_text({"*": common}, names=names)
+        text = self.bed.inventory_text(data, names=names)
         # The bed writes every host into litellm_hosts; the db and redis hosts get their own groups.
         groups = {}
         for group, host in (("db_hosts", "db"), ("redis_hosts", "redis")):
@@ -70,7 +77,7 @@ class SharedState(Deployment):
 
 @pytest.fixture(scope="module")
 def shared(bed, tmp_path_factory):
-    deployment = SharedState(bed, tmp_path_factory.mktemp("e2e-ss"), PREFIX, ("gw1", "gw2", "db", "redis", "out"))
+    deployment = SharedState(bed, tmp_path_factory.mktemp("e2e-ss"), PREFIX, ("gw1", "gw2", "db", "redis", "out", "up1"))
     deployment.up()
     first = deployment.pyinfra("deploy.py", "-vvv")
     yield deployment, first
@@ -123,9 +130,9 @@ def test_an_rpm_limit_holds_across_both_gateways(shared):
     accepted = 0
     started = time.monotonic()
     for attempt in range(RPM_LIMIT * 3):  # bounded: 12 requests, alternating gateways, within the minute
-        status, _ = deployment.call(GATEWAYS[attempt % 2], "/v1/models", key=key["key"])
+        status, body = api.chat(deployment.base_url(GATEWAYS[attempt % 2]), key["key"], "chat-mock")
         accepted += status == 200
-        assert status in (200, 429), status
+        assert status in (200, 429), (status, body)
     elapsed = time.monotonic() - started
     print(f"rpm_limit {RPM_LIMIT}: {accepted} of {RPM_LIMIT * 3} accepted through two gateways in {elapsed:.1f} s")
     assert elapsed < 60, "the requests did not fit in one minute; the figure says nothing"
