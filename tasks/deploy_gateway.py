@@ -50,8 +50,10 @@ def database_stages(settings: Settings) -> list[Stage]:
         # Migrations with the image's own entry point, before any proxy runs on the schema; on a
         # database several gateways share, by one of them only (shared_migration below).
         stage("the database migration", shared_migration, settings),
-        # Admin user and master-key link, insert-or-update (values on psql's stdin only).
-        stage("the bootstrap", database.bootstrap_current_key, settings),
+        # Admin user and master-key link, insert-or-update (values on psql's stdin only); on a shared
+        # database by its owner only (shared_migration below), never two gateways at once.
+        *([stage("the bootstrap", database.bootstrap_current_key, settings)]
+          if key_converge.owner(settings) == settings.host_name else []),
         # Scheduled pg_dump backups on the host (systemd timer; off with backup_enabled = False).
         stage("the backup schedule", backup.scheduled_backup, settings),
     ]
