@@ -145,3 +145,21 @@ def test_postgres_and_valkey_refuse_the_outsider_and_accept_the_gateways(shared)
     assert probe(deployment, "gw2", REDIS_PROBE, "redis", 6379).startswith("-NOAUTH")
     assert probe(deployment, "out", PG_PROBE, "db", 5432) not in ("N", "S")
     assert not probe(deployment, "out", REDIS_PROBE, "redis", 6379).startswith(("-NOAUTH", "+PONG"))
+
+
+def test_the_firewall_comes_back_after_a_reboot(shared):
+    """A reboot of the db host (fresh netfilter tables): the unit ordered after docker.service puts the
+    rules back, the outsider is refused again and the gateways get in."""
+    deployment, _ = shared
+    before = address(deployment, "db")
+    deployment.bed.restart(deployment.name("db"))
+    assert address(deployment, "db") == before, "the bed gave the db host another address; the test says nothing"
+    deadline = time.monotonic() + 180
+    while "-j DROP" not in deployment.ssh("db", "iptables -w -S LD-litellm-db 2>/dev/null || true"):
+        assert time.monotonic() < deadline, "the firewall unit did not re-apply the rules within 180 s of the reboot"
+        time.sleep(1)
+    deadline = time.monotonic() + 180
+    while probe(deployment, "gw1", PG_PROBE, "db", 5432) not in ("N", "S"):  # Postgres back (restart policy)
+        assert time.monotonic() < deadline, "PostgreSQL did not come back within 180 s of the reboot"
+        time.sleep(1)
+    assert probe(deployment, "out", PG_PROBE, "db", 5432) not in ("N", "S")
