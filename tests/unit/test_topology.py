@@ -137,3 +137,19 @@ def test_the_firewall_rule_set():
     script = firewall.script("litellm-db", 5432, ["10.0.0.11"])
     assert script.index("-j DROP") < script.index("-I DOCKER-USER 1")  # the chain is complete before the jump
     assert "After=docker.service" in firewall.unit("litellm-db", "/usr/local/sbin/x")
+
+
+def test_only_the_first_gateway_migrates_and_bootstraps_a_db_hosts_database(secrets_file):
+    """key_converge.owner: the first gateway of the run on the shared database; the others wait."""
+    from pyinfra.api import Config, Inventory, State
+    from pyinfra.context import ctx_state
+
+    from tasks.key_converge import owner
+
+    gateways = everything(secrets_file)[0]
+    inventory = Inventory((["gw1", "gw2", "db1"], {}), litellm_hosts=(["gw1", "gw2"], {}), db_hosts=(["db1"], {}))
+    with ctx_state.use(State(inventory, Config())):
+        assert owner(gateways["gw1"]) == "gw1" and owner(gateways["gw2"]) == "gw1"
+    alone = everything(secrets_file, gateways=[GW[1]], db=DB, redis=[])[0]["gw2"]
+    with ctx_state.use(State(Inventory((["gw2"], {}), litellm_hosts=(["gw2"], {})), Config())):
+        assert owner(alone) == "gw2"  # --limit gw2: it is the first gateway of its run
