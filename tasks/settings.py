@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -528,7 +528,16 @@ def build_everything(
         )
         for name, (raw, nodes, models, (teams, keys)) in parsed.items()
     }
-    return gateway_settings, topology.state_hosts(shape, state_raw, secrets)
+    def backup_view(name: str, data: dict, directory: str, project: str) -> Settings:
+        """The db host's database seen as a bundled one (tasks/backup.py: pg_dump through `compose exec`
+        in its project, backup_dir/backup_keep/backup_schedule of its own host data)."""
+        some_gateway = next(iter(gateway_settings.values()))
+        return replace(some_gateway, host_name=name, database_mode="bundled", install_dir=directory,
+                       compose_project=project, db_host="", redis_address="", redis_url=False,
+                       **{k: data[k] for k in ("postgres_user", "postgres_db", "postgres_image", "backup_dir",
+                                                "backup_keep", "backup_local_dir", "backup_enabled", "backup_schedule")})
+
+    return gateway_settings, topology.state_hosts(shape, state_raw, secrets, backup_view if gateway_settings else None)
 
 
 Access = tuple[tuple[Team, ...], tuple[VirtualKey, ...]]

@@ -15,7 +15,7 @@ import jinja2
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from tasks import compose, docker, firewall, stack
+from tasks import backup, compose, docker, firewall, stack
 from tasks import secrets as S
 from tasks.filters import FILTERS
 from tasks.render import TEMPLATES
@@ -114,3 +114,6 @@ def _service(host: StateHost, service: str, loaded: list) -> None:
         timeout=host.start_timeout,
     )
     firewall.port_only_from(service=f"{project}", port=PORTS[service], sources=host.allowed)
+    if service == "db" and host.backup is not None:
+        # Scheduled pg_dump backups of the shared database, on the db host (backup_enabled, backup_schedule).
+        backup.scheduled_backup(host.backup)

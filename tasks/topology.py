@@ -190,6 +190,9 @@ class StateHost:
     log_max_size: str
     log_max_file: int
     secrets: object = field(repr=False)  # tasks.settings.Secrets
+    # The db host's database as backup.py and the backup timer see a bundled one (tasks/backup.py):
+    # a tasks.settings.Settings whose compose project is the db host's. None on a redis-only host.
+    backup: object = field(default=None, repr=False)
 
     def service_dir(self, service: str) -> str:
         return f"{self.install_dir.rstrip('/')}-{service}"
@@ -198,8 +201,10 @@ class StateHost:
         return f"{self.compose_project}-{service}"
 
 
-def state_hosts(shape: Topology, raw: Mapping[str, Mapping[str, object]], secrets: object) -> dict[str, StateHost]:
-    """{name: StateHost} of the run's db and redis hosts (raw: each one's host data, validated)."""
+def state_hosts(shape: Topology, raw: Mapping[str, Mapping[str, object]], secrets: object,
+                backup_view=None) -> dict[str, StateHost]:
+    """{name: StateHost} of the run's db and redis hosts (raw: each one's host data, validated).
+    backup_view(name, data, directory, project): the db host's database as a bundled one, for backups."""
     found = {}
     for name in shape.state_hosts:
         data = raw[name]
@@ -222,5 +227,7 @@ def state_hosts(shape: Topology, raw: Mapping[str, Mapping[str, object]], secret
             log_max_size=str(data["log_max_size"]),
             log_max_file=int(data["log_max_file"]),
             secrets=secrets,
+            backup=backup_view(name, data, f"{str(data['install_dir']).rstrip('/')}-db", f"{data['compose_project']}-db")
+            if "db" in services and backup_view else None,
         )
     return found

@@ -55,7 +55,8 @@ class SharedState(Deployment):
     def write_inventory(self):
         archives = self.bed.archives(("litellm", "postgres", "valkey"))
         common = {"litellm_image": self.bed.litellm_image(), "postgres_image": self.bed.postgres_image(),
-                  "redis_image": self.bed.valkey_image(), "models": self.models(), "verify_timeout": 120}
+                  "redis_image": self.bed.valkey_image(), "models": self.models(), "verify_timeout": 120,
+                  "backup_local_dir": str(self.workdir / "backups")}
         data = {"*": common}
         if IMAGES == "local":  # each host gets the archives of the images it runs, no more
             common.update(image_source="archives", image_archives=[str(archives[i]) for i in ("litellm", "postgres")])
@@ -145,6 +146,18 @@ def test_postgres_and_valkey_refuse_the_outsider_and_accept_the_gateways(shared)
     assert probe(deployment, "gw2", REDIS_PROBE, "redis", 6379).startswith("-NOAUTH")
     assert probe(deployment, "out", PG_PROBE, "db", 5432) not in ("N", "S")
     assert not probe(deployment, "out", REDIS_PROBE, "redis", 6379).startswith(("-NOAUTH", "+PONG"))
+
+
+def test_backup_py_dumps_the_shared_database_on_the_db_host(shared):
+    deployment, _ = shared
+    run = deployment.pyinfra("backup.py")
+    assert run.returncode == 0, run.output[-6000:]
+    dumps = sorted((deployment.workdir / "backups" / deployment.name("db")).glob("*.dump"))
+    assert dumps and dumps[-1].read_bytes()[:5] == b"PGDMP", dumps
+    # The virtual keys live there: the dump holds LiteLLM's key table.
+    listing = deployment.ssh("db", f"docker run --rm -i --entrypoint pg_restore {deployment.bed.postgres_image()} --list "
+                                   f"< /opt/litellm/backups/{dumps[-1].name}")
+    assert "LiteLLM_VerificationToken" in listing
 
 
 def test_the_firewall_comes_back_after_a_reboot(shared):

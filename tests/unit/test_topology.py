@@ -153,3 +153,15 @@ def test_only_the_first_gateway_migrates_and_bootstraps_a_db_hosts_database(secr
     alone = everything(secrets_file, gateways=[GW[1]], db=DB, redis=[])[0]["gw2"]
     with ctx_state.use(State(Inventory((["gw2"], {}), litellm_hosts=(["gw2"], {})), Config())):
         assert owner(alone) == "gw2"  # --limit gw2: it is the first gateway of its run
+
+
+def test_backups_of_the_shared_database_are_taken_on_the_db_host(secrets_file):
+    from tasks import backup
+
+    db = everything(secrets_file)[1]["db1"]
+    view = db.backup
+    assert (view.host_name, view.database_mode, view.compose_project, view.install_dir) == (
+        "db1", "bundled", "litellm-db", "/opt/litellm-db")
+    assert backup.dump_command(view).startswith(
+        "docker compose --project-name litellm-db --project-directory /opt/litellm-db exec -T db pg_dump")
+    assert everything(secrets_file)[1]["redis1"].backup is None
