@@ -15,11 +15,13 @@ from tasks import secrets as S
 from tasks.filters import dotenv_unquote
 from tasks.key_guard import Completion, HostEnvs
 from tasks.rotation.pending import rotation_guard
-from tasks.settings import (GATEWAYS, OLLAMA_NODES, HostInput, Settings, build_all, needed_secrets, read_host_data,
-                            refuse_node_group)
+from tasks.settings import (GATEWAYS, OLLAMA_NODES, HostInput, Settings, build_everything, needed_secrets,
+                            read_host_data, refuse_node_group)
+from tasks.topology import DB_HOSTS, REDIS_HOSTS, StateHost, wanted_secrets
 from tasks.uploads import connector_arguments
 
 _built: dict[int, dict[str, Settings]] = {}
+_built_state: dict[int, dict[str, StateHost]] = {}  # the db and redis hosts (tasks/topology.py), same keys
 # pyinfra prepares hosts in concurrent greenlets; reading a host's .env over SSH yields to the
 # next one, which must wait for the first build instead of generating secrets of its own.
 _building = RLock()
@@ -59,13 +61,14 @@ def _install_dir(gateway: Host) -> str:
     return str(read_host_data(gateway.data.get)["install_dir"])
 
 
-def gateway_envs(gateways: list[Host], secrets_file: Path) -> HostEnvs:
+def gateway_envs(gateways: list[Host], secrets_file: Path, state_wanted: tuple[str, ...] = ()) -> HostEnvs:
     """The generated secrets in every connected gateway's .env (key_guard compares them with the
     secrets file). When the file lacks one that some gateway needs, the gateways not connected
     (--limit left them out) are connected too, only to read their .env: one may hold the live value.
     A gateway that cannot be read is left out, and tasks.key_guard refuses to generate in its place."""
     present = S.read_secrets(secrets_file)
     wanted = {name for g in gateways for name in needed_secrets(read_host_data(g.data.get)["database_mode"])}
+    wanted |= set(state_wanted)  # the db and redis hosts' generated secrets: the gateways' .env hold them too
     missing = sorted(name for name in wanted if name in S.GENERATED and not present.get(name))
     names = sorted({*S.GENERATED, *key_guard.GUARDED})
     envs: dict[str, dict[str, str] | None] = {}
@@ -118,14 +121,23 @@ def _all_settings(state: State, complete: bool) -> dict[str, Settings]:
                            "operations start (not with --dry)")
             state.add_callback_handler(_RecordWhenOperationsStart(path, completion))
 
-        _built[key] = build_all(
+        _built[key], _built_state[key] = build_everything(
             [HostInput(h.name, h.data.get) for h in gateways],
             secrets_file,
-            gateway_envs(gateways, secrets_file),
+            gateway_envs(gateways, secrets_file, tuple(wanted_secrets(_hosts(state, DB_HOSTS), _hosts(state, REDIS_HOSTS)))),
             complete=complete,
             record=record,
+            db_hosts=[HostInput(h.name, h.data.get) for h in _hosts(state, DB_HOSTS)],
+            redis_hosts=[HostInput(h.name, h.data.get) for h in _hosts(state, REDIS_HOSTS)],
         )
     return _built[key]
+
+
+def state_host_for(state: State, host: Host, complete: bool = True) -> StateHost | None:
+    """This host's db/redis services (tasks/topology.py), or None when it is neither."""
+    with _building:
+        _all_settings(state, complete)
+        return _built_state[(id(state), complete)].get(host.name)
 
 
 def settings_for(state: State, host: Host, complete: bool = True) -> Settings | None:

@@ -47,11 +47,28 @@ def database_stages(settings: Settings) -> list[Stage]:
     if not settings.has_database:
         return []
     return [
-        # Migrations with the image's own entry point, before any proxy runs on the schema.
-        stage("the database migration", migrations.schema_migrated, name="Database schema migrated",
-              project=settings.compose_project, install_dir=settings.install_dir, image=settings.litellm_image),
-        # Admin user and master-key link, insert-or-update (values on psql's stdin only).
-        stage("the bootstrap", database.bootstrap_current_key, settings),
+        # Migrations with the image's own entry point, before any proxy runs on the schema; on a
+        # database several gateways share, by one of them only (shared_migration below).
+        stage("the database migration", shared_migration, settings),
+        # Admin user and master-key link, insert-or-update (values on psql's stdin only); on a shared
+        # database by its owner only (shared_migration below), never two gateways at once.
+        *([stage("the bootstrap", database.bootstrap_current_key, settings)]
+          if key_converge.owner(settings) == settings.host_name else []),
         # Scheduled pg_dump backups on the host (systemd timer; off with backup_enabled = False).
         stage("the backup schedule", backup.scheduled_backup, settings),
     ]
+
+
+@deploy("Database migration")
+def shared_migration(settings: Settings) -> None:
+    """Migrations run once per change on a database the gateways share (a db host's, or an external
+    one): by the owner (key_converge.owner: the first gateway of the run on that database), under the
+    migration's own advisory lock (Prisma's, 72707369); pyinfra runs this call's migrate on every host
+    before the next operation, and the others wait for the schema instead of racing it."""
+    owner = key_converge.owner(settings)
+    if owner == settings.host_name:
+        migrations.schema_migrated(name="Database schema migrated", project=settings.compose_project,
+                                   install_dir=settings.install_dir, image=settings.litellm_image)
+    else:
+        migrations.schema_waited(name=f"Database schema migrated (by {owner}, the shared database's first gateway)",
+                                 psql=database.psql(settings), owner=owner, timeout=settings.start_timeout)

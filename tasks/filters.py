@@ -61,8 +61,22 @@ def url_component(value: str) -> str:
     return quote(value, safe="")
 
 
+def url_host(address: str) -> str:
+    """An IP address as a URL or Compose port mapping holds it: IPv6 in brackets."""
+    return f"[{address}]" if ":" in address else address
+
+
+def cidr(address: str) -> str:
+    """One address as the network pg_hba.conf and iptables take (10.0.0.5 -> 10.0.0.5/32)."""
+    import ipaddress
+
+    return str(ipaddress.ip_network(address, strict=False))
+
+
 FILTERS = {
     "dotenv": dotenv_quote,
     "yaml": yaml_quote,
     "urlpart": url_component,
+    "url_host": url_host,
+    "cidr": cidr,
 }

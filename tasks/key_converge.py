@@ -25,6 +25,7 @@ from tasks.compose import PROXY_SERVICE, compose_cmd
 from tasks.outcome import failing_command
 from tasks.settings import GATEWAYS, Settings, read_host_data
 from tasks.stack import staging_dir
+from tasks.topology import PROVISIONED_MODES
 from tasks.uploads import private_file
 from tasks.verify import PROBE_SOURCE, ContainerChecks, or_unavailable
 from tasks.virtual_keys import Team, VirtualKey, effective_models
@@ -63,9 +64,17 @@ def owner(settings: Settings) -> str:
     if settings.database_mode != "external":
         return settings.host_name
     for gateway in state.inventory.get_group(GATEWAYS, default=[]):
-        if state.is_host_in_limit(gateway) and read_host_data(gateway.data.get)["database_mode"] == "external":
+        if state.is_host_in_limit(gateway) and _shares_database(gateway, settings):
             return gateway.name
     return settings.host_name
+
+
+def _shares_database(gateway, settings: Settings) -> bool:
+    """External: the secrets file's one DATABASE_URL; a db host's gateways (tasks/topology.py): its one database."""
+    mode = read_host_data(gateway.data.get)["database_mode"]
+    if settings.db_host:
+        return mode in PROVISIONED_MODES
+    return mode == "external"
 
 
 class DeclaredAccess(FactBase):

@@ -42,3 +42,39 @@ def schema_migrated(project: str, install_dir: str, image: str):
         f"mkdir -p \"$(dirname {marker})\" && "
         f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(image)} > {marker}"
     )
+
+
+# --- a database shared by several gateways (a db host's, tasks/topology.py) --------------------------
+
+# The key `prisma migrate deploy` (and the bed's psql migration job) holds while it migrates.
+PRISMA_ADVISORY_LOCK = 72707369
+# "ready" once the ledger exists, no migration is half-applied and nobody holds the migration lock.
+SCHEMA_READY_SQL = f"""SELECT CASE WHEN to_regclass('public._prisma_migrations') IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = {PRISMA_ADVISORY_LOCK} AND granted)
+  THEN 'schema-' || (SELECT count(*) FROM public._prisma_migrations WHERE finished_at IS NULL AND rolled_back_at IS NULL)
+  ELSE 'schema-missing' END;
+"""
+
+
+class SchemaReady(FactBase):
+    """True when the shared database's schema is migrated and no migration runs now (psql: the
+    gateway's own invocation for its database, tasks.database.psql; the SQL on its stdin)."""
+
+    def command(self, psql: str) -> str:
+        return f"echo {shlex.quote(SCHEMA_READY_SQL)} | {psql} -A -t 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> bool:
+        return any(line.strip() == "schema-0" for line in output)
+
+
+@operation()
+def schema_waited(psql: str, owner: str, timeout: int):
+    """A gateway that does not migrate the shared database waits, up to `timeout` seconds, for the one
+    that does (`owner`): the schema ledger there, nothing half-applied, the migration lock free."""
+    if host.get_fact(SchemaReady, psql=psql):
+        host.noop(f"the shared schema is migrated (by {owner})")
+        return
+    check = f"echo {shlex.quote(SCHEMA_READY_SQL)} | {psql} -A -t 2>/dev/null | grep -qx schema-0"
+    yield (f"deadline=$(( $(date +%s) + {int(timeout)} )); until {check}; do "
+           f"if [ $(date +%s) -ge $deadline ]; then echo 'the shared database schema is not migrated after {int(timeout)} s: "
+           f"{owner} migrates it (run the deploy on {owner} too, or see its output)' >&2; exit 1; fi; sleep 1; done")

@@ -14,6 +14,7 @@ from tasks import pgservice
 from tasks import secrets as S
 from tasks.filters import FILTERS, url_component
 from tasks.settings import Settings
+from tasks.topology import REDIS_PORT
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 COMPOSE_FILE = "docker-compose.yml"
@@ -69,8 +70,25 @@ def container_env(settings: Settings) -> dict[str, str]:
     if settings.has_database:
         # Migrations belong to the one-shot migrate service, never to a starting proxy.
         env["DISABLE_SCHEMA_UPDATE"] = "true"
+    env.update(state_env(settings))
     for name in settings.provider_key_names:
         env[name] = secrets[name]
+    return env
+
+
+def state_env(settings: Settings) -> dict[str, str]:
+    """Shared state in its own engines (tasks/topology.py): the Redis the proxy shares rate limits
+    and usage counters through, and, with a db host, its POSTGRES_PASSWORD too, so a lost secrets
+    file gets it back from any gateway's .env like the other generated secrets (tasks/key_guard.py)."""
+    env = {}
+    if settings.db_host:
+        env["POSTGRES_PASSWORD"] = settings.secrets[S.POSTGRES_PASSWORD]
+    if settings.redis_url:
+        env["REDIS_URL"] = settings.secrets[S.REDIS_URL]
+    elif settings.redis_address:
+        env["REDIS_HOST"] = settings.redis_address
+        env["REDIS_PORT"] = str(REDIS_PORT)
+        env["REDIS_PASSWORD"] = settings.secrets[S.REDIS_PASSWORD]
     return env
 
 

@@ -92,6 +92,10 @@ def plan_for(settings: Settings, restore_from: str | None, targeted: list[str] |
             f"({', '.join(sorted(targeted))}); nothing was changed on any host — fix: name the one to restore "
             f"with --limit HOST (restore_from=latest picks each host's own latest backup)"
         )
+    if settings.db_host:
+        raise RestoreRefused(f"host {settings.host_name}: its database is the db host {settings.db_host}'s, which "
+                             "restore.py does not restore yet; nothing was changed on any host — fix: restore it by "
+                             f"hand on {settings.db_host} (docs/backup.md) with every gateway's proxy stopped")
     if settings.database_mode != "bundled":
         raise RestoreRefused(f"host {settings.host_name}: restore.py handles database_mode 'bundled' only "
                              f"(this host: {settings.database_mode!r})")

@@ -26,6 +26,9 @@ SALT_KEY = "LITELLM_SALT_KEY"
 POSTGRES_PASSWORD = "POSTGRES_PASSWORD"
 UI_PASSWORD = "UI_PASSWORD"
 DATABASE_URL = "DATABASE_URL"
+# State hosts (tasks/topology.py): the redis host's password (generated), or an external Redis.
+REDIS_PASSWORD = "REDIS_PASSWORD"
+REDIS_URL = "REDIS_URL"
 
 
 def _new_key() -> str:
@@ -42,6 +45,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     SALT_KEY: _new_key,
     POSTGRES_PASSWORD: _new_password,
     UI_PASSWORD: _new_password,
+    REDIS_PASSWORD: _new_password,
 }
 
 # The setup guide this package replaces printed these credentials; anyone may know them. Only

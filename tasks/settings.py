@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
 from pyinfra.api.exceptions import PyinfraError
 
-from tasks import calendar, key_guard, pgservice
+from tasks import calendar, key_guard, pgservice, topology
 from tasks import secrets as S
 from tasks.key_guard import Completion, HostEnvs
 from tasks.models import OLLAMA_PORT, Model, is_http_url, parse_models, parse_ollama_nodes
@@ -23,7 +23,7 @@ from tasks.virtual_keys import Team, VirtualKey, key_value_problems, parse_keys,
 
 GATEWAYS = "litellm_hosts"
 OLLAMA_NODES = "ollama_nodes"  # the old inventory group of nodes, refused (refuse_node_group)
-DATABASE_MODES = ("bundled", "external", "none")
+DATABASE_MODES = ("bundled", "external", "none", "db_host")  # db_host: tasks/topology.py
 DOCKER_INSTALLS = ("distro", "docker-repo", "skip")
 IMAGE_SOURCES = ("pull", "archives")
 TLS_SOURCES = ("off", "self-signed", "files", "acme")
@@ -114,6 +114,15 @@ class Settings:
     roll_width: int
     teams: tuple[Team, ...]
     virtual_keys: tuple[VirtualKey, ...]
+    # Shared state in its own engines (tasks/topology.py), derived from the inventory: the db host this
+    # gateway's DATABASE_URL points at ("" = none), and the Redis its proxy shares limits through.
+    db_host: str
+    redis_address: str  # the redis host's private address ("" = none)
+    redis_url: bool  # an external Redis: REDIS_URL in the secrets file
+
+    @property
+    def has_redis(self) -> bool:
+        return bool(self.redis_address) or self.redis_url
 
     @property
     def has_database(self) -> bool:
@@ -137,14 +146,14 @@ def shipped_defaults() -> dict[str, object]:
 
 # Settings read from host data (the rest are derived), each with its shipped default; `models` has
 # none on purpose: a gateway that routes nothing is an error, not a default.
-_DERIVED = ("host_name", "ollama_nodes", "secrets")
+_DERIVED = ("host_name", "ollama_nodes", "secrets", "db_host", "redis_address", "redis_url")
 _SHIPPED = shipped_defaults()
 DEFAULTS = {f.name: _SHIPPED.get(f.name) for f in fields(Settings) if f.name not in _DERIVED}
 
 
 def needed_secrets(mode: str) -> list[str]:
     wanted = [S.MASTER_KEY, S.SALT_KEY, S.UI_PASSWORD]
-    if mode == "bundled":
+    if mode in ("bundled", "db_host"):
         wanted.append(S.POSTGRES_PASSWORD)
     return wanted
 
@@ -265,7 +274,7 @@ def data_problems(raw: dict[str, object]) -> list[str]:
     problems += _image_problems("litellm_image", raw["litellm_image"])
     mode = raw["database_mode"]
     problems += _choice("database_mode", mode, DATABASE_MODES)
-    if mode in ("bundled", "external"):  # external runs psql and pg_dump from this image
+    if mode in ("bundled", "external", "db_host"):  # external runs psql and pg_dump from this image
         problems += _postgres_image_problems(raw["postgres_image"])
     problems += _choice("docker_install", raw["docker_install"], DOCKER_INSTALLS)
     problems += _choice("image_source", raw["image_source"], IMAGE_SOURCES)
@@ -422,6 +431,19 @@ def build_all(
     complete: bool = True,
     record: Callable[[Path, Completion], None] | None = None,
 ) -> dict[str, Settings]:
+    """build_everything's gateways, for an inventory without state hosts."""
+    return build_everything(gateways, secrets_file, host_envs, complete, record)[0]
+
+
+def build_everything(
+    gateways: list[HostInput],
+    secrets_file: Path,
+    host_envs: HostEnvs,
+    complete: bool = True,
+    record: Callable[[Path, Completion], None] | None = None,
+    db_hosts: list[HostInput] = (),
+    redis_hosts: list[HostInput] = (),
+) -> tuple[dict[str, Settings], dict[str, topology.StateHost]]:
     """Validate every gateway and the secrets file against what the gateways hold, then build Settings.
 
     host_envs: the generated secrets each gateway's .env holds (tasks/key_guard.py: None = not read).
@@ -441,6 +463,14 @@ def build_all(
     parsed: dict[str, tuple[dict, dict[str, str], tuple[Model, ...], Access]] = {}
     modes: set[str] = set()
     provider_keys: set[str] = set()
+    db_hosts, redis_hosts = list(db_hosts), list(redis_hosts)
+    written_modes = {g.name: g.data("database_mode", DEFAULTS["database_mode"]) for g in gateways}
+    problems += topology.problems(gateways, db_hosts, redis_hosts, written_modes, present)
+    state_raw = {}
+    for state_host in {h.name: h for h in (*db_hosts, *redis_hosts)}.values():
+        state_raw[state_host.name] = read_host_data(state_host.data)
+        problems += [f"host {state_host.name}: {p}" for p in data_problems(state_raw[state_host.name])]
+    shape = topology.resolve(gateways, db_hosts, redis_hosts, present) if not problems else topology.Topology()
     for gateway in gateways:
         raw = read_host_data(gateway.data)
         host_problems = data_problems(raw)
@@ -448,12 +478,16 @@ def build_all(
         models = parse_models(raw["models"], nodes, host_problems)
         access = access_declared(raw, models, host_problems)
         problems += [f"host {gateway.name}: {p}" for p in host_problems]
+        if topology.uses_db_host(shape, raw["database_mode"]):
+            # The db host's database, reached like an external one, with a URL the deploy makes.
+            raw["database_mode"] = "external"
         parsed[gateway.name] = (raw, nodes, models, access)
         modes.add(raw["database_mode"])
         provider_keys |= {m.api_key_env for m in models if m.api_key_env}
 
     # Missing generated secrets: from the gateways, or new on a new deployment (never a live key).
-    wanted = sorted({name for mode in modes & set(DATABASE_MODES) for name in needed_secrets(mode)})
+    wanted = sorted({name for mode in modes & set(DATABASE_MODES) for name in needed_secrets(mode)}
+                    | set(topology.wanted_secrets(db_hosts, redis_hosts)))
     install_dirs = {name: str(raw["install_dir"]) for name, (raw, _, _, _) in parsed.items()}
     completion = key_guard.complete(present, wanted, host_envs, install_dirs, generate=complete)
     problems += completion.problems
@@ -461,6 +495,10 @@ def build_all(
     if complete:
         _complete_key_values(present, declared_keys, completion)
     values = {**present, **completion.additions}
+    if shape.db_host and values.get(S.POSTGRES_PASSWORD):
+        db_raw = state_raw[shape.db_host]
+        values[S.DATABASE_URL] = topology.db_host_url(shape, str(db_raw["postgres_user"]),
+                                                      values[S.POSTGRES_PASSWORD], str(db_raw["postgres_db"]))
     for mode in modes & set(DATABASE_MODES):
         problems += secret_problems(values, mode, provider_keys)
     problems += key_value_problems(declared_keys, values)
@@ -472,7 +510,7 @@ def build_all(
     if complete and completion.additions:
         (record or _record_now)(secrets_file, completion)
     secrets = Secrets(values=values)
-    return {
+    gateway_settings = {
         name: Settings(
             host_name=name,
             **{k: v for k, v in raw.items()
@@ -484,9 +522,22 @@ def build_all(
             secrets=secrets,
             teams=teams,
             virtual_keys=keys,
+            db_host=shape.db_host if topology.uses_db_host(shape, written_modes[name]) else "",
+            redis_address=shape.redis_address,
+            redis_url=shape.redis_url,
         )
         for name, (raw, nodes, models, (teams, keys)) in parsed.items()
     }
+    def backup_view(name: str, data: dict, directory: str, project: str) -> Settings:
+        """The db host's database seen as a bundled one (tasks/backup.py: pg_dump through `compose exec`
+        in its project, backup_dir/backup_keep/backup_schedule of its own host data)."""
+        some_gateway = next(iter(gateway_settings.values()))
+        return replace(some_gateway, host_name=name, database_mode="bundled", install_dir=directory,
+                       compose_project=project, db_host="", redis_address="", redis_url=False,
+                       **{k: data[k] for k in ("postgres_user", "postgres_db", "postgres_image", "backup_dir",
+                                                "backup_keep", "backup_local_dir", "backup_enabled", "backup_schedule")})
+
+    return gateway_settings, topology.state_hosts(shape, state_raw, secrets, backup_view if gateway_settings else None)
 
 
 Access = tuple[tuple[Team, ...], tuple[VirtualKey, ...]]

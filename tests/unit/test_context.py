@@ -18,7 +18,7 @@ def test_concurrent_hosts_share_one_generation_of_secrets(secrets_file, monkeypa
     inventory = Inventory((["gw1", "gw2"], {}), litellm_hosts=(["gw1", "gw2"], data))
     state = State(inventory, Config())
 
-    def slow_read(gateways, path):
+    def slow_read(gateways, path, *state_wanted):
         # The real run reads each gateway's .env over SSH, which yields to the other host's greenlet.
         gevent.sleep(0.05)
         return {gateway.name: {} for gateway in gateways}

@@ -138,7 +138,7 @@ def test_an_upgrade_holds_the_errors_of_every_stage_after_the_backup_and_nothing
     rollback = position(ops, "Rollback to the previous image")
     attempt = ops[backup + 1:rollback]
     assert {name.split(" | ")[1] for name, _, _ in attempt} >= {
-        "Compose project files", "Start the database", "Database schema migrated",
+        "Compose project files", "Start the database", "Database migration",
         "LiteLLM admin user and master-key link", "Scheduled database backup", "Start the proxy", "Verify"}
     for name, _, arguments in attempt:
         assert arguments["_ignore_errors"] and len(arguments["_if"]) == 1, name

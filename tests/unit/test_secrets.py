@@ -12,7 +12,7 @@ from tasks.filters import dotenv_quote
 from tasks.render import render_files
 from tests.unit.conftest import ROOT, UPSTREAM_KEY
 
-GENERATED = ["LITELLM_MASTER_KEY", "LITELLM_SALT_KEY", "POSTGRES_PASSWORD", "UI_PASSWORD"]
+GENERATED = ["LITELLM_MASTER_KEY", "LITELLM_SALT_KEY", "POSTGRES_PASSWORD", "UI_PASSWORD"]  # a bundled deployment's
 
 
 def test_generated_once_then_identical(build, secrets_file):

@@ -1,0 +1,119 @@
+"""The db host's PostgreSQL and the redis host's Valkey, each in a compose project of its own.
+
+A host only in db_hosts / redis_hosts gets Docker and its one service, nothing else: the install
+directory (`<install_dir>-db`, `<install_dir>-redis`, root only), the image, docker-compose.yml and
+.env (0600; pg_hba.conf for the db), the service up and healthy, published on the host's private
+address only, and the firewall (tasks/firewall.py) letting in only the gateways' addresses.
+deploy.py calls this before the gateways' deploy, so both are up before any gateway migrates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+from pyinfra.api import deploy
+from pyinfra.operations import files
+
+from tasks import backup, compose, docker, firewall, stack
+from tasks import secrets as S
+from tasks.filters import FILTERS
+from tasks.render import TEMPLATES
+from tasks.topology import DB_PORT, REDIS_PORT, StateHost
+from tasks.uploads import private_file
+
+PORTS = {"db": DB_PORT, "redis": REDIS_PORT}
+COMPOSE_FILE = "docker-compose.yml"
+ENV_FILE = ".env"
+HBA_FILE = "pg_hba.conf"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    env.filters.update(FILTERS)
+    return env
+
+
+def service_env(host: StateHost, service: str) -> dict[str, str]:
+    if service == "db":
+        return {"POSTGRES_USER": host.postgres_user, "POSTGRES_PASSWORD": host.secrets[S.POSTGRES_PASSWORD],
+                "POSTGRES_DB": host.postgres_db}
+    return {S.REDIS_PASSWORD: host.secrets[S.REDIS_PASSWORD]}
+
+
+def render_service(host: StateHost, service: str) -> dict[str, str]:
+    """file name -> content for one service's directory. Pure, so a re-run uploads nothing."""
+    env = _environment()
+    rendered = {
+        COMPOSE_FILE: env.get_template(f"state-{service}-compose.yml.j2").render(host=host, port=PORTS[service]),
+        ENV_FILE: "# Written by litellm-deploy. Do not edit: change the secrets file on the controller and re-deploy.\n"
+                  + "".join(f"{name}={FILTERS['dotenv'](value)}\n" for name, value in service_env(host, service).items()),
+    }
+    if service == "db":
+        rendered[HBA_FILE] = env.get_template("state-pg_hba.conf.j2").render(host=host)
+    return rendered
+
+
+FILE_MODES = {COMPOSE_FILE: "644", ENV_FILE: "600", HBA_FILE: "644"}
+
+
+def images(host: StateHost) -> dict[str, str]:
+    wanted = {}
+    if "db" in host.services:
+        wanted["postgres_image"] = host.postgres_image
+    if "redis" in host.services:
+        wanted["redis_image"] = host.redis_image
+    return wanted
+
+
+@deploy("Shared state host")
+def deploy_state_host(host: StateHost) -> None:
+    docker.install_docker(host)
+    loaded = _images(host)
+    for service in host.services:
+        _service(host, service, loaded)
+
+
+def _images(host: StateHost) -> list:
+    wanted = images(host)
+    if host.image_source == "pull":
+        return [stack.image_present(name=f"Image {image}", image=image, field=field) for field, image in wanted.items()]
+    archive_dir = f"{host.service_dir(host.services[0])}/images"
+    files.directory(name=f"Install directory {host.service_dir(host.services[0])} (root only)",
+                    path=host.service_dir(host.services[0]), user="root", group="root", mode="700")
+    files.directory(name=f"Image archive directory {archive_dir}", path=archive_dir, mode="700")
+    uploads = {}
+    for archive in host.image_archives:
+        remote = f"{archive_dir}/{Path(archive).name}"
+        uploads[remote] = files.put(name=f"Upload image archive {Path(archive).name}", src=archive, dest=remote, mode="600")
+    return [stack.archives_loaded(name="Load images from the archives", uploads=uploads, images=wanted)]
+
+
+def _service(host: StateHost, service: str, loaded: list) -> None:
+    directory = host.service_dir(service)
+    project = host.service_project(service)
+    files.directory(name=f"Install directory {directory} (root only)", path=directory, user="root", group="root",
+                    mode="700")
+    written = {
+        name: private_file(
+            name=f"Write {directory}/{name}" + (" (secrets, mode 0600)" if FILE_MODES[name] == "600" else ""),
+            content=content, dest=f"{directory}/{name}", staging_dir=f"{directory}/.staging", mode=FILE_MODES[name],
+        )
+        for name, content in render_service(host, service).items()
+    }
+    what = "PostgreSQL" if service == "db" else "Valkey"
+    compose.service_up(
+        name=f"{what} up and healthy (db host)" if service == "db" else f"{what} up and healthy (redis host)",
+        project=project,
+        install_dir=directory,
+        service=service,
+        depends_on=[written[COMPOSE_FILE], written[ENV_FILE], *loaded],
+        # pg_hba.conf is bind-mounted: compose cannot see it change.
+        recreate_on=[written[HBA_FILE]] if HBA_FILE in written else [],
+        timeout=host.start_timeout,
+    )
+    firewall.port_only_from(service=f"{project}", port=PORTS[service], sources=host.allowed)
+    if service == "db" and host.backup is not None:
+        # Scheduled pg_dump backups of the shared database, on the db host (backup_enabled, backup_schedule).
+        backup.scheduled_backup(host.backup)
