@@ -19,7 +19,7 @@ import re
 import shlex
 from pathlib import Path
 
-from pyinfra import host, logger, state
+from pyinfra import host, logger
 from pyinfra.api import FactBase, deploy, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.api.state import BaseStateCallback
@@ -89,10 +89,11 @@ def store_for(secrets_file: Path) -> CertificateStore:
     """The deployment's certificate store for this run (one per run and directory, so every host of
     the run sees the same new CA)."""
     directory = certificates.tls_dir(secrets_file)
-    key = (id(state), directory)
+    current = host.state  # the run's State itself (pyinfra's `state` is a proxy with one id for every run)
+    key = (id(current), directory)
     if key not in _stores:
         _stores[key] = CertificateStore(directory)
-        state.add_callback_handler(_SaveWhenOperationsStart(_stores[key]))
+        current.add_callback_handler(_SaveWhenOperationsStart(_stores[key]))
     return _stores[key]
 
 
