@@ -73,6 +73,10 @@ def tls_deployment(bed, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def converged(tls_deployment):
+    # --dry first: the plan names the certificates it would make, and nothing is written on the controller.
+    dry = tls_deployment.pyinfra("deploy.py", "--dry", limit=HOST)
+    assert dry.returncode == 0, dry.output[-6000:]
+    assert not tls_dir(tls_deployment).exists(), "--dry wrote the deployment CA"
     # -vvv: every command and fact output is printed, so a key that reached them would show below.
     first = tls_deployment.pyinfra("deploy.py", "-vvv", limit=HOST)
     assert first.returncode == 0, first.output[-8000:]
@@ -217,7 +221,9 @@ def test_4_files_from_the_controller_replace_the_certificate(tls_deployment, con
     try:
         run = tls_deployment.pyinfra("deploy.py", limit=HOST)
         assert run.returncode == 0, run.output[-6000:]
-        assert "TLS front (Caddy) up" in tls_deployment.changed(run, HOST)
+        changed = tls_deployment.changed(run, HOST)
+        assert any(op.endswith("TLS front (Caddy) up") for op in changed), changed
+        assert not any(op.endswith("LiteLLM proxy up and healthy") for op in changed), changed
         assert re.search(r"ok\s+HTTPS front, certificate checked against tls_ca_file", run.output), run.output[-3000:]
         address = gateway_address(tls_deployment)
         spec_ca = own.ca_pem.decode()
