@@ -211,7 +211,9 @@ def test_4_files_from_the_controller_replace_the_certificate(tls_deployment, con
     """tls = "files": a certificate made by another CA (the user's), its CA given as tls_ca_file; the
     front is recreated with it and a client trusting that CA (and not the deployment's) gets through."""
     address, name = gateway_address(tls_deployment), "gateway.tls-e2e.example"
-    own = certificates.leaf_for([name, address], "gw", tmp_path / "company-ca")
+    # The same first name as before (tls_names = [] takes the certificate's): PROXY_BASE_URL stays, so
+    # only the front is recreated, not the proxy.
+    own = certificates.leaf_for([tls_deployment.name(HOST), address, name], "gw", tmp_path / "company-ca")
     (tmp_path / "gw.crt").write_bytes(own.cert_pem)
     (tmp_path / "gw.key").write_bytes(own.key_pem)
     (tmp_path / "gw.key").chmod(0o600)
