@@ -242,3 +242,22 @@ def test_4_files_from_the_controller_replace_the_certificate(tls_deployment, con
         for field in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
             tls_deployment.overrides[HOST].pop(field, None)
         tls_deployment.overrides[HOST]["tls"] = "self-signed"
+
+
+def test_5_tls_off_removes_the_front(tls_deployment, converged):
+    """Back to the plain layout: no front container or files, the proxy published as before."""
+    tls_deployment.overrides[HOST]["tls"] = "off"
+    try:
+        run = tls_deployment.pyinfra("deploy.py", limit=HOST)
+        assert run.returncode == 0, run.output[-6000:]
+        assert any(op.endswith("No TLS front (tls is off)") for op in tls_deployment.changed(run, HOST))
+        assert tls_deployment.ssh(HOST, "docker ps --all --quiet --filter label=com.docker.compose.service=tls") == ""
+        assert "tls" not in tls_deployment.ssh(HOST, "ls /opt/litellm").split()
+        direct = from_client(tls_deployment, "http", 4000, "/health/liveliness")
+        assert direct["status"] == 200, direct
+        closed = from_client(tls_deployment, "https", 443, "/health/liveliness")
+        assert closed["status"] == 0 and "ConnectionRefused" in closed["error"], closed
+        again = tls_deployment.pyinfra("deploy.py", limit=HOST)
+        assert again.returncode == 0 and tls_deployment.changed(again, HOST) == [], again.output[-4000:]
+    finally:
+        tls_deployment.overrides[HOST]["tls"] = "self-signed"
