@@ -78,6 +78,9 @@ tls_image = "caddy:2.10.2"
 redis_image = "valkey/valkey:8.1"
 # Behind load balancers (lb_hosts): how many gateways may be recreated at once while a change rolls.
 roll_width = 1
+# For tls = "files": the CA certificate (PEM) that issued tls_cert_file, when clients do not already trust it
+# (a company CA); the verification checks the front against it. "" = the system's trusted CAs.
+tls_ca_file = ""
 # Who may use the gateway (needs a database; converged through the proxy's API after verification, and
 # alone with `pyinfra inventory keys.py`). Teams and keys are matched by alias; entries not declared
 # here are left alone, and state "absent" deletes one. A key's value is never written here: it is the

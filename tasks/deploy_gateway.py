@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 
-from tasks import backup, database, docker, key_converge, migrations, stack, upgrade, verify
+from tasks import backup, database, docker, key_converge, migrations, stack, tls, upgrade, verify
 from tasks.settings import Settings
 from tasks.stages import Stage, stage
 
@@ -33,6 +33,8 @@ def deploy_gateway(settings: Settings) -> None:
         *database_stages(settings),
         # The proxy, recreated only when its files or image changed.
         stage("starting the proxy", stack.start_proxy, settings, changes),
+        # HTTPS in front of it (tls on), recreated only when its files or image changed; none with tls off.
+        stage("the TLS front", tls.tls_front, settings, changes),
         # Along the request path: proxy, Ollama nodes, upstreams.
         stage("verification", verify.verify_gateway, settings),
     ])

@@ -10,13 +10,20 @@ Each check retries until its deadline, then reports what was checked, the URL, a
 A check is a dict: name, kind, url, and optionally key_env, body, timeout, expect, fix,
 fix_no_answer (the fix when nothing answers at all) and requires (names of checks that must pass
 first; when one failed, this check is skipped rather than reported as a second symptom).
+The TLS front's kinds (tasks/tls.py, run from the gateway host): "https" (200 with the certificate
+checked against cafile for the URL's host name) and "redirect" (expect: the Location), both able to
+connect to another address than the URL's host (connect_to) while keeping its name.
 """
 
+import http.client
 import json
 import os
+import socket
+import ssl
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 VIRTUAL_KEYS = {}  # alias -> value, from stdin (see the module's docstring)
@@ -52,6 +59,45 @@ def request(url, key=None, body=None, timeout=10):
         return status, raw.decode(errors="replace")[:300]
 
 
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    """HTTPS to `connect_to` while the certificate is checked against the URL's host (and SNI names
+    it): a gateway checked from its own host, under the name its clients use."""
+
+    def __init__(self, host, port, connect_to, context, timeout):
+        super().__init__(host, port, context=context, timeout=timeout)
+        self.connect_to = connect_to
+        self.tls_context = context
+
+    def connect(self):
+        sock = socket.create_connection((self.connect_to, self.port), self.timeout)
+        self.sock = self.tls_context.wrap_socket(sock, server_hostname=self.host)
+
+
+def tls_request(check, timeout=10):
+    """(status, {"location": ...}) of one GET without following redirects, for the TLS front's checks:
+    kind "https" checks the certificate against check["cafile"] (the system trust when empty) and the
+    URL's host name; kind "redirect" is plain HTTP. Both connect to check["connect_to"] when given."""
+    url = urllib.parse.urlsplit(check["url"])
+    target = check.get("connect_to") or url.hostname
+    path = (url.path or "/") + ("?" + url.query if url.query else "")
+    try:
+        if url.scheme == "https":
+            context = ssl.create_default_context(cafile=check.get("cafile") or None)
+            conn = _PinnedHTTPS(url.hostname, url.port or 443, target, context, timeout)
+        else:
+            conn = http.client.HTTPConnection(target, url.port or 80, timeout=timeout)
+        host_header = url.netloc.rsplit("@", 1)[-1]
+        conn.request("GET", path, headers={"Host": host_header})
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        return response.status, {"location": response.getheader("Location") or ""}
+    except ssl.SSLCertVerificationError as error:
+        return 0, "certificate refused: %s" % (error.verify_message or error)
+    except (OSError, http.client.HTTPException) as error:
+        return 0, "%s" % (getattr(error, "strerror", None) or error)
+
+
 def error_text(payload, limit=300):
     """The readable part of an error answer: LiteLLM/OpenAI {"error": {"message"}}, Ollama {"error"}."""
     if isinstance(payload, dict) and "error" in payload:
@@ -67,6 +113,11 @@ def evaluate(check, status, payload):
     if status == 0:
         return "no answer: " + str(payload)
     if kind == "reachable":
+        return None
+    if kind == "redirect":
+        location = payload.get("location", "") if isinstance(payload, dict) else ""
+        if status not in (301, 302, 307, 308) or location != check["expect"]:
+            return "HTTP %s to %s, expected a redirect to %s" % (status, location or "nowhere", check["expect"])
         return None
     if kind == "refused":
         return None if status in (400, 401, 403) else "HTTP %s: a wrong key was accepted" % status
@@ -117,7 +168,10 @@ def run_check(check, deadline):
     """Retry one check until it passes or its deadline passes; the last failure is returned."""
     delay = 1.0
     while True:
-        status, payload = request(check["url"], key_of(check), check.get("body"), check.get("timeout", 10))
+        if check["kind"] in ("https", "redirect"):
+            status, payload = tls_request(check, check.get("timeout", 10))
+        else:
+            status, payload = request(check["url"], key_of(check), check.get("body"), check.get("timeout", 10))
         problem = evaluate(check, status, payload)
         if problem is None or time.monotonic() + delay > deadline:
             fix = check.get("fix_no_answer", check.get("fix", "")) if status == 0 else check.get("fix", "")

@@ -15,6 +15,8 @@ from tasks import secrets as S
 from tasks.filters import FILTERS, url_component
 from tasks.settings import Settings
 from tasks.topology import REDIS_PORT
+from tasks.tls_config import FRONT_RANGES
+from tasks.tls_config import base_url as tls_base_url
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 COMPOSE_FILE = "docker-compose.yml"
@@ -60,6 +62,9 @@ def container_env(settings: Settings) -> dict[str, str]:
         env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     if settings.proxy_base_url:
         env["PROXY_BASE_URL"] = settings.proxy_base_url
+    elif settings.tls != "off":
+        # Behind the TLS front, the URL clients use (UI login redirects are built from it).
+        env["PROXY_BASE_URL"] = tls_base_url(settings)
     if settings.database_mode == "bundled":
         env["POSTGRES_USER"] = settings.postgres_user
         env["POSTGRES_PASSWORD"] = secrets[S.POSTGRES_PASSWORD]
@@ -97,7 +102,8 @@ def render_files(settings: Settings) -> dict[str, str]:
     env = _environment()
     rendered = {
         COMPOSE_FILE: env.get_template("docker-compose.yml.j2").render(settings=settings),
-        CONFIG_FILE: env.get_template("litellm-config.yaml.j2").render(settings=settings, models=settings.models),
+        CONFIG_FILE: env.get_template("litellm-config.yaml.j2").render(settings=settings, models=settings.models,
+                                                                       front_ranges=list(FRONT_RANGES)),
         ENV_FILE: env.get_template("env.j2").render(env=container_env(settings)),
     }
     if settings.database_mode == "external":

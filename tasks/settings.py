@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 from pyinfra.api.exceptions import PyinfraError
 
-from tasks import calendar, key_guard, pgservice, topology
+from tasks import calendar, key_guard, pgservice, tls_config, topology
 from tasks import secrets as S
 from tasks.key_guard import Completion, HostEnvs
 from tasks.models import OLLAMA_PORT, Model, is_http_url, parse_models, parse_ollama_nodes
@@ -112,6 +112,8 @@ class Settings:
     tls_image: str
     redis_image: str
     roll_width: int
+    # TLS front (tasks/tls.py): the CA that issued tls_cert_file, when it is not a public one.
+    tls_ca_file: str
     teams: tuple[Team, ...]
     virtual_keys: tuple[VirtualKey, ...]
     # Shared state in its own engines (tasks/topology.py), derived from the inventory: the db host this
@@ -131,6 +133,14 @@ class Settings:
     @property
     def provider_key_names(self) -> tuple[str, ...]:
         return tuple(sorted({m.api_key_env for m in self.models if m.api_key_env}))
+
+    @property
+    def proxy_publish_address(self) -> str:
+        """Where the proxy's port is published: proxy_bind, but loopback only behind the TLS front
+        (tasks/tls_config.py refuses any other address with tls on)."""
+        if self.tls != "off" and self.proxy_bind in ("0.0.0.0", "::"):
+            return "127.0.0.1"
+        return self.proxy_bind
 
     @property
     def gateway_url(self) -> str:
@@ -474,6 +484,11 @@ def build_everything(
     for gateway in gateways:
         raw = read_host_data(gateway.data)
         host_problems = data_problems(raw)
+        # The TLS front: its fields, and the names its certificate is for ([] = by source, tasks/tls_config.py).
+        address = tls_config.host_address(gateway.name, gateway.data)
+        host_problems += tls_config.problems(gateway.name, address, raw)
+        if raw["tls"] != "off" and not host_problems:
+            raw["tls_names"] = list(tls_config.effective_names(gateway.name, address, raw))
         nodes = parse_ollama_nodes(gateway.data("ollama_nodes", {}), host_problems)
         models = parse_models(raw["models"], nodes, host_problems)
         access = access_declared(raw, models, host_problems)

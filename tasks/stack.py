@@ -84,6 +84,8 @@ def required_images(settings: Settings) -> dict[str, str]:
     if settings.database_mode in ("bundled", "external"):
         # external mode runs psql from the Postgres image as a one-shot container.
         images["postgres_image"] = settings.postgres_image
+    if settings.tls != "off":
+        images["tls_image"] = settings.tls_image  # the TLS front (tasks/tls.py)
     return images
 
 

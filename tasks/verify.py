@@ -16,7 +16,7 @@ from urllib.parse import quote
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, deploy, operation
 
-from tasks import probe
+from tasks import probe, tls
 from tasks.compose import PROXY_SERVICE, compose_cmd
 from tasks.database import MASTER_KEY_ALIAS
 from tasks.models import Model
@@ -29,6 +29,7 @@ PROXY = "http://127.0.0.1:4000"
 WRONG_KEY_ENV = "LITELLM_DEPLOY_WRONG_KEY"
 CONTAINER = "the gateway's proxy container"
 CONTROLLER = "the controller"
+HOST = "the gateway host"
 # Budget of the controller's re-check of a route the container could not use.
 CONTROLLER_SECONDS = 10
 STALE_AFTER = {"hourly": 3 * 3600, "daily": 2 * 86400 + 3600, "weekly": 15 * 86400}  # backup_schedule -> s
@@ -273,6 +274,11 @@ def gateway_verified(settings: Settings):
     inside = host.get_fact(ContainerChecks, project=settings.compose_project,
                            install_dir=settings.install_dir, spec=container_spec(settings))
     results, failures = assess(route_checks(settings), inside)
+    # The TLS front as clients see it, from the host: HTTPS with its certificate checked, HTTP redirected.
+    on_host = tls.host_results(settings)
+    results += [(HOST, r) for r in on_host]
+    failures += [_describe(r, HOST) for r in on_host if not r["ok"] and not r.get("skipped")]
+    inside = inside + on_host
     host.log(summary(results, backup_notes(settings)), logger.info)
     if not failures:
         host.noop(f"{len(inside)} checks passed")

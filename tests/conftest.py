@@ -28,7 +28,7 @@ SHARED_FIXTURE_UNITS = {
 LONGEST_FIRST = (
     "main-bed", "tests/e2e/test_rotation.py", "tests/e2e/test_shared_state.py", "tests/e2e/test_verify_faults.py", "tests/e2e/test_sudo_user.py",
     "tests/e2e/test_backup.py", "tests/e2e/test_demo.py", "tests/e2e/test_ollama_nodes.py", "tests/e2e/test_key_guard.py",
-    "tests/e2e/test_virtual_keys.py", "tests/e2e/test_external_database.py",
+    "tests/e2e/test_virtual_keys.py", "tests/e2e/test_external_database.py", "tests/e2e/test_tls.py",
 )
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tasks import certificates
 from tests.testbed import Testbed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,14 +30,16 @@ DECLARED_KEY = {"alias": "demo", "models": "all", "max_budget": 10, "budget_dura
 
 def try_it(address: str, secrets: Path) -> list[str]:
     """Shell lines, run in order: the master key from the secrets file, a virtual key made with it
-    (POST /key/generate), and a chat completion with that virtual key."""
-    base = f"http://{address}:4000"
+    (POST /key/generate), and a chat completion with that virtual key; over HTTPS, the certificate
+    checked against the deployment's CA (kept beside the secrets file)."""
+    base = f"https://{address}"
+    ca = certificates.tls_dir(secrets) / "ca.crt"
     return [
         f"KEY=$(grep ^LITELLM_MASTER_KEY= {secrets} | cut -d= -f2- | tr -d '\"')",
-        f"VKEY=$(curl -s {base}/key/generate -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' "
+        f"VKEY=$(curl -s --cacert {ca} {base}/key/generate -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' "
         "-d '{\"models\": [\"llama\"], \"metadata\": {\"purpose\": \"demo\"}}' "
         "| python3 -c 'import json, sys; print(json.load(sys.stdin)[\"key\"])')",
-        f"curl -s {base}/v1/chat/completions -H \"Authorization: Bearer $VKEY\" -H 'Content-Type: application/json' "
+        f"curl -s --cacert {ca} {base}/v1/chat/completions -H \"Authorization: Bearer $VKEY\" -H 'Content-Type: application/json' "
         "-d '{\"model\": \"llama\", \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}'",
     ]
 
@@ -57,10 +60,13 @@ def main() -> int:
         "models": [{"name": "llama", "model": f"ollama_chat/{MODEL}", "ollama_node": NODE}],
         # Who may use the gateway, as code: its value lands in the secrets file as VIRTUAL_KEY_DEMO.
         "virtual_keys": [DECLARED_KEY],
+        # HTTPS in front (Caddy), with a certificate from the deployment's own CA, made beside the secrets file.
+        "tls": "self-signed",
+        "tls_image": bed.caddy_image(),
     }
     if IMAGES == "local":
-        archives = bed.archives()
-        data.update(image_source="archives", image_archives=[str(archives["litellm"]), str(archives["postgres"])])
+        archives = bed.archives(("litellm", "postgres", "caddy"))
+        data.update(image_source="archives", image_archives=[str(archives[k]) for k in ("litellm", "postgres", "caddy")])
     hosts = {h["name"]: h for h in bed.hosts()}
     inventory = workdir / "inventory.py"
     inventory.write_text(bed.inventory_text({GATEWAY: data}, names=[GATEWAY, NODE]))
@@ -74,8 +80,10 @@ def main() -> int:
     address = hosts[GATEWAY]["address"]
     commands = "\n".join(f"      {line}" for line in try_it(address, secrets))
     print(f"""
-==> LiteLLM gateway ready at http://{address}:4000  (admin UI: http://{address}:4000/ui)
+==> LiteLLM gateway ready at https://{address}  (admin UI: https://{address}/ui)
     bundled PostgreSQL, DB-backed proxy: virtual keys, budgets and spend are kept in the database
+    HTTPS by Caddy in front; plain HTTP only redirects; the proxy's port 4000 answers on the host only
+    the deployment's CA (trust it, e.g. curl --cacert): {certificates.tls_dir(secrets) / "ca.crt"}
     master key and UI password: {secrets}  (LITELLM_MASTER_KEY, UI_PASSWORD; UI user 'admin')
 {TRY_IT}  make a virtual key with the master key, then chat with the virtual key
 {commands}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 from urllib.parse import urlencode, urlsplit
 
 from tests.testbed import wait_until
@@ -18,10 +19,15 @@ TIMEOUT = 60
 
 
 def request(base_url: str, method: str, path: str, key: str | None = None, body: dict | None = None,
-            form: dict | None = None):
-    """(status, body): JSON decoded when it is JSON, else text. Redirects are returned, not followed."""
+            form: dict | None = None, cafile: str | None = None):
+    """(status, body): JSON decoded when it is JSON, else text. Redirects are returned, not followed.
+    An https:// base URL checks the certificate against `cafile` (a TLS front's CA)."""
     parts = urlsplit(base_url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=TIMEOUT)
+    if parts.scheme == "https":
+        context = ssl.create_default_context(cafile=cafile)
+        connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=TIMEOUT, context=context)
+    else:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=TIMEOUT)
     headers = {}
     data = None
     if key is not None:
@@ -49,9 +55,9 @@ def generate_key(base_url: str, master_key: str, **fields) -> str:
     return made["key"]
 
 
-def models_seen(base_url: str, key: str):
+def models_seen(base_url: str, key: str, cafile: str | None = None):
     """(status, sorted model ids) that `key` sees on /v1/models."""
-    status, body = request(base_url, "GET", "/v1/models", key=key)
+    status, body = request(base_url, "GET", "/v1/models", key=key, cafile=cafile)
     return status, sorted(m["id"] for m in body["data"]) if status == 200 else body
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks import certificates
 from tasks import secrets as S
 from tests import demo
 from tests.e2e import gateway_http as api
@@ -43,6 +44,8 @@ def test_demo_deploys_a_bundled_gateway(demo_output):
 def test_demo_prints_a_virtual_key_curl_pair_that_works(demo_output):
     commands = printed_commands(demo_output.stdout)
     assert any("/key/generate" in c for c in commands) and any("$VKEY" in c for c in commands), commands
+    # Over HTTPS, checked against the deployment CA (the demo's TLS front).
+    assert all("--cacert" in c and "https://" in c for c in commands if "curl" in c), commands
     # The user's shell, line by line; then proof the chat used a virtual key, not the master key.
     # (curl prints no newline after the reply; the echo ends its line)
     script = "set -euo pipefail\n" + "\n".join(commands) + '\necho\n[ "$VKEY" != "$KEY" ] && echo "virtual key ${VKEY:0:3}..."\n'
@@ -58,5 +61,7 @@ def test_demo_declares_a_key_as_code_that_works(bed, demo_output):
     secrets = bed.state_dir / "demo" / "secrets.env"
     declared = S.read_secrets(secrets)["VIRTUAL_KEY_DEMO"]
     address = next(h["address"] for h in bed.hosts() if h["name"] == demo.GATEWAY)
-    assert api.models_seen(f"http://{address}:4000", declared) == (200, ["llama"])
+    # Over HTTPS, the demo's TLS front checked against the deployment CA it prints.
+    ca = str(certificates.tls_dir(secrets) / "ca.crt")
+    assert api.models_seen(f"https://{address}", declared, cafile=ca) == (200, ["llama"])
     assert declared not in demo_output.stdout + demo_output.stderr
