@@ -114,6 +114,9 @@ class Settings:
     roll_width: int
     teams: tuple[Team, ...]
     virtual_keys: tuple[VirtualKey, ...]
+    # Set by tasks.balancer when the inventory has lb_hosts: the proxy is then published on the address
+    # the load balancers reach (proxy_bind) and on localhost, and changes roll (tasks/roll.py).
+    behind_load_balancer: bool
 
     @property
     def has_database(self) -> bool:
@@ -138,6 +141,7 @@ def shipped_defaults() -> dict[str, object]:
 # Settings read from host data (the rest are derived), each with its shipped default; `models` has
 # none on purpose: a gateway that routes nothing is an error, not a default.
 _DERIVED = ("host_name", "ollama_nodes", "secrets")
+_DERIVED += ("behind_load_balancer",)  # from the inventory's lb_hosts (tasks.balancer.placed_behind)
 _SHIPPED = shipped_defaults()
 DEFAULTS = {f.name: _SHIPPED.get(f.name) for f in fields(Settings) if f.name not in _DERIVED}
 
@@ -484,6 +488,7 @@ def build_all(
             secrets=secrets,
             teams=teams,
             virtual_keys=keys,
+            behind_load_balancer=False,  # tasks.balancer.placed_behind, when the inventory has lb_hosts
         )
         for name, (raw, nodes, models, (teams, keys)) in parsed.items()
     }
