@@ -11,8 +11,10 @@ Usage by hand: ``python -m tests.testbed --help``.  From Python / pytest::
 
 from .bed import ExecResult, Testbed, TestbedError, parse_spec, wait_until
 from .images import (
+    LOCAL_CADDY_IMAGE,
     LOCAL_LITELLM_IMAGE,
     LOCAL_POSTGRES_IMAGE,
+    LOCAL_VALKEY_IMAGE,
     OFFICIAL_LITELLM_IMAGE,
     OFFICIAL_POSTGRES_IMAGE,
     ImageError,
@@ -23,8 +25,10 @@ __all__ = [
     "ExecResult",
     "ImageError",
     "Images",
+    "LOCAL_CADDY_IMAGE",
     "LOCAL_LITELLM_IMAGE",
     "LOCAL_POSTGRES_IMAGE",
+    "LOCAL_VALKEY_IMAGE",
     "OFFICIAL_LITELLM_IMAGE",
     "OFFICIAL_POSTGRES_IMAGE",
     "Testbed",

@@ -37,7 +37,7 @@ import os
 import sys
 
 from .bed import Testbed, TestbedError
-from .images import ImageError
+from .images import DEPLOYED, ImageError
 
 
 def _split(v: str | None) -> list[str] | None:
@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 for role, ref in refs.items():
                     print(f"{role:9} {ref}")
         elif a.cmd == "archives":
-            arcs = bed.archives()
-            refs = {"litellm": bed.litellm_image(), "postgres": bed.postgres_image()}
+            arcs = bed.archives(DEPLOYED)
+            refs = {name: bed.image(name) for name in DEPLOYED}
             if a.json:
                 print(json.dumps({k: {"image": refs[k], "path": str(p)} for k, p in arcs.items()}, indent=2))
             else:

@@ -47,7 +47,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from .images import LABEL, Images, Timer, log
+from .images import DEPLOYED, LABEL, Images, Timer, log
 
 ROLES = ("host", "ollama", "upstream")
 NETWORK = "litellm-deploy-testbed"
@@ -311,19 +311,28 @@ class Testbed:
         return net.get("IPAddress") or ""
 
     # -- images --------------------------------------------------------------------------------
-    def _image(self, which: str) -> str:
+    def image(self, which: str) -> str:
+        """An image's reference: the hosts' always local, the deploy's (DEPLOYED) local or official."""
         with self._lock("images"):
-            if self.images_mode == "official" and which in ("litellm", "postgres"):
+            if self.images_mode == "official" and which in DEPLOYED:
                 return self.images.official()[which]
             return getattr(self.images, which)()
 
     def litellm_image(self) -> str:
         """The LiteLLM image reference the deploy should use (built or pulled on first use)."""
-        return self._image("litellm")
+        return self.image("litellm")
 
     def postgres_image(self) -> str:
         """The Postgres image reference the deploy should use (built or pulled on first use)."""
-        return self._image("postgres")
+        return self.image("postgres")
+
+    def caddy_image(self) -> str:
+        """The Caddy image (TLS fronts, load balancers) the deploy should use."""
+        return self.image("caddy")
+
+    def valkey_image(self) -> str:
+        """The Valkey image (redis_hosts) the deploy should use."""
+        return self.image("valkey")
 
     def build_images(self) -> dict[str, str]:
         """All images: the hosts' (always local) and the deploy's (local, or pulled when official)."""
@@ -336,16 +345,15 @@ class Testbed:
             self.images.prune()
         return refs
 
-    def archives(self) -> dict[str, Path]:
-        """`docker save | gzip -1` of the LiteLLM and Postgres images, cached by image id.
+    def archives(self, which: tuple[str, ...] = ("litellm", "postgres")) -> dict[str, Path]:
+        """`docker save | gzip -1` of the deploy's images named in `which` (of DEPLOYED), cached by image id.
 
-        Returns {"litellm": path, "postgres": path}: files named after the image id (a rebuilt image
-        gets a new file); `.testbed/archives/<litellm|postgres>.tar.gz` always points at the current one.
-        Each archive restores its image reference on `docker load` (see litellm_image()/postgres_image()).
-        """
-        refs = {"litellm": self.litellm_image(), "postgres": self.postgres_image()}
+        Returns {name: path}: files named after the image id (a rebuilt image gets a new file);
+        `.testbed/archives/<name>.tar.gz` always points at the current one. Each archive restores its
+        image reference on `docker load` (see litellm_image(), postgres_image(), caddy_image(), valkey_image())."""
         out = {}
-        for k, ref in refs.items():
+        for k in which:
+            ref = self.image(k)
             with self._lock("images"):
                 path = self.images.archive(ref, self.archives_dir)
             link = self.archives_dir / f"{k}.tar.gz"
@@ -378,9 +386,9 @@ class Testbed:
         t0 = time.monotonic()
         refs = {}
         if roles & {"host", "ollama"}:
-            refs["host"] = self._image("host")
+            refs["host"] = self.image("host")
         if "ollama" in roles:
-            refs["ollama"] = self._image("ollama")
+            refs["ollama"] = self.image("ollama")
         if "upstream" in roles:
             refs["upstream"] = self.litellm_image()
         with self._lock("images"):

@@ -8,6 +8,8 @@ reused; otherwise it is built again. Recipes live in ``tests/testbed/images/<nam
     host      base + systemd (PID 1) + sshd + python3 + sudo        (test bed hosts)
     ollama    host + the Ollama API stand-in as ollama.service      (test bed Ollama nodes)
     postgres  PostgreSQL 17 from trixie, official image's contract  (for the deploy)
+    caddy     Caddy from trixie, official image's contract          (TLS fronts and load balancers)
+    valkey    Valkey from trixie, official image's contract         (redis_hosts)
     litellm   litellm[proxy]==1.108.7 from PyPI, official contract, DB-backed through the
               query-engine stand-in (images/litellm/query-engine)  (for the deploy and upstreams)
 """
@@ -49,9 +51,18 @@ POSTGRES_MAJOR = "17"
 # What the deploy should use (group_data: litellm_image / postgres_image).
 LOCAL_LITELLM_IMAGE = f"{REPO}/litellm:{LITELLM_VERSION}"
 LOCAL_POSTGRES_IMAGE = f"{REPO}/postgres:{POSTGRES_MAJOR}"
+LOCAL_CADDY_IMAGE = f"{REPO}/caddy:trixie"
+LOCAL_VALKEY_IMAGE = f"{REPO}/valkey:trixie"
 # The official images, when a registry is reachable (`--images official`).
 OFFICIAL_LITELLM_IMAGE = f"ghcr.io/berriai/litellm-database:main-v{LITELLM_VERSION}"
 OFFICIAL_POSTGRES_IMAGE = "postgres:16"
+OFFICIAL_CADDY_IMAGE = "caddy:2.10.2"
+OFFICIAL_VALKEY_IMAGE = "valkey/valkey:8.1"
+
+
+# Every local image, and the deploy's images among them (the ones a host gets as an archive).
+LOCAL_NAMES = ("host", "ollama", "postgres", "caddy", "valkey", "litellm")
+DEPLOYED = ("litellm", "postgres", "caddy", "valkey")
 
 
 class ImageError(RuntimeError):
@@ -260,6 +271,12 @@ class Images:
     def postgres(self) -> str:
         return self._derived("postgres", self.base(), lambda h: LOCAL_POSTGRES_IMAGE)
 
+    def caddy(self) -> str:
+        return self._derived("caddy", self.base(), lambda h: LOCAL_CADDY_IMAGE)
+
+    def valkey(self) -> str:
+        return self._derived("valkey", self.base(), lambda h: LOCAL_VALKEY_IMAGE)
+
     def litellm(self) -> str:
         script = RECIPES / "litellm" / "psql_migrate.py"
         if not script.is_file():
@@ -277,19 +294,19 @@ class Images:
         )
 
     def all(self) -> dict[str, str]:
-        return self.build(["host", "ollama", "postgres", "litellm"])
+        return self.build(list(LOCAL_NAMES))
 
     def build(self, names: list[str]) -> dict[str, str]:
         """The named local images, each built where needed; once base exists, the independent ones at
         the same time: each build waits mostly on apt and pip downloads, and LiteLLM's alone takes minutes."""
-        unknown = set(names) - {"host", "ollama", "postgres", "litellm"}
+        unknown = set(names) - set(LOCAL_NAMES)
         if unknown:
             raise ImageError(f"no local image named {', '.join(sorted(unknown))}")
         self.base()
         lines = []  # ollama is built from host, so the two are one line of work; the others need only base
         if "host" in names or "ollama" in names:
             lines.append(["host", "ollama"] if "ollama" in names else ["host"])
-        lines += [[name] for name in ("postgres", "litellm") if name in names]
+        lines += [[name] for name in ("postgres", "caddy", "valkey", "litellm") if name in names]
 
         def build_line(line: list[str]) -> dict[str, str]:
             # One client per thread: docker-py does not promise that a client may be shared.
@@ -305,14 +322,13 @@ class Images:
         return {name: self._refs[name] for name in names}
 
     # -- official images -----------------------------------------------------------------------
-    def official(self, litellm_ref: str | None = None, postgres_ref: str | None = None) -> dict[str, str]:
-        """The official images ($TESTBED_OFFICIAL_LITELLM_IMAGE / $TESTBED_OFFICIAL_POSTGRES_IMAGE override
-        the references), pulled; one that cannot be pulled but is already present (e.g. `docker load`ed)
-        is used as it is. Raises ImageError when neither (as on a machine without a registry)."""
-        refs = {
-            "litellm": litellm_ref or os.environ.get("TESTBED_OFFICIAL_LITELLM_IMAGE") or OFFICIAL_LITELLM_IMAGE,
-            "postgres": postgres_ref or os.environ.get("TESTBED_OFFICIAL_POSTGRES_IMAGE") or OFFICIAL_POSTGRES_IMAGE,
-        }
+    def official(self) -> dict[str, str]:
+        """The official images ($TESTBED_OFFICIAL_<NAME>_IMAGE overrides a reference, e.g.
+        TESTBED_OFFICIAL_LITELLM_IMAGE), pulled; one that cannot be pulled but is already present (e.g.
+        `docker load`ed) is used as it is. Raises ImageError when neither (as on a machine without a registry)."""
+        defaults = {"litellm": OFFICIAL_LITELLM_IMAGE, "postgres": OFFICIAL_POSTGRES_IMAGE,
+                    "caddy": OFFICIAL_CADDY_IMAGE, "valkey": OFFICIAL_VALKEY_IMAGE}
+        refs = {key: os.environ.get(f"TESTBED_OFFICIAL_{key.upper()}_IMAGE") or ref for key, ref in defaults.items()}
         for key, ref in refs.items():
             if f"official-{key}" in self._refs:
                 continue

@@ -191,3 +191,42 @@ def test_litellm_image_keeps_the_official_contract_and_its_query_engine_stand_in
         "query-engine 393aa359c9ad4a4bb28630fb5613f9c281cde053", "schema-engine refuses",
         "client engine ['/opt/prisma-standin/query-engine']",
     ], out
+
+
+@pytest.mark.e2e
+def test_caddy_and_valkey_images_keep_the_official_contracts():
+    """What the deploy relies on: Caddy's config and data paths, its `caddy validate`, and wget for
+    healthchecks; Valkey's server run by a non-root user from /data, and its CLI."""
+    docker = pytest.importorskip("docker")
+    from tests.testbed import Images
+
+    images = Images(docker.from_env(timeout=600))
+    caddy = images.caddy()
+    config = images.client.images.get(caddy).attrs["Config"]
+    assert config["Cmd"] == ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]
+    assert {"XDG_CONFIG_HOME=/config", "XDG_DATA_HOME=/data"} <= set(config["Env"])
+    checked = images.client.containers.run(
+        caddy, ["sh", "-c", "caddy validate --config /etc/caddy/Caddyfile --adapter caddyfile 2>&1 | tail -1; "
+                            "command -v wget"], remove=True).decode()
+    assert "Valid configuration" in checked and "/usr/bin/wget" in checked, checked
+
+    valkey = images.valkey()
+    assert images.client.images.get(valkey).attrs["Config"]["WorkingDir"] == "/data"
+    facts = images.client.containers.run(
+        valkey, entrypoint=["sh", "-c", "docker-entrypoint.sh sh -c 'id -un' ; "
+                                        "command -v valkey-server; command -v valkey-cli"], remove=True).decode().split()
+    assert facts == ["root", "/usr/bin/valkey-server", "/usr/bin/valkey-cli"], facts
+    server = images.client.containers.run(valkey, ["--requirepass", "test-bed-password"], detach=True)
+    try:
+        from tests.testbed import wait_until
+
+        def answered():
+            code, out = server.exec_run(["valkey-cli", "--no-auth-warning", "-a", "test-bed-password", "ping"])
+            return out.strip() == b"PONG"
+        wait_until("valkey answers", answered, timeout=30)
+        refused = server.exec_run(["valkey-cli", "ping"]).output
+        assert b"NOAUTH" in refused, refused
+        user = server.exec_run(["sh", "-c", "stat -c %U /proc/1"]).output.strip()
+        assert user == b"valkey", user
+    finally:
+        server.remove(force=True)
