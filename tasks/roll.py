@@ -44,7 +44,6 @@ from pyinfra.facts.files import File
 
 from tasks import balancer, compose, verify
 from tasks.balancer import LoadBalancer
-from tasks.outcome import failing_command
 from tasks.settings import Settings
 from tasks.uploads import connector_arguments
 
