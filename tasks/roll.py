@@ -152,16 +152,16 @@ def apply_to_load_balancers(st: State, out: frozenset[str]) -> None:
             logger.warning(f"{lb_host.print_prefix}load balancer not connected: it relies on its health checks "
                            "while gateways are recreated")
             continue
+        roll_file = shlex.quote(lb.path(balancer.ROLL_CADDYFILE))
         if out:
             content = balancer.render_caddyfile(lb, out)
-            write = (f"umask 022 && mkdir -p {shlex.quote(lb.path('caddy'))} && printf %s {shlex.quote(content)} > "
-                     f"{shlex.quote(lb.path(balancer.ROLL_CADDYFILE))}.new && mv -f "
-                     f"{shlex.quote(lb.path(balancer.ROLL_CADDYFILE))}.new {shlex.quote(lb.path(balancer.ROLL_CADDYFILE))}")
-            command = f"{write} && {balancer.reload_command(lb, balancer.ROLL_CADDYFILE)}"
+            command = (f"umask 022 && printf %s {shlex.quote(content)} > {roll_file}.new && mv -f {roll_file}.new "
+                       f"{roll_file} && {balancer.reload_command(lb, balancer.ROLL_CADDYFILE)}")
         else:
-            command = (f"[ ! -e {shlex.quote(lb.path(balancer.CADDYFILE))} ] || "
-                       f"{{ {balancer.reload_command(lb, balancer.CADDYFILE)} && "
-                       f"rm -f {shlex.quote(lb.path(balancer.ROLL_CADDYFILE))}; }}")
+            command = (f"{balancer.reload_command(lb, balancer.CADDYFILE)} && rm -f {roll_file}")
+        # A load balancer not deployed yet (the first deploy: its stage runs after the gateways') has
+        # nothing to drain.
+        command = f"if [ -e {shlex.quote(lb.path(balancer.CADDYFILE))} ]; then {command}; fi"
         ok, output = lb_host.run_shell_command(command, print_output=False, print_input=False,
                                                **connector_arguments(st, lb_host))
         if not ok:
