@@ -4,13 +4,15 @@ spreading requests over every gateway, with active health checks on /health/read
 Pure parts (settings, rendering) are tested without hosts; the operations are at the end.
 
 Timings (seconds, in the rendered Caddyfile; chosen for a gateway that dies without a word):
-  health_interval 2, health_timeout 2   a gateway whose readiness fails leaves the rotation within
-                                        about 4 s (one failed check), and comes back on the next pass
-  fail_duration 10, max_fails 1         a request that failed on a gateway (refused, unreachable,
-                                        5xx) takes it out for 10 s even between active checks
-  lb_try_duration 15, dial_timeout 2    a request whose gateway cannot be dialled is tried on the
-                                        next one, so the seconds before the active check notices a
-                                        dead gateway cost no failed request
+  health_interval 2, health_timeout 5   a gateway whose readiness fails (or takes over 5 s: a busy
+                                        DB-backed proxy took over 2 s on the bed) leaves the rotation
+                                        after one failed check, and comes back on the next pass
+  fail_duration 10, max_fails 1         a request that could not be proxied to a gateway (refused,
+                                        unreachable) takes it out for 10 s even between active checks
+  lb_try_duration 15, dial_timeout 2    such a request, or one that finds no gateway in the rotation,
+                                        is tried again (every method: lb_retry_match), so the seconds
+                                        before the active check notices a dead gateway cost no failed
+                                        request
   grace_period 60                       a reload (drain, re-admit) lets requests in flight finish
 """
 
@@ -41,7 +43,7 @@ KEY_FILE = "certs/key.pem"
 IN_CONTAINER = {"caddy": "/etc/caddy", "certs": "/certs"}  # lb-compose.yml.j2's mounts
 
 HEALTH_INTERVAL = 2
-HEALTH_TIMEOUT = 2
+HEALTH_TIMEOUT = 5
 FAIL_SECONDS = 10
 TRY_SECONDS = 15
 DIAL_TIMEOUT = 2

@@ -170,10 +170,11 @@ def apply_to_load_balancers(st: State, out: frozenset[str]) -> None:
 
 
 def roll_for(st: State) -> Roll:
-    """The run's roll; its width is the smallest roll_width of the gateways (the load balancers' own)."""
+    """The run's roll, made while the deploy is planned (never by the callbacks themselves, which run
+    side by side); its width is the smallest roll_width of the gateways (the load balancers' own)."""
     if id(st) not in _rolls:
         width = min([lb.roll_width for _, lb in _lb_hosts(st)] or [1])
-        _rolls[id(st)] = Roll(width=width, apply=lambda out: apply_to_load_balancers(st, out))
+        _rolls.setdefault(id(st), Roll(width=width, apply=lambda out: apply_to_load_balancers(st, out)))
     return _rolls[id(st)]
 
 
@@ -183,9 +184,8 @@ def _shell(st: State, hst: Host, command: str) -> tuple[bool, list[str], list[st
     return ok, output.stdout_lines, output.stderr_lines
 
 
-def roll_gateway(state: State, host: Host, settings: Settings, force: bool) -> bool:
+def roll_gateway(state: State, host: Host, roll: Roll, settings: Settings, force: bool) -> bool:
     """The FunctionCommand of one gateway (pyinfra passes state and host: this gateway)."""
-    roll = roll_for(state)
     marker = shlex.quote(pending_path(settings.install_dir))
 
     def pending(on: bool) -> None:
@@ -218,7 +218,7 @@ def roll_gateway(state: State, host: Host, settings: Settings, force: bool) -> b
 
 
 @operation()
-def proxy_rolled(settings: Settings, changes):
+def proxy_rolled(roll: Roll, settings: Settings, changes):
     """The proxy recreated through the roll when its files or image changed, it is not healthy, or
     an earlier roll did not reach it; otherwise nothing."""
     service = host.get_fact(compose.ComposeServices, project=settings.compose_project,
@@ -228,7 +228,7 @@ def proxy_rolled(settings: Settings, changes):
     if compose.is_up(service) and not force and not compose.changed(changes.project):
         host.noop("proxy is running and healthy, nothing it depends on changed")
         return
-    yield FunctionCommand(roll_gateway, (settings, force), {})
+    yield FunctionCommand(roll_gateway, (roll, settings, force), {})
 
 
 def rolling(start_proxy: Callable) -> Callable:
@@ -238,7 +238,7 @@ def rolling(start_proxy: Callable) -> Callable:
         if not settings.behind_load_balancer:
             return start_proxy(settings, changes, **op_args)
         return proxy_rolled(name="LiteLLM proxy rolled (drained, recreated, verified, re-admitted)",
-                            settings=settings, changes=changes, **op_args)
+                            roll=roll_for(state), settings=settings, changes=changes, **op_args)
 
     return start
 

@@ -193,6 +193,11 @@ class Load:
             thread.join(REQUEST_TIMEOUT + 5)
 
 
+def caddy_log(deployment: LbDeployment) -> str:
+    """The load balancer's last log lines (which gateway Caddy found unhealthy, and when)."""
+    return deployment.bed.ssh(deployment.name(LB), "docker logs --tail 40 litellm-lb-caddy-1 2>&1").output[-6000:]
+
+
 def proxy_windows(deployment: LbDeployment, since: float) -> dict[str, tuple[float, float]]:
     """gateway -> (its old proxy container stopped, its new one healthy), from the host's Docker events."""
     windows = {}
@@ -287,7 +292,8 @@ def test_a_model_change_rolls_one_gateway_at_a_time_with_no_failed_request(lb_de
     print(f"\nload through the load balancer: {load.ok} answered, {len(load.failures)} failed, "
           f"slowest {max((s for _, s in load.latencies), default=0):.2f} s")
     assert run.returncode == 0, run.output[-6000:]
-    assert load.ok > 0 and load.failures == [], load.failures[:20]
+    (lb_deployment.workdir / "roll-run.log").write_text(run.output)
+    assert load.ok > 0 and load.failures == [], (load.failures[:20], caddy_log(lb_deployment))
     windows = proxy_windows(lb_deployment, since)
     ordered = sorted(windows.items(), key=lambda item: item[1][0])
     for (a, (_, a_end)), (b, (b_start, _)) in zip(ordered, ordered[1:]):
