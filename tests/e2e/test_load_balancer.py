@@ -205,8 +205,9 @@ def proxy_windows(deployment: LbDeployment, since: float) -> dict[str, tuple[flo
         output = deployment.ssh(gateway, f"docker events --since {since:.3f} --until {time.time():.3f} "
                                          f"--filter type=container --filter {PROXY_SERVICE_EVENTS} "
                                          "--format '{{.TimeNano}} {{.Action}}'")
-        events = [(int(t) / 1e9, action) for t, _, action in (line.partition(" ") for line in output.splitlines()
-                                                                 if line.strip())]
+        # An exec event's action holds the command, which may span lines: only lines that start with a time.
+        events = [(int(t) / 1e9, action) for t, _, action in (line.partition(" ") for line in output.splitlines())
+                  if t.isdigit() and len(t) >= 19]
         down = [t for t, action in events if action in ("kill", "stop", "die")]
         healthy = [t for t, action in events if action == "health_status: healthy"]
         assert down and healthy, f"{gateway}: its proxy was not recreated: {events}"
