@@ -1,23 +1,36 @@
 """Runbook for a LiteLLM gateway: `pyinfra inventory deploy.py`.
 
-Every gateway in the inventory is validated first (all problems at once, nothing touched on bad
-input); then, on each gateway, in order: Docker, images, files, database, proxy, verification.
+Every host in the inventory is validated first (all problems at once, nothing touched on bad input);
+then, in order: the db and redis hosts (db_hosts, redis_hosts); on each gateway Docker, images,
+files, database, proxy (rolled behind load balancers), TLS front, verification, keys; last, the load
+balancers (lb_hosts). Each step waits for the one before on every host (tasks/barrier.py).
 """
 
 from pyinfra import host, state
 
-from tasks.context import runbook_settings, state_host_for
+from tasks.balancer import deploy_load_balancer
+from tasks.barrier import every_host_here
+from tasks.context import load_balancer_for, runbook_settings, state_host_for
 from tasks.deploy_gateway import deploy_gateway
 from tasks.state_hosts import deploy_state_host
 
 settings = runbook_settings(state, host, "deploy.py")
 
 # Shared state (tasks/topology.py): a db_hosts / redis_hosts host gets Docker and its one service.
-# pyinfra orders operations by the line of their call, so this call stays ABOVE the gateway's: the
-# database and Valkey are up before any gateway migrates or starts its proxy.
 state_host = state_host_for(state, host)
 if state_host is not None:
     deploy_state_host(state_host)
 
+# The database and Valkey are up before any gateway migrates or starts its proxy.
+every_host_here(name="State hosts done", what="the db and redis hosts are ready before the gateways")
+
 if settings is not None:
     deploy_gateway(settings)
+
+# The load balancers come after the gateways' roll.
+every_host_here(name="Gateways done", what="the gateways' stages are behind every host")
+
+# Load balancers: Caddy, TLS, every gateway health-checked (tasks/balancer.py).
+balancer = load_balancer_for(state, host)
+if balancer is not None:
+    deploy_load_balancer(balancer)

@@ -10,9 +10,10 @@ from pyinfra import logger
 from pyinfra.api import Host, State
 from pyinfra.api.state import BaseStateCallback
 
-from tasks import key_guard
+from tasks import balancer, key_guard
 from tasks import secrets as S
 from tasks.filters import dotenv_unquote
+from tasks.balancer import LoadBalancer
 from tasks.key_guard import Completion, HostEnvs
 from tasks.rotation.pending import rotation_guard
 from tasks.settings import (GATEWAYS, OLLAMA_NODES, HostInput, Settings, build_everything, needed_secrets,
@@ -130,6 +131,7 @@ def _all_settings(state: State, complete: bool) -> dict[str, Settings]:
             db_hosts=[HostInput(h.name, h.data.get) for h in _hosts(state, DB_HOSTS)],
             redis_hosts=[HostInput(h.name, h.data.get) for h in _hosts(state, REDIS_HOSTS)],
         )
+        _built[key] = _behind_load_balancers(state, _built[key])
     return _built[key]
 
 
@@ -138,6 +140,37 @@ def state_host_for(state: State, host: Host, complete: bool = True) -> StateHost
     with _building:
         _all_settings(state, complete)
         return _built_state[(id(state), complete)].get(host.name)
+
+
+# --- load balancers (lb_hosts) ------------------------------------------------------------------
+
+_balancers: dict[int, dict[str, LoadBalancer]] = {}
+
+
+def _addresses(state: State, group: str) -> dict[str, str]:
+    return {h.name: balancer.host_address(h.name, h.data.get) for h in _hosts(state, group)}
+
+
+def _behind_load_balancers(state: State, gateways: dict[str, Settings]) -> dict[str, Settings]:
+    """With lb_hosts in the inventory, every gateway's proxy is published for them (and localhost) only."""
+    if not _hosts(state, balancer.LB_HOSTS):
+        return gateways
+    return balancer.placed_behind(gateways, _addresses(state, GATEWAYS))
+
+
+def load_balancers(state: State) -> dict[str, LoadBalancer]:
+    """Every load balancer of the inventory, validated with the gateways they front."""
+    with _building:
+        if id(state) not in _balancers:
+            _balancers[id(state)] = balancer.build_load_balancers(
+                [HostInput(h.name, h.data.get) for h in _hosts(state, balancer.LB_HOSTS)],
+                all_settings(state), _addresses(state, balancer.LB_HOSTS))
+        return _balancers[id(state)]
+
+
+def load_balancer_for(state: State, host: Host) -> LoadBalancer | None:
+    """This host's load balancer settings, or None when it is not in lb_hosts."""
+    return load_balancers(state).get(host.name)
 
 
 def settings_for(state: State, host: Host, complete: bool = True) -> Settings | None:

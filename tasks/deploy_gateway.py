@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 
-from tasks import backup, database, docker, key_converge, migrations, stack, tls, upgrade, verify
+from tasks import backup, database, docker, key_converge, migrations, roll, stack, tls, upgrade, verify
 from tasks.settings import Settings
 from tasks.stages import Stage, stage
 
@@ -31,8 +31,9 @@ def deploy_gateway(settings: Settings) -> None:
         stage("starting the database", stack.start_database, settings, changes),
         # Database modes: migrations, bootstrap, scheduled backups (below).
         *database_stages(settings),
-        # The proxy, recreated only when its files or image changed.
-        stage("starting the proxy", stack.start_proxy, settings, changes),
+        # The proxy, recreated only when its files or image changed; behind load balancers, rolled:
+        # roll_width gateways at a time drained, recreated, verified, re-admitted (tasks/roll.py).
+        stage("starting the proxy", roll.rolling(stack.start_proxy), settings, changes),
         # HTTPS in front of it (tls on), recreated only when its files or image changed; none with tls off.
         stage("the TLS front", tls.tls_front, settings, changes),
         # Along the request path: proxy, Ollama nodes, upstreams.

@@ -7,6 +7,7 @@ tests/unit/test_filters.py against the real parsers (PyYAML, python-dotenv, Comp
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import quote
 
 
@@ -73,7 +74,20 @@ def cidr(address: str) -> str:
     return str(ipaddress.ip_network(address, strict=False))
 
 
+def caddy_quote(value: object) -> str:
+    """A Caddyfile token: as it is when it holds only characters that never split or open anything,
+    else double-quoted. Caddy's lexer treats a backslash inside quotes differently across versions,
+    so a value with a quote, a backslash or a line break is refused rather than escaped."""
+    text = str(value)
+    if any(c in text for c in '"\\\n\r'):
+        raise ValueError(f"a Caddyfile token cannot hold a quote, backslash or line break: {text!r}")
+    if text not in ("{", "}") and re.fullmatch(r"[A-Za-z0-9._:/{}@%?=&+\[\]-]+", text):
+        return text
+    return f'"{text}"'
+
+
 FILTERS = {
+    "caddy": caddy_quote,
     "dotenv": dotenv_quote,
     "yaml": yaml_quote,
     "urlpart": url_component,

@@ -1,0 +1,322 @@
+"""Load balancers (`lb_hosts`): Caddy in a compose project of its own on each, terminating TLS and
+spreading requests over every gateway, with active health checks on /health/readiness.
+
+Pure parts (settings, rendering) are tested without hosts; the operations are at the end.
+
+Timings (seconds, in the rendered Caddyfile; chosen for a gateway that dies without a word):
+  health_interval 2, health_timeout 5   a gateway whose readiness fails (or takes over 5 s: a busy
+                                        DB-backed proxy took over 2 s on the bed) leaves the rotation
+                                        after one failed check, and comes back on the next pass
+  fail_duration 10, max_fails 1         a request that could not be proxied to a gateway (refused,
+                                        unreachable) takes it out for 10 s even between active checks
+  lb_try_duration 15, dial_timeout 2    such a request, or one that finds no gateway in the rotation,
+                                        is tried again (every method: lb_retry_match), so the seconds
+                                        before the active check notices a dead gateway cost no failed
+                                        request
+  grace_period 60                       a reload (drain, re-admit) lets requests in flight finish
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pyinfra.api import deploy
+from pyinfra.operations import files
+
+from tasks import compose, docker, stack
+from tasks.render import _environment
+from tasks.settings import (GATEWAYS, ConfigError, HostInput, Settings, _choice, _directory_problems,
+                            _image_problems, _port_problems, log_problems, read_host_data)
+from tasks.uploads import private_file
+
+LB_HOSTS = "lb_hosts"
+SERVICE = "caddy"
+COMPOSE_FILE = "docker-compose.yml"
+CADDYFILE = "caddy/Caddyfile"
+# What the load balancer runs while a change rolls: the Caddyfile without the drained gateways.
+ROLL_CADDYFILE = "caddy/Caddyfile.roll"
+CERT_FILE = "certs/cert.pem"
+KEY_FILE = "certs/key.pem"
+IN_CONTAINER = {"caddy": "/etc/caddy", "certs": "/certs"}  # lb-compose.yml.j2's mounts
+
+HEALTH_INTERVAL = 2
+HEALTH_TIMEOUT = 5
+FAIL_SECONDS = 10
+TRY_SECONDS = 15
+DIAL_TIMEOUT = 2
+GRACE_SECONDS = 60
+# Certificate sources a load balancer takes today; "self-signed" joins when tasks/certificates.py
+# (the deployment's CA) lands: certificate_material() is the one place to extend.
+LB_TLS_SOURCES = ("files",)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A gateway as a load balancer dials it."""
+
+    host_name: str
+    address: str  # an IP address the gateway's proxy is published on
+    port: int
+
+    @property
+    def dial(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class LoadBalancer:
+    host_name: str
+    address: str
+    install_dir: str
+    compose_project: str
+    tls_image: str
+    tls: str
+    tls_cert_file: str
+    tls_key_file: str
+    tls_names: tuple[str, ...]
+    tls_port: int
+    http_port: int
+    docker_install: str
+    image_source: str
+    image_archives: tuple[str, ...]
+    log_max_size: str
+    log_max_file: int
+    start_timeout: int
+    upstreams: tuple[Upstream, ...]
+    roll_width: int
+
+    health_interval: int = HEALTH_INTERVAL
+    health_timeout: int = HEALTH_TIMEOUT
+    fail_seconds: int = FAIL_SECONDS
+    try_seconds: int = TRY_SECONDS
+    dial_timeout: int = DIAL_TIMEOUT
+    grace_seconds: int = GRACE_SECONDS
+
+    @property
+    def default_sni(self) -> str:
+        return self.tls_names[0] if self.tls_names else self.address
+
+    @property
+    def redirect_target(self) -> str:
+        port = "" if self.tls_port == 443 else f":{self.tls_port}"
+        return f"https://{{host}}{port}{{uri}}"
+
+    @property
+    def cert_path(self) -> str:
+        return f"{IN_CONTAINER['certs']}/{Path(CERT_FILE).name}"
+
+    @property
+    def key_path(self) -> str:
+        return f"{IN_CONTAINER['certs']}/{Path(KEY_FILE).name}"
+
+    def path(self, name: str) -> str:
+        return f"{self.install_dir}/{name}"
+
+    def container_path(self, name: str) -> str:
+        directory, _, file = name.partition("/")
+        return f"{IN_CONTAINER[directory]}/{file}"
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+def lb_install_dir(install_dir: str) -> str:
+    """A project of its own beside a gateway's (/opt/litellm -> /opt/litellm-lb)."""
+    return install_dir.rstrip("/") + "-lb"
+
+
+def host_address(name: str, data: Callable[[str, object], object]) -> str:
+    return str(data("ssh_hostname", None) or name)
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def gateway_address(gateway: Settings, address: str) -> tuple[str | None, str | None]:
+    """(the address a gateway's proxy is published on behind load balancers, or a problem).
+
+    Only for the load balancers (and localhost, published besides): proxy_bind when it names one
+    address, else the address the inventory reaches the gateway at, which must then be an IP.
+    """
+    bind = gateway.proxy_bind
+    if bind in ("127.0.0.1", "::1"):
+        return None, (f"proxy_bind: {bind} behind load balancers ({LB_HOSTS}) — they could not reach the "
+                      "proxy — fix: set proxy_bind to this gateway's private IP address")
+    if bind not in ("0.0.0.0", "::"):
+        return bind, None
+    if _is_ip(address):
+        return address, None
+    return None, (f"proxy_bind: {bind} behind load balancers ({LB_HOSTS}) would publish the proxy to every "
+                  f"network, and the inventory address {address!r} is a name, not an IP to bind to — fix: set "
+                  "proxy_bind to this gateway's private IP address (the one the load balancers reach)")
+
+
+def placed_behind(gateways: dict[str, Settings], addresses: dict[str, str]) -> dict[str, Settings]:
+    """The gateways' Settings with their proxy published only for the load balancers (and localhost)."""
+    import dataclasses
+
+    problems, placed = [], {}
+    for name, gateway in gateways.items():
+        address, problem = gateway_address(gateway, addresses[name])
+        if problem:
+            problems.append(f"host {name}: {problem}")
+            continue
+        placed[name] = dataclasses.replace(gateway, proxy_bind=address, behind_load_balancer=True)
+    if problems:
+        raise ConfigError(problems)
+    return placed
+
+
+def lb_problems(raw: dict[str, object]) -> list[str]:
+    problems = []
+    problems += _choice("docker_install", raw["docker_install"], ("distro", "docker-repo", "skip"))
+    problems += _image_problems("tls_image", raw["tls_image"], "2.10.2")
+    problems += _port_problems("tls_port", raw["tls_port"])
+    problems += _port_problems("http_port", raw["http_port"])
+    if raw["tls_port"] == raw["http_port"]:
+        problems.append(f"tls_port/http_port: both {raw['tls_port']} — fix: e.g. tls_port 443, http_port 80")
+    problems += _directory_problems("install_dir", raw["install_dir"])
+    problems += log_problems(raw)
+    if raw["tls"] not in LB_TLS_SOURCES:
+        problems.append(f"tls: {raw['tls']!r} on a load balancer, which always terminates TLS — fix: tls = 'files' "
+                        "with tls_cert_file and tls_key_file (the certificate and its key, PEM, on the controller)")
+    else:
+        for name in ("tls_cert_file", "tls_key_file"):
+            value = raw[name]
+            if not isinstance(value, str) or not value or not Path(value).is_file():
+                problems.append(f"{name}: {value!r} is not a file on the controller — fix: the path of the "
+                                f"{'certificate (PEM, full chain)' if name == 'tls_cert_file' else 'private key (PEM)'}")
+    names = raw["tls_names"]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names):
+        problems.append("tls_names: must be a list of DNS names or IP addresses, e.g. ['llm.example.com']")
+    problems += _choice("image_source", raw["image_source"], ("pull", "archives"))
+    archives = raw["image_archives"]
+    if raw["image_source"] == "archives" and (not isinstance(archives, (list, tuple)) or not archives
+                                              or not all(isinstance(a, str) and Path(a).is_file() for a in archives)):
+        problems.append("image_archives: image_source is 'archives' — fix: list existing archives, one holding tls_image")
+    return problems
+
+
+def build_load_balancers(lbs: list[HostInput], gateways: dict[str, Settings],
+                         addresses: dict[str, str]) -> dict[str, LoadBalancer]:
+    """Every load balancer validated (all problems at once, before any host is touched), each with
+    every gateway as an upstream, in inventory order."""
+    problems: list[str] = []
+    both = sorted({lb.name for lb in lbs} & set(gateways))
+    if both:
+        problems.append(f"inventory: {', '.join(both)} in both {GATEWAYS} and {LB_HOSTS} — fix: a host is a "
+                        "gateway or a load balancer, not both")
+    upstreams = tuple(Upstream(name, g.proxy_bind, g.proxy_port) for name, g in gateways.items())
+    widths = [g.roll_width for g in gateways.values()]
+    built = {}
+    for lb in lbs:
+        raw = read_host_data(lb.data)
+        host_problems = lb_problems(raw)
+        problems += [f"load balancer {lb.name}: {p}" for p in host_problems]
+        if host_problems:
+            continue
+        built[lb.name] = LoadBalancer(
+            host_name=lb.name, address=host_address(lb.name, lb.data),
+            install_dir=lb_install_dir(str(raw["install_dir"])), compose_project=f"{raw['compose_project']}-lb",
+            tls_image=raw["tls_image"], tls=raw["tls"], tls_cert_file=raw["tls_cert_file"],
+            tls_key_file=raw["tls_key_file"], tls_names=tuple(raw["tls_names"]), tls_port=raw["tls_port"],
+            http_port=raw["http_port"], docker_install=raw["docker_install"], image_source=raw["image_source"],
+            image_archives=tuple(raw["image_archives"]), log_max_size=raw["log_max_size"],
+            log_max_file=raw["log_max_file"], start_timeout=raw["start_timeout"], upstreams=upstreams,
+            roll_width=min(widths) if widths else 1,
+        )
+    if problems:
+        raise ConfigError(problems)
+    return built
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+
+def render_caddyfile(lb: LoadBalancer, drained: frozenset[str] | set[str] = frozenset()) -> str:
+    """The Caddyfile with every gateway but the `drained` ones in the rotation."""
+    upstreams = [u.dial for u in lb.upstreams if u.host_name not in drained]
+    return _environment().get_template("lb-Caddyfile.j2").render(lb=lb, upstreams=upstreams,
+                                                              drained=sorted(drained))
+
+
+def render_compose(lb: LoadBalancer) -> str:
+    return _environment().get_template("lb-compose.yml.j2").render(lb=lb)
+
+
+def certificate_material(lb: LoadBalancer) -> tuple[str, str]:
+    """(certificate chain PEM, private key PEM): the ONE place a load balancer's certificate comes
+    from. Today the controller's files (tls = "files"); the deployment CA (tasks/certificates.py)
+    plugs in here."""
+    return Path(lb.tls_cert_file).read_text(), Path(lb.tls_key_file).read_text()
+
+
+# --- operations ---------------------------------------------------------------------------------
+
+
+def reload_command(lb: LoadBalancer, caddyfile: str) -> str:
+    """A graceful reload through Caddy's admin API (caddy reload checks the file first and keeps the
+    running configuration when it is refused); nothing to do when the container is not running."""
+    base = compose.compose_cmd(lb.compose_project, lb.install_dir)
+    return (f"if [ -n \"$({base} ps --status running --quiet {SERVICE} 2>/dev/null)\" ]; then "
+            f"{base} exec -T {SERVICE} caddy reload --config {lb.container_path(caddyfile)} --adapter caddyfile; "
+            "else echo 'load balancer not running: nothing to reload'; fi")
+
+
+def _images(lb: LoadBalancer):
+    if lb.image_source == "pull":
+        return [stack.image_present(name=f"Image {lb.tls_image}", image=lb.tls_image, field="tls_image")]
+    archive_dir = f"{lb.install_dir}/images"
+    files.directory(name=f"Image archive directory {archive_dir}", path=archive_dir, mode="700")
+    uploads = {}
+    for archive in lb.image_archives:
+        remote = f"{archive_dir}/{Path(archive).name}"
+        uploads[remote] = files.put(name=f"Upload image archive {Path(archive).name}", src=archive, dest=remote,
+                                    mode="600")
+    return [stack.archives_loaded(name="Load images from the archives", uploads=uploads,
+                                  images={"tls_image": lb.tls_image})]
+
+
+@deploy("Load balancer")
+def deploy_load_balancer(lb: LoadBalancer) -> None:
+    from tasks import roll  # the roll reads this module's rendering
+
+    docker.install_docker(lb)
+    files.directory(name=f"Install directory {lb.install_dir} (root only)", path=lb.install_dir,
+                    user="root", group="root", mode="700")
+    images = _images(lb)
+    staging = f"{lb.install_dir}/.staging"
+    for directory in ("caddy", "certs"):
+        files.directory(name=f"Directory {lb.path(directory)}", path=lb.path(directory), user="root",
+                        group="root", mode="700")
+    compose_file = private_file(name=f"Write {COMPOSE_FILE}", content=render_compose(lb),
+                                dest=lb.path(COMPOSE_FILE), staging_dir=staging, mode="644")
+    caddyfile = private_file(name="Write the Caddyfile", content=render_caddyfile(lb), dest=lb.path(CADDYFILE),
+                             staging_dir=staging, mode="644")
+    cert, key = certificate_material(lb)
+    certificate = private_file(name="Write the TLS certificate", content=cert, dest=lb.path(CERT_FILE),
+                               staging_dir=staging, mode="644")
+    private_key = private_file(name="Write the TLS private key (mode 0600)", content=key, dest=lb.path(KEY_FILE),
+                               staging_dir=staging, mode="600")
+    # A new certificate recreates the container (Caddy may keep a loaded certificate across reloads);
+    # a new Caddyfile is only reloaded, gracefully (roll.balancer_configured).
+    compose.service_up(
+        name="Load balancer (Caddy) up",
+        project=lb.compose_project,
+        install_dir=lb.install_dir,
+        service=SERVICE,
+        depends_on=[compose_file, *images],
+        recreate_on=[certificate, private_key],
+        timeout=lb.start_timeout,
+    )
+    roll.balancer_configured(name="Load balancer runs the Caddyfile (every gateway admitted)", lb=lb,
+                             caddyfile=caddyfile)
