@@ -336,7 +336,7 @@ def test_a_model_change_rolls_one_gateway_at_a_time_with_no_failed_request(lb_de
     assert all(lb_deployment.changed(run, g) for g in GATEWAYS)
 
 
-def test_a_stopped_gateway_is_routed_around_and_the_next_deploy_converges_the_others(lb_deployment):
+def test_a_stopped_gateway_is_routed_around(lb_deployment):
     victim = GATEWAYS[1]
     load = Load(lb_deployment.lb_url, lb_deployment.master_key(), lb_deployment.ca)
     assert load.request() is None
@@ -361,10 +361,4 @@ def test_a_stopped_gateway_is_routed_around_and_the_next_deploy_converges_the_ot
           f"started {settled:.1f} s after the stop (health checks every {balancer.HEALTH_INTERVAL} s)")
     assert failed == [], failed[:10]
     assert settled < 15, results
-    run = lb_deployment.pyinfra()
-    assert run.returncode != 0, run.output[-4000:]
-    assert re.search(rf"{re.escape(lb_deployment.name(victim))}.*Could not connect", run.output), run.output[-4000:]
-    for name in (*(g for g in GATEWAYS if g != victim), LB):
-        assert re.search(rf"\[{re.escape(lb_deployment.name(name))}\]\s+No changes", run.output), run.output[-4000:]
-        assert lb_deployment.changed(run, name) == [], run.output[-4000:]
     assert load.request() is None
