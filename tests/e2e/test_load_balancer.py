@@ -18,7 +18,6 @@ import datetime
 import ipaddress
 import json
 import os
-import re
 import ssl
 import subprocess
 import threading
