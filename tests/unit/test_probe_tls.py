@@ -28,7 +28,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def servers(tmp_path):
     """(https port, http port, CA file of the issuing CA, CA file of another CA)."""
     material = certificates.leaf_for(["gw.example.com", "127.0.0.1"], "gw", tmp_path / "ca")
-    other = certificates.leaf_for(["gw.example.com"], "gw", tmp_path / "other")
+    # Another CA, made only for its ca.crt: a client trusting it must refuse the server.
+    certificates.leaf_for(["gw.example.com"], "gw", tmp_path / "other")
     (tmp_path / "cert.pem").write_bytes(material.cert_pem)
     (tmp_path / "key.pem").write_bytes(material.key_pem)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
