@@ -72,8 +72,10 @@ tls_names = []
 # HTTPS port of the TLS front, and the plain HTTP port that only redirects to it.
 tls_port = 443
 http_port = 80
-# The TLS front's and load balancers' image (Caddy), pinned.
-tls_image = "caddy:2.10.2"
+# The TLS front's and load balancers' image (Caddy), pinned. 2.11.2 or later: earlier releases answer 502
+# to a POST retried after a dial error (caddyserver/caddy#7546), so a load balancer could not route a
+# request around a gateway that just died.
+tls_image = "caddy:2.11.7"
 # Valkey (Redis-compatible) image of a redis_hosts host, pinned.
 redis_image = "valkey/valkey:8.1"
 # Behind load balancers (lb_hosts): how many gateways may be recreated at once while a change rolls.

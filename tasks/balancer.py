@@ -179,7 +179,7 @@ def placed_behind(gateways: dict[str, Settings], addresses: dict[str, str]) -> d
 def lb_problems(raw: dict[str, object]) -> list[str]:
     problems = []
     problems += _choice("docker_install", raw["docker_install"], ("distro", "docker-repo", "skip"))
-    problems += _image_problems("tls_image", raw["tls_image"], "2.10.2")
+    problems += _image_problems("tls_image", raw["tls_image"], "2.11.7")
     problems += _port_problems("tls_port", raw["tls_port"])
     problems += _port_problems("http_port", raw["http_port"])
     if raw["tls_port"] == raw["http_port"]:

@@ -347,7 +347,7 @@ def topology_problems(raw: dict[str, object]) -> list[str]:
     if raw["tls"] != "off" and len({raw["tls_port"], raw["http_port"], raw["proxy_port"]}) < 3:
         problems.append(f"tls_port/http_port: {raw['tls_port']}, {raw['http_port']} and proxy_port {raw['proxy_port']} "
                         "must all differ — fix: e.g. tls_port 443, http_port 80, proxy_port 4000")
-    problems += _image_problems("tls_image", raw["tls_image"], "2.10.2")
+    problems += _image_problems("tls_image", raw["tls_image"], "2.11.7")
     problems += _image_problems("redis_image", raw["redis_image"], "8.1")
     problems += _number_problems("roll_width", raw["roll_width"], 1, None, "a whole number of gateways")
     return problems

@@ -247,7 +247,7 @@ def proxy_windows(deployment: LbDeployment, since: float) -> dict[str, tuple[flo
 
 
 def test_the_rendered_caddyfile_passes_caddy_validate_in_the_deploy_image(bed, tmp_path):
-    """Caddy 2.6 (the bed's trixie package) or the official 2.10 image (TESTBED_IMAGES=official)."""
+    """The bed's Caddy image (the pinned release) or the official one (TESTBED_IMAGES=official)."""
     cert, key = make_ca(tmp_path, "192.168.77.2")[1:]
     upstreams = tuple(balancer.Upstream(f"gw{i}", f"192.168.77.{10 + i}", 4000) for i in range(3))
     lb = balancer.LoadBalancer(

@@ -8,7 +8,7 @@ reused; otherwise it is built again. Recipes live in ``tests/testbed/images/<nam
     host      base + systemd (PID 1) + sshd + python3 + sudo        (test bed hosts)
     ollama    host + the Ollama API stand-in as ollama.service      (test bed Ollama nodes)
     postgres  PostgreSQL 17 from trixie, official image's contract  (for the deploy)
-    caddy     Caddy from trixie, official image's contract          (TLS fronts and load balancers)
+    caddy     Caddy, the release tls_image pins, official contract  (TLS fronts and load balancers)
     valkey    Valkey from trixie, official image's contract         (redis_hosts)
     litellm   litellm[proxy]==1.108.7 from PyPI, official contract, DB-backed through the
               query-engine stand-in (images/litellm/query-engine)  (for the deploy and upstreams)
@@ -33,6 +33,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from tests.testbed import caddy_release
+
 LABEL = "litellm-deploy.testbed"
 RECIPE_LABEL = "litellm-deploy.testbed.recipe"
 REPO = "litellm-deploy-testbed"
@@ -51,12 +53,12 @@ POSTGRES_MAJOR = "17"
 # What the deploy should use (group_data: litellm_image / postgres_image).
 LOCAL_LITELLM_IMAGE = f"{REPO}/litellm:{LITELLM_VERSION}"
 LOCAL_POSTGRES_IMAGE = f"{REPO}/postgres:{POSTGRES_MAJOR}"
-LOCAL_CADDY_IMAGE = f"{REPO}/caddy:trixie"
+LOCAL_CADDY_IMAGE = f"{REPO}/caddy:{caddy_release.version()}"
 LOCAL_VALKEY_IMAGE = f"{REPO}/valkey:trixie"
 # The official images, when a registry is reachable (`--images official`).
 OFFICIAL_LITELLM_IMAGE = f"ghcr.io/berriai/litellm-database:main-v{LITELLM_VERSION}"
 OFFICIAL_POSTGRES_IMAGE = "postgres:16"
-OFFICIAL_CADDY_IMAGE = "caddy:2.10.2"
+OFFICIAL_CADDY_IMAGE = f"caddy:{caddy_release.version()}"
 OFFICIAL_VALKEY_IMAGE = "valkey/valkey:8.1"
 
 
@@ -114,7 +116,8 @@ def _context_tar(files: dict[str, bytes]) -> io.BytesIO:
         for name, data in sorted(files.items()):
             info = tarfile.TarInfo(name)
             info.size = len(data)
-            info.mode = 0o755 if name.endswith(".sh") else 0o644
+            executable = name.endswith(".sh") or data[:4] == b"\x7fELF"  # scripts and release binaries
+            info.mode = 0o755 if executable else 0o644
             info.mtime = 0
             tar.addfile(info, io.BytesIO(data))
     buf.seek(0)
@@ -245,7 +248,9 @@ class Images:
         return ref
 
     def _derived(self, name: str, parent: str, ref_for, extra_files: dict[str, bytes] | None = None,
-                 buildargs: dict[str, str] | None = None) -> str:
+                 buildargs: dict[str, str] | None = None, fetched=None) -> str:
+        """`fetched()` gives context files that a build argument already names (a release binary):
+        out of the recipe's hash, and fetched only when the image is built."""
         if name in self._refs:
             return self._refs[name]
         files = _files_of(name)
@@ -256,7 +261,7 @@ class Images:
         ref = ref_for(recipe)
         if not self._current(ref, recipe):
             with Timer(f"image {ref}: build"):
-                self._build(ref, files, recipe, args)
+                self._build(ref, {**files, **(fetched() if fetched else {})}, recipe, args)
         self._refs[name] = ref
         return ref
 
@@ -272,7 +277,9 @@ class Images:
         return self._derived("postgres", self.base(), lambda h: LOCAL_POSTGRES_IMAGE)
 
     def caddy(self) -> str:
-        return self._derived("caddy", self.base(), lambda h: LOCAL_CADDY_IMAGE)
+        return self._derived("caddy", self.base(), lambda h: LOCAL_CADDY_IMAGE,
+                             buildargs={"CADDY_VERSION": caddy_release.version()},
+                             fetched=lambda: {"caddy": caddy_release.binary().read_bytes()})
 
     def valkey(self) -> str:
         return self._derived("valkey", self.base(), lambda h: LOCAL_VALKEY_IMAGE)

