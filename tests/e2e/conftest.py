@@ -102,8 +102,9 @@ class Deployment:
         self.secrets.chmod(0o600)
 
     def down(self) -> None:
+        """The suite's teardown: its hosts are killed now and removed while the next suite runs."""
         if not os.environ.get("TESTBED_KEEP"):
-            self.bed.down(self.hosts)
+            self.bed.down(self.hosts, background=True)
 
     def models(self) -> list[dict]:
         models = []
@@ -171,7 +172,9 @@ class Deployment:
 def bed():
     from tests.testbed import Testbed
 
-    return Testbed(images=IMAGES)
+    testbed = Testbed(images=IMAGES)
+    yield testbed
+    testbed.settle()  # the hosts suites left to be removed in the background
 
 
 def make_deployment(bed, tmp_path_factory, prefix: str = "",

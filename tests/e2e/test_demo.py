@@ -26,7 +26,7 @@ def demo_output(bed):
                                 timeout=1800)
         yield result
     finally:
-        bed.down([demo.GATEWAY, demo.NODE])
+        bed.down([demo.GATEWAY, demo.NODE], background=True)
 
 
 def printed_commands(output: str) -> list[str]:

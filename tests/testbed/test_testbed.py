@@ -161,6 +161,17 @@ def test_bed_down_removes_everything_of_its_hosts(bed):
     assert not bed.upstream_key_file("tbt-up").exists()
 
 
+@pytest.mark.e2e
+def test_bed_down_in_the_background_kills_at_once_and_removes_by_settle(bed):
+    bed.up(["tbt-bg"])
+    label = {"label": "litellm-deploy.testbed.name=tbt-bg"}
+    assert bed.down(["tbt-bg"], background=True) == ["tbt-bg"]
+    assert not bed.client.containers.list(filters=label)  # none running, at once
+    bed.settle()
+    assert "tbt-bg" not in [h["name"] for h in bed.hosts()]
+    assert not bed.client.containers.list(all=True, filters=label) and not bed.client.volumes.list(filters=label)
+
+
 # -- the LiteLLM image ----------------------------------------------------------------------------
 IMAGE_FACTS = r"""
 cd /app && pwd
