@@ -11,11 +11,16 @@ certificate against the deployment's ca.crt.
   4. from the outsider: PostgreSQL and Valkey refuse, the gateways' LiteLLM port refuses, plain HTTP to
      the load balancer is redirected, HTTPS checked against the deployment CA succeeds, a client that
      expects another name fails (and the gateways, and the load balancer, do get in: the controls)
-  5. a model change rolls across the gateways under a bounded load (4 clients, <= 90 s): no failed
+  5. backup.py dumps the shared database on the db host (the virtual keys' table in it)
+  6. a model change rolls across the gateways under a bounded load (4 clients, <= 90 s): no failed
      request, every proxy container recreated, never two gateways out of service at once
-  6. a gateway host stopped: requests keep succeeding through the load balancer (time printed); the
-     next deploy reports that host failed and converges the others
-What only the db host shows (its backup, its firewall after a reboot) is in test_shared_state.py.
+  7. the db host rebooted: its firewall comes back (the outsider refused, the gateways let in) and the
+     gateways use the database again
+  8. (last: it kills a host) a gateway host stopped: requests keep succeeding through the load
+     balancer (time printed); the next deploy reports that host failed and converges the others
+Hosts (prefix "lb-"): lb-gw1..3 (litellm_hosts), lb-db (db_hosts), lb-redis (redis_hosts), lb-lb1
+(lb_hosts), lb-out (a bed host in no group: it only tries to connect), lb-up1 (a real LiteLLM upstream
+with a mock_response model).
 """
 
 from __future__ import annotations
@@ -121,7 +126,8 @@ class LbDeployment(Deployment):
         archives = self.bed.archives(("litellm", "postgres", "valkey", "caddy"))
         common = {"litellm_image": self.bed.litellm_image(), "postgres_image": self.bed.postgres_image(),
                   "redis_image": self.bed.valkey_image(), "tls_image": self.bed.caddy_image(),
-                  "models": self.models(), "verify_timeout": 120, "backup_enabled": False}
+                  "models": self.models(), "verify_timeout": 120, "backup_enabled": False,
+                  "backup_local_dir": str(self.workdir / "backups")}
         data = {"*": common, self.name(LB): {"tls": "self-signed"}}
         if IMAGES == "local":  # each host gets the archives of the images it runs, no more
             common.update(image_source="archives", image_archives=[str(archives[i]) for i in ("litellm", "postgres")])
@@ -382,6 +388,18 @@ def test_from_the_outsider_only_the_load_balancers_https_answers(lb_deployment):
     assert wrong["status"] == 0 and "certificate" in wrong["error"] and "mismatch" in wrong["error"].lower(), wrong
 
 
+def test_backup_py_dumps_the_shared_database_on_the_db_host(lb_deployment):
+    d = lb_deployment
+    run = d.pyinfra("backup.py")
+    assert run.returncode == 0, run.output[-6000:]
+    dumps = sorted((d.workdir / "backups" / d.name("db")).glob("*.dump"))
+    assert dumps and dumps[-1].read_bytes()[:5] == b"PGDMP", dumps
+    # The virtual keys live there: the dump holds LiteLLM's key table.
+    listing = d.ssh("db", f"docker run --rm -i --entrypoint pg_restore {d.bed.postgres_image()} --list "
+                          f"< /opt/litellm/backups/{dumps[-1].name}")
+    assert "LiteLLM_VerificationToken" in listing
+
+
 def test_a_model_change_rolls_one_gateway_at_a_time_with_no_failed_request(lb_deployment):
     models = lb_deployment.models()
     models.append({**models[0], "name": "chat-upstream-second"})
@@ -416,6 +434,37 @@ def test_a_model_change_rolls_one_gateway_at_a_time_with_no_failed_request(lb_de
     assert covered == len(GATEWAYS), f"the load did not reach every gateway's recreation: {windows}"
     # The change is everywhere: the new model answers through the load balancer.
     assert all(lb_deployment.changed(run, g) for g in GATEWAYS)
+
+
+def test_the_db_hosts_firewall_comes_back_after_a_reboot(lb_deployment):
+    """A reboot of the db host (fresh netfilter tables): the unit ordered after docker.service puts the
+    rules back, the outsider is refused again, the gateways get in and use the database again."""
+    d = lb_deployment
+    before = d.address("db")
+    d.bed.restart(d.name("db"))
+    assert d.address("db") == before, "the bed gave the db host another address; the test says nothing"
+    deadline = time.monotonic() + 180
+    while "-j DROP" not in d.ssh("db", "iptables -w -S LD-litellm-db 2>/dev/null || true"):
+        assert time.monotonic() < deadline, "the firewall unit did not re-apply the rules within 180 s of the reboot"
+        time.sleep(1)
+    deadline = time.monotonic() + 180
+    while d.run_on("gw1", PG_PROBE, before, "5432") not in ("N", "S"):  # Postgres back (restart policy)
+        assert time.monotonic() < deadline, "PostgreSQL did not come back within 180 s of the reboot"
+        time.sleep(1)
+    assert d.run_on(OUTSIDER, PG_PROBE, before, "5432") not in ("N", "S")
+    # The gateways write to it again (a new virtual key), and answer through the load balancer.
+    deadline = time.monotonic() + 180
+    while True:
+        status, key = d.call("gw2", "/key/generate", body={"models": [MODEL]})
+        if status == 200:
+            break
+        assert time.monotonic() < deadline, f"no key made through gw2 within 180 s of the reboot: {status} {key}"
+        time.sleep(2)
+    load = Load(d.lb_url, key["key"], d.ca)
+    deadline = time.monotonic() + 60
+    while (problem := load.request()) is not None:
+        assert time.monotonic() < deadline, f"the load balancer did not answer a chat within 60 s: {problem}"
+        time.sleep(1)
 
 
 def test_a_stopped_gateway_is_routed_around_and_the_next_deploy_converges_the_others(lb_deployment):
