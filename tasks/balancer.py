@@ -48,9 +48,9 @@ FAIL_SECONDS = 10
 TRY_SECONDS = 15
 DIAL_TIMEOUT = 2
 GRACE_SECONDS = 60
-# Certificate sources a load balancer takes today; "self-signed" joins when tasks/certificates.py
-# (the deployment's CA) lands: certificate_material() is the one place to extend.
-LB_TLS_SOURCES = ("files",)
+# Certificate sources of a load balancer, as on a gateway's TLS front ("off" is not one: it always
+# terminates TLS). certificate_material() is the one place they are turned into files.
+LB_TLS_SOURCES = ("self-signed", "files", "acme")
 
 
 @dataclass(frozen=True)
@@ -95,10 +95,16 @@ class LoadBalancer:
     try_seconds: int = TRY_SECONDS
     dial_timeout: int = DIAL_TIMEOUT
     grace_seconds: int = GRACE_SECONDS
+    acme_email: str = ""  # tls = "acme": the contact the ACME server gets
 
     @property
     def default_sni(self) -> str:
         return self.tls_names[0] if self.tls_names else self.address
+
+    @property
+    def has_certificate_files(self) -> bool:
+        """False with acme: Caddy obtains and keeps the certificate itself (in its data volume)."""
+        return self.tls != "acme"
 
     @property
     def redirect_target(self) -> str:
@@ -160,17 +166,29 @@ def gateway_address(gateway: Settings, address: str) -> tuple[str | None, str | 
                   "proxy_bind to this gateway's private IP address (the one the load balancers reach)")
 
 
-def placed_behind(gateways: dict[str, Settings], addresses: dict[str, str]) -> dict[str, Settings]:
-    """The gateways' Settings with their proxy published only for the load balancers (and localhost)."""
+def placed_behind(gateways: dict[str, Settings], addresses: dict[str, str],
+                  lb_sources: dict[str, object] | None = None) -> dict[str, Settings]:
+    """The gateways' Settings with their proxy published only for the load balancers (and localhost):
+    on one address, and behind a firewall letting in the load balancers' addresses (`lb_sources`:
+    each lb host's private_address, else its ssh_hostname) only."""
     import dataclasses
 
     problems, placed = [], {}
+    sources = []
+    for name, value in (lb_sources or {}).items():
+        if not isinstance(value, str) or not _is_ip(value):
+            problems.append(f"host {name} ({LB_HOSTS}): private_address {value!r} is not an IP address (the gateways' "
+                            "firewall lets in the load balancers by address) — fix: set \"private_address\": "
+                            "\"10.0.0.2\" (the address it reaches the gateways from) in its host data")
+        else:
+            sources.append(value)
     for name, gateway in gateways.items():
         address, problem = gateway_address(gateway, addresses[name])
         if problem:
             problems.append(f"host {name}: {problem}")
             continue
-        placed[name] = dataclasses.replace(gateway, proxy_bind=address, behind_load_balancer=True)
+        placed[name] = dataclasses.replace(gateway, proxy_bind=address, behind_load_balancer=True,
+                                           load_balancer_sources=tuple(sorted(set(sources))))
     if problems:
         raise ConfigError(problems)
     return placed
@@ -187,14 +205,17 @@ def lb_problems(raw: dict[str, object]) -> list[str]:
     problems += _directory_problems("install_dir", raw["install_dir"])
     problems += log_problems(raw)
     if raw["tls"] not in LB_TLS_SOURCES:
-        problems.append(f"tls: {raw['tls']!r} on a load balancer, which always terminates TLS — fix: tls = 'files' "
-                        "with tls_cert_file and tls_key_file (the certificate and its key, PEM, on the controller)")
-    else:
+        problems.append(f"tls: {raw['tls']!r} on a load balancer, which always terminates TLS — fix: tls = "
+                        "'self-signed' (a certificate from the deployment CA), 'files' (tls_cert_file "
+                        "and tls_key_file) or 'acme' (acme_email, public DNS names in tls_names)")
+    elif raw["tls"] == "files":
         for name in ("tls_cert_file", "tls_key_file"):
             value = raw[name]
             if not isinstance(value, str) or not value or not Path(value).is_file():
                 problems.append(f"{name}: {value!r} is not a file on the controller — fix: the path of the "
                                 f"{'certificate (PEM, full chain)' if name == 'tls_cert_file' else 'private key (PEM)'}")
+    elif raw["tls"] == "acme":
+        problems += _acme_problems(raw)
     names = raw["tls_names"]
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names):
         problems.append("tls_names: must be a list of DNS names or IP addresses, e.g. ['llm.example.com']")
@@ -204,6 +225,42 @@ def lb_problems(raw: dict[str, object]) -> list[str]:
                                               or not all(isinstance(a, str) and Path(a).is_file() for a in archives)):
         problems.append("image_archives: image_source is 'archives' — fix: list existing archives, one holding tls_image")
     return problems
+
+
+def _acme_problems(raw: dict[str, object]) -> list[str]:
+    """tls = "acme" on a load balancer: what Caddy needs to be issued a certificate (the gateway's
+    front asks the same, tasks/tls_config.py)."""
+    from tasks.tls_config import EMAIL
+
+    problems = []
+    email = raw["acme_email"]
+    if not isinstance(email, str) or not EMAIL.fullmatch(email):
+        problems.append(f"acme_email: {email!r} — fix: the e-mail address the ACME server (Let's Encrypt) sends "
+                        "expiry notices to, e.g. ops@example.com")
+    names = raw["tls_names"] if isinstance(raw["tls_names"], (list, tuple)) else []
+    if not names:
+        problems.append("tls_names: none with tls = 'acme' — fix: the public DNS names clients use, e.g. "
+                        "['llm.example.com'] (ACME issues for names that resolve to this load balancer)")
+    for name in names:
+        if isinstance(name, str) and (_is_ip(name) or "." not in name.strip(".") or name.startswith("*.")):
+            problems.append(f"tls_names: {name!r} cannot be issued by ACME's HTTP challenge (public DNS names only, "
+                            "no IP address or wildcard) — fix: tls_names = ['llm.example.com'], or tls = 'self-signed'")
+    if raw["http_port"] != 80 and raw["tls_port"] != 443:
+        problems.append("http_port/tls_port: ACME servers validate on port 80 (HTTP) or 443 (TLS-ALPN) — fix: "
+                        "http_port = 80 or tls_port = 443")
+    return problems
+
+
+def certificate_names(lb_name: str, address: str, raw: dict[str, object]) -> tuple[str, ...]:
+    """The names a load balancer's certificate is for: tls_names, else (self-signed) its inventory
+    name and address; the first is the one clients connecting by address are served (default_sni).
+    With "files" the given tls_names only (the certificate's own names are the user's business)."""
+    from tasks import certificates
+
+    given = tuple(raw["tls_names"])
+    if given or raw["tls"] != "self-signed":
+        return certificates.unique_names(given) if given else ()
+    return certificates.unique_names((lb_name, address))
 
 
 def build_load_balancers(lbs: list[HostInput], gateways: dict[str, Settings],
@@ -224,11 +281,13 @@ def build_load_balancers(lbs: list[HostInput], gateways: dict[str, Settings],
         problems += [f"load balancer {lb.name}: {p}" for p in host_problems]
         if host_problems:
             continue
+        address = host_address(lb.name, lb.data)
         built[lb.name] = LoadBalancer(
-            host_name=lb.name, address=host_address(lb.name, lb.data),
+            host_name=lb.name, address=address,
             install_dir=lb_install_dir(str(raw["install_dir"])), compose_project=f"{raw['compose_project']}-lb",
             tls_image=raw["tls_image"], tls=raw["tls"], tls_cert_file=raw["tls_cert_file"],
-            tls_key_file=raw["tls_key_file"], tls_names=tuple(raw["tls_names"]), tls_port=raw["tls_port"],
+            tls_key_file=raw["tls_key_file"], tls_names=certificate_names(lb.name, address, raw),
+            tls_port=raw["tls_port"], acme_email=str(raw["acme_email"] or ""),
             http_port=raw["http_port"], docker_install=raw["docker_install"], image_source=raw["image_source"],
             image_archives=tuple(raw["image_archives"]), log_max_size=raw["log_max_size"],
             log_max_file=raw["log_max_file"], start_timeout=raw["start_timeout"], upstreams=upstreams,
@@ -253,11 +312,25 @@ def render_compose(lb: LoadBalancer) -> str:
     return _environment().get_template("lb-compose.yml.j2").render(lb=lb)
 
 
-def certificate_material(lb: LoadBalancer) -> tuple[str, str]:
+def certificate_material(lb: LoadBalancer, store=None) -> tuple[str, str] | None:
     """(certificate chain PEM, private key PEM): the ONE place a load balancer's certificate comes
-    from. Today the controller's files (tls = "files"); the deployment CA (tasks/certificates.py)
-    plugs in here."""
-    return Path(lb.tls_cert_file).read_text(), Path(lb.tls_key_file).read_text()
+    from. "self-signed": a leaf of the deployment CA (the gateways' fronts use the same CA, so clients
+    trust one ca.crt), from `store` (default: the run's, tasks/tls.store_for, which writes new files
+    only when operations start: --dry writes nothing); "files": the controller's files; "acme": None,
+    Caddy obtains it."""
+    if lb.tls == "files":
+        return Path(lb.tls_cert_file).read_text(), Path(lb.tls_key_file).read_text()
+    if lb.tls == "self-signed":
+        if store is None:
+            from pyinfra import host
+
+            from tasks import secrets as S
+            from tasks import tls
+
+            store = tls.store_for(S.secrets_path(host.data.get("secrets_file")))
+        material = store.leaf(lb.host_name, lb.tls_names)
+        return material.cert_pem.decode(), material.key_pem.decode()
+    return None
 
 
 # --- operations ---------------------------------------------------------------------------------
@@ -302,11 +375,19 @@ def deploy_load_balancer(lb: LoadBalancer) -> None:
                                 dest=lb.path(COMPOSE_FILE), staging_dir=staging, mode="644")
     caddyfile = private_file(name="Write the Caddyfile", content=render_caddyfile(lb), dest=lb.path(CADDYFILE),
                              staging_dir=staging, mode="644")
-    cert, key = certificate_material(lb)
-    certificate = private_file(name="Write the TLS certificate", content=cert, dest=lb.path(CERT_FILE),
-                               staging_dir=staging, mode="644")
-    private_key = private_file(name="Write the TLS private key (mode 0600)", content=key, dest=lb.path(KEY_FILE),
-                               staging_dir=staging, mode="600")
+    material = certificate_material(lb)
+    if material is not None:
+        cert, key = material
+        certificates = [
+            private_file(name="Write the TLS certificate", content=cert, dest=lb.path(CERT_FILE), staging_dir=staging,
+                         mode="644"),
+            private_file(name="Write the TLS private key (mode 0600)", content=key, dest=lb.path(KEY_FILE),
+                         staging_dir=staging, mode="600"),
+        ]
+    else:
+        # acme: Caddy keeps what it obtains in its data volume; files of an earlier source go.
+        certificates = [files.file(name=f"No {name} (tls is acme)", path=lb.path(name), present=False)
+                        for name in (CERT_FILE, KEY_FILE)]
     # A new certificate recreates the container (Caddy may keep a loaded certificate across reloads);
     # a new Caddyfile is only reloaded, gracefully (roll.balancer_configured).
     compose.service_up(
@@ -315,7 +396,7 @@ def deploy_load_balancer(lb: LoadBalancer) -> None:
         install_dir=lb.install_dir,
         service=SERVICE,
         depends_on=[compose_file, *images],
-        recreate_on=[certificate, private_key],
+        recreate_on=certificates,
         timeout=lb.start_timeout,
     )
     roll.balancer_configured(name="Load balancer runs the Caddyfile (every gateway admitted)", lb=lb,

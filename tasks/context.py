@@ -10,7 +10,7 @@ from pyinfra import logger
 from pyinfra.api import Host, State
 from pyinfra.api.state import BaseStateCallback
 
-from tasks import balancer, key_guard
+from tasks import balancer, key_guard, topology
 from tasks import secrets as S
 from tasks.filters import dotenv_unquote
 from tasks.balancer import LoadBalancer
@@ -155,7 +155,9 @@ def _behind_load_balancers(state: State, gateways: dict[str, Settings]) -> dict[
     """With lb_hosts in the inventory, every gateway's proxy is published for them (and localhost) only."""
     if not _hosts(state, balancer.LB_HOSTS):
         return gateways
-    return balancer.placed_behind(gateways, _addresses(state, GATEWAYS))
+    lb_sources = {h.name: topology.private_address(topology.StateInput(h.name, h.data.get))
+                  for h in _hosts(state, balancer.LB_HOSTS)}
+    return balancer.placed_behind(gateways, _addresses(state, GATEWAYS), lb_sources)
 
 
 def load_balancers(state: State) -> dict[str, LoadBalancer]:

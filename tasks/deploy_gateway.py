@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 
-from tasks import backup, database, docker, key_converge, migrations, roll, stack, tls, upgrade, verify
+from tasks import backup, database, docker, firewall, key_converge, migrations, roll, stack, tls, upgrade, verify
 from tasks.settings import Settings
 from tasks.stages import Stage, stage
 
@@ -16,6 +16,13 @@ def deploy_gateway(settings: Settings) -> None:
     docker.install_docker(settings)
     # Root only (0700) before anything goes into it: image archives, then .env.
     stack.install_directory(settings)
+    # Behind load balancers: the proxy's port on the gateway's address lets in only them, before the
+    # proxy is (re)published there. Its localhost port never crosses this firewall (not forwarded).
+    if settings.behind_load_balancer:
+        proxy_firewall(settings)
+    else:  # none, or the one left by lb_hosts removed from the inventory
+        firewall.rules_absent(name="No firewall on the proxy's port (no load balancers)",
+                              service=proxy_firewall_service(settings))
     # Pinned images pulled, or uploaded as archives and loaded (air-gapped hosts), and checked, before
     # anything is stopped, backed up or written: a mistyped tag fails the host with the gateway untouched.
     stack.get_images(settings, changes)
@@ -75,3 +82,15 @@ def shared_migration(settings: Settings) -> None:
     else:
         migrations.schema_waited(name=f"Database schema migrated (by {owner}, the shared database's first gateway)",
                                  psql=database.psql(settings), owner=owner, timeout=settings.start_timeout)
+
+
+def proxy_firewall(settings: Settings) -> None:
+    """tasks/firewall.py's DOCKER-USER rules for the published proxy: to proxy_bind (the address the
+    load balancers dial) only from their addresses. Narrowed to that destination so the proxy's own
+    connections to port 4000 elsewhere (an upstream LiteLLM) are untouched."""
+    firewall.port_only_from(service=proxy_firewall_service(settings), port=settings.proxy_port,
+                            sources=settings.load_balancer_sources, destination=settings.proxy_bind)
+
+
+def proxy_firewall_service(settings: Settings) -> str:
+    return f"{settings.compose_project}-proxy"

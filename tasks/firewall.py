@@ -14,7 +14,12 @@ direction, so answers of allowed connections pass. One script writes exactly tha
 and at boot by a systemd unit ordered after docker.service and part of it, so a restarted engine gets
 the rules again); the deploy runs it only when the jump's comment does not carry the digest of the
 wanted rule set, so a re-run reports no change. Used by the db and redis hosts (tasks/state_hosts.py)
-and, later, by the load balancers.
+and by the gateways behind load balancers (their proxy port, from the load balancers only).
+
+A `destination` narrows the jump to connections made to that address (`--ctorigdst`, before DNAT).
+A gateway needs it: its proxy container itself dials port 4000 elsewhere (an upstream LiteLLM), and
+those connections cross FORWARD too, with the same original port; without the address they would
+meet the DROP. The db and redis hosts have none (their services dial nothing on their own port).
 """
 
 from __future__ import annotations
@@ -42,42 +47,51 @@ def _source(address: str) -> str:
     return str(network)
 
 
-def digest(name: str, port: int, sources: list[str] | tuple[str, ...]) -> str:
+def digest(name: str, port: int, sources: list[str] | tuple[str, ...], destination: str = "") -> str:
     text = f"{name} {port} {' '.join(sorted(_source(s) for s in sources))}"
+    if destination:  # only when given: the db and redis hosts' marks stay what they were
+        text += f" to {_address(destination)}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def mark(name: str, port: int, sources) -> str:
-    return f"litellm-deploy:{name}:{digest(name, port, sources)}"
+def _address(address: str) -> str:
+    return str(ipaddress.ip_address(address))
 
 
-def rules(name: str, port: int, sources) -> list[str]:
+def mark(name: str, port: int, sources, destination: str = "") -> str:
+    return f"litellm-deploy:{name}:{digest(name, port, sources, destination)}"
+
+
+def rules(name: str, port: int, sources, destination: str = "") -> list[str]:
     """The wanted rules, as iptables arguments, in order (the jump first)."""
     own = chain(name)
+    to = f"--ctorigdst {_address(destination)} " if destination else ""
     return [
-        f"-I {DOCKER_USER} 1 -p tcp -m conntrack --ctorigdstport {int(port)} --ctdir ORIGINAL "
-        f"-m comment --comment {mark(name, port, sources)} -j {own}",
+        f"-I {DOCKER_USER} 1 -p tcp -m conntrack {to}--ctorigdstport {int(port)} --ctdir ORIGINAL "
+        f"-m comment --comment {mark(name, port, sources, destination)} -j {own}",
         *(f"-A {own} -s {_source(s)} -j RETURN" for s in sorted(set(sources))),
         f"-A {own} -j DROP",
     ]
 
 
-def script(name: str, port: int, sources) -> str:
+def script(name: str, port: int, sources, destination: str = "") -> str:
     """The shell script that (re)applies the rules; safe to run any number of times."""
     own = chain(name)
+    wanted = rules(name, port, sources, destination)
+    to = f" on {_address(destination)}" if destination else ""
     lines = [
         "#!/bin/sh",
-        f"# Written by litellm-deploy: published port {int(port)} ({name}) only from {', '.join(sorted(set(sources)))}.",
+        f"# Written by litellm-deploy: published port {int(port)}{to} ({name}) only from {', '.join(sorted(set(sources)))}.",
         "# Re-applied at boot and whenever docker starts (the unit of the same name). Do not edit.",
         "set -e",
         f"iptables -w -N {DOCKER_USER} 2>/dev/null || true",
         f"iptables -w -N {own} 2>/dev/null || iptables -w -F {own}",
-        *(f"iptables -w {rule}" for rule in rules(name, port, sources)[1:]),
+        *(f"iptables -w {rule}" for rule in wanted[1:]),
         # Earlier jumps to the chain (another port or rule set) go; one jump, at the top, stays.
         f"iptables -w -S {DOCKER_USER} | grep -e ' -j {own}$' | sed 's/^-A/-D/' | while read -r rule; do",
         "  eval \"iptables -w $rule\"",
         "done",
-        f"iptables -w {rules(name, port, sources)[0]}",
+        f"iptables -w {wanted[0]}",
         "",
     ]
     return "\n".join(lines)
@@ -116,9 +130,9 @@ class FirewallApplied(FactBase):
 
 
 @operation()
-def rules_applied(service: str, port: int, sources: list[str], script_path: str):
+def rules_applied(service: str, port: int, sources: list[str], script_path: str, destination: str = ""):
     """`service`, not `name`: pyinfra takes `name=` for the operation's own name."""
-    wanted = mark(service, port, sources)
+    wanted = mark(service, port, sources, destination)
     if host.get_fact(FirewallApplied, chain_name=chain(service), wanted_mark=wanted, count=len(set(sources)) + 1):
         host.noop(f"port {port} ({service}) already reachable only from {', '.join(sorted(set(sources)))}")
         return
@@ -126,16 +140,49 @@ def rules_applied(service: str, port: int, sources: list[str], script_path: str)
 
 
 @deploy("Firewall of a published port")
-def port_only_from(service: str, port: int, sources: list[str] | tuple[str, ...]) -> None:
-    """Published `port` of `service` reachable only from `sources` (IP addresses or networks)."""
-    path = f"{SCRIPT_DIR}/litellm-firewall-{service}"
-    unit_name = f"litellm-firewall-{service}.service"
-    files.put(name=f"Firewall script for {service}", src=StringIO(script(service, port, sources)), dest=path,
+def port_only_from(service: str, port: int, sources: list[str] | tuple[str, ...], destination: str = "") -> None:
+    """Published `port` of `service` reachable only from `sources` (IP addresses or networks); with
+    `destination`, only the port as published on that address."""
+    path, unit_name, unit_path = paths(service)
+    files.put(name=f"Firewall script for {service}", src=StringIO(script(service, port, sources, destination)), dest=path,
               user="root", group="root", mode="700")
     unit_file = files.put(name=f"Firewall unit {unit_name}", src=StringIO(unit(service, path)),
-                          dest=f"{UNIT_DIR}/{unit_name}", user="root", group="root", mode="644")
+                          dest=unit_path, user="root", group="root", mode="644")
     systemd.daemon_reload(name=f"systemd reloaded for {unit_name}", _if=unit_file.did_change)
     systemd.service(name=f"{unit_name} enabled (re-applies the rules after docker starts)", service=unit_name,
                     enabled=True)
     rules_applied(name=f"Port {port} ({service}) reachable only from {', '.join(sorted(set(sources)))}",
-                  service=service, port=port, sources=list(sources), script_path=path)
+                  service=service, port=port, sources=list(sources), script_path=path, destination=destination)
+
+
+class FirewallPresent(FactBase):
+    """True when anything of a service's firewall is on the host: its unit, its script or its chain."""
+
+    def command(self, chain_name: str, unit_path: str, script_path: str) -> str:
+        return (f"if [ -e {shlex.quote(unit_path)} ] || [ -e {shlex.quote(script_path)} ] || "
+                f"iptables -w -S {chain_name} >/dev/null 2>&1; then echo present; else echo absent; fi")
+
+    def process(self, output: list[str]) -> bool:
+        return bool(output) and output[-1].strip() == "present"
+
+
+def paths(service: str) -> tuple[str, str, str]:
+    """(script, unit name, unit file) of a service's firewall."""
+    unit_name = f"litellm-firewall-{service}.service"
+    return f"{SCRIPT_DIR}/litellm-firewall-{service}", unit_name, f"{UNIT_DIR}/{unit_name}"
+
+
+@operation()
+def rules_absent(service: str):
+    """No firewall for `service` (a gateway no longer behind load balancers publishes its proxy to
+    everyone again): the unit disabled and gone, the jumps and the chain deleted."""
+    script_path, unit_name, unit_path = paths(service)
+    own = chain(service)
+    if not host.get_fact(FirewallPresent, chain_name=own, unit_path=unit_path, script_path=script_path):
+        host.noop(f"no firewall for {service}")
+        return
+    yield f"systemctl disable {shlex.quote(unit_name)} >/dev/null 2>&1 || true"
+    yield f"rm -f {shlex.quote(unit_path)} {shlex.quote(script_path)} && systemctl daemon-reload"
+    yield (f"iptables -w -S {DOCKER_USER} 2>/dev/null | grep -e ' -j {own}$' | sed 's/^-A/-D/' | "
+           "while read -r rule; do eval \"iptables -w $rule\"; done")
+    yield f"if iptables -w -S {own} >/dev/null 2>&1; then iptables -w -F {own} && iptables -w -X {own}; fi"

@@ -119,6 +119,9 @@ class Settings:
     # Set by tasks.balancer when the inventory has lb_hosts: the proxy is then published on the address
     # the load balancers reach (proxy_bind) and on localhost, and changes roll (tasks/roll.py).
     behind_load_balancer: bool
+    # ...and the load balancers' addresses: the only sources the proxy's published port lets in
+    # (tasks/firewall.py), besides localhost.
+    load_balancer_sources: tuple[str, ...]
     # Shared state in its own engines (tasks/topology.py), derived from the inventory: the db host this
     # gateway's DATABASE_URL points at ("" = none), and the Redis its proxy shares limits through.
     db_host: str
@@ -160,7 +163,7 @@ def shipped_defaults() -> dict[str, object]:
 # Settings read from host data (the rest are derived), each with its shipped default; `models` has
 # none on purpose: a gateway that routes nothing is an error, not a default.
 _DERIVED = ("host_name", "ollama_nodes", "secrets", "db_host", "redis_address", "redis_url")
-_DERIVED += ("behind_load_balancer",)  # from the inventory's lb_hosts (tasks.balancer.placed_behind)
+_DERIVED += ("behind_load_balancer", "load_balancer_sources")  # from the inventory's lb_hosts (tasks.balancer.placed_behind)
 _SHIPPED = shipped_defaults()
 DEFAULTS = {f.name: _SHIPPED.get(f.name) for f in fields(Settings) if f.name not in _DERIVED}
 
@@ -545,6 +548,7 @@ def build_everything(
             redis_address=shape.redis_address,
             redis_url=shape.redis_url,
             behind_load_balancer=False,  # tasks.balancer.placed_behind, when the inventory has lb_hosts
+            load_balancer_sources=(),
         )
         for name, (raw, nodes, models, (teams, keys)) in parsed.items()
     }

@@ -27,7 +27,7 @@ SHARED_FIXTURE_UNITS = {
 # round, ~0.65 of a core taken from whatever ran beside them, and hosts made and removed one by one.)
 LONGEST_FIRST = (
     "main-bed", "tests/e2e/test_load_balancer.py", "tests/e2e/test_verify_faults.py", "tests/e2e/test_rotation.py",
-    "tests/e2e/test_sudo_user.py", "tests/e2e/test_backup.py", "tests/e2e/test_shared_state.py", "tests/e2e/test_tls.py",
+    "tests/e2e/test_sudo_user.py", "tests/e2e/test_backup.py", "tests/e2e/test_tls.py",
     "tests/e2e/test_demo.py", "tests/e2e/test_ollama_nodes.py", "tests/e2e/test_key_guard.py",
     "tests/e2e/test_virtual_keys.py", "tests/e2e/test_external_database.py",
 )

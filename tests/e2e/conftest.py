@@ -134,8 +134,12 @@ class Deployment:
         self.inventory.write_text(self.bed.inventory_text(data, names=self.hosts))
         return self.inventory
 
-    def pyinfra(self, script: str = "deploy.py", *args: str, limit: str | None = None, timeout: int = 1500) -> Run:
-        self.write_inventory()
+    def pyinfra(self, script: str = "deploy.py", *args: str, limit: str | None = None, timeout: int = 1500,
+                inventory_as_written: bool = False) -> Run:
+        """inventory_as_written: run on the inventory the last run wrote (a host stopped since has no
+        address on the bed to write it again with)."""
+        if not inventory_as_written:
+            self.write_inventory()
         command = [PYINFRA, str(self.inventory), script, "-y", *args]
         if limit:
             command += ["--limit", self.name(limit)]

