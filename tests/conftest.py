@@ -18,15 +18,14 @@ SHARED_FIXTURE_UNITS = {
     "main-bed": ("tests/e2e/test_db_gateway.py", "tests/e2e/test_stateless_gateway.py", "tests/e2e/test_upgrade.py"),
 }
 
-# The e2e units, longest first, as UnitClock measured them in CI's whole `make test` on 2 cores
-# (2026-12-02, 71 min in all, the workers finishing 77 s apart): main bed 1441 s, rotation 1129 s,
-# verify faults 847 s, load balancer 819 s + shared state 619 s (one suite since: 1117 s alone on a
-# quiet machine, rotation 1098 s beside it), sudo user 759 s, backup 702 s, TLS 564 s, key guard 338 s,
-# virtual keys 299 s, demo 255 s, ollama nodes 239 s; the rest under 90 s. Handing them out in this
-# order lets the two workers finish close together: in test-count order one worker once ran three long
-# ones back to back and finished 430 s after the other.
+# The e2e units, longest first, as UnitClock measured them in a whole `make test` on 2 cores
+# (2026-12-02, 63 min in all, the workers finishing 40 s apart): main bed 1420 s, rotation 900 s, load
+# balancer (the whole multi-host topology) 867 s, verify faults 820 s, sudo user 760 s, backup 749 s,
+# TLS 396 s, key guard 323 s, virtual keys 305 s, demo 285 s, ollama nodes 209 s; the rest under 90 s.
+# Handing them out in this order lets the two workers finish close together: in test-count order one
+# worker once ran three long ones back to back and finished 430 s after the other.
 LONGEST_FIRST = (
-    "tests/e2e/test_load_balancer.py", "main-bed", "tests/e2e/test_rotation.py", "tests/e2e/test_verify_faults.py",
+    "main-bed", "tests/e2e/test_rotation.py", "tests/e2e/test_load_balancer.py", "tests/e2e/test_verify_faults.py",
     "tests/e2e/test_sudo_user.py", "tests/e2e/test_backup.py", "tests/e2e/test_tls.py",
     "tests/e2e/test_key_guard.py", "tests/e2e/test_virtual_keys.py", "tests/e2e/test_demo.py",
     "tests/e2e/test_ollama_nodes.py", "tests/e2e/test_external_database.py",
