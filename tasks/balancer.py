@@ -18,7 +18,6 @@ Timings (seconds, in the rendered Caddyfile; chosen for a gateway that dies with
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,7 +25,7 @@ from typing import Callable
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from tasks import compose, docker, stack
+from tasks import certificates, compose, docker, stack
 from tasks.render import _environment
 from tasks.settings import (GATEWAYS, ConfigError, HostInput, Settings, _choice, _directory_problems,
                             _image_problems, _port_problems, log_problems, read_host_data)
@@ -139,14 +138,6 @@ def host_address(name: str, data: Callable[[str, object], object]) -> str:
     return str(data("ssh_hostname", None) or name)
 
 
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
-
-
 def gateway_address(gateway: Settings, address: str) -> tuple[str | None, str | None]:
     """(the address a gateway's proxy is published on behind load balancers, or a problem).
 
@@ -159,7 +150,7 @@ def gateway_address(gateway: Settings, address: str) -> tuple[str | None, str | 
                       "proxy — fix: set proxy_bind to this gateway's private IP address")
     if bind not in ("0.0.0.0", "::"):
         return bind, None
-    if _is_ip(address):
+    if certificates.is_ip(address):
         return address, None
     return None, (f"proxy_bind: {bind} behind load balancers ({LB_HOSTS}) would publish the proxy to every "
                   f"network, and the inventory address {address!r} is a name, not an IP to bind to — fix: set "
@@ -176,7 +167,7 @@ def placed_behind(gateways: dict[str, Settings], addresses: dict[str, str],
     problems, placed = [], {}
     sources = []
     for name, value in (lb_sources or {}).items():
-        if not isinstance(value, str) or not _is_ip(value):
+        if not isinstance(value, str) or not certificates.is_ip(value):
             problems.append(f"host {name} ({LB_HOSTS}): private_address {value!r} is not an IP address (the gateways' "
                             "firewall lets in the load balancers by address) — fix: set \"private_address\": "
                             "\"10.0.0.2\" (the address it reaches the gateways from) in its host data")
@@ -228,35 +219,19 @@ def lb_problems(raw: dict[str, object]) -> list[str]:
 
 
 def _acme_problems(raw: dict[str, object]) -> list[str]:
-    """tls = "acme" on a load balancer: what Caddy needs to be issued a certificate (the gateway's
-    front asks the same, tasks/tls_config.py)."""
-    from tasks.tls_config import EMAIL
+    """tls = "acme" on a load balancer: its tls_names are the certificate's (no default name)."""
+    from tasks.tls_config import acme_problems
 
-    problems = []
-    email = raw["acme_email"]
-    if not isinstance(email, str) or not EMAIL.fullmatch(email):
-        problems.append(f"acme_email: {email!r} — fix: the e-mail address the ACME server (Let's Encrypt) sends "
-                        "expiry notices to, e.g. ops@example.com")
-    names = raw["tls_names"] if isinstance(raw["tls_names"], (list, tuple)) else []
-    if not names:
-        problems.append("tls_names: none with tls = 'acme' — fix: the public DNS names clients use, e.g. "
-                        "['llm.example.com'] (ACME issues for names that resolve to this load balancer)")
-    for name in names:
-        if isinstance(name, str) and (_is_ip(name) or "." not in name.strip(".") or name.startswith("*.")):
-            problems.append(f"tls_names: {name!r} cannot be issued by ACME's HTTP challenge (public DNS names only, "
-                            "no IP address or wildcard) — fix: tls_names = ['llm.example.com'], or tls = 'self-signed'")
-    if raw["http_port"] != 80 and raw["tls_port"] != 443:
-        problems.append("http_port/tls_port: ACME servers validate on port 80 (HTTP) or 443 (TLS-ALPN) — fix: "
-                        "http_port = 80 or tls_port = 443")
-    return problems
+    names = [n for n in raw["tls_names"] if isinstance(n, str)] if isinstance(raw["tls_names"], (list, tuple)) else []
+    none = [] if names else ["tls_names: none with tls = 'acme' — fix: the public DNS names clients use, e.g. "
+                             "['llm.example.com'] (ACME issues for names that resolve to this load balancer)"]
+    return none + acme_problems(names, raw)
 
 
 def certificate_names(lb_name: str, address: str, raw: dict[str, object]) -> tuple[str, ...]:
     """The names a load balancer's certificate is for: tls_names, else (self-signed) its inventory
     name and address; the first is the one clients connecting by address are served (default_sni).
     With "files" the given tls_names only (the certificate's own names are the user's business)."""
-    from tasks import certificates
-
     given = tuple(raw["tls_names"])
     if given or raw["tls"] != "self-signed":
         return certificates.unique_names(given) if given else ()

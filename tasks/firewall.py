@@ -74,6 +74,13 @@ def rules(name: str, port: int, sources, destination: str = "") -> list[str]:
     ]
 
 
+def _jumps_deleted(own: str) -> list[str]:
+    """Shell lines deleting every jump from DOCKER-USER to the chain `own`."""
+    return [f"iptables -w -S {DOCKER_USER} | grep -e ' -j {own}$' | sed 's/^-A/-D/' | while read -r rule; do",
+            "  eval \"iptables -w $rule\"",
+            "done"]
+
+
 def script(name: str, port: int, sources, destination: str = "") -> str:
     """The shell script that (re)applies the rules; safe to run any number of times."""
     own = chain(name)
@@ -88,9 +95,7 @@ def script(name: str, port: int, sources, destination: str = "") -> str:
         f"iptables -w -N {own} 2>/dev/null || iptables -w -F {own}",
         *(f"iptables -w {rule}" for rule in wanted[1:]),
         # Earlier jumps to the chain (another port or rule set) go; one jump, at the top, stays.
-        f"iptables -w -S {DOCKER_USER} | grep -e ' -j {own}$' | sed 's/^-A/-D/' | while read -r rule; do",
-        "  eval \"iptables -w $rule\"",
-        "done",
+        *_jumps_deleted(own),
         f"iptables -w {wanted[0]}",
         "",
     ]
@@ -183,6 +188,5 @@ def rules_absent(service: str):
         return
     yield f"systemctl disable {shlex.quote(unit_name)} >/dev/null 2>&1 || true"
     yield f"rm -f {shlex.quote(unit_path)} {shlex.quote(script_path)} && systemctl daemon-reload"
-    yield (f"iptables -w -S {DOCKER_USER} 2>/dev/null | grep -e ' -j {own}$' | sed 's/^-A/-D/' | "
-           "while read -r rule; do eval \"iptables -w $rule\"; done")
+    yield "\n".join(_jumps_deleted(own))
     yield f"if iptables -w -S {own} >/dev/null 2>&1; then iptables -w -F {own} && iptables -w -X {own}; fi"

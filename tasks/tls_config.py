@@ -101,20 +101,28 @@ def problems(host_name: str, address: str, raw: dict[str, object]) -> list[str]:
         found.append(f"tls_cert_file/tls_key_file: given, but tls is {source!r}, which does not use them — fix: "
                      "tls = 'files', or remove them")
     if source == "acme":
-        email = raw.get("acme_email")
-        if not isinstance(email, str) or not EMAIL.fullmatch(email):
-            found.append(f"acme_email: {email!r} — fix: the e-mail address the ACME server (Let's Encrypt) sends "
-                         "expiry notices to, e.g. ops@example.com")
-        for name in names:
-            if certificates.is_ip(name) or "." not in name.strip(".") or name.startswith("*."):
-                found.append(f"tls_names: {name!r} cannot be issued by ACME's HTTP challenge (it needs public DNS "
-                             "names that resolve to this host, no IP address or wildcard) — fix: tls_names = "
-                             "['gateway.example.com'], or tls = 'files' / 'self-signed'")
-        if raw.get("http_port") != 80 and raw.get("tls_port") != 443:
-            found.append("http_port/tls_port: ACME servers validate on port 80 (HTTP) or 443 (TLS-ALPN) — fix: "
-                         "http_port = 80 or tls_port = 443")
+        found += acme_problems(names, raw)
     elif raw.get("acme_email") and source != "acme":
         found.append(f"acme_email: given, but tls is {source!r} — fix: tls = 'acme', or remove acme_email")
     if not names and not found:
         found.append("tls_names: no name for the certificate — fix: tls_names = ['gateway.example.com']")
+    return found
+
+
+def acme_problems(names, raw: dict[str, object]) -> list[str]:
+    """What an ACME server needs to issue a certificate for `names`: a contact, public DNS names and
+    a port to validate on. For a gateway's front and a load balancer alike."""
+    found = []
+    email = raw.get("acme_email")
+    if not isinstance(email, str) or not EMAIL.fullmatch(email):
+        found.append(f"acme_email: {email!r} — fix: the e-mail address the ACME server (Let's Encrypt) sends "
+                     "expiry notices to, e.g. ops@example.com")
+    for name in names:
+        if certificates.is_ip(name) or "." not in name.strip(".") or name.startswith("*."):
+            found.append(f"tls_names: {name!r} cannot be issued by ACME's HTTP challenge (it needs public DNS "
+                         "names that resolve to this host, no IP address or wildcard) — fix: tls_names = "
+                         "['gateway.example.com'], or tls = 'files' / 'self-signed'")
+    if raw.get("http_port") != 80 and raw.get("tls_port") != 443:
+        found.append("http_port/tls_port: ACME servers validate on port 80 (HTTP) or 443 (TLS-ALPN) — fix: "
+                     "http_port = 80 or tls_port = 443")
     return found
