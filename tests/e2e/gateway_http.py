@@ -17,6 +17,39 @@ from tests.testbed import wait_until
 REFUSED = (400, 401, 403)  # LiteLLM answers a refused key with 401 (DB-backed) or 400 (stateless)
 TIMEOUT = 60
 
+# Run by python3 on a bed host, a client from outside the gateway or load balancer: one HTTP(S)
+# request, status and body (or the error) as JSON.
+CLIENT_SCRIPT = r"""
+import http.client, json, socket, ssl, sys
+spec = json.loads(sys.argv[1])
+try:
+    if spec["scheme"] == "https":
+        ctx = ssl.create_default_context(cadata=spec["ca"]) if spec.get("ca") else ssl.create_default_context()
+        class Conn(http.client.HTTPSConnection):
+            def connect(self):
+                sock = socket.create_connection((spec["address"], spec["port"]), 20)
+                self.sock = ctx.wrap_socket(sock, server_hostname=spec["name"])
+        conn = Conn(spec["name"], spec["port"], context=ctx, timeout=60)
+    else:
+        conn = http.client.HTTPConnection(spec["address"], spec["port"], timeout=20)
+    headers = {"Host": spec["name"], "Content-Type": "application/json"}
+    if spec.get("key"):
+        headers["Authorization"] = "Bearer " + spec["key"]
+    body = json.dumps(spec["body"]) if spec.get("body") is not None else None
+    conn.request(spec.get("method", "GET"), spec["path"], body=body, headers=headers)
+    r = conn.getresponse()
+    text = r.read().decode("utf-8", "replace")
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        payload = text
+    print(json.dumps({"status": r.status, "location": r.getheader("Location"), "body": payload}))
+except ssl.SSLCertVerificationError as e:
+    print(json.dumps({"status": 0, "error": "certificate: " + str(e.verify_message)}))
+except OSError as e:
+    print(json.dumps({"status": 0, "error": "%s: %s" % (type(e).__name__, e)}))
+"""
+
 
 def request(base_url: str, method: str, path: str, key: str | None = None, body: dict | None = None,
             form: dict | None = None, cafile: str | None = None):

@@ -42,6 +42,8 @@ import pytest
 
 from tasks import balancer, certificates
 from tests.e2e.conftest import IMAGES, PYINFRA, ROOT, UPSTREAM_MODEL, Deployment, Run
+from tests.e2e.gateway_http import CLIENT_SCRIPT
+from tests.testbed import wait_until
 
 PREFIX = "lb-"
 GATEWAYS = ("gw1", "gw2", "gw3")
@@ -85,29 +87,6 @@ try:
     print("connected")
 except OSError as e:
     print("refused: %s" % type(e).__name__)
-"""
-# One HTTP(S) request from a bed host: status and Location, or the error, as JSON (test_tls.py's client).
-CLIENT_SCRIPT = r"""
-import http.client, json, socket, ssl, sys
-spec = json.loads(sys.argv[1])
-try:
-    if spec["scheme"] == "https":
-        ctx = ssl.create_default_context(cadata=spec["ca"])
-        class Conn(http.client.HTTPSConnection):
-            def connect(self):
-                sock = socket.create_connection((spec["address"], 443), 20)
-                self.sock = ctx.wrap_socket(sock, server_hostname=spec["name"])
-        conn = Conn(spec["name"], 443, context=ctx, timeout=60)
-    else:
-        conn = http.client.HTTPConnection(spec["address"], 80, timeout=20)
-    conn.request("GET", spec["path"], headers={"Host": spec["name"]})
-    r = conn.getresponse()
-    r.read()
-    print(json.dumps({"status": r.status, "location": r.getheader("Location")}))
-except ssl.SSLCertVerificationError as e:
-    print(json.dumps({"status": 0, "error": "certificate: " + str(e.verify_message)}))
-except OSError as e:
-    print(json.dumps({"status": 0, "error": "%s: %s" % (type(e).__name__, e)}))
 """
 
 
@@ -327,12 +306,13 @@ def test_fresh_converge_then_nothing_changes(lb_deployment):
 def test_a_virtual_key_made_through_gateway_1_works_through_gateway_3(lb_deployment):
     status, key = lb_deployment.call("gw1", "/key/generate", body={"models": [MODEL]})
     assert status == 200, key
-    deadline = time.monotonic() + 60  # the condition: gateway 3 finds the key in the shared database
-    while True:
+
+    def seen_by_gateway_3():
         status, body = lb_deployment.call("gw3", "/v1/models", key=key["key"])
-        if status == 200 or time.monotonic() > deadline:
-            break
-    assert status == 200 and [m["id"] for m in body["data"]] == [MODEL], body
+        return body if status == 200 else None
+
+    body = wait_until("gateway 3 finding the key in the shared database", seen_by_gateway_3, 60, interval=1)
+    assert [m["id"] for m in body["data"]] == [MODEL], body
     status, body = lb_deployment.call("gw3", "/chat/completions", key=key["key"],
                                       body={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
     assert status == 200 and body["choices"][0]["message"]["content"], body
@@ -358,8 +338,8 @@ def test_an_rpm_limit_holds_across_the_three_gateways(lb_deployment):
 
 
 def https_from(deployment: LbDeployment, host: str, name: str, scheme: str = "https") -> dict:
-    spec = {"scheme": scheme, "address": deployment.address(LB), "name": name, "path": "/health/liveliness",
-            "ca": deployment.ca.read_text()}
+    spec = {"scheme": scheme, "address": deployment.address(LB), "port": 443 if scheme == "https" else 80,
+            "name": name, "path": "/health/liveliness", "ca": deployment.ca.read_text()}
     return json.loads(deployment.run_on(host, CLIENT_SCRIPT, json.dumps(spec)))
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from tasks import certificates
 from tests.e2e.conftest import IMAGES, make_deployment
+from tests.e2e.gateway_http import CLIENT_SCRIPT
 
 pytestmark = pytest.mark.e2e
 PREFIX = "tls-"
@@ -26,37 +27,6 @@ HOST = "gw-db"
 CLIENT = "gw-stateless"  # a plain bed host: the outside client, never deployed to
 MODEL = "chat-ollama"
 
-# Run by python3 on the client host: one HTTP(S) request, status and body (or the error) as JSON.
-CLIENT_SCRIPT = r"""
-import http.client, json, socket, ssl, sys
-spec = json.loads(sys.argv[1])
-try:
-    if spec["scheme"] == "https":
-        ctx = ssl.create_default_context(cadata=spec["ca"]) if spec.get("ca") else ssl.create_default_context()
-        class Conn(http.client.HTTPSConnection):
-            def connect(self):
-                sock = socket.create_connection((spec["address"], spec["port"]), 20)
-                self.sock = ctx.wrap_socket(sock, server_hostname=spec["name"])
-        conn = Conn(spec["name"], spec["port"], context=ctx, timeout=60)
-    else:
-        conn = http.client.HTTPConnection(spec["address"], spec["port"], timeout=20)
-    headers = {"Host": spec["name"], "Content-Type": "application/json"}
-    if spec.get("key"):
-        headers["Authorization"] = "Bearer " + spec["key"]
-    body = json.dumps(spec["body"]) if spec.get("body") is not None else None
-    conn.request(spec.get("method", "GET"), spec["path"], body=body, headers=headers)
-    r = conn.getresponse()
-    text = r.read().decode("utf-8", "replace")
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        payload = text
-    print(json.dumps({"status": r.status, "location": r.getheader("Location"), "body": payload}))
-except ssl.SSLCertVerificationError as e:
-    print(json.dumps({"status": 0, "error": "certificate: " + str(e.verify_message)}))
-except OSError as e:
-    print(json.dumps({"status": 0, "error": "%s: %s" % (type(e).__name__, e)}))
-"""
 
 
 @pytest.fixture(scope="module")
