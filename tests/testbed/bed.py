@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
+import ipaddress
 import json
 import os
 import secrets
@@ -281,7 +282,32 @@ class Testbed:
         nets = [n for n in nets if n.name == NETWORK]
         if nets:
             return nets[0]
-        return self.client.networks.create(NETWORK, driver="bridge", labels={LABEL: "1"}, check_duplicate=True)
+        # A host keeps its address across a reboot only with a fixed one, and Docker takes fixed
+        # addresses only on a network whose subnet was configured: take the free pool Docker picks
+        # (no clash with the machine's other networks), then create the network again with it pinned.
+        probe = self.client.networks.create(NETWORK, driver="bridge", labels={LABEL: "1"}, check_duplicate=True)
+        probe.reload()
+        pool = probe.attrs["IPAM"]["Config"][0]
+        probe.remove()
+        ipam = docker.types.IPAMConfig(pool_configs=[
+            docker.types.IPAMPool(subnet=pool["Subnet"], gateway=pool.get("Gateway"))])
+        return self.client.networks.create(NETWORK, driver="bridge", labels={LABEL: "1"}, ipam=ipam,
+                                           check_duplicate=True)
+
+    def _free_addresses(self, network, count: int) -> list[str]:
+        """Addresses no bed container holds, running or stopped (a stopped host's address is still its
+        own). Called under the hosts lock, which every creation of a bed container takes."""
+        network.reload()
+        subnet = ipaddress.ip_network(network.attrs["IPAM"]["Config"][0]["Subnet"])
+        taken = {network.attrs["IPAM"]["Config"][0].get("Gateway")}
+        for c in self.client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
+            net = c.attrs["NetworkSettings"]["Networks"].get(NETWORK) or {}
+            taken.add((net.get("IPAMConfig") or {}).get("IPv4Address"))
+            taken.add(net.get("IPAddress"))
+        free = [str(a) for a in subnet.hosts() if str(a) not in taken]
+        if len(free) < count:
+            raise TestbedError(f"the bed network {NETWORK} ({subnet}) has no {count} free addresses")
+        return free[:count]
 
     def _volume_name(self, name: str) -> str:
         return f"{CONTAINER_PREFIX}{name}-docker"
@@ -397,17 +423,19 @@ class Testbed:
         with Timer(f"up {' '.join(specs)}"):
             with self._lock("hosts"):
                 pub = self.ensure_key().with_suffix(".pub").read_bytes()
-                self._network()
+                network = self._network()
                 state = self._load_state()
+                addresses = dict(zip((n for n, _ in parsed), self._free_addresses(network, len(parsed))))
                 # Every host at once (each removal, creation and start is seconds of the engine's work).
                 created: dict[str, tuple] = {}
 
                 def create(name, role):
                     self._remove(name)
+                    endpoint = self.client.api.create_endpoint_config(aliases=[name], ipv4_address=addresses[name])
                     if role == "upstream":
-                        c, info = self._create_upstream(name, refs["upstream"], upstream_models)
+                        c, info = self._create_upstream(name, refs["upstream"], upstream_models, endpoint)
                     else:
-                        c, info = self._create_host(name, role, refs[role], pub, ollama_models)
+                        c, info = self._create_host(name, role, refs[role], pub, ollama_models, endpoint)
                     c.start()
                     created[name] = (c, info)
 
@@ -440,7 +468,7 @@ class Testbed:
         log(f"up total (images + hosts): {time.monotonic() - t0:.1f}s")
         return self.hosts()
 
-    def _create_host(self, name: str, role: str, image: str, pub: bytes, ollama_models: list[str]):
+    def _create_host(self, name: str, role: str, image: str, pub: bytes, ollama_models: list[str], endpoint):
         vol = self.client.volumes.create(self._volume_name(name), labels=self._labels(name, role))
         # The SDK has no `systempaths=unconfined`: like the docker CLI, send empty MaskedPaths and
         # ReadonlyPaths (an empty list overrides the engine's default set; absent keeps it).
@@ -460,8 +488,7 @@ class Testbed:
             hostname=name,
             labels=self._labels(name, role),
             host_config=hc,
-            networking_config=self.client.api.create_networking_config(
-                {NETWORK: self.client.api.create_endpoint_config(aliases=[name])}),
+            networking_config=self.client.api.create_networking_config({NETWORK: endpoint}),
             stop_signal="SIGRTMIN+3",
             detach=True,
         )
@@ -514,7 +541,7 @@ class Testbed:
             if r.output.strip().splitlines()[-1:] != ["0"]:
                 raise TestbedError(f"{name}: sudo with the password did not give root: {r.output}")
 
-    def _create_upstream(self, name: str, image: str, models: list[str]):
+    def _create_upstream(self, name: str, image: str, models: list[str], endpoint):
         self._ensure_state_dir()
         key = "sk-" + secrets.token_urlsafe(32)
         key_file = self._key_file(name)
@@ -539,7 +566,7 @@ class Testbed:
             labels=self._labels(name, "upstream"),
             environment={"LITELLM_MASTER_KEY": key, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
             network=NETWORK,
-            networking_config={NETWORK: self.client.api.create_endpoint_config(aliases=[name])},
+            networking_config={NETWORK: endpoint},
             detach=True,
         )
         c.put_archive("/app", _tar({"upstream-config.yaml": (config, 0o644)}))
@@ -656,8 +683,8 @@ class Testbed:
             c.restart(timeout=60)
             self._wait_ready(name, role, c, timeout)
         after = self._address(c)
-        if after != before:
-            log(f"warning: {name} came back with address {after} (was {before}): write the inventory again")
+        if after != before:  # the address is fixed at `up` (see _network): this is a fault of the bed
+            raise TestbedError(f"{name} came back with address {after} (was {before})")
         return self.host(name)
 
     def down(self, names: list[str] | None = None, background: bool = False) -> list[str]:

@@ -21,6 +21,7 @@ from http.server import ThreadingHTTPServer
 import pytest
 
 from tests.testbed import ollama_standin
+from tests.testbed.bed import wait_until
 
 
 def _post(url: str, body: dict, headers: dict | None = None, timeout: float = 30):
@@ -151,6 +152,23 @@ def test_bed_end_to_end(bed, tmp_path):
     # A reboot: systemd and sshd come back.
     bed.restart("tbt-gw")
     assert bed.ssh("tbt-gw", "systemctl is-system-running").output.strip() == "running"
+
+
+@pytest.mark.e2e
+def test_a_stopped_host_keeps_its_address_while_another_host_comes_up(bed):
+    """Docker's bridge hands a freed dynamic address to the next container; a suite rebooting its db host
+    while another suite starts hosts lost the address that way. Bed addresses are fixed at `up`."""
+    before = bed.host("tbt-ollama")["address"]
+    c = bed._container("tbt-ollama")
+    c.stop(timeout=30)
+    try:
+        bed.up(["tbt-new"])
+        assert bed.host("tbt-new")["address"] != before
+    finally:
+        c.start()
+        bed.down(["tbt-new"])
+    wait_until("tbt-ollama running", lambda: bed._address(c), timeout=60)
+    assert bed._address(c) == before
 
 
 @pytest.mark.e2e
