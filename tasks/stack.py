@@ -15,7 +15,7 @@ from pyinfra.api import deploy, operation
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files
 
-from tasks import compose, pgservice
+from tasks import compose, pgservice, sizing
 from tasks.render import COMPOSE_FILE, CONFIG_FILE, ENV_FILE, render_files
 from tasks.settings import Settings
 from tasks.uploads import private_file
@@ -59,7 +59,8 @@ def install_directory(settings: Settings):
 
 @deploy("Compose project files")
 def write_files(settings: Settings, changes: Changes) -> None:
-    rendered = render_files(settings)
+    # The worker count for this host's CPUs and memory, when proxy_workers is "auto" (tasks/sizing.py).
+    rendered = render_files(sizing.sized(settings))
     written = {
         name: private_file(
             name=f"Write {name}" + (" (secrets, mode 0600)" if mode == "600" else ""),
@@ -124,11 +125,18 @@ def archives_loaded(uploads: dict[str, OperationMeta], images: dict[str, str]):
     if not to_load:
         host.noop(f"{len(images)} image(s) loaded from {len(uploads)} archive(s)")
         return
-    for remote_archive in to_load:
-        yield f"docker load --input {shlex.quote(remote_archive)}"
+    yield archives_load_command(to_load)
     for field, image in missing.items():
         # Fail here, naming the image, rather than later with a confusing compose error.
         yield image_check(image, field, "none of the image archives contains", ARCHIVE_FIX)
+
+
+def archives_load_command(archives: list[str]) -> str:
+    """One `docker load` per archive, all at once, failing if any fails. A load is one process bound by
+    decompression and layer extraction: the usual two archives (LiteLLM, Postgres) load side by side in
+    the time of the larger (on the test bed 31 s instead of 43 s; bench/results.json)."""
+    loads = " ".join(f"docker load --input {shlex.quote(a)} & pids=\"$pids $!\";" for a in archives)
+    return f'pids=""; {loads} status=0; for pid in $pids; do wait "$pid" || status=1; done; exit $status'
 
 
 @deploy("Container images")

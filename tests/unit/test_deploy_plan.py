@@ -9,6 +9,8 @@ the test bed: tests/e2e/test_upgrade.py.
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all, disconnect_all
@@ -109,9 +111,10 @@ def test_an_upgrade_gets_and_checks_the_new_image_before_it_stops_backs_up_or_wr
         # One command: the pull's own error and the message naming the setting fail it together.
         assert commands == [check] and check.startswith(f"docker pull --quiet {IMAGE}; docker image inspect ")
     else:
-        assert [c for c in commands if c.startswith("docker load")] == [
-            "docker load --input /opt/litellm/images/litellm.tar.gz",
-            "docker load --input /opt/litellm/images/postgres.tar.gz"]
+        assert [c for c in commands if "docker load" in c] == [
+            'pids=""; docker load --input /opt/litellm/images/litellm.tar.gz & pids="$pids $!"; '
+            'docker load --input /opt/litellm/images/postgres.tar.gz & pids="$pids $!"; '
+            'status=0; for pid in $pids; do wait "$pid" || status=1; done; exit $status']
         assert "none of the image archives contains" in check and "image_archives" in check
     # The image is no part of the attempt: its failure stops the host; there is nothing to roll back.
     assert not ops[got][2]["_ignore_errors"]
@@ -189,3 +192,19 @@ def test_without_load_balancers_a_firewall_left_on_the_proxy_port_is_removed(bui
                      "iptables -w -F LD-litellm-proxy && iptables -w -X LD-litellm-proxy"):
         assert expected in text, expected
     assert position(ops, "No firewall on the proxy's port") < first_write(ops)
+
+
+def test_every_archive_is_loaded_and_one_failed_load_fails_the_command(tmp_path):
+    """The loads run in the background side by side: each must still be run and waited for (a stand-in
+    `docker` on PATH records its calls and fails for the archive named 'bad')."""
+    from tasks.stack import archives_load_command
+
+    fake = tmp_path / "docker"
+    fake.write_text('#!/bin/sh\necho "$3" >> "$CALLS"\ncase "$3" in *bad*) exit 1;; esac\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "CALLS": str(tmp_path / "calls")}
+    for archives, status in ((["/a/one.tar.gz", "/a/two.tar"], 0), (["/a/bad.tar.gz", "/a/good.tar.gz"], 1)):
+        (tmp_path / "calls").write_text("")
+        r = subprocess.run(["sh", "-c", archives_load_command(archives)], env=env, capture_output=True, text=True)
+        assert r.returncode == status, r.stderr
+        assert sorted((tmp_path / "calls").read_text().split()) == sorted(archives)
