@@ -132,6 +132,9 @@ def _pieces(text: str) -> list[str]:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle's algorithm on, a keep-alive client's delayed
+    # ACK held every reply ~40 ms, which made the stand-in the slowest part of any load on the bed.
+    disable_nagle_algorithm = True
     server_version = "ollama-standin"
     sys_version = ""
 
