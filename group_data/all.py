@@ -80,6 +80,9 @@ tls_image = "caddy:2.11.7"
 redis_image = "valkey/valkey:8.1"
 # Behind load balancers (lb_hosts): how many gateways may be recreated at once while a change rolls.
 roll_width = 1
+# Worker processes of the proxy: "auto" = one per CPU of the host, fewer when memory is short (about 1 GB
+# each), at most 8 (tasks/sizing.py; one worker keeps one CPU busy), or a number.
+proxy_workers = "auto"
 # For tls = "files": the CA certificate (PEM) that issued tls_cert_file, when clients do not already trust it
 # (a company CA); the verification checks the front against it. "" = the system's trusted CAs.
 tls_ca_file = ""

@@ -112,6 +112,7 @@ class Settings:
     tls_image: str
     redis_image: str
     roll_width: int
+    proxy_workers: int | str  # "auto": tasks/sizing.py
     # TLS front (tasks/tls.py): the CA that issued tls_cert_file, when it is not a public one.
     tls_ca_file: str
     teams: tuple[Team, ...]
@@ -353,6 +354,9 @@ def topology_problems(raw: dict[str, object]) -> list[str]:
     problems += _image_problems("tls_image", raw["tls_image"], "2.11.7")
     problems += _image_problems("redis_image", raw["redis_image"], "8.1")
     problems += _number_problems("roll_width", raw["roll_width"], 1, None, "a whole number of gateways")
+    if raw["proxy_workers"] != "auto":
+        problems += [p if "fix:" in p else p + " — fix: 'auto' (one per CPU of the host) or a number"
+                     for p in _number_problems("proxy_workers", raw["proxy_workers"], 1, 64, "a number of workers")]
     return problems
 
 

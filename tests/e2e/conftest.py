@@ -75,6 +75,10 @@ class Run:
 class Deployment:
     """The bed plus an inventory, a secrets file and group-data overrides for it."""
 
+    # One proxy worker: the suites share 2 CPUs, and each worker's start costs seconds of CPU. The
+    # shipped "auto" (tasks/sizing.py) runs in the demo suite and in the benchmarks (None: not set).
+    proxy_workers: int | None = 1
+
     def __init__(self, bed, workdir: Path, prefix: str = "", hosts: tuple[str, ...] = tuple(ALL_HOSTS)):
         self.bed = bed
         self.workdir = workdir
@@ -127,6 +131,8 @@ class Deployment:
             "models": self.models(),
             "verify_timeout": 120,
         }
+        if self.proxy_workers is not None:
+            common["proxy_workers"] = self.proxy_workers
         if IMAGES == "local":
             common.update(image_source="archives", image_archives=[str(archives["litellm"]), str(archives["postgres"])])
         modes = {"gw-db": "bundled", "gw-stateless": "none"}
@@ -142,10 +148,7 @@ class Deployment:
         address on the bed to write it again with)."""
         if not inventory_as_written:
             self.write_inventory()
-        command = [PYINFRA, str(self.inventory), script, "-y", *args]
-        if limit:
-            command += ["--limit", self.name(limit)]
-        env = {**os.environ, "LITELLM_DEPLOY_SECRETS": str(self.secrets)}
+        command, env = self.command(script, *args, limit=limit)
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0 and BED_RUNC_FLAKE in result.stdout + result.stderr:
             # The bed's nested engine (runc in a container in a container) once failed to start a
@@ -155,6 +158,13 @@ class Deployment:
                   f"({BED_RUNC_FLAKE}); running it once more", file=sys.stderr)
             result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         return Run(result.returncode, result.stdout + result.stderr)
+
+    def command(self, script: str, *args: str, limit: str | None = None) -> tuple[list[str], dict[str, str]]:
+        """The pyinfra command line for the inventory as written, and its environment."""
+        command = [PYINFRA, str(self.inventory), script, "-y", *args]
+        if limit:
+            command += ["--limit", self.name(limit)]
+        return command, {**os.environ, "LITELLM_DEPLOY_SECRETS": str(self.secrets)}
 
     def call(self, host: str, path: str, key: str = "master", body: dict | None = None):
         """HTTP from the gateway host itself to its published port: (status, parsed body).

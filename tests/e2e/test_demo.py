@@ -65,3 +65,18 @@ def test_demo_declares_a_key_as_code_that_works(bed, demo_output):
     ca = str(certificates.tls_dir(secrets) / "ca.crt")
     assert api.models_seen(f"https://{address}", declared, cafile=ca) == (200, ["llama"])
     assert declared not in demo_output.stdout + demo_output.stderr
+
+
+def test_demo_runs_the_shipped_worker_count_for_its_host(bed, demo_output):
+    """proxy_workers "auto" (the shipped default): one worker per CPU of the host within its memory,
+    in the compose file, and LiteLLM started that many."""
+    from tasks.sizing import workers_for
+
+    facts = bed.ssh(demo.GATEWAY, "nproc; awk '/^MemTotal/ {print int($2 / 1024)}' /proc/meminfo")
+    cpus, memory_mb = (int(v) for v in facts.output.split())
+    workers = workers_for(cpus, memory_mb)
+    compose = bed.ssh(demo.GATEWAY, "cat /opt/litellm/docker-compose.yml").output
+    assert f'"--num_workers", "{workers}"' in compose or f"'--num_workers', '{workers}'" in compose, compose
+    logs = bed.ssh(demo.GATEWAY, "cd /opt/litellm && docker compose logs litellm 2>&1").output
+    # LiteLLM's own account of the workers it runs (proxy_cli sets NUM_WORKERS from --num_workers).
+    assert f"Postgres connection budget per pod = {workers} worker(s)" in logs, logs[-3000:]
