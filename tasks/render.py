@@ -97,11 +97,27 @@ def state_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def proxy_command(settings: Settings) -> list[str]:
+    """The proxy container's command: LiteLLM's CLI after the image's entry point."""
+    command = ["--config", "/app/config.yaml", "--port", "4000"]
+    if settings.proxy_workers == "auto":  # not sized for a host (tasks/sizing.py): LiteLLM's default, one
+        return command
+    command += ["--num_workers", str(settings.proxy_workers)]
+    if settings.proxy_workers > 1:
+        # Uvicorn's supervisor kills a worker that does not answer its ping within 5 s, and a worker answers
+        # only once it has imported LiteLLM: on a busy host (2 CPUs, two workers starting) every worker was
+        # killed over and over, and the proxy took 50 s to come up. A hung worker is one that takes longer
+        # than a container may take to start.
+        command += ["--timeout_worker_healthcheck", str(settings.start_timeout)]
+    return command
+
+
 def render_files(settings: Settings) -> dict[str, str]:
     """file name -> content, for the install directory."""
     env = _environment()
     rendered = {
-        COMPOSE_FILE: env.get_template("docker-compose.yml.j2").render(settings=settings),
+        COMPOSE_FILE: env.get_template("docker-compose.yml.j2").render(settings=settings,
+                                                                       proxy_command=proxy_command(settings)),
         CONFIG_FILE: env.get_template("litellm-config.yaml.j2").render(settings=settings, models=settings.models,
                                                                        front_ranges=list(FRONT_RANGES)),
         ENV_FILE: env.get_template("env.j2").render(env=container_env(settings)),

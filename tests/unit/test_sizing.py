@@ -42,11 +42,13 @@ def test_the_rendered_command_carries_the_hosts_worker_count_and_litellm_reads_i
     settings = build()
     assert settings.proxy_workers == "auto"  # the shipped default
     command = proxy_command(sizing.sized(settings))
-    assert command[-2:] == ["--num_workers", "4"]
-    # LiteLLM's own command line (click) takes it as the worker count.
-    assert run_server.make_context("litellm", list(command)).params["num_workers"] == 4
-    # A number in the group data is used as it is, whatever the host.
-    assert proxy_command(sizing.sized(replace(settings, proxy_workers=3)))[-2:] == ["--num_workers", "3"]
+    assert command[4:] == ["--num_workers", "4", "--timeout_worker_healthcheck", str(settings.start_timeout)]
+    # LiteLLM's own command line (click) takes them as the worker count and Uvicorn's worker ping timeout.
+    params = run_server.make_context("litellm", list(command)).params
+    assert (params["num_workers"], params["timeout_worker_healthcheck"]) == (4, settings.start_timeout)
+    # A number in the group data is used as it is, whatever the host; one worker has no supervisor.
+    assert proxy_command(sizing.sized(replace(settings, proxy_workers=3)))[4:6] == ["--num_workers", "3"]
+    assert proxy_command(sizing.sized(replace(settings, proxy_workers=1)))[4:] == ["--num_workers", "1"]
 
 
 def test_the_deploy_writes_the_compose_file_of_the_sized_settings(build, monkeypatch):
@@ -60,7 +62,7 @@ def test_the_deploy_writes_the_compose_file_of_the_sized_settings(build, monkeyp
     monkeypatch.setattr(stack, "render_files", lambda settings: rendered.append(real(settings)) or rendered[-1])
     plan(build(), monkeypatch, previous=None, facts={Cpus: lambda **_: 2, Memory: lambda **_: 8000})
     (files,) = rendered
-    assert yaml.safe_load(files[COMPOSE_FILE])["services"]["litellm"]["command"][-2:] == ["--num_workers", "2"]
+    assert yaml.safe_load(files[COMPOSE_FILE])["services"]["litellm"]["command"][4:6] == ["--num_workers", "2"]
 
 
 @pytest.mark.parametrize("value, message", [
