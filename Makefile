@@ -8,12 +8,12 @@ STAMP  := $(VENV)/.installed
 WORKERS ?= 2
 PARALLEL := -n $(WORKERS)
 
-.PHONY: demo test unit integration e2e venv clean
+.PHONY: demo test bench unit integration e2e venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -29,6 +29,12 @@ e2e: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q --durations=25 $(PARALLEL)
+
+# What the package costs: converge, no-op and throughput figures on the test bed (bench/__main__.py).
+# QUICK=1: fewer hosts and runs, about 10 minutes on 2 cores.
+bench: $(STAMP)
+	tests/tools/docker-engine.sh
+	$(PY) -m bench $(if $(QUICK),--quick)
 
 demo: $(STAMP)
 	tests/tools/docker-engine.sh

@@ -15,41 +15,18 @@ before the attempt.
 from __future__ import annotations
 
 import json
-import shlex
 
 import pytest
 
 from tasks import secrets as S
 from tasks.virtual_keys import default_key_env
-from tests.e2e import database
+from tests.e2e import database, upgrade_probe
 from tests.e2e import gateway_http as api
 
 pytestmark = pytest.mark.e2e
 GATEWAYS = ("gw-stateless", "gw-db")
 PROXY_OP = "LiteLLM proxy up and healthy"
 DECLARED_ALIAS = "declared-before-the-upgrade"
-PROBE_MIGRATION = "29991231000000_litellm_deploy_upgrade_probe"
-NEWER_MIGRATION = """CREATE TABLE "LiteLLM_FromANewerImage" (id int PRIMARY KEY);
-ALTER TABLE "LiteLLM_TeamTable" ADD COLUMN from_a_newer_image text DEFAULT 'x';
-UPDATE "LiteLLM_UserTable" SET spend = spend + 1;
-"""
-BUILD = r"""set -eu
-old=$1 new=$2 name=litellm-deploy-upgrade-probe
-docker rm -f "$name" >/dev/null 2>&1 || true
-docker run -i --name "$name" --entrypoint sh "$old" -c '
-  d=$(python3 -c "import litellm_proxy_extras, os; print(os.path.dirname(litellm_proxy_extras.__file__))")/migrations/'"$3"'
-  mkdir -p "$d" && cat > "$d/migration.sql"' <<'SQL'
-%s
-SQL
-docker commit \
-  --change "ENTRYPOINT $(docker image inspect --format '{{json .Config.Entrypoint}}' "$old")" \
-  --change "CMD $(docker image inspect --format '{{json .Config.Cmd}}' "$old")" \
-  --change 'ENV HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY=127.0.0.1,localhost' \
-  "$name" "$new" >/dev/null
-docker rm "$name" >/dev/null
-"""
-
-
 def newer_image(deployment) -> str:
     return deployment.bed.litellm_image() + "-upgrade-probe"
 
@@ -81,12 +58,7 @@ def prepared(deployment):
               "migrated": deployment.ssh("gw-db", "cat /opt/litellm/.state/migrated-image-id").strip()}
     old, new = deployment.bed.litellm_image(), newer_image(deployment)
     for host in GATEWAYS:
-        result = deployment.bed.ssh(deployment.name(host), f"sh -s -- {shlex.quote(old)} {shlex.quote(new)} "
-                                    f"{PROBE_MIGRATION}", input=(BUILD % NEWER_MIGRATION).encode())
-        assert result.ok, result.output
-        # The probe migration must be in the image, or "data identical" would prove nothing.
-        deployment.ssh(host, f"docker run --rm --entrypoint sh {shlex.quote(new)} -c "
-                             f"'find / -path \"*/{PROBE_MIGRATION}/migration.sql\" 2>/dev/null | grep -q .'")
+        upgrade_probe.build(deployment, host, old, new)
     return before, old, new
 
 
@@ -155,7 +127,7 @@ def test_5_rolled_back_database_is_identical_to_before_the_attempt(deployment, a
                               "'public' AND (table_name = 'LiteLLM_FromANewerImage' OR column_name = 'from_a_newer_image');")
     assert leftovers == "0"
     probe_rows = database.psql(deployment, "gw-db", "SELECT count(*) FROM _prisma_migrations WHERE migration_name = "
-                               f"'{PROBE_MIGRATION}';")
+                               f"'{upgrade_probe.PROBE_MIGRATION}';")
     assert probe_rows == "0"
     assert deployment.ssh("gw-db", "cat /opt/litellm/.state/migrated-image-id").strip() == before["migrated"]
     dumps = deployment.ssh("gw-db", "stat -c '%a %n' /opt/litellm/backups/litellm-*-before-upgrade.dump").split()

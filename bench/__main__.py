@@ -1,0 +1,355 @@
+"""`make bench` (or `python -m bench [--quick]`): what the package costs its users, measured on the test bed.
+
+Figures (each the median of its runs, with the spread), printed as a table and written to
+bench/results.json, with bench/results.png (throughput and latency against concurrency):
+  converge   a fresh converge of N gateways at once, total and per stage; the cost of each added host
+  noop       a re-run with nothing changed, beside pyinfra's own floor on the same hosts
+             (bench/floor.py: a 2-operation deploy that changes nothing)
+  throughput chat requests with a virtual key (DB-backed auth) at concurrency 1, 8, 32 against the
+             gateway as deployed, the same image run bare (`litellm --config`, no tuning) on the same
+             host, and the upstream alone (the Ollama stand-in: the limit)
+  change     a model added to every gateway at once: time until all are verified
+  rotation   rotate.py on one gateway: total, and the refusal window (the longest run of refused
+             requests of a virtual key polled every 50 ms while it runs)
+  upgrade    an image upgrade that fails verification and rolls back by itself: the longest refusal of
+             a polled virtual key, and the whole attempt
+  backup     backup.py and restore.py at 10 k, 100 k (and 1 M) spend-log rows: time and dump size
+Load goes only to the bed's own addresses, bounded in count and time (bench/load.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench import report
+from bench.load import median_and_spread, run_load
+from bench.runs import timed
+from tests.e2e import database, upgrade_probe
+from tests.e2e.conftest import OLLAMA_MODEL, Deployment, Run
+from tests.testbed import Testbed
+from tests.testbed.bed import wait_until
+
+HERE = Path(__file__).resolve().parent
+PREFIX = "bench-"
+CONCURRENCY = (1, 8, 32)
+BARE_PORT = 4001
+INSTALL_DIR = "/opt/litellm"  # group_data/all.py's install_dir, which the bench's inventory keeps
+
+
+class Plan:
+    def __init__(self, quick: bool, gateways: list[int] | None, runs: int | None):
+        self.quick = quick
+        self.gateways = gateways or ([1, 2] if quick else [1, 4, 8])
+        self.runs = runs or (1 if quick else 3)           # fresh converges per size (minutes each)
+        self.repeats = 3                                  # no-op runs, floor runs, load runs
+        self.load_seconds = 4 if quick else 15
+        self.load_max_requests = 4000 if quick else 20000
+        self.spend_rows = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
+
+
+def machine() -> dict:
+    mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    docker_version = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                                    capture_output=True, text=True).stdout.strip()
+    return {"cpus": os.cpu_count(), "memory_gb": round(mem_kb / 1024 / 1024, 1),
+            "kernel": platform.release(), "python": platform.python_version(), "docker_engine": docker_version}
+
+
+def versions(bed: Testbed) -> dict:
+    from importlib.metadata import version
+    return {"pyinfra": version("pyinfra"), "litellm_image": bed.litellm_image(),
+            "postgres_image": bed.postgres_image()}
+
+
+def deployment_of(bed: Testbed, workdir: Path, gateways: int) -> Deployment:
+    hosts = tuple(f"gw{i}" for i in range(1, gateways + 1)) + ("ollama1",)
+    d = Deployment(bed, workdir, f"{PREFIX}{gateways}-", hosts)  # each size its own hosts
+    d.proxy_workers = None  # the shipped default: what a user gets
+    return d
+
+
+def gateways_of(d: Deployment) -> list[str]:
+    return [h for h in d.standard_hosts if h.startswith("gw")]
+
+
+def measure(bed: Testbed, plan: Plan, workdir: Path, results: dict) -> None:
+    """Each size's converge, no-op and change figures; on one gateway, also the figures of one host."""
+    for n in plan.gateways:
+        d = deployment_of(bed, workdir / f"gw{n}", n)
+        d.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            converge(d, n, plan, results)
+            noop(d, n, plan, results)
+            results["change"][str(n)] = median_and_spread([model_change(d, run) for run in range(plan.runs)])
+            print(f"[bench] model change, {n} gateway(s): {results['change'][str(n)]['median']:.1f} s", flush=True)
+            if n == 1:
+                throughput(bed, d, plan, results)
+                rotation(bed, d, results)
+                upgrade_rollback(bed, d, results)
+                backup_and_restore(d, plan, results)
+        finally:
+            bed.down(d.hosts)
+    one = results["converge"].get("1", {}).get("total_s", {}).get("median")
+    for n in plan.gateways:
+        if n > 1 and one:
+            results["converge"][str(n)]["per_added_host_s"] = round(
+                (results["converge"][str(n)]["total_s"]["median"] - one) / (n - 1), 1)
+
+
+def converge(d: Deployment, n: int, plan: Plan, results: dict) -> None:
+    totals, stages = [], {}
+    for run in range(plan.runs):
+        d.up()
+        d.write_inventory()
+        r = timed(d)
+        if r.returncode != 0:
+            raise SystemExit(f"fresh converge of {n} gateway(s) failed:\n{r.output[-4000:]}")
+        totals.append(r.seconds)
+        for stage, seconds in r.stages().items():
+            stages.setdefault(stage, []).append(seconds)
+        print(f"[bench] fresh converge, {n} gateway(s), run {run + 1}: {r.seconds:.1f} s", flush=True)
+    results["converge"][str(n)] = {"total_s": median_and_spread(totals),
+                                    "stages_s": {s: median_and_spread(v) for s, v in stages.items()}}
+
+
+def noop(d: Deployment, n: int, plan: Plan, results: dict) -> None:
+    noops, floors = [], []
+    for _ in range(plan.repeats):
+        r = timed(d)
+        changed = {h: Run(r.returncode, r.output).changed(d.name(h)) for h in gateways_of(d)}
+        if r.returncode != 0 or any(changed.values()):
+            raise SystemExit(f"no-op re-run of {n} gateway(s) failed or changed something:\n{r.output[-4000:]}")
+        noops.append(r.seconds)
+        f = timed(d, str(HERE / "floor.py"))
+        if f.returncode != 0:
+            raise SystemExit(f"pyinfra floor run failed:\n{f.output[-4000:]}")
+        floors.append(f.seconds)
+    results["noop"][str(n)] = {"deploy_s": median_and_spread(noops), "pyinfra_floor_s": median_and_spread(floors),
+                               "ratio": round(statistics.median(noops) / statistics.median(floors), 2)}
+    print(f"[bench] no-op, {n} gateway(s): {statistics.median(noops):.1f} s "
+          f"(pyinfra floor {statistics.median(floors):.1f} s)", flush=True)
+
+
+def model_change(d: Deployment, run: int) -> float:
+    """A model added on every gateway (another name for the Ollama node's model): deploy until verified."""
+    extra = {"name": f"chat-bench-{run}", "model": f"ollama_chat/{OLLAMA_MODEL}", "ollama_node": d.name("ollama1")}
+    for gw in gateways_of(d):
+        d.overrides.setdefault(gw, {})["models"] = d.models() + [extra]
+    d.write_inventory()
+    r = timed(d)
+    if r.returncode != 0 or not all(Run(r.returncode, r.output).changed(d.name(gw)) for gw in gateways_of(d)):
+        raise SystemExit(f"model change failed or changed nothing:\n{r.output[-4000:]}")
+    return r.seconds
+
+
+def rotation(bed: Testbed, d: Deployment, results: dict) -> None:
+    """rotate.py while a virtual key is polled: total time and the longest refusal."""
+    gw = gateways_of(d)[0]
+    status, key = d.call(gw, "/key/generate", body={"models": ["chat-ollama"], "key_alias": "bench-rotation"})
+    assert status == 200, key
+    url = f"http://{bed.host(d.name(gw))['address']}:4000/v1/models"
+    poller = Poller(url, key["key"])
+    with poller:
+        r = timed(d, "rotate.py")
+    if r.returncode != 0:
+        raise SystemExit(f"rotate.py failed:\n{r.output[-4000:]}")
+    results["rotation"] = {"total_s": round(r.seconds, 1), "refusal_window_s": round(poller.longest_refusal, 2),
+                           "polls": poller.polls, "refused": poller.refused}
+    print(f"[bench] rotation: {r.seconds:.1f} s, refusal window {poller.longest_refusal:.2f} s "
+          f"({poller.refused} of {poller.polls} polls refused)", flush=True)
+
+
+class Poller:
+    """GET url with a bearer key every 50 ms from a thread, until the block ends (at most 15 min)."""
+
+    def __init__(self, url: str, key: str, interval: float = 0.05, limit: float = 900):
+        self.url, self.key, self.interval, self.limit = url, key, interval, limit
+        self.polls = self.refused = 0
+        self.longest_refusal = 0.0
+        self._stop = threading.Event()
+
+    def _ok(self) -> bool:
+        request = urllib.request.Request(self.url, headers={"Authorization": f"Bearer {self.key}"})
+        try:
+            return urllib.request.urlopen(request, timeout=5).status == 200
+        except Exception:  # noqa: BLE001 - refused, reset, timed out, 401: all refusals
+            return False
+
+    def _run(self) -> None:
+        refused_since = None
+        deadline = time.monotonic() + self.limit
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            ok, now = self._ok(), time.monotonic()
+            self.polls += 1
+            if ok and refused_since is not None:
+                self.longest_refusal = max(self.longest_refusal, now - refused_since)
+                refused_since = None
+            elif not ok:
+                self.refused += 1
+                refused_since = refused_since or now
+            self._stop.wait(self.interval)
+        if refused_since is not None:  # still refused at the end: the window is open-ended
+            self.longest_refusal = max(self.longest_refusal, time.monotonic() - refused_since)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        # The window closes only when the key works again: keep polling a little after the run.
+        wait_until("the virtual key works again", self._ok, timeout=120)
+        self._stop.set()
+        self._thread.join()
+
+
+def upgrade_rollback(bed: Testbed, d: Deployment, results: dict) -> None:
+    """An image upgrade that fails verification (tests/e2e/upgrade_probe.py) and rolls back by itself,
+    while a virtual key is polled: the longest the gateway refused it, and the whole attempt."""
+    gw = gateways_of(d)[0]
+    newer = bed.litellm_image() + "-bench-probe"
+    upgrade_probe.build(d, gw, bed.litellm_image(), newer)
+    status, key = d.call(gw, "/key/generate", body={"models": ["chat-ollama"], "key_alias": "bench-upgrade"})
+    assert status == 200, key
+    d.overrides.setdefault(gw, {})["litellm_image"] = newer
+    d.write_inventory()
+    poller = Poller(f"http://{bed.host(d.name(gw))['address']}:4000/v1/models", key["key"])
+    with poller:
+        r = timed(d)
+    del d.overrides[gw]["litellm_image"]
+    d.write_inventory()
+    if r.returncode == 0 or "Rollback to the previous image" not in r.output:
+        raise SystemExit(f"the failing upgrade did not fail and roll back:\n{r.output[-4000:]}")
+    results["upgrade"] = {"attempt_s": round(r.seconds, 1), "refusal_window_s": round(poller.longest_refusal, 2),
+                          "polls": poller.polls, "refused": poller.refused}
+    print(f"[bench] failed upgrade rolled back: {r.seconds:.1f} s, longest refusal {poller.longest_refusal:.2f} s",
+          flush=True)
+
+
+SPEND_ROWS = """INSERT INTO "LiteLLM_SpendLogs" (request_id, call_type, api_key, spend, total_tokens, prompt_tokens,
+       completion_tokens, "startTime", "endTime", model, "user", metadata, messages, response)
+SELECT 'bench-' || g, 'acompletion', md5(g::text), g * 0.000001, 30, 20, 10,
+       timestamp '2026-11-01' + g * interval '1 second', timestamp '2026-11-01' + g * interval '1 second' + interval '400 ms',
+       'chat-ollama', 'user-' || (g % 100), jsonb_build_object('user_api_key_alias', 'key-' || (g % 50)),
+       jsonb_build_array(jsonb_build_object('role', 'user', 'content', 'hello ' || g)),
+       jsonb_build_object('content', 'reply ' || g)
+FROM generate_series({start}, {end}) g;
+"""
+
+
+def backup_and_restore(d: Deployment, plan: Plan, results: dict) -> None:
+    """backup.py and restore.py of the bundled database as its spend logs grow."""
+    gw = gateways_of(d)[0]
+    local = d.workdir / "backups"
+    d.overrides.setdefault(gw, {})["backup_local_dir"] = str(local)
+    d.write_inventory()
+    have = 0
+    for rows in plan.spend_rows:
+        database.psql(d, gw, SPEND_ROWS.format(start=have + 1, end=rows))
+        have = rows
+        b = timed(d, "backup.py")
+        if b.returncode != 0:
+            raise SystemExit(f"backup.py failed:\n{b.output[-4000:]}")
+        dump = max((local / d.name(gw)).glob("*.dump"), key=lambda p: p.stat().st_mtime)
+        r = timed(d, "restore.py", "--data", "restore_from=latest")
+        if r.returncode != 0:
+            raise SystemExit(f"restore.py failed:\n{r.output[-4000:]}")
+        count = database.psql(d, gw, 'SELECT count(*) FROM "LiteLLM_SpendLogs" WHERE request_id LIKE \'bench-%\';')
+        assert int(count) == rows, (count, rows)
+        results["backup"][str(rows)] = {"backup_s": round(b.seconds, 1), "restore_s": round(r.seconds, 1),
+                                        "dump_mb": round(dump.stat().st_size / 1e6, 1)}
+        print(f"[bench] {rows} spend-log rows: backup {b.seconds:.1f} s, restore {r.seconds:.1f} s, "
+              f"dump {dump.stat().st_size / 1e6:.1f} MB", flush=True)
+
+
+def throughput(bed: Testbed, d: Deployment, plan: Plan, results: dict) -> None:
+    gw = gateways_of(d)[0]
+    host = bed.host(d.name(gw))
+    node = bed.host(d.name("ollama1"))
+    allowed = {h["address"] for h in bed.hosts() if h["address"]}
+    status, key = d.call(gw, "/key/generate", body={"models": ["chat-ollama"], "key_alias": "bench-load"})
+    assert status == 200, key
+    chat = {"model": "chat-ollama", "messages": [{"role": "user", "content": "hi"}]}
+    auth = {"Authorization": f"Bearer {key['key']}"}
+    targets = {
+        "deployed": (f"http://{host['address']}:4000/v1/chat/completions", chat, auth),
+        "bare": (f"http://{host['address']}:{BARE_PORT}/v1/chat/completions", chat, auth),
+        "upstream": (f"{node['api_base']}/api/chat",
+                     {"model": OLLAMA_MODEL, "messages": chat["messages"], "stream": False}, {}),
+    }
+    bare_up(d, gw, host["address"])
+    try:
+        for target, (url, body, headers) in targets.items():
+            run_load(url, body, headers, 4, 2, 50, allowed)  # warm-up: connections, caches, the key
+            points = []
+            for c in CONCURRENCY:
+                runs = [run_load(url, body, headers, c, plan.load_seconds, plan.load_max_requests, allowed)
+                        for _ in range(plan.repeats)]
+                failed = sum(r.failed for r in runs)
+                point = {"concurrency": c, "rps": median_and_spread([r.rps for r in runs]),
+                         "p50_ms": median_and_spread([r.percentile(50) for r in runs]),
+                         "p99_ms": median_and_spread([r.percentile(99) for r in runs]),
+                         "requests_ok": sum(r.ok for r in runs), "requests_failed": failed}
+                if failed:
+                    point["first_error"] = next(r.first_error for r in runs if r.first_error)
+                points.append(point)
+                print(f"[bench] {target:9} c={c:<3} {point['rps']['median']:8.1f} req/s  "
+                      f"p50 {point['p50_ms']['median']:7.1f} ms  p99 {point['p99_ms']['median']:7.1f} ms"
+                      + (f"  {failed} failed" if failed else ""), flush=True)
+            results["throughput"][target] = points
+    finally:
+        d.ssh(gw, "docker rm -f bench-bare >/dev/null 2>&1 || true")
+
+
+def bare_up(d: Deployment, gw: str, address: str) -> None:
+    """The same image, files and network as the deployed proxy, started as `litellm --config` with
+    LiteLLM's defaults: Compose's run of the litellm service with its command replaced."""
+    d.ssh(gw, f"cd {INSTALL_DIR} && docker rm -f bench-bare >/dev/null 2>&1; "
+              f"docker compose run -d --name bench-bare --no-deps -p {BARE_PORT}:4000 litellm "
+              f"--config /app/config.yaml --port 4000")
+    wait_until("the bare proxy answers", lambda: urllib.request.urlopen(
+        f"http://{address}:{BARE_PORT}/health/liveliness", timeout=5).status == 200, timeout=240)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer hosts and runs (~10 min on 2 cores); said in the results")
+    p.add_argument("--gateways", type=lambda s: [int(x) for x in s.split(",")], help="sizes, e.g. 1,4,8")
+    p.add_argument("--runs", type=int, help="fresh converges per size (default 3, quick 1)")
+    p.add_argument("--out", type=Path, default=HERE / "results.json")
+    args = p.parse_args(argv)
+    plan = Plan(args.quick, args.gateways, args.runs)
+    bed = Testbed()
+    bed.build_images()
+    started = time.monotonic()
+    results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": plan.quick,
+                     "plan": {"gateways": plan.gateways, "fresh_runs": plan.runs, "repeats": plan.repeats,
+                              "load_seconds": plan.load_seconds, "load_max_requests": plan.load_max_requests},
+                     "machine": machine(), "versions": versions(bed),
+                     "converge": {}, "noop": {}, "change": {}, "throughput": {}, "rotation": {}, "upgrade": {},
+                     "backup": {}}
+    with tempfile.TemporaryDirectory(prefix="litellm-deploy-bench-") as tmp:
+        measure(bed, plan, Path(tmp), results)
+    results["seconds"] = round(time.monotonic() - started)
+    results["targets"] = report.targets(results)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(report.table(results))
+    png = report.plot(results, args.out.with_suffix(".png"))
+    print(f"[bench] wrote {args.out}" + (f" and {png}" if png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The bench's results as a table, the issue's targets checked against them, and the PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _median(figure: dict | None) -> float | None:
+    return figure["median"] if figure else None
+
+
+def _point(results: dict, target: str, concurrency: int) -> dict | None:
+    return next((p for p in results["throughput"].get(target, []) if p["concurrency"] == concurrency), None)
+
+
+def targets(results: dict) -> list[dict]:
+    """Each target of the benchmark issue: the figure, the limit, met or not (None: not measured)."""
+    out = []
+
+    def target(name: str, value: float | None, limit: float, unit: str, higher_is_better: bool = False):
+        met = None if value is None else (value >= limit if higher_is_better else value <= limit)
+        out.append({"target": name, "value": None if value is None else round(value, 2),
+                    "limit": round(limit, 2), "unit": unit, "met": met})
+
+    sizes = sorted(int(n) for n in results["converge"])
+    largest = str(sizes[-1]) if sizes else None
+    one_noop = _median(results["noop"].get("1", {}).get("deploy_s"))
+    target("no-op re-run, 1 gateway", one_noop, 2.5, "s")
+    if largest and largest != "1" and one_noop:
+        target(f"no-op re-run, {largest} gateways vs 1", _median(results["noop"][largest]["deploy_s"]) / one_noop,
+               1.5, "x")
+    one_fresh = _median(results["converge"].get("1", {}).get("total_s"))
+    target("fresh converge, 1 gateway", one_fresh, 120, "s")
+    if largest and largest != "1" and one_fresh:
+        target(f"fresh converge, {largest} gateways vs 1",
+               _median(results["converge"][largest]["total_s"]) / one_fresh, 2.0, "x")
+    deployed, bare = _point(results, "deployed", 32), _point(results, "bare", 32)
+    if deployed and bare:
+        target("throughput at concurrency 32, deployed vs bare",
+               _median(deployed["rps"]) / _median(bare["rps"]), 1.5, "x", higher_is_better=True)
+        target("p99 at concurrency 32, deployed vs bare",
+               _median(deployed["p99_ms"]) / _median(bare["p99_ms"]), 1.0, "x")
+    target("rotation refusal window per host", results["rotation"].get("refusal_window_s"), 5, "s")
+    target("upgrade rollback, longest refusal", (results.get("upgrade") or {}).get("refusal_window_s"), 60, "s")
+    return out
+
+
+def table(results: dict) -> str:
+    lines = [f"litellm-deploy bench, {results['date']}" + (" (QUICK: fewer hosts and runs)" if results["quick"] else ""),
+             f"machine: {results['machine']}", f"versions: {results['versions']}", ""]
+    lines.append(f"{'figure':58} {'median':>9} {'spread':>8}")
+
+    def row(name, figure, unit="s"):
+        if figure:
+            lines.append(f"{name:58} {figure['median']:>8.1f}{unit} {figure['spread']:>7.1f}{unit}")
+
+    for n, c in sorted(results["converge"].items(), key=lambda kv: int(kv[0])):
+        row(f"fresh converge, {n} gateway(s)", c["total_s"])
+        for stage, figure in sorted(c["stages_s"].items(), key=lambda kv: -kv[1]["median"]):
+            row(f"  {stage}", figure)
+        if "per_added_host_s" in c:
+            lines.append(f"{'  cost per added host':58} {c['per_added_host_s']:>8.1f}s")
+    for n, c in sorted(results["noop"].items(), key=lambda kv: int(kv[0])):
+        row(f"no-op re-run, {n} gateway(s)", c["deploy_s"])
+        row(f"  pyinfra floor (2 no-op operations), {n} gateway(s)", c["pyinfra_floor_s"])
+        lines.append(f"{'  ratio':58} {c['ratio']:>8.2f}x")
+    for n, figure in sorted(results["change"].items(), key=lambda kv: int(kv[0])):
+        row(f"model change until verified, {n} gateway(s)", figure)
+    if results["rotation"]:
+        r = results["rotation"]
+        lines.append(f"{'rotation (rotate.py), 1 gateway':58} {r['total_s']:>8.1f}s")
+        lines.append(f"{'  refusal window (virtual key polled every 50 ms)':58} {r['refusal_window_s']:>8.2f}s")
+    if results.get("upgrade"):
+        u = results["upgrade"]
+        lines.append(f"{'failed upgrade rolled back by itself, 1 gateway':58} {u['attempt_s']:>8.1f}s")
+        lines.append(f"{'  longest refusal (virtual key polled every 50 ms)':58} {u['refusal_window_s']:>8.2f}s")
+    for rows, b in sorted(results["backup"].items(), key=lambda kv: int(kv[0])):
+        lines.append(f"{f'backup / restore at {int(rows):,} spend-log rows':58} {b['backup_s']:>8.1f}s "
+                     f"{b['restore_s']:>7.1f}s  dump {b['dump_mb']} MB")
+    if results["throughput"]:
+        lines += ["", f"{'throughput (chat, virtual key)':32} {'conc':>5} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'failed':>7}"]
+        for target, points in results["throughput"].items():
+            for p in points:
+                lines.append(f"{target:32} {p['concurrency']:>5} {p['rps']['median']:>9.1f} "
+                             f"{p['p50_ms']['median']:>9.1f} {p['p99_ms']['median']:>9.1f} {p['requests_failed']:>7}")
+    lines += ["", "targets:"]
+    for t in results.get("targets", []):
+        verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+        value = "-" if t["value"] is None else f"{t['value']}{t['unit']}"
+        lines.append(f"  {t['target']:52} {value:>10} (limit {t['limit']}{t['unit']}): {verdict}")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> Path | None:
+    """Throughput and p99 latency against concurrency, one line per target; None without matplotlib."""
+    if not results["throughput"]:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[bench] matplotlib is not installed (pip install -e '.[bench]'): no PNG")
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for target, points in results["throughput"].items():
+        xs = [p["concurrency"] for p in points]
+        left.plot(xs, [p["rps"]["median"] for p in points], marker="o", label=target)
+        right.plot(xs, [p["p99_ms"]["median"] for p in points], marker="o", label=target)
+    left.set(title="throughput", xlabel="concurrency", ylabel="requests/s", xscale="log")
+    right.set(title="p99 latency", xlabel="concurrency", ylabel="ms", xscale="log", yscale="log")
+    for ax in (left, right):
+        ax.set_xticks([p["concurrency"] for p in next(iter(results["throughput"].values()))])
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.legend()
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"litellm-deploy bench {results['date'][:10]}, {results['machine']['cpus']} CPUs"
+                 + (" (quick)" if results["quick"] else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path

@@ -1,0 +1,86 @@
+"""The benchmark's own parts (bench/): the load generator's bounds and target guard, the stage
+grouping of a timed run, and the targets read from results."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from bench import report
+from bench.load import guard_target, median_and_spread, run_load
+from bench.runs import TimedRun
+
+
+class Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen = 0
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        Echo.seen += 1
+        body = json.dumps({"ok": True}).encode()
+        self.send_response(200 if self.headers.get("Authorization") == "Bearer k" else 401)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1/chat/completions"
+    httpd.shutdown()
+
+
+def test_load_stops_at_its_request_count_and_counts_failures(server):
+    Echo.seen = 0
+    ok = run_load(server, {"m": 1}, {"Authorization": "Bearer k"}, concurrency=4, seconds=60, max_requests=40,
+                  allowed=set())
+    assert (ok.ok, ok.failed, Echo.seen) == (40, 0, 40) and ok.rps > 0
+    assert ok.percentile(50) <= ok.percentile(99)
+    refused = run_load(server, {"m": 1}, {"Authorization": "Bearer wrong"}, 2, 60, 10, set())
+    assert (refused.ok, refused.failed) == (0, 10) and refused.first_error.startswith("RuntimeError: HTTP 401")
+
+
+def test_load_goes_only_to_loopback_or_the_beds_hosts():
+    guard_target("http://127.0.0.1:4000/x", set())
+    guard_target("http://172.23.0.5:4000/x", {"172.23.0.5"})
+    for url in ("http://172.23.0.6:4000/x", "http://gateway.example.com/x", "http://10.0.0.1/x"):
+        with pytest.raises(ValueError, match="not loopback or a test bed host"):
+            run_load(url, {}, {}, 1, 1, 1, {"172.23.0.5"})
+
+
+def test_a_figure_is_the_median_of_its_runs_with_the_spread():
+    assert median_and_spread([3.0, 1.0, 2.0]) == {"median": 2.0, "spread": 2.0, "runs": [3.0, 1.0, 2.0]}
+
+
+def test_a_runs_operations_are_grouped_into_the_deploys_stages():
+    run = TimedRun(0, 10.0, "", [("connect", 1.0), ("Docker running and enabled at boot", 2.0),
+                                  ("Upload image archive litellm.tar.gz", 3.0), ("Load images from the archives", 1.5),
+                                  ("LiteLLM proxy up and healthy", 2.0), ("Something new", 0.5)])
+    assert run.stages() == {"connect and first facts": 1.0, "docker install": 2.0, "image transfer": 4.5,
+                            "start (proxy)": 2.0, "other": 0.5}
+
+
+def test_targets_are_checked_against_the_results_and_unmeasured_ones_said():
+    point = lambda c, rps, p99: {"concurrency": c, "rps": {"median": rps}, "p99_ms": {"median": p99}}  # noqa: E731
+    results = {"converge": {"1": {"total_s": {"median": 100.0}}, "2": {"total_s": {"median": 150.0}}},
+               "noop": {"1": {"deploy_s": {"median": 6.0}}, "2": {"deploy_s": {"median": 7.2}}},
+               "throughput": {"deployed": [point(32, 51.0, 800.0)], "bare": [point(32, 24.0, 2200.0)]},
+               "rotation": {"refusal_window_s": 20.0}}
+    verdicts = {t["target"]: (t["value"], t["met"]) for t in report.targets(results)}
+    assert verdicts == {
+        "no-op re-run, 1 gateway": (6.0, False),
+        "no-op re-run, 2 gateways vs 1": (1.2, True),
+        "fresh converge, 1 gateway": (100.0, True),
+        "fresh converge, 2 gateways vs 1": (1.5, True),
+        "throughput at concurrency 32, deployed vs bare": (2.12, True),
+        "p99 at concurrency 32, deployed vs bare": (0.36, True),
+        "rotation refusal window per host": (20.0, False),
+        "upgrade rollback, longest refusal": (None, None),
+    }
