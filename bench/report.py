@@ -107,7 +107,7 @@ def plot(results: dict, path: Path) -> Path | None:
         xs = [p["concurrency"] for p in points]
         left.plot(xs, [p["rps"]["median"] for p in points], marker="o", label=target)
         right.plot(xs, [p["p99_ms"]["median"] for p in points], marker="o", label=target)
-    left.set(title="throughput", xlabel="concurrency", ylabel="requests/s", xscale="log")
+    left.set(title="throughput", xlabel="concurrency", ylabel="requests/s", xscale="log", yscale="log")
     right.set(title="p99 latency", xlabel="concurrency", ylabel="ms", xscale="log", yscale="log")
     for ax in (left, right):
         ax.set_xticks([p["concurrency"] for p in next(iter(results["throughput"].values()))])
@@ -119,3 +119,33 @@ def plot(results: dict, path: Path) -> Path | None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
+
+
+def markdown(results: dict) -> str:
+    """The headline figures as the README's table."""
+    rows = []
+    for n, c in sorted(results["converge"].items(), key=lambda kv: int(kv[0])):
+        slowest = max(c["stages_s"].items(), key=lambda kv: kv[1]["median"])
+        rows.append((f"fresh converge, {n} gateway(s)", f"{c['total_s']['median']:.0f} s",
+                     f"slowest stage: {slowest[0]} {slowest[1]['median']:.0f} s"))
+    for n, c in sorted(results["noop"].items(), key=lambda kv: int(kv[0])):
+        rows.append((f"no-op re-run, {n} gateway(s)", f"{c['deploy_s']['median']:.1f} s",
+                     f"pyinfra's floor {c['pyinfra_floor_s']['median']:.1f} s ({c['ratio']}x)"))
+    for n, figure in sorted(results["change"].items(), key=lambda kv: int(kv[0])):
+        rows.append((f"model change until verified, {n} gateway(s)", f"{figure['median']:.0f} s", ""))
+    for target in ("deployed", "bare", "upstream"):
+        point = _point(results, target, 32)
+        if point:
+            rows.append((f"throughput at concurrency 32, {target}", f"{point['rps']['median']:.0f} req/s",
+                         f"p50 {point['p50_ms']['median']:.0f} ms, p99 {point['p99_ms']['median']:.0f} ms"))
+    if results.get("rotation"):
+        rows.append(("rotation, refusal window", f"{results['rotation']['refusal_window_s']:.0f} s",
+                     f"rotate.py {results['rotation']['total_s']:.0f} s"))
+    if results.get("upgrade"):
+        rows.append(("failed upgrade, longest refusal", f"{results['upgrade']['refusal_window_s']:.0f} s",
+                     f"attempt and rollback {results['upgrade']['attempt_s']:.0f} s"))
+    for count, b in sorted(results["backup"].items(), key=lambda kv: int(kv[0])):
+        rows.append((f"backup / restore, {int(count):,} spend-log rows", f"{b['backup_s']:.0f} s / {b['restore_s']:.0f} s",
+                     f"dump {b['dump_mb']} MB"))
+    lines = ["| figure | median | |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)

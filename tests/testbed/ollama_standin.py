@@ -130,6 +130,13 @@ def _pieces(text: str) -> list[str]:
     return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver's listen backlog is 5: 32 clients connecting at once (the benchmarks' load) had
+    # some connections reset before the server accepted them.
+    request_queue_size = 128
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in two writes: with Nagle's algorithm on, a keep-alive client's delayed
@@ -340,8 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.models:
         _cli_models = [m for m in a.models.split(",") if m.strip()]
-    server = ThreadingHTTPServer((a.host, a.port), Handler)
-    server.daemon_threads = True
+    server = Server((a.host, a.port), Handler)
     print(f"ollama stand-in {VERSION} listening on {a.host}:{a.port}, models: {configured_models()}",
           file=sys.stderr, flush=True)
     try:
