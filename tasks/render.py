@@ -13,7 +13,7 @@ import jinja2
 from tasks import pgservice
 from tasks import secrets as S
 from tasks.filters import FILTERS, url_component
-from tasks.settings import Settings
+from tasks.settings import AUTO_WORKERS, Settings
 from tasks.topology import REDIS_PORT
 from tasks.tls_config import FRONT_RANGES
 from tasks.tls_config import base_url as tls_base_url
@@ -100,7 +100,7 @@ def state_env(settings: Settings) -> dict[str, str]:
 def proxy_command(settings: Settings) -> list[str]:
     """The proxy container's command: LiteLLM's CLI after the image's entry point."""
     command = ["--config", "/app/config.yaml", "--port", "4000"]
-    if settings.proxy_workers == "auto":  # not sized for a host (tasks/sizing.py): LiteLLM's default, one
+    if settings.proxy_workers == AUTO_WORKERS:  # not sized for a host (tasks/sizing.py): LiteLLM's default
         return command
     command += ["--num_workers", str(settings.proxy_workers)]
     if settings.proxy_workers > 1:

@@ -23,6 +23,7 @@ from tasks.virtual_keys import Team, VirtualKey, key_value_problems, parse_keys,
 
 GATEWAYS = "litellm_hosts"
 OLLAMA_NODES = "ollama_nodes"  # the old inventory group of nodes, refused (refuse_node_group)
+AUTO_WORKERS = "auto"  # proxy_workers sized to the host (tasks/sizing.py)
 DATABASE_MODES = ("bundled", "external", "none", "db_host")  # db_host: tasks/topology.py
 DOCKER_INSTALLS = ("distro", "docker-repo", "skip")
 IMAGE_SOURCES = ("pull", "archives")
@@ -354,7 +355,7 @@ def topology_problems(raw: dict[str, object]) -> list[str]:
     problems += _image_problems("tls_image", raw["tls_image"], "2.11.7")
     problems += _image_problems("redis_image", raw["redis_image"], "8.1")
     problems += _number_problems("roll_width", raw["roll_width"], 1, None, "a whole number of gateways")
-    if raw["proxy_workers"] != "auto":
+    if raw["proxy_workers"] != AUTO_WORKERS:
         problems += [p if "fix:" in p else p + " — fix: 'auto' (one per CPU of the host) or a number"
                      for p in _number_problems("proxy_workers", raw["proxy_workers"], 1, 64, "a number of workers")]
     return problems

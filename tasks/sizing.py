@@ -1,8 +1,8 @@
 """How many worker processes a gateway's proxy runs (proxy_workers; "auto" sizes it to the host).
 
 LiteLLM runs one Uvicorn worker by default, and one worker keeps one CPU busy: on the test bed
-(2 CPUs) the proxy answered about 24 requests/s at concurrency 32 with one worker and 51 with two,
-p99 2.2 s against 0.8 s (bench/results.json). So "auto" gives one worker per CPU, bounded by memory
+(2 CPUs) the deployed proxy answered 67 requests/s at concurrency 32 with two workers where the bare
+one-worker proxy answered 42 (bench/results.json). So "auto" gives one worker per CPU, bounded by memory
 (a worker holds about 800 MB resident) and by the bundled Postgres's connections (LiteLLM pools 10
 per worker; Postgres allows 100).
 """
@@ -14,9 +14,8 @@ from dataclasses import replace
 from pyinfra import host
 from pyinfra.facts.hardware import Cpus, Memory
 
-from tasks.settings import Settings
+from tasks.settings import AUTO_WORKERS, Settings
 
-AUTO = "auto"
 MAX_AUTO_WORKERS = 8
 WORKER_MEMORY_MB = 1024
 RESERVED_MEMORY_MB = 1024  # Postgres, Docker and the system
@@ -32,6 +31,6 @@ def workers_for(cpus: int | None, memory_mb: int | None) -> int:
 
 def sized(settings: Settings) -> Settings:
     """settings with proxy_workers a number for the host being deployed ("auto" read from its facts)."""
-    if settings.proxy_workers != AUTO:
+    if settings.proxy_workers != AUTO_WORKERS:
         return settings
     return replace(settings, proxy_workers=workers_for(host.get_fact(Cpus), host.get_fact(Memory)))

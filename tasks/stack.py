@@ -134,7 +134,7 @@ def archives_loaded(uploads: dict[str, OperationMeta], images: dict[str, str]):
 def archives_load_command(archives: list[str]) -> str:
     """One `docker load` per archive, all at once, failing if any fails. A load is one process bound by
     decompression and layer extraction: the usual two archives (LiteLLM, Postgres) load side by side in
-    the time of the larger (on the test bed 31 s instead of 43 s; bench/results.json)."""
+    the time of the larger (31 s instead of 43 s, measured on a test bed host)."""
     loads = " ".join(f"docker load --input {shlex.quote(a)} & pids=\"$pids $!\";" for a in archives)
     return f'pids=""; {loads} status=0; for pid in $pids; do wait "$pid" || status=1; done; exit $status'
 
