@@ -37,6 +37,7 @@ from bench import report
 from bench.load import median_and_spread, run_load
 from bench.runs import timed
 from tests.e2e import database, upgrade_probe
+from tests.e2e import gateway_http as api
 from tests.e2e.conftest import OLLAMA_MODEL, Deployment, Run
 from tests.testbed import Testbed
 from tests.testbed.bed import wait_until
@@ -52,7 +53,7 @@ class Plan:
     def __init__(self, quick: bool, gateways: list[int] | None, runs: int | None):
         self.quick = quick
         self.gateways = gateways or ([1, 2] if quick else [1, 4, 8])
-        self.runs = runs or (1 if quick else 3)           # fresh converges per size (minutes each)
+        self.runs = runs or (1 if quick else 3)           # fresh converges and model changes per size
         self.repeats = 3                                  # no-op runs, floor runs, load runs
         self.load_seconds = 4 if quick else 15
         self.load_max_requests = 4000 if quick else 20000
@@ -60,7 +61,8 @@ class Plan:
 
 
 def machine() -> dict:
-    mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal"))
     docker_version = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
                                     capture_output=True, text=True).stdout.strip()
     return {"cpus": os.cpu_count(), "memory_gb": round(mem_kb / 1024 / 1024, 1),
@@ -96,7 +98,7 @@ def measure(bed: Testbed, plan: Plan, workdir: Path, results: dict) -> None:
             print(f"[bench] model change, {n} gateway(s): {results['change'][str(n)]['median']:.1f} s", flush=True)
             if n == 1:
                 throughput(bed, d, plan, results)
-                rotation(bed, d, results)
+                rotation(d, results)
                 upgrade_rollback(bed, d, results)
                 backup_and_restore(d, plan, results)
         finally:
@@ -154,13 +156,18 @@ def model_change(d: Deployment, run: int) -> float:
     return r.seconds
 
 
-def rotation(bed: Testbed, d: Deployment, results: dict) -> None:
+def virtual_key(d: Deployment, gw: str, alias: str) -> str:
+    """A virtual key for the bench's model, made with the master key in the host's .env (current after a
+    rotation)."""
+    status, made = d.call(gw, "/key/generate", body={"models": ["chat-ollama"], "key_alias": alias})
+    assert status == 200, made
+    return made["key"]
+
+
+def rotation(d: Deployment, results: dict) -> None:
     """rotate.py while a virtual key is polled: total time and the longest refusal."""
     gw = gateways_of(d)[0]
-    status, key = d.call(gw, "/key/generate", body={"models": ["chat-ollama"], "key_alias": "bench-rotation"})
-    assert status == 200, key
-    url = f"http://{bed.host(d.name(gw))['address']}:4000/v1/models"
-    poller = Poller(url, key["key"])
+    poller = Poller(f"{d.base_url(gw)}/v1/models", virtual_key(d, gw, "bench-rotation"))
     with poller:
         r = timed(d, "rotate.py")
     if r.returncode != 0:
@@ -221,11 +228,10 @@ def upgrade_rollback(bed: Testbed, d: Deployment, results: dict) -> None:
     gw = gateways_of(d)[0]
     newer = bed.litellm_image() + "-bench-probe"
     upgrade_probe.build(d, gw, bed.litellm_image(), newer)
-    status, key = d.call(gw, "/key/generate", body={"models": ["chat-ollama"], "key_alias": "bench-upgrade"})
-    assert status == 200, key
+    key = virtual_key(d, gw, "bench-upgrade")
     d.overrides.setdefault(gw, {})["litellm_image"] = newer
     d.write_inventory()
-    poller = Poller(f"http://{bed.host(d.name(gw))['address']}:4000/v1/models", key["key"])
+    poller = Poller(f"{d.base_url(gw)}/v1/models", key)
     with poller:
         r = timed(d)
     del d.overrides[gw]["litellm_image"]
@@ -279,10 +285,8 @@ def throughput(bed: Testbed, d: Deployment, plan: Plan, results: dict) -> None:
     host = bed.host(d.name(gw))
     node = bed.host(d.name("ollama1"))
     allowed = {h["address"] for h in bed.hosts() if h["address"]}
-    status, key = d.call(gw, "/key/generate", body={"models": ["chat-ollama"], "key_alias": "bench-load"})
-    assert status == 200, key
     chat = {"model": "chat-ollama", "messages": [{"role": "user", "content": "hi"}]}
-    auth = {"Authorization": f"Bearer {key['key']}"}
+    auth = {"Authorization": f"Bearer {virtual_key(d, gw, 'bench-load')}"}
     targets = {
         "deployed": (f"http://{host['address']}:4000/v1/chat/completions", chat, auth),
         "bare": (f"http://{host['address']}:{BARE_PORT}/v1/chat/completions", chat, auth),
@@ -319,8 +323,7 @@ def bare_up(d: Deployment, gw: str, address: str) -> None:
     d.ssh(gw, f"cd {INSTALL_DIR} && docker rm -f bench-bare >/dev/null 2>&1; "
               f"docker compose run -d --name bench-bare --no-deps -p {BARE_PORT}:4000 litellm "
               f"--config /app/config.yaml --port 4000")
-    wait_until("the bare proxy answers", lambda: urllib.request.urlopen(
-        f"http://{address}:{BARE_PORT}/health/liveliness", timeout=5).status == 200, timeout=240)
+    api.wait_ready(f"http://{address}:{BARE_PORT}", timeout=240)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,12 +35,6 @@ class LoadResult:
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
-    def summary(self) -> dict:
-        return {"concurrency": self.concurrency, "requests_ok": self.ok, "requests_failed": self.failed,
-                "seconds": round(self.seconds, 2), "rps": round(self.rps, 1),
-                "p50_ms": round(self.percentile(50), 1), "p99_ms": round(self.percentile(99), 1),
-                **({"first_error": self.first_error} if self.first_error else {})}
-
 
 def guard_target(url: str, allowed: set[str]) -> None:
     """Only loopback and the bed's own hosts are load targets."""

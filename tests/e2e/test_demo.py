@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tasks import certificates
 from tasks import secrets as S
@@ -75,8 +76,9 @@ def test_demo_runs_the_shipped_worker_count_for_its_host(bed, demo_output):
     facts = bed.ssh(demo.GATEWAY, "nproc; awk '/^MemTotal/ {print int($2 / 1024)}' /proc/meminfo")
     cpus, memory_mb = (int(v) for v in facts.output.split())
     workers = workers_for(cpus, memory_mb)
-    compose = bed.ssh(demo.GATEWAY, "cat /opt/litellm/docker-compose.yml").output
-    assert f'"--num_workers", "{workers}"' in compose or f"'--num_workers', '{workers}'" in compose, compose
+    compose = yaml.safe_load(bed.ssh(demo.GATEWAY, "cat /opt/litellm/docker-compose.yml").output)
+    command = compose["services"]["litellm"]["command"]
+    assert command[command.index("--num_workers") + 1] == str(workers), command
     logs = bed.ssh(demo.GATEWAY, "cd /opt/litellm && docker compose logs litellm 2>&1").output
     # LiteLLM's own account of the workers it runs (proxy_cli sets NUM_WORKERS from --num_workers).
     assert f"Postgres connection budget per pod = {workers} worker(s)" in logs, logs[-3000:]

@@ -1,11 +1,9 @@
 """An upgrade of the LiteLLM image that fails verification rolls back by itself (issue 7, 5 and 6),
 on both gateways of the main bed.
 
-The "newer release" is made on each gateway from the image it runs: one more migration (a new
-table, a new column, a changed row: what a real release's migrations do) and an outbound HTTP
-proxy that does not exist (HTTP(S)_PROXY=127.0.0.1:9, loopback exempt), so the proxy starts and
-answers its health checks but reaches no Ollama node and no upstream: verification fails. It is
-tagged on the host, as a pull or an archive load would leave it.
+The "newer release" is made on each gateway from the image it runs (tests/e2e/upgrade_probe.py):
+one more migration and an outbound proxy that does not exist, so it starts and answers its health
+checks, but verification fails.
 
 On gw-db a virtual key is made through the proxy, and another declared as code, before the attempt;
 after the rollback the proxy on the previous image accepts both again, with the data identical to
