@@ -300,7 +300,7 @@ class Testbed:
         network.reload()
         subnet = ipaddress.ip_network(network.attrs["IPAM"]["Config"][0]["Subnet"])
         taken = {network.attrs["IPAM"]["Config"][0].get("Gateway")}
-        for c in self.client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
+        for c in self._containers():  # not containers.list: a host removed meanwhile must not fail this
             net = c.attrs["NetworkSettings"]["Networks"].get(NETWORK) or {}
             taken.add((net.get("IPAMConfig") or {}).get("IPv4Address"))
             taken.add(net.get("IPAddress"))

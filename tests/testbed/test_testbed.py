@@ -21,7 +21,7 @@ from http.server import ThreadingHTTPServer
 import pytest
 
 from tests.testbed import ollama_standin
-from tests.testbed.bed import wait_until
+from tests.testbed.bed import LABEL, NAME_LABEL, wait_until
 
 
 def _post(url: str, body: dict, headers: dict | None = None, timeout: float = 30):
@@ -169,6 +169,26 @@ def test_a_stopped_host_keeps_its_address_while_another_host_comes_up(bed):
         bed.down(["tbt-new"])
     wait_until("tbt-ollama running", lambda: bed._address(c), timeout=60)
     assert bed._address(c) == before
+
+
+@pytest.mark.e2e
+def test_a_host_removed_while_addresses_are_chosen_does_not_fail_up(bed, monkeypatch):
+    """Another suite's background `down` removes its hosts without the hosts lock; `up` listing the bed's
+    containers just before one is removed must skip it (containers.list raised NotFound: a CI failure).
+    The removed host's entry, listed while it existed, is added to every listing `up` takes."""
+    bed.up(["tbt-gone"])
+    listed = bed.client.api.containers
+    gone = [s for s in listed(all=True, filters={"label": f"{LABEL}=1"})
+            if (s.get("Labels") or {}).get(NAME_LABEL) == "tbt-gone"]
+    assert gone
+    bed.down(["tbt-gone"])
+    monkeypatch.setattr(bed.client.api, "containers", lambda **kw: listed(**kw) + gone)
+    try:
+        bed.up(["tbt-after"])
+        assert bed.host("tbt-after")["address"]
+    finally:
+        monkeypatch.undo()
+        bed.down(["tbt-after"])
 
 
 @pytest.mark.e2e
