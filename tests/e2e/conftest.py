@@ -123,8 +123,8 @@ class Deployment:
                            "ollama_node": self.name("ollama1")})
         return models
 
-    def write_inventory(self) -> Path:
-        archives = self.bed.archives()
+    def common_data(self) -> dict:
+        """The group data every host of the suite gets."""
         common = {
             "litellm_image": self.bed.litellm_image(),
             "postgres_image": self.bed.postgres_image(),
@@ -133,6 +133,11 @@ class Deployment:
         }
         if self.proxy_workers is not None:
             common["proxy_workers"] = self.proxy_workers
+        return common
+
+    def write_inventory(self) -> Path:
+        archives = self.bed.archives()
+        common = self.common_data()
         if IMAGES == "local":
             common.update(image_source="archives", image_archives=[str(archives["litellm"]), str(archives["postgres"])])
         modes = {"gw-db": "bundled", "gw-stateless": "none"}

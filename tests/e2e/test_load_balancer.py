@@ -103,10 +103,8 @@ class LbDeployment(Deployment):
 
     def write_inventory(self) -> Path:
         archives = self.bed.archives(("litellm", "postgres", "valkey", "caddy"))
-        common = {"litellm_image": self.bed.litellm_image(), "postgres_image": self.bed.postgres_image(),
-                  "redis_image": self.bed.valkey_image(), "tls_image": self.bed.caddy_image(),
-                  "models": self.models(), "verify_timeout": 120, "backup_enabled": False,
-                  "backup_local_dir": str(self.workdir / "backups")}
+        common = {**self.common_data(), "redis_image": self.bed.valkey_image(), "tls_image": self.bed.caddy_image(),
+                  "backup_enabled": False, "backup_local_dir": str(self.workdir / "backups")}
         data = {"*": common, self.name(LB): {"tls": "self-signed"}}
         if IMAGES == "local":  # each host gets the archives of the images it runs, no more
             common.update(image_source="archives", image_archives=[str(archives[i]) for i in ("litellm", "postgres")])
