@@ -95,6 +95,24 @@ class UnitClock:
                     terminalreporter.write_line(f"  {s:7.0f} s  {unit}")
 
 
+class FaultSummary:
+    """The fault tier's line per fault (tests/faults: record_property("fault", ...)), printed together at
+    the end of the run: xdist workers' own output is not shown, their reports' properties are."""
+
+    def __init__(self):
+        self.lines = []
+
+    def pytest_runtest_logreport(self, report):
+        self.lines += [value for name, value in report.user_properties if name == "fault" and report.when == "call"]
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if self.lines:
+            terminalreporter.section("fault tier")
+            for line in self.lines:
+                terminalreporter.write_line(line)
+
+
 def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the controller (or a single process), not an xdist worker
         config.pluginmanager.register(UnitClock(), "unit-clock")
+        config.pluginmanager.register(FaultSummary(), "fault-summary")
