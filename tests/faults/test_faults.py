@@ -54,6 +54,7 @@ class Outcome:
     chats_lost: list[str]
     lost_outside_bound: list[str]
     healthy_after_s: float
+    refused: int  # writes not acknowledged (refused or failed) while the fault lasted
     lost_since_s: float | None  # the oldest lost row was acknowledged this long before the fault
 
     def line(self) -> str:
@@ -61,7 +62,7 @@ class Outcome:
         return (f"{self.fault}: keys acknowledged {self.keys_acked}, lost {len(self.keys_lost)}; "
                 f"spend rows acknowledged {self.chats_acked}, lost {len(self.chats_lost)}{since} "
                 f"(outside the {SPEND_LOSS_BOUND_S} s batch bound: {len(self.lost_outside_bound)}); "
-                f"healthy again after {self.healthy_after_s:.1f} s")
+                f"{self.refused} writes refused; healthy again after {self.healthy_after_s:.1f} s")
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +124,7 @@ def survive(deployment, gateway: str, fault: str, inject, record_property) -> Ou
     outside = [a.value for a in lost if not fault_at - SPEND_LOSS_BOUND_S <= a.at <= healthy_at + SPEND_LOSS_BOUND_S]
     earliest = min((fault_at - a.at for a in lost), default=None)
     outcome = Outcome(fault, len(keys), keys_lost, len(ids), [a.value for a in lost], outside, healthy_at - fault_at,
-                      earliest)
+                      writer.failures, earliest)
     record_property("fault", outcome.line())
     print(outcome.line())
     return outcome
