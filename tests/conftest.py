@@ -19,16 +19,17 @@ SHARED_FIXTURE_UNITS = {
 }
 
 # The e2e units, longest first, as UnitClock measured them in a whole `make test` on 2 cores
-# (2026-12-02, 63 min in all, the workers finishing 40 s apart): main bed 1420 s, rotation 900 s, load
-# balancer (the whole multi-host topology) 867 s, verify faults 820 s, sudo user 760 s, backup 749 s,
-# TLS 396 s, key guard 323 s, virtual keys 305 s, demo 285 s, ollama nodes 209 s; the rest under 90 s.
-# Handing them out in this order lets the two workers finish close together: in test-count order one
-# worker once ran three long ones back to back and finished 430 s after the other.
+# (2026-12-02, 48 min in all): load balancer (the whole multi-host topology) 1123 s, main bed 889 s,
+# verify faults 596 s, backup 566 s, sudo user 563 s, rotation 501 s, TLS 281 s, demo 254 s, key guard
+# 248 s, virtual keys 246 s, ollama nodes 179 s; the rest under 90 s. The fault tier, measured beside
+# itself on the same 2 cores: faults 530 s, leak scan 379 s. Handing them out in this order lets the two
+# workers finish close together: in test-count order one worker once ran three long ones back to back and
+# finished 430 s after the other.
 LONGEST_FIRST = (
-    "main-bed", "tests/e2e/test_rotation.py", "tests/e2e/test_load_balancer.py", "tests/e2e/test_verify_faults.py",
-    "tests/e2e/test_sudo_user.py", "tests/e2e/test_backup.py", "tests/e2e/test_tls.py",
-    "tests/e2e/test_key_guard.py", "tests/e2e/test_virtual_keys.py", "tests/e2e/test_demo.py",
-    "tests/e2e/test_ollama_nodes.py", "tests/e2e/test_external_database.py",
+    "tests/e2e/test_load_balancer.py", "main-bed", "tests/e2e/test_verify_faults.py", "tests/faults/test_faults.py",
+    "tests/e2e/test_backup.py", "tests/e2e/test_sudo_user.py", "tests/e2e/test_rotation.py",
+    "tests/faults/test_leaks.py", "tests/e2e/test_tls.py", "tests/e2e/test_demo.py", "tests/e2e/test_key_guard.py",
+    "tests/e2e/test_virtual_keys.py", "tests/e2e/test_ollama_nodes.py", "tests/e2e/test_external_database.py",
 )
 
 

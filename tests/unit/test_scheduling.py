@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from tests.conftest import LONGEST_FIRST, SHARED_FIXTURE_UNITS, unit_seconds, work_unit
 
 ROOT = Path(__file__).resolve().parents[2]
-E2E_MODULES = sorted((ROOT / "tests" / "e2e").glob("test_*.py"))
+E2E_MODULES = sorted([*(ROOT / "tests" / "e2e").glob("test_*.py"), *(ROOT / "tests" / "faults").glob("test_*.py")])
 
 
 def uses_the_main_bed(module: Path) -> bool:
