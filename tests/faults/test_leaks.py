@@ -1,0 +1,139 @@
+"""No secret escapes: every runbook, in every output mode, on the DB-backed gateway, then every place a
+value could end up is searched for every secret the secrets file held during the runs.
+
+Hosts (prefix "lk-"): lk-gw-db (bundled Postgres, a declared virtual key) and lk-up1 (the bed's
+upstream LiteLLM; also the other host the exposure scan probes from). Each runbook runs twice, at -vvv
+with --diff and --debug: with --dry, then for real. While a real run goes, `ps -eo args` is sampled on
+the gateway host and on the controller. The secrets: the master key (also the one before rotation),
+salt key, Postgres and UI passwords, upstream key, virtual key (tests/faults/leaks.py).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import ROOT, make_deployment
+from tests.faults import leaks
+
+pytestmark = pytest.mark.e2e
+
+PREFIX = "lk-"
+HOST = "gw-db"
+OTHER = "up1"
+RUNBOOKS = (
+    ("deploy.py",),
+    ("keys.py",),
+    ("verify.py",),
+    ("backup.py",),
+    ("restore.py", "--data", "restore_from=latest"),
+    ("rotate.py",),
+)
+VERBOSE = ("-vvv", "--diff", "--debug")
+PUBLISHED_PORTS = {4000}  # proxy_port, published by the compose file
+HOST_PORTS = {22}  # the host's own sshd, how pyinfra reaches it (not the deploy's)
+PORT_SCAN = r"""
+import socket, sys
+host, found = sys.argv[1], []
+for port in range(1, 65536):
+    s = socket.socket()
+    s.settimeout(0.5)
+    if s.connect_ex((host, port)) == 0:
+        found.append(port)
+    s.close()
+print(" ".join(map(str, found)))
+"""
+# A known leak (README, "Faults and leaks"): a proxy started with schema updates off (as this deploy runs
+# it: migrations are the migrate service's) runs LiteLLM's schema check, litellm/proxy/db/check_migration.py,
+# `prisma migrate diff --from-url $DATABASE_URL`: the Postgres password in that process's arguments for
+# the seconds it runs. LiteLLM's code, in the official image too; no setting turns the check off.
+LITELLM_SCHEMA_DIFF = "migrate diff --from-url"  # the prisma CLI, and the node process it runs
+# Controller directories not searched: the virtualenv, git's objects, and the test bed's own state
+# (its SSH key and its copy of the upstream key: the bed's key files).
+CONTROLLER_SKIPPED = (".venv", ".git", ".testbed")
+
+
+@pytest.fixture(scope="module")
+def deployment(bed, tmp_path_factory):
+    deployment = make_deployment(bed, tmp_path_factory, prefix=PREFIX, hosts=(HOST, OTHER))
+    deployment.overrides[HOST] = {
+        "virtual_keys": [{"alias": "scan", "models": "all", "max_budget": 5}],
+        "backup_local_dir": str(deployment.workdir / "backups"),
+    }
+    yield deployment
+    deployment.down()
+
+
+@pytest.fixture(scope="module")
+def scanned(deployment):
+    """Every runbook with --dry, then for real, sampled; what each printed, and what ps showed."""
+    secrets = leaks.Secrets(deployment.secrets)
+    outputs, host_ps, controller_ps = {}, [], []
+    for runbook in RUNBOOKS:
+        dry = deployment.pyinfra(*runbook, *VERBOSE, "--dry", limit=HOST)
+        assert dry.returncode == 0, f"{runbook[0]} --dry:\n{dry.output[-6000:]}"
+        outputs[f"{runbook[0]} --dry"] = dry.output
+        with leaks.HostSampler(deployment.bed, deployment.name(HOST)) as on_host, leaks.ControllerSampler() as here:
+            run = deployment.pyinfra(*runbook, *VERBOSE, limit=HOST)
+        assert run.returncode == 0, f"{runbook[0]}:\n{run.output[-6000:]}"
+        outputs[runbook[0]] = run.output
+        host_ps.append(on_host.samples)
+        controller_ps += here.samples
+        secrets.refresh()
+    assert len(secrets.names) >= 6, "fewer secrets than the gateway has: the scan would say little"
+    return {"secrets": secrets, "outputs": outputs, "host_ps": host_ps, "controller_ps": controller_ps}
+
+
+def test_1_no_secret_in_any_runbooks_output(scanned):
+    secrets = scanned["secrets"]
+    found = {run: lines for run, output in scanned["outputs"].items() if (lines := secrets.lines_holding(output))}
+    assert found == {}, f"secrets in pyinfra's output: {found}"
+
+
+def host_processes_holding_secrets(scanned) -> list[str]:
+    return scanned["secrets"].lines_holding("".join(scanned["host_ps"]), limit=100)
+
+
+def test_2_no_secret_in_process_arguments_on_the_host_or_the_controller(scanned):
+    secrets = scanned["secrets"]
+    assert all(scanned["host_ps"]) and scanned["controller_ps"], "the samplers saw nothing"
+    others = [line for line in host_processes_holding_secrets(scanned) if LITELLM_SCHEMA_DIFF not in line]
+    assert others == [], "secrets in processes' arguments on the host"
+    assert secrets.lines_holding("".join(scanned["controller_ps"])) == [], "secrets in processes' arguments here"
+
+
+@pytest.mark.xfail(strict=True, reason="known leak, not fixed yet: LiteLLM's own start puts DATABASE_URL "
+                                       "(the Postgres password) in `prisma migrate diff`'s arguments (README)")
+def test_2_litellms_schema_check_keeps_the_database_url_out_of_its_arguments(scanned):
+    assert [line for line in host_processes_holding_secrets(scanned) if LITELLM_SCHEMA_DIFF in line] == []
+
+
+def test_3_no_secret_in_docker_inspect_but_the_containers_environment(deployment, scanned):
+    inspected = leaks.inspect_without_env(deployment.bed, deployment.name(HOST))
+    assert scanned["secrets"].lines_holding(inspected) == []
+
+
+def test_4_on_the_host_only_env_and_key_files_hold_secrets_and_only_root_reads_them(deployment, scanned):
+    found = leaks.host_files_holding(deployment.bed, deployment.name(HOST), scanned["secrets"])
+    assert "/opt/litellm/.env" in found, "the scan did not find the .env: it would find nothing"
+    unexpected = {p: n for p, n in found.items() if not any(Path(p).match(a) for a in leaks.HOST_ALLOWED)}
+    assert unexpected == {}, f"files on the host holding secrets: {unexpected}"
+    assert leaks.readable_by_others(deployment.bed, deployment.name(HOST), list(found)) == []
+
+
+def test_5_on_the_controller_only_the_secrets_file_holds_secrets_and_it_is_private(deployment, scanned):
+    roots = [ROOT, Path(tempfile.gettempdir())]
+    found = leaks.controller_files_holding(roots, scanned["secrets"], CONTROLLER_SKIPPED)
+    assert str(deployment.secrets) in found, "the scan did not find the secrets file: it would find nothing"
+    assert set(found) == {str(deployment.secrets)}, f"files here holding secrets: {found}"
+    assert deployment.secrets.stat().st_mode & 0o077 == 0
+
+
+def test_6_from_another_bed_host_only_the_published_port_answers(deployment, scanned):
+    address = deployment.bed.host(deployment.name(HOST))["address"]
+    result = deployment.bed.exec(deployment.name(OTHER), ["python3", "-c", PORT_SCAN, address])
+    assert result.ok, result.output
+    open_ports = {int(p) for p in result.output.split()}
+    assert open_ports == PUBLISHED_PORTS | HOST_PORTS, f"ports answering on the gateway host: {sorted(open_ports)}"
