@@ -12,6 +12,8 @@ gateway acknowledges writes again; then a converge, and the checks:
     rows in the proxy's memory and writes them every proxy_batch_write_at seconds (default 10,
     litellm/constants.py PROXY_BATCH_WRITE_AT), so a killed proxy, or a database that cannot take a
     batch, drops what was queued. What was lost is measured and printed, never assumed.
+Before them, on the fresh host, a deploy interrupted at the start of each stage converges on the reruns;
+after them, a backup onto a full disk fails cleanly and the next one works.
 Each fault prints a summary line (pytest's terminal summary, "fault tier").
 """
 
@@ -55,10 +57,11 @@ class Outcome:
     lost_outside_bound: list[str]
     healthy_after_s: float
     refused: int  # writes not acknowledged (refused or failed) while the fault lasted
-    lost_since_s: float | None  # the oldest lost row was acknowledged this long before the fault
+    lost_window: tuple[float, float] | None  # when the lost rows were acknowledged, in s from the fault
 
     def line(self) -> str:
-        since = "" if self.lost_since_s is None else f", the oldest {self.lost_since_s:.1f} s before the fault"
+        since = "" if self.lost_window is None else \
+            ", acknowledged {:+.1f} s to {:+.1f} s from the fault".format(*self.lost_window)
         return (f"{self.fault}: keys acknowledged {self.keys_acked}, lost {len(self.keys_lost)}; "
                 f"spend rows acknowledged {self.chats_acked}, lost {len(self.chats_lost)}{since} "
                 f"(outside the {SPEND_LOSS_BOUND_S} s batch bound: {len(self.lost_outside_bound)}); "
@@ -68,6 +71,7 @@ class Outcome:
 @pytest.fixture(scope="module")
 def deployment(bed, tmp_path_factory):
     deployment = make_deployment(bed, tmp_path_factory, prefix=PREFIX, hosts=(HOST, "up1"))
+    deployment.overrides[HOST] = {"backup_local_dir": str(deployment.workdir / "backups")}
     yield deployment
     deployment.down()
 
@@ -122,9 +126,9 @@ def survive(deployment, gateway: str, fault: str, inject, record_property) -> Ou
         time.sleep(1)  # polling a table the proxy writes in batches, within a deadline
     lost = [a for a in writer.chats if a.value not in present]
     outside = [a.value for a in lost if not fault_at - SPEND_LOSS_BOUND_S <= a.at <= healthy_at + SPEND_LOSS_BOUND_S]
-    earliest = min((fault_at - a.at for a in lost), default=None)
+    window = (min(a.at for a in lost) - fault_at, max(a.at for a in lost) - fault_at) if lost else None
     outcome = Outcome(fault, len(keys), keys_lost, len(ids), [a.value for a in lost], outside, healthy_at - fault_at,
-                      writer.failures, earliest)
+                      writer.failures, window)
     record_property("fault", outcome.line())
     print(outcome.line())
     return outcome
@@ -219,7 +223,42 @@ def test_4_postgres_killed(deployment, gateway, record_property):
     assert_survived(outcome)
 
 
-def test_5_gateway_host_rebooted(deployment, gateway, record_property):
+BACKUP_DIR = "/opt/litellm/backups"  # backup_dir's default
+FULL_DISK = f"mount -t tmpfs -o size=64k,mode=0700 litellm-deploy-full-disk {BACKUP_DIR}"  # far below a dump
+
+
+def started_at(deployment, service: str) -> str:
+    return deployment.ssh(HOST, f"docker inspect --format '{{{{.State.StartedAt}}}}' {service_container(deployment, service)}")
+
+
+def test_5_a_backup_on_a_full_disk_fails_cleanly_and_the_next_one_works_once_space_is_back(
+        deployment, gateway, record_property):
+    """The backup directory's filesystem full (a 64 KiB tmpfs over it: filling the bed host's own disk
+    would fill the machine's): the backup fails naming the cause, leaves no partial dump, and neither
+    the proxy nor Postgres is touched; with the space back, the next backup works."""
+    key = api.generate_key(gateway, deployment.master_key(), models=[MODEL])
+    before = {service: started_at(deployment, service) for service in ("litellm", "db")}
+    deployment.ssh(HOST, f"mkdir -p {BACKUP_DIR} && {FULL_DISK}")
+    try:
+        full = deployment.pyinfra("backup.py", limit=HOST)
+        left = deployment.ssh(HOST, f"ls -A {BACKUP_DIR}").split()
+    finally:
+        deployment.ssh(HOST, f"umount {BACKUP_DIR}")
+    assert full.returncode != 0 and "database backup failed" in full.output, full.output[-4000:]
+    assert left == [], f"a failed backup left files behind: {left}"
+    assert {service: started_at(deployment, service) for service in before} == before
+    assert api.models_seen(gateway, key) == (200, [MODEL])
+    back = deployment.pyinfra("backup.py", limit=HOST)
+    assert back.returncode == 0, back.output[-4000:]
+    dumps = deployment.ssh(HOST, f"ls {BACKUP_DIR}").split()
+    assert any(name.endswith(".dump") for name in dumps), dumps
+    line = "backup on a full disk: failed naming the cause, nothing left behind, proxy and Postgres untouched; " \
+           "the next backup, with space, succeeded"
+    record_property("fault", line)
+    print(line)
+
+
+def test_6_gateway_host_rebooted(deployment, gateway, record_property):
     def reboot():
         deployment.bed.restart(deployment.name(HOST))
 
