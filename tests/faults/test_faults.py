@@ -56,7 +56,7 @@ class Outcome:
     chats_lost: list[str]
     lost_outside_bound: list[str]
     healthy_after_s: float
-    refused: int  # writes not acknowledged (refused or failed) while the fault lasted
+    refused: int  # writes not acknowledged (refused or failed): in practice, those during the fault
     lost_window: tuple[float, float] | None  # when the lost rows were acknowledged, in s from the fault
 
     def line(self) -> str:
