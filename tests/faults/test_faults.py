@@ -27,10 +27,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from tasks.database import hash_key
 from tests.e2e import gateway_http as api
 from tests.e2e.conftest import ROOT, make_deployment
 from tests.e2e.database import COMPOSE, psql
-from tests.faults.writer import Writer, token_hash
+from tests.faults.writer import Writer
 from tests.testbed import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -88,8 +89,8 @@ def service_container(deployment, service: str) -> str:
 
 
 def present_tokens(deployment, keys: list[str]) -> set[str]:
-    rows = psql(deployment, HOST, 'SELECT token FROM "LiteLLM_VerificationToken";').splitlines()
-    return {k for k in keys if token_hash(k) in set(rows)}
+    rows = set(psql(deployment, HOST, 'SELECT token FROM "LiteLLM_VerificationToken";').splitlines())
+    return {k for k in keys if hash_key(k) in rows}
 
 
 def present_spend_rows(deployment, ids: list[str]) -> set[str]:
@@ -209,8 +210,7 @@ def test_2_healthy_gateway_keeps_every_acknowledged_write(deployment, gateway, r
 def crash(deployment, service: str) -> None:
     """SIGKILL to the service's main process from the host, as an OOM kill or a crash ends it (`docker
     kill` would count as a stop by hand, which the restart policy then leaves down)."""
-    pid = deployment.ssh(HOST, f"docker inspect --format '{{{{.State.Pid}}}}' {service_container(deployment, service)}")
-    deployment.ssh(HOST, f"kill -KILL {int(pid)}")
+    deployment.ssh(HOST, f"kill -KILL $(docker inspect --format '{{{{.State.Pid}}}}' $({COMPOSE} ps -q {service}))")
 
 
 def test_3_proxy_killed(deployment, gateway, record_property):

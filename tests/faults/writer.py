@@ -7,7 +7,6 @@ It only ever talks to the gateway URL it is given (a test-bed address), and it s
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import threading
 import time
@@ -80,26 +79,18 @@ class Writer:
             self._stop.wait(PACE)
 
     def _write_key(self) -> Ack | None:
-        try:
-            status, body = api.request(self.base_url, "POST", "/key/generate", key=self.master_key,
-                                       body={"models": [self.model], "max_budget": 10})
-        except (OSError, http.client.HTTPException):
-            return None
-        if status == 200 and isinstance(body, dict) and body.get("key"):
-            return Ack(body["key"], time.time())
-        return None
+        return self._acknowledged("/key/generate", self.master_key, {"models": [self.model], "max_budget": 10}, "key")
 
     def _write_chat(self, key: str) -> Ack | None:
+        return self._acknowledged("/chat/completions", key,
+                                  {"model": self.model, "messages": [{"role": "user", "content": "hi"}]}, "id")
+
+    def _acknowledged(self, path: str, key: str, body: dict, field: str) -> Ack | None:
+        """POST `body`; the answer's `field` when the proxy answered 200 with it, else None."""
         try:
-            status, body = api.request(self.base_url, "POST", "/chat/completions", key=key,
-                                       body={"model": self.model, "messages": [{"role": "user", "content": "hi"}]})
+            status, answer = api.request(self.base_url, "POST", path, key=key, body=body)
         except (OSError, http.client.HTTPException):
             return None
-        if status == 200 and isinstance(body, dict) and body.get("id"):
-            return Ack(body["id"], time.time())
+        if status == 200 and isinstance(answer, dict) and answer.get(field):
+            return Ack(answer[field], time.time())
         return None
-
-
-def token_hash(key: str) -> str:
-    """How LiteLLM stores a virtual key: its SHA-256, hex (LiteLLM_VerificationToken.token)."""
-    return hashlib.sha256(key.encode()).hexdigest()
