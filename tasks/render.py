@@ -22,6 +22,11 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 COMPOSE_FILE = "docker-compose.yml"
 CONFIG_FILE = "litellm-config.yaml"
 ENV_FILE = ".env"
+# Bundled mode: the proxy and the migrate job reach Postgres through its Unix socket, shared from the db
+# container by a volume. The socket trusts local users (the official image's pg_hba), so DATABASE_URL
+# holds no password: LiteLLM's schema check at proxy start passes DATABASE_URL on a command line
+# (`prisma migrate diff --from-url`), where every user of the host can read it.
+POSTGRES_SOCKET_DIR = "/var/run/postgresql"
 
 
 def _environment() -> jinja2.Environment:
@@ -38,11 +43,9 @@ def _environment() -> jinja2.Environment:
 
 
 def bundled_database_url(settings: Settings) -> str:
-    password = settings.secrets[S.POSTGRES_PASSWORD]
-    return (
-        f"postgresql://{url_component(settings.postgres_user)}:{url_component(password)}"
-        f"@db:5432/{url_component(settings.postgres_db)}"
-    )
+    """Prisma's form for a socket: the directory in `host=`; the URL's own host is not used."""
+    return (f"postgresql://{url_component(settings.postgres_user)}@localhost/{url_component(settings.postgres_db)}"
+            f"?host={POSTGRES_SOCKET_DIR}")
 
 
 def container_env(settings: Settings) -> dict[str, str]:
@@ -117,7 +120,8 @@ def render_files(settings: Settings) -> dict[str, str]:
     env = _environment()
     rendered = {
         COMPOSE_FILE: env.get_template("docker-compose.yml.j2").render(settings=settings,
-                                                                       proxy_command=proxy_command(settings)),
+                                                                       proxy_command=proxy_command(settings),
+                                                                       postgres_socket_dir=POSTGRES_SOCKET_DIR),
         CONFIG_FILE: env.get_template("litellm-config.yaml.j2").render(settings=settings, models=settings.models,
                                                                        front_ranges=list(FRONT_RANGES)),
         ENV_FILE: env.get_template("env.j2").render(env=container_env(settings)),

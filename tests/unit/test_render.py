@@ -65,7 +65,7 @@ def test_compose_file_shape(settings_for_mode):
                                    "migrate": {"condition": "service_completed_successfully"}}
     assert db["restart"] == proxy["restart"] == "unless-stopped"
     assert "host.docker.internal:host-gateway" in proxy["extra_hosts"]
-    assert compose["volumes"] == {"postgres_data": None}
+    assert compose["volumes"] == {"postgres_data": None, "postgres_socket": None}
     assert migrate["entrypoint"] == ["python3", "litellm/proxy/prisma_migration.py"]
 
 
@@ -120,9 +120,16 @@ def test_hostile_passwords_reach_containers_unchanged_as_compose_reads_them(sett
     if mode == "bundled":
         assert container_view(services["db"]["environment"])["POSTGRES_PASSWORD"] == HOSTILE
         assert proxy_env["POSTGRES_PASSWORD"] == HOSTILE
+        # Through Postgres' socket, with no password in the URL (LiteLLM puts it on a command line).
         url = urlsplit(proxy_env["DATABASE_URL"])
-        assert unquote(url.password) == HOSTILE and url.hostname == "db" and url.port == 5432
+        assert url.password is None and HOSTILE not in proxy_env["DATABASE_URL"]
+        assert url.query == "host=/var/run/postgresql"
         assert unquote(url.username) == "litellm" and url.path == "/litellm"
+        socket = "postgres_socket:/var/run/postgresql"
+        assert {v["source"] + ":" + v["target"] for v in services["db"]["volumes"]} >= {socket}
+        for service in ("litellm", "migrate"):
+            mounts = {v["source"] + ":" + v["target"]: v.get("read_only") for v in services[service]["volumes"]}
+            assert mounts.get(socket) is True, f"{service} does not get the socket read-only: {mounts}"
     else:
         assert proxy_env["DATABASE_URL"] == EXTERNAL_URL
 
