@@ -13,7 +13,8 @@ gateway acknowledges writes again; then a converge, and the checks:
     litellm/constants.py PROXY_BATCH_WRITE_AT), so a killed proxy, or a database that cannot take a
     batch, drops what was queued. What was lost is measured and printed, never assumed.
 Before them, on the fresh host, a deploy interrupted at the start of each stage converges on the reruns;
-after them, a backup onto a full disk fails cleanly and the next one works.
+after them, a backup onto a full disk fails cleanly and the next one works, and an upgrade interrupted
+between its backup and its verification is finished, or rolled back to the data from before it, by the rerun.
 Each fault prints a summary line (pytest's terminal summary, "fault tier").
 """
 
@@ -29,6 +30,7 @@ import pytest
 
 from tasks.database import hash_key
 from tests.e2e import gateway_http as api
+from tests.e2e import upgrade_probe
 from tests.e2e.conftest import ROOT, make_deployment
 from tests.e2e.database import COMPOSE, psql
 from tests.faults.writer import Writer
@@ -263,3 +265,57 @@ def test_6_gateway_host_rebooted(deployment, gateway, record_property):
         deployment.bed.restart(deployment.name(HOST))
 
     assert_survived(survive(deployment, gateway, "gateway host rebooted", reboot, record_property))
+
+
+UPGRADE_INTERRUPTED_AT = "LiteLLM proxy up and healthy"  # after the backup and the new image's migrations
+PENDING_RECORD = "/opt/litellm/.state/upgrade-pending"
+FAILING_VERIFY_S = 30  # verify_timeout for the image that cannot verify: it fails in seconds, not minutes
+
+
+def probe_table_present(deployment) -> bool:
+    """Whether the newer image's migration has run (tests/e2e/upgrade_probe.py)."""
+    return psql(deployment, HOST, "SELECT to_regclass('\"LiteLLM_FromANewerImage\"') IS NOT NULL;") == "t"
+
+
+def test_7_an_upgrade_interrupted_between_backup_and_verify(deployment, gateway, record_property):
+    """Killed once the backup is taken and the new image's migrations have run. An image that fails
+    verification: the rerun rolls back to the backup from before the interrupted attempt (its own backup
+    holds that attempt's migrations). An image that verifies, with the writer running: the rerun
+    finishes the upgrade and keeps every acknowledged write. A second rerun changes nothing."""
+    old = deployment.bed.litellm_image()
+    failing, working = f"{old}-upgrade-probe", f"{old}-upgrade-works"
+    upgrade_probe.build(deployment, HOST, old, failing)
+    upgrade_probe.build(deployment, HOST, old, working, verifies=True)
+    data = deployment.overrides[HOST]
+    key = api.generate_key(gateway, deployment.master_key(), models=[MODEL])
+
+    data.update(litellm_image=failing, verify_timeout=FAILING_VERIFY_S)
+    reached, output = interrupted_deploy(deployment, UPGRADE_INTERRUPTED_AT, "kill")
+    assert reached, output[-6000:]
+    assert probe_table_present(deployment), "interrupted before the new image's migrations: it proves little"
+    rerun = deployment.pyinfra(limit=HOST)
+    data.pop("verify_timeout")
+    assert rerun.returncode != 0 and "taken before the interrupted attempt" in rerun.output, rerun.output[-6000:]
+    assert not probe_table_present(deployment), "the rollback restored a backup holding the newer migrations"
+    assert deployment.ssh(HOST, f"test -e {PENDING_RECORD} && echo left || echo cleared").strip() == "cleared"
+    assert api.models_seen(gateway, key) == (200, [MODEL])
+    line = ("upgrade interrupted between backup and verify, an image that fails verification: the rerun rolled "
+            "back to the data from before the interrupted attempt, a key made before it authenticates")
+    record_property("fault", line)
+    print(line)
+
+    def interrupted_then_rerun():
+        data["litellm_image"] = working
+        assert interrupted_deploy(deployment, UPGRADE_INTERRUPTED_AT, "kill")[0]
+        run = deployment.pyinfra(limit=HOST)
+        assert run.returncode == 0, f"the rerun after the interrupted upgrade failed:\n{run.output[-6000:]}"
+
+    outcome = survive(deployment, gateway, "upgrade interrupted between backup and verify, then rerun",
+                      interrupted_then_rerun, record_property)
+    assert_survived(outcome)
+    assert probe_table_present(deployment)
+    proxy_image = f"docker inspect --format '{{{{.Config.Image}}}}' {service_container(deployment, 'litellm')}"
+    assert deployment.ssh(HOST, proxy_image).strip() == working
+    again = deployment.pyinfra(limit=HOST)
+    assert again.returncode == 0 and deployment.changed(again, HOST) == [], again.output[-6000:]
+    assert deployment.ssh(HOST, f"test -e {PENDING_RECORD} && echo left || echo cleared").strip() == "cleared"

@@ -46,3 +46,27 @@ def test_rollback_runs_after_the_first_failure_of_the_attempt_only():
     step.attempt[-1] = ("starting the proxy", Ran(False, ("warn", "service litellm did not become healthy", "")))
     assert step.rolling_back()
     assert step.failure() == "starting the proxy failed (warn / service litellm did not become healthy)"
+
+
+def test_an_interrupted_upgrades_record_is_read_whole_or_not_at_all():
+    fact = upgrade.PendingUpgrade()
+    record = ["img:old", "img:new", "/opt/litellm/backups/litellm-20261203T000000Z-before-upgrade.dump"]
+    assert fact.process([*record, "present"]) == upgrade.Pending(*record, True)
+    assert fact.process([*record, "missing"]).backup_present is False
+    assert fact.process([]) is None
+    assert fact.process(record[:2] + ["", "present"]) is None  # cut short: not a record to restore from
+    assert "/opt/litellm/.state/upgrade-pending" in fact.command("/opt/litellm")
+
+
+def test_a_rerun_after_an_interrupted_upgrade_restores_the_first_backup():
+    """The rerun's own backup may hold the interrupted attempt's migrations: never the one restored."""
+    step = upgrade.Upgrade("gw1", "img:old", "img:new", "verified", "bundled", backup_path="/b/rerun.dump")
+    assert step.restore_path == "/b/rerun.dump"
+    step.interrupted_backup = "/b/first.dump"
+    assert step.restore_path == "/b/first.dump"
+
+
+def test_the_record_is_written_whole_by_the_backups_own_command():
+    shell = upgrade.replaced_file("/opt/litellm/.state/upgrade-pending", ["img:old", "img new", "/b/x.dump"])
+    assert shell.endswith("mv -f /opt/litellm/.state/upgrade-pending.part /opt/litellm/.state/upgrade-pending")
+    assert "'img new'" in shell
