@@ -272,6 +272,10 @@ PENDING_RECORD = "/opt/litellm/.state/upgrade-pending"
 FAILING_VERIFY_S = 30  # verify_timeout for the image that cannot verify: it fails in seconds, not minutes
 
 
+def pending_record_left(deployment) -> bool:
+    return deployment.ssh(HOST, f"test -e {PENDING_RECORD} && echo left || echo cleared").strip() == "left"
+
+
 def probe_table_present(deployment) -> bool:
     """Whether the newer image's migration has run (tests/e2e/upgrade_probe.py)."""
     return psql(deployment, HOST, "SELECT to_regclass('\"LiteLLM_FromANewerImage\"') IS NOT NULL;") == "t"
@@ -297,7 +301,7 @@ def test_7_an_upgrade_interrupted_between_backup_and_verify(deployment, gateway,
     data.pop("verify_timeout")
     assert rerun.returncode != 0 and "taken before the interrupted attempt" in rerun.output, rerun.output[-6000:]
     assert not probe_table_present(deployment), "the rollback restored a backup holding the newer migrations"
-    assert deployment.ssh(HOST, f"test -e {PENDING_RECORD} && echo left || echo cleared").strip() == "cleared"
+    assert not pending_record_left(deployment)
     assert api.models_seen(gateway, key) == (200, [MODEL])
     line = ("upgrade interrupted between backup and verify, an image that fails verification: the rerun rolled "
             "back to the data from before the interrupted attempt, a key made before it authenticates")
@@ -318,4 +322,4 @@ def test_7_an_upgrade_interrupted_between_backup_and_verify(deployment, gateway,
     assert deployment.ssh(HOST, proxy_image).strip() == working
     again = deployment.pyinfra(limit=HOST)
     assert again.returncode == 0 and deployment.changed(again, HOST) == [], again.output[-6000:]
-    assert deployment.ssh(HOST, f"test -e {PENDING_RECORD} && echo left || echo cleared").strip() == "cleared"
+    assert not pending_record_left(deployment)

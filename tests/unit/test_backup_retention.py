@@ -145,3 +145,14 @@ def test_a_stale_backup_note_names_this_projects_timer(build):
     assert "STALE" in note and "systemctl status litellm-backup-team-a.timer" in note
     fresh = verify.host_backup_note(replace(settings, backup_schedule="weekly"), ("x.dump", 5 * 86400))
     assert "STALE" not in fresh
+
+
+def test_the_interrupted_upgrade_record_is_written_only_after_the_backup_in_the_same_command(build):
+    from tasks import upgrade
+
+    settings = build()
+    path = backup.pre_change_backup_path(settings, STAMPS[0], "before-upgrade")
+    record = upgrade.replaced_file(upgrade.pending_path(settings.install_dir), ["img:old", "img:new", path])
+    command = "".join(str(c) for c in upgrade.quiet_backup._inner(settings, path, record=record))  # noqa: SLF001
+    assert command.index("database backup written") < command.index(record)
+    assert record not in "".join(str(c) for c in upgrade.quiet_backup._inner(settings, path))  # noqa: SLF001

@@ -66,7 +66,8 @@ def test_a_rerun_after_an_interrupted_upgrade_restores_the_first_backup():
     assert step.restore_path == "/b/first.dump"
 
 
-def test_the_record_is_written_whole_by_the_backups_own_command():
+def test_the_record_is_written_whole_or_not_at_all():
     shell = upgrade.replaced_file("/opt/litellm/.state/upgrade-pending", ["img:old", "img new", "/b/x.dump"])
+    assert "> /opt/litellm/.state/upgrade-pending.part && " in shell
     assert shell.endswith("mv -f /opt/litellm/.state/upgrade-pending.part /opt/litellm/.state/upgrade-pending")
     assert "'img new'" in shell
