@@ -30,6 +30,7 @@ about requests already sent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import time
@@ -73,14 +74,17 @@ class Roll:
         self.lock = gevent.lock.RLock()
 
     def run(self, gateway: str, recreate: Callable[[], str | None], verified: Callable[[], str | None],
-            pending: Callable[[bool], None]) -> str | None:
+            pending: Callable[[bool], None], serving: bool = True) -> str | None:
         """One gateway's turn: None when it rolled, else why it failed. recreate/verified return a
-        problem or None; pending(True/False) sets or clears the gateway's unfinished-roll marker."""
-        with self.slots:
+        problem or None; pending(True/False) sets or clears the gateway's unfinished-roll marker.
+        serving: its proxy is running. One that is not (a first deploy, a crashed proxy) takes no slot:
+        taking it out of the rotation costs no capacity, so it need not wait for the others."""
+        with self.slots if serving else contextlib.nullcontext():
             if self.stopped_by is not None:
-                why = (f"not rolled: the roll stopped when {self.stopped_by} failed; this gateway keeps serving "
-                       "its running proxy with the previous configuration (its new files are in place, and "
-                       "the next deploy rolls it)")
+                left = ("this gateway keeps serving its running proxy with the previous configuration"
+                        if serving else "this gateway's proxy, not running, was not started")
+                why = (f"not rolled: the roll stopped when {self.stopped_by} failed; {left} (its new files are "
+                       "in place, and the next deploy rolls it)")
                 self.not_rolled[gateway] = why
                 pending(True)
                 return why
@@ -184,7 +188,7 @@ def _shell(st: State, hst: Host, command: str) -> tuple[bool, list[str], list[st
     return ok, output.stdout_lines, output.stderr_lines
 
 
-def roll_gateway(state: State, host: Host, roll: Roll, settings: Settings, force: bool) -> bool:
+def roll_gateway(state: State, host: Host, roll: Roll, settings: Settings, force: bool, serving: bool) -> bool:
     """The FunctionCommand of one gateway (pyinfra passes state and host: this gateway)."""
     marker = shlex.quote(pending_path(settings.install_dir))
 
@@ -208,8 +212,9 @@ def roll_gateway(state: State, host: Host, roll: Roll, settings: Settings, force
         failures = [f"{r['name']}: {r['problem']}" for r in results if not r["ok"]]
         return f"verification failed: {'; '.join(failures)}" if failures else None
 
-    host.log(f"roll: draining, recreating, verifying (at most {roll.width} gateway(s) at a time)", logger.info)
-    problem = roll.run(host.name, recreate, verified, pending)
+    host.log(f"roll: draining, recreating, verifying (at most {roll.width} gateway(s) at a time)"
+             if serving else "roll: proxy not running, so recreated without waiting for the others", logger.info)
+    problem = roll.run(host.name, recreate, verified, pending, serving)
     if problem is None:
         host.log("roll: verified and back in the load balancers' rotation", logger.info)
         return True
@@ -228,7 +233,7 @@ def proxy_rolled(roll: Roll, settings: Settings, changes):
     if compose.is_up(service) and not force and not compose.changed(changes.project):
         host.noop("proxy is running and healthy, nothing it depends on changed")
         return
-    yield FunctionCommand(roll_gateway, (roll, settings, force), {})
+    yield FunctionCommand(roll_gateway, (roll, settings, force, compose.is_up(service)), {})
 
 
 def rolling(start_proxy: Callable) -> Callable:

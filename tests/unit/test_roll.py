@@ -30,6 +30,9 @@ class Bed:
         self.rotations.append(out)
 
     def turn(self, roll: Roll, gateway: str):
+        return roll.run(gateway, *self.steps(gateway))
+
+    def steps(self, gateway: str):
         def recreate():
             self.busy.add(gateway)
             self.most_busy = max(self.most_busy, len(self.busy))
@@ -45,7 +48,7 @@ class Bed:
         def pending(on: bool):
             self.pending[gateway] = on
 
-        return roll.run(gateway, recreate, verified, pending)
+        return recreate, verified, pending
 
     def roll(self, width: int) -> tuple[Roll, dict[str, str | None]]:
         roll = Roll(width=width, apply=self.apply)
@@ -101,3 +104,35 @@ def test_a_load_balancer_that_refuses_the_drain_stops_the_roll_before_the_gatewa
     roll, results = bed.roll(1)
     assert "could not drain it from the load balancers: lb1: Error" in results["gw1"]
     assert bed.recreated == [] and all(results[g].startswith("not rolled") for g in GATEWAYS[1:])
+
+
+def test_gateways_whose_proxy_is_not_running_take_no_slot_and_start_side_by_side():
+    """A first deploy: no gateway serves yet, so width 1 does not make them wait for each other."""
+    bed = Bed()
+    roll = Roll(width=1, apply=bed.apply)
+    greenlets = [gevent.spawn(lambda g=g: roll.run(g, *bed.steps(g), serving=False)) for g in GATEWAYS]
+    gevent.joinall(greenlets)
+    assert [g.get() for g in greenlets] == [None] * len(GATEWAYS)
+    assert bed.most_busy == len(GATEWAYS)
+    assert bed.rotations[-1] == frozenset() and not any(bed.pending.values())
+
+
+def test_a_serving_gateway_still_waits_for_its_slot_beside_ones_not_serving():
+    bed = Bed()
+    roll = Roll(width=1, apply=bed.apply)
+    serving = {"gw1": True, "gw2": True, "gw3": False, "gw4": False, "gw5": True}
+    greenlets = [gevent.spawn(lambda g=g: roll.run(g, *bed.steps(g), serving=serving[g])) for g in GATEWAYS]
+    gevent.joinall(greenlets)
+    assert [g.get() for g in greenlets] == [None] * len(GATEWAYS)
+    serving_out = [out & {g for g, s in serving.items() if s} for out in bed.rotations]
+    assert max(len(out) for out in serving_out) == 1  # never two serving gateways out at once
+    assert bed.most_busy >= 3  # the two not serving went beside the first serving one
+
+
+def test_a_gateway_not_serving_after_the_roll_stopped_is_not_started_and_says_so():
+    bed = Bed(fail={"gw1": "verification failed: gateway readiness: HTTP 503"})
+    roll = Roll(width=1, apply=bed.apply)
+    assert roll.run("gw1", *bed.steps("gw1")) is not None
+    why = roll.run("gw2", *bed.steps("gw2"), serving=False)
+    assert "roll stopped when gw1 failed" in why and "not running, was not started" in why
+    assert bed.recreated == ["gw1"] and bed.pending["gw2"] is True
