@@ -78,6 +78,9 @@ class Deployment:
     # One proxy worker: the suites share 2 CPUs, and each worker's start costs seconds of CPU. The
     # shipped "auto" (tasks/sizing.py) runs in the demo suite and in the benchmarks (None: not set).
     proxy_workers: int | None = 1
+    # Hosts booted with Docker and the images in place (tests/testbed/provision.py), by standard name: for
+    # the suites whose subject is not the install or the image transfer; the fresh path's keep bare hosts.
+    provisioned: tuple[str, ...] = ()
 
     def __init__(self, bed, workdir: Path, prefix: str = "", hosts: tuple[str, ...] = tuple(ALL_HOSTS)):
         self.bed = bed
@@ -102,7 +105,8 @@ class Deployment:
         self.bed.build_images()  # every image the suite needs, the independent ones built at once
         self.bed.down(self.hosts)
         self.bed.up([self.name(h) + roles.get(h, "") for h in self.standard_hosts],
-                    ollama_models=[OLLAMA_MODEL], upstream_models=[UPSTREAM_MODEL])
+                    ollama_models=[OLLAMA_MODEL], upstream_models=[UPSTREAM_MODEL],
+                    provisioned=tuple(self.name(h) for h in self.provisioned))
         key = self.bed.upstream_key(self.name("up1")) if "up1" in self.standard_hosts else None
         self.secrets.write_text(f'UPSTREAM_LITELLM_API_KEY="{key}"\n' if key else "")
         self.secrets.chmod(0o600)
@@ -206,10 +210,11 @@ def bed():
 
 
 def make_deployment(bed, tmp_path_factory, prefix: str = "",
-                    hosts: tuple[str, ...] = tuple(ALL_HOSTS)) -> Deployment:
-    """Fresh hosts for one suite (`hosts`: which of the standard ones, all by default); tear them
-    down with deployment.down()."""
+                    hosts: tuple[str, ...] = tuple(ALL_HOSTS), provisioned: tuple[str, ...] = ()) -> Deployment:
+    """Fresh hosts for one suite (`hosts`: which of the standard ones, all by default; `provisioned`: the
+    ones booted with Docker and the images, see Deployment.provisioned); tear them down with deployment.down()."""
     deployment = Deployment(bed, tmp_path_factory.mktemp(f"e2e-{prefix or 'main'}"), prefix, hosts)
+    deployment.provisioned = provisioned
     deployment.up()
     return deployment
 

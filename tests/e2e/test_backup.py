@@ -22,7 +22,7 @@ from tasks import secrets as S
 from tasks.virtual_keys import default_key_env
 from tests.e2e import database
 from tests.e2e import gateway_http as api
-from tests.e2e.conftest import make_deployment
+from tests.e2e.conftest import GATEWAYS, make_deployment
 from tasks.compose import PROXY_SERVICE
 
 pytestmark = pytest.mark.e2e
@@ -74,7 +74,7 @@ def backup(deployment):
 
 @pytest.fixture(scope="module")
 def deployment(bed, tmp_path_factory):
-    deployment = make_deployment(bed, tmp_path_factory, prefix="bk-")
+    deployment = make_deployment(bed, tmp_path_factory, prefix="bk-", provisioned=tuple(GATEWAYS))
     deployment.overrides[HOST] = {"backup_local_dir": str(deployment.workdir / "backups"), "backup_keep": KEEP,
                                   # A key declared as code, converged by every deploy.py: restored like the rest.
                                   "virtual_keys": [{"alias": DECLARED_ALIAS, "models": MODELS, "max_budget": 20}]}

@@ -27,7 +27,8 @@ HOST = "gw-db"
 def deployment(bed, tmp_path_factory):
     # gw-stateless is the other gateway test_1 reads; the Ollama node gives gw-db a route to verify
     # and chat through. No upstream LiteLLM: nothing here is about it, and it was the slowest host to start.
-    deployment = make_deployment(bed, tmp_path_factory, prefix="key-", hosts=(HOST, "gw-stateless", "ollama1"))
+    deployment = make_deployment(bed, tmp_path_factory, prefix="key-", hosts=(HOST, "gw-stateless", "ollama1"),
+                                 provisioned=(HOST, "gw-stateless"))
     # The DB-backed proxy starts slowly when several suites share the machine's cores.
     deployment.overrides[HOST] = {"start_timeout": 600}
     yield deployment

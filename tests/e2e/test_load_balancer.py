@@ -97,7 +97,7 @@ class LbDeployment(Deployment):
         self.bed.build_images()
         self.bed.down(self.hosts)
         self.bed.up([self.name(h) + (":upstream" if h == "up1" else "") for h in self.standard_hosts],
-                    upstream_models=[UPSTREAM_MODEL])
+                    upstream_models=[UPSTREAM_MODEL], provisioned=tuple(self.name(h) for h in DEPLOYED))
         self.secrets.write_text(f'UPSTREAM_LITELLM_API_KEY="{self.bed.upstream_key(self.name("up1"))}"\n')
         self.secrets.chmod(0o600)
 

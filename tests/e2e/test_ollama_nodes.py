@@ -39,7 +39,7 @@ def refuses(address: str, port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def deployment(bed, tmp_path_factory):
-    deployment = make_deployment(bed, tmp_path_factory, prefix="oll-", hosts=(GW, NODE))
+    deployment = make_deployment(bed, tmp_path_factory, prefix="oll-", hosts=(GW, NODE), provisioned=(GW,))
     # The suites run side by side on two cores: the proxy's first start may take longer than the
     # default start_timeout there. What this suite proves does not depend on how fast it starts.
     deployment.overrides[GW] = {"start_timeout": 600}

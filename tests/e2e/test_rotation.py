@@ -34,7 +34,7 @@ from tasks import secrets as S
 from tasks.filters import dotenv_quote
 from tasks.virtual_keys import default_key_env
 from tests.e2e import gateway_http as api
-from tests.e2e.conftest import make_deployment
+from tests.e2e.conftest import GATEWAYS, make_deployment
 from tasks.compose import PROXY_SERVICE
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -76,7 +76,7 @@ def on(deployment, gateway: str):
 
 @pytest.fixture(scope="module")
 def deployment(bed, tmp_path_factory):
-    deployment = make_deployment(bed, tmp_path_factory, prefix="rot-")
+    deployment = make_deployment(bed, tmp_path_factory, prefix="rot-", provisioned=tuple(GATEWAYS))
     yield deployment
     deployment.down()
 

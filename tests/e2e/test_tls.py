@@ -31,7 +31,8 @@ MODEL = "chat-ollama"
 
 @pytest.fixture(scope="module")
 def tls_deployment(bed, tmp_path_factory):
-    deployment = make_deployment(bed, tmp_path_factory, prefix=PREFIX, hosts=(HOST, CLIENT, "ollama1"))
+    deployment = make_deployment(bed, tmp_path_factory, prefix=PREFIX, hosts=(HOST, CLIENT, "ollama1"),
+                                 provisioned=(HOST,))
     tls_data = {"tls": "self-signed", "tls_image": bed.caddy_image(), "database_mode": "bundled"}
     if IMAGES == "local":
         archives = bed.archives(("litellm", "postgres", "caddy"))

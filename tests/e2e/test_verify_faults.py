@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.e2e.conftest import OLLAMA_MODEL, ROOT, UPSTREAM_MODEL, make_deployment
+from tests.e2e.conftest import GATEWAYS, OLLAMA_MODEL, ROOT, UPSTREAM_MODEL, make_deployment
 from tests.e2e.fault_runs import (GW, assert_verification_fails, changed, fast, host_lines, ollama_tags, ollama_url,
                                   op_results, summary, tail, verify_result, wait_for)
 
@@ -35,7 +35,7 @@ SSH_OPTIONS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o Lo
 
 @pytest.fixture(scope="module")
 def deployment(bed, tmp_path_factory):
-    deployment = make_deployment(bed, tmp_path_factory, prefix="vf-")
+    deployment = make_deployment(bed, tmp_path_factory, prefix="vf-", provisioned=tuple(GATEWAYS))
     upstream_only = [m for m in deployment.models() if m["name"] == "chat-upstream"]
     deployment.overrides[OTHER] = {"database_mode": "none", "models": upstream_only}
     yield deployment

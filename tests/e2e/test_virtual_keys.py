@@ -39,7 +39,7 @@ KEYS = [
 
 @pytest.fixture(scope="module")
 def deployment(bed, tmp_path_factory):
-    deployment = make_deployment(bed, tmp_path_factory, prefix="vk-", hosts=("gw-db", "up1"))
+    deployment = make_deployment(bed, tmp_path_factory, prefix="vk-", hosts=("gw-db", "up1"), provisioned=("gw-db",))
     upstream = bed.host(deployment.name("up1"))
     deployment.overrides[HOST] = {
         "start_timeout": 600,

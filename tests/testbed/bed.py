@@ -49,6 +49,7 @@ import docker
 import docker.errors
 
 from .images import DEPLOYED, LABEL, Images, Timer, log
+from .provision import Seed
 
 ROLES = ("host", "ollama", "upstream")
 NETWORK = "litellm-deploy-testbed"
@@ -70,6 +71,7 @@ UPSTREAM_PORT = 4000
 HOST_CAPS = ["SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE", "MKNOD"]
 HOST_SECURITY = ["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"]
 HOST_SECURITY_SDK = [o for o in HOST_SECURITY if not o.startswith("systempaths")]  # see _create_host
+HOST_SECURITY_CONFIG = {"cap_add": HOST_CAPS, "security_opt": HOST_SECURITY_SDK}
 
 
 class TestbedError(RuntimeError):
@@ -394,10 +396,11 @@ class Testbed:
     # -- up ------------------------------------------------------------------------------------
     def up(self, specs: list[str], ollama_models: list[str] | None = None,
            upstream_models: list[str] | None = None, timeout: float = 180,
-           sudo: dict[str, str] | None = None) -> list[dict]:
+           sudo: dict[str, str] | None = None, provisioned: tuple[str, ...] = ()) -> list[dict]:
         """Create fresh hosts ("NAME" or "NAME:ROLE"), replacing any of the same name. Returns hosts().
 
-        sudo: {"NAME": "nopasswd" | "password"} for hosts the deploy reaches as a non-root sudoer."""
+        sudo: {"NAME": "nopasswd" | "password"} for hosts the deploy reaches as a non-root sudoer.
+        provisioned: names of plain hosts that boot with Docker and the deploy's images (provision.py)."""
         parsed = [parse_spec(s) for s in specs]
         if len({n for n, _ in parsed}) != len(parsed):
             raise TestbedError("a host name is given twice")
@@ -418,6 +421,9 @@ class Testbed:
             refs["ollama"] = self.image("ollama")
         if "upstream" in roles:
             refs["upstream"] = self.litellm_image()
+        if not set(provisioned) <= {n for n, r in parsed if r == "host"}:
+            raise TestbedError(f"provisioned {sorted(provisioned)}: only plain hosts being brought up can be")
+        seed = self._seed() if provisioned else None
         with self._lock("images"):
             self.images.prune()
         with Timer(f"up {' '.join(specs)}"):
@@ -434,6 +440,8 @@ class Testbed:
                     endpoint = self.client.api.create_endpoint_config(aliases=[name], ipv4_address=addresses[name])
                     if role == "upstream":
                         c, info = self._create_upstream(name, refs["upstream"], upstream_models, endpoint)
+                    elif name in provisioned:
+                        c, info = self._create_host(name, role, seed.image, pub, ollama_models, endpoint, seed)
                     else:
                         c, info = self._create_host(name, role, refs[role], pub, ollama_models, endpoint)
                     c.start()
@@ -468,13 +476,22 @@ class Testbed:
         log(f"up total (images + hosts): {time.monotonic() - t0:.1f}s")
         return self.hosts()
 
-    def _create_host(self, name: str, role: str, image: str, pub: bytes, ollama_models: list[str], endpoint):
+    def _seed(self) -> Seed:
+        """The provisioned hosts' image and seed volume, made once per host image and archive set."""
+        seed = Seed(self.client, self.image("host"), self.archives(DEPLOYED), HOST_SECURITY_CONFIG)
+        with self._lock("seed"):
+            seed.ensure()
+        return seed
+
+    def _create_host(self, name: str, role: str, image: str, pub: bytes, ollama_models: list[str], endpoint,
+                     seed: Seed | None = None):
         vol = self.client.volumes.create(self._volume_name(name), labels=self._labels(name, role))
+        if seed is not None:
+            seed.copy_into(vol.name)
         # The SDK has no `systempaths=unconfined`: like the docker CLI, send empty MaskedPaths and
         # ReadonlyPaths (an empty list overrides the engine's default set; absent keeps it).
         hc = self.client.api.create_host_config(
-            cap_add=HOST_CAPS,
-            security_opt=HOST_SECURITY_SDK,
+            **HOST_SECURITY_CONFIG,
             binds={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
                    vol.name: {"bind": "/var/lib/docker", "mode": "rw"}},
             tmpfs={"/run": "", "/run/lock": ""},

@@ -17,11 +17,12 @@ import threading
 import urllib.error
 import urllib.request
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from tests.testbed import ollama_standin
-from tests.testbed.bed import LABEL, NAME_LABEL, wait_until
+from tests.testbed.bed import DEPLOYED, LABEL, NAME_LABEL, TestbedError, wait_until
 
 
 def _post(url: str, body: dict, headers: dict | None = None, timeout: float = 30):
@@ -208,6 +209,33 @@ def test_bed_down_in_the_background_kills_at_once_and_removes_by_settle(bed):
     bed.settle()
     assert "tbt-bg" not in [h["name"] for h in bed.hosts()]
     assert not bed.client.containers.list(all=True, filters=label) and not bed.client.volumes.list(filters=label)
+
+
+@pytest.mark.e2e
+def test_provisioned_hosts_boot_with_docker_the_images_and_the_archives_each_with_its_own_identity(bed):
+    """What lets a suite skip the install and the image transfer (tests/testbed/provision.py): the engine
+    runs at boot with every deployed image, the archives lie where the deploy uploads them, 0600, with the
+    controller's size and time; and two hosts from the seed are two machines (machine id, SSH host keys)."""
+    from tests.testbed.provision import ARCHIVE_DIR
+
+    names = ["tbt-prov1", "tbt-prov2"]
+    bed.up(names, provisioned=tuple(names))
+    try:
+        archives = bed.archives(DEPLOYED)
+        expected = {path.name: path.stat() for path in archives.values()}
+        images = bed.ssh("tbt-prov1", "docker image ls --format '{{.Repository}}:{{.Tag}}'").output.split()
+        assert sorted(images) == sorted(bed.image(k) for k in DEPLOYED)
+        listing = bed.ssh("tbt-prov1", f"stat -c '%n %a %U %s %Y' {ARCHIVE_DIR}/* {ARCHIVE_DIR}").output.split("\n")
+        seen = {Path(line.split()[0]).name: line.split()[1:] for line in listing if line}
+        assert seen.pop("images")[:2] == ["700", "root"]
+        assert seen == {
+            n: ["600", "root", str(st.st_size), str(int(st.st_mtime))] for n, st in expected.items()}
+        identity = "cat /etc/machine-id; cat /etc/ssh/ssh_host_ed25519_key.pub"
+        assert bed.ssh("tbt-prov1", identity).output != bed.ssh("tbt-prov2", identity).output
+    finally:
+        bed.down(names, background=True)
+    with pytest.raises(TestbedError, match="only plain hosts"):
+        bed.up(["tbt-prov-node:ollama"], provisioned=("tbt-prov-node",))
 
 
 # -- the LiteLLM image ----------------------------------------------------------------------------
