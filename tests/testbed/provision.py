@@ -21,6 +21,7 @@ from pathlib import Path
 import docker.errors
 
 from tasks.docker import DISTRO_PACKAGES
+from tasks.settings import DEFAULTS
 
 from .images import DEPLOYED, LABEL, REPO, Timer, log
 
@@ -28,7 +29,8 @@ SEED_RECIPE = "2"
 SEED_LABEL = "litellm-deploy.testbed.seed"
 PROVISIONED_REPO = f"{REPO}/host-provisioned"
 PACKAGES = (*DISTRO_PACKAGES["debian"], "ca-certificates")
-ARCHIVE_DIR = "/opt/litellm/images"  # group_data/all.py's install_dir + /images, as the deploy uploads to
+INSTALL_DIR = str(DEFAULTS["install_dir"])  # the suites' gateways keep the shipped install_dir
+ARCHIVE_DIR = f"{INSTALL_DIR}/images"  # where the deploy uploads the archives (tasks/stack.py)
 MOUNTED_ARCHIVES = "/mnt/testbed-archives"
 
 
@@ -105,7 +107,7 @@ class Seed:
                                  f"--no-install-recommends {' '.join(PACKAGES)} >/dev/null", "install Docker")
             names = " ".join(p.name for p in self.archives.values())
             # Side by side, as the deploy loads them: each load is one process bound by decompression.
-            self._run(container, f"install -d -m 700 /opt/litellm {ARCHIVE_DIR} && pids= && for f in {names}; do "
+            self._run(container, f"install -d -m 700 {INSTALL_DIR} {ARCHIVE_DIR} && pids= && for f in {names}; do "
                                  f"(cp --preserve=timestamps {MOUNTED_ARCHIVES}/$f {ARCHIVE_DIR}/$f && "
                                  f"chmod 600 {ARCHIVE_DIR}/$f && docker load --input {ARCHIVE_DIR}/$f >/dev/null) & "
                                  "pids=\"$pids $!\"; done; for p in $pids; do wait $p || exit 1; done", "load the images")
