@@ -230,10 +230,11 @@ def proxy_rolled(roll: Roll, settings: Settings, changes):
                             install_dir=settings.install_dir).get(compose.PROXY_SERVICE)
     unfinished = bool(host.get_fact(File, path=pending_path(settings.install_dir)))
     force = compose.changed([changes.config_file]) or unfinished
-    if compose.is_up(service) and not force and not compose.changed(changes.project):
+    serving = compose.is_up(service)
+    if serving and not force and not compose.changed(changes.project):
         host.noop("proxy is running and healthy, nothing it depends on changed")
         return
-    yield FunctionCommand(roll_gateway, (roll, settings, force, compose.is_up(service)), {})
+    yield FunctionCommand(roll_gateway, (roll, settings, force, serving), {})
 
 
 def rolling(start_proxy: Callable) -> Callable:

@@ -93,11 +93,13 @@ except OSError as e:
 class LbDeployment(Deployment):
     """The whole topology in one inventory; the outsider and the upstream in no group."""
 
+    provisioned = DEPLOYED  # the outsider only connects: a bare host
+
     def up(self) -> None:
         self.bed.build_images()
         self.bed.down(self.hosts)
         self.bed.up([self.name(h) + (":upstream" if h == "up1" else "") for h in self.standard_hosts],
-                    upstream_models=[UPSTREAM_MODEL], provisioned=tuple(self.name(h) for h in DEPLOYED))
+                    upstream_models=[UPSTREAM_MODEL], provisioned=tuple(self.name(h) for h in self.provisioned))
         self.secrets.write_text(f'UPSTREAM_LITELLM_API_KEY="{self.bed.upstream_key(self.name("up1"))}"\n')
         self.secrets.chmod(0o600)
 

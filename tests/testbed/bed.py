@@ -71,7 +71,23 @@ UPSTREAM_PORT = 4000
 HOST_CAPS = ["SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE", "MKNOD"]
 HOST_SECURITY = ["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"]
 HOST_SECURITY_SDK = [o for o in HOST_SECURITY if not o.startswith("systempaths")]  # see _create_host
-HOST_SECURITY_CONFIG = {"cap_add": HOST_CAPS, "security_opt": HOST_SECURITY_SDK}
+
+
+def host_config(client, docker_volume: str, network_mode: str, binds: dict | None = None) -> dict:
+    """A host container's: systemd (cgroups, tmpfs /run) and its own engine on `docker_volume`."""
+    hc = client.api.create_host_config(
+        cap_add=HOST_CAPS,
+        security_opt=HOST_SECURITY_SDK,
+        binds={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+               docker_volume: {"bind": "/var/lib/docker", "mode": "rw"}, **(binds or {})},
+        tmpfs={"/run": "", "/run/lock": ""},
+        network_mode=network_mode,
+    )
+    # The SDK has no `systempaths=unconfined`: like the docker CLI, send empty MaskedPaths and
+    # ReadonlyPaths (an empty list overrides the engine's default set; absent keeps it).
+    hc["MaskedPaths"] = []
+    hc["ReadonlyPaths"] = []
+    return hc
 
 
 class TestbedError(RuntimeError):
@@ -410,6 +426,8 @@ class Testbed:
                 raise TestbedError(f"sudo for {name!r}: {kind!r} is not one of {', '.join(SUDO_KINDS)}")
             if (name, "host") not in parsed and (name, "ollama") not in parsed:
                 raise TestbedError(f"sudo for {name!r}: not a host (or ollama) being brought up")
+        if not set(provisioned) <= {n for n, r in parsed if r == "host"}:
+            raise TestbedError(f"provisioned {sorted(provisioned)}: only plain hosts being brought up can be")
         ollama_models = ollama_models or _env_list("TESTBED_OLLAMA_MODELS") or DEFAULT_OLLAMA_MODELS
         upstream_models = upstream_models or _env_list("TESTBED_UPSTREAM_MODELS") or DEFAULT_UPSTREAM_MODELS
         roles = {r for _, r in parsed}
@@ -421,8 +439,6 @@ class Testbed:
             refs["ollama"] = self.image("ollama")
         if "upstream" in roles:
             refs["upstream"] = self.litellm_image()
-        if not set(provisioned) <= {n for n, r in parsed if r == "host"}:
-            raise TestbedError(f"provisioned {sorted(provisioned)}: only plain hosts being brought up can be")
         seed = self._seed() if provisioned else None
         with self._lock("images"):
             self.images.prune()
@@ -440,10 +456,9 @@ class Testbed:
                     endpoint = self.client.api.create_endpoint_config(aliases=[name], ipv4_address=addresses[name])
                     if role == "upstream":
                         c, info = self._create_upstream(name, refs["upstream"], upstream_models, endpoint)
-                    elif name in provisioned:
-                        c, info = self._create_host(name, role, seed.image, pub, ollama_models, endpoint, seed)
                     else:
-                        c, info = self._create_host(name, role, refs[role], pub, ollama_models, endpoint)
+                        c, info = self._create_host(name, role, refs[role], pub, ollama_models, endpoint,
+                                                    seed if name in provisioned else None)
                     c.start()
                     created[name] = (c, info)
 
@@ -478,33 +493,25 @@ class Testbed:
 
     def _seed(self) -> Seed:
         """The provisioned hosts' image and seed volume, made once per host image and archive set."""
-        seed = Seed(self.client, self.image("host"), self.archives(DEPLOYED), HOST_SECURITY_CONFIG)
+        seed = Seed(self.client, self.image("host"), list(self.archives(DEPLOYED).values()),
+                    lambda volume, binds: host_config(self.client, volume, "bridge", binds))
         with self._lock("seed"):
             seed.ensure()
         return seed
 
     def _create_host(self, name: str, role: str, image: str, pub: bytes, ollama_models: list[str], endpoint,
                      seed: Seed | None = None):
+        """image: the role's; a seed (provisioned) replaces it with its own and fills the engine volume."""
         vol = self.client.volumes.create(self._volume_name(name), labels=self._labels(name, role))
         if seed is not None:
             seed.copy_into(vol.name)
-        # The SDK has no `systempaths=unconfined`: like the docker CLI, send empty MaskedPaths and
-        # ReadonlyPaths (an empty list overrides the engine's default set; absent keeps it).
-        hc = self.client.api.create_host_config(
-            **HOST_SECURITY_CONFIG,
-            binds={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-                   vol.name: {"bind": "/var/lib/docker", "mode": "rw"}},
-            tmpfs={"/run": "", "/run/lock": ""},
-            network_mode=NETWORK,
-        )
-        hc["MaskedPaths"] = []
-        hc["ReadonlyPaths"] = []
+            image = seed.image
         resp = self.client.api.create_container(
             image,
             name=CONTAINER_PREFIX + name,
             hostname=name,
             labels=self._labels(name, role),
-            host_config=hc,
+            host_config=host_config(self.client, vol.name, NETWORK),
             networking_config=self.client.api.create_networking_config({NETWORK: endpoint}),
             stop_signal="SIGRTMIN+3",
             detach=True,

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Callable
 
 import docker.errors
 
 from tasks.docker import DISTRO_PACKAGES
 from tasks.settings import DEFAULTS
 
-from .images import DEPLOYED, LABEL, REPO, Timer, log
+from .images import LABEL, REPO, Timer, log
 
 SEED_RECIPE = "2"
 SEED_LABEL = "litellm-deploy.testbed.seed"
@@ -37,12 +38,12 @@ MOUNTED_ARCHIVES = "/mnt/testbed-archives"
 class Seed:
     """The provisioned image and seed volume of one (host image, archives, packages)."""
 
-    def __init__(self, client, host_image: str, archives: dict[str, Path], host_config: dict):
+    def __init__(self, client, host_image: str, archives: list[Path], host_config: Callable[[str, dict], dict]):
         self.client = client
         self.host_image = host_image
-        self.archives = {k: Path(p) for k, p in archives.items() if k in DEPLOYED}
-        self.host_config = host_config  # _create_host's caps and security options, without binds
-        parts = [client.images.get(host_image).id, SEED_RECIPE, *PACKAGES, *sorted(p.name for p in self.archives.values())]
+        self.archives = archives  # of every image a bed host may deploy (images.DEPLOYED)
+        self.host_config = host_config  # (engine volume, extra binds) -> a bed host's container config
+        parts = [client.images.get(host_image).id, SEED_RECIPE, *PACKAGES, *sorted(p.name for p in archives)]
         self.key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
         self.image = f"{PROVISIONED_REPO}:{self.key}"
         self.volume = f"litellm-deploy-testbed-seed-{self.key}"
@@ -88,16 +89,10 @@ class Seed:
     def _make(self) -> None:
         labels = {LABEL: "1", SEED_LABEL: self.key}
         self.client.volumes.create(self.volume, labels=labels)
-        mounts = {self.volume: {"bind": "/var/lib/docker", "mode": "rw"},
-                  "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}}
-        for path in self.archives.values():
-            mounts[str(path)] = {"bind": f"{MOUNTED_ARCHIVES}/{path.name}", "mode": "ro"}
-        hc = self.client.api.create_host_config(binds=mounts, network_mode="bridge", tmpfs={"/run": "", "/run/lock": ""},
-                                                **self.host_config)
-        hc["MaskedPaths"] = []
-        hc["ReadonlyPaths"] = []
+        mounts = {str(path): {"bind": f"{MOUNTED_ARCHIVES}/{path.name}", "mode": "ro"} for path in self.archives}
         made = self.client.api.create_container(self.host_image, name=f"litellm-deploy-testbed-seeding-{self.key}",
-                                                labels=labels, host_config=hc, stop_signal="SIGRTMIN+3", detach=True)
+                                                labels=labels, host_config=self.host_config(self.volume, mounts),
+                                                stop_signal="SIGRTMIN+3", detach=True)
         container = self.client.containers.get(made["Id"])
         try:
             container.start()
@@ -105,7 +100,7 @@ class Seed:
                                  "running|degraded) exit 0;; esac; sleep 1; done; exit 1", "boot (180 s)")
             self._run(container, "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
                                  f"--no-install-recommends {' '.join(PACKAGES)} >/dev/null", "install Docker")
-            names = " ".join(p.name for p in self.archives.values())
+            names = " ".join(p.name for p in self.archives)
             # Side by side, as the deploy loads them: each load is one process bound by decompression.
             self._run(container, f"install -d -m 700 {INSTALL_DIR} {ARCHIVE_DIR} && pids= && for f in {names}; do "
                                  f"(cp --preserve=timestamps {MOUNTED_ARCHIVES}/$f {ARCHIVE_DIR}/$f && "

@@ -29,9 +29,6 @@ class Bed:
         gevent.sleep(0.001)  # a reload over SSH yields to the other greenlets
         self.rotations.append(out)
 
-    def turn(self, roll: Roll, gateway: str):
-        return roll.run(gateway, *self.steps(gateway))
-
     def steps(self, gateway: str):
         def recreate():
             self.busy.add(gateway)
@@ -50,9 +47,11 @@ class Bed:
 
         return recreate, verified, pending
 
-    def roll(self, width: int) -> tuple[Roll, dict[str, str | None]]:
+    def roll(self, width: int, serving: dict[str, bool] | None = None) -> tuple[Roll, dict[str, str | None]]:
+        """Every gateway's turn at once, as pyinfra's greenlets take them; serving: all unless said."""
         roll = Roll(width=width, apply=self.apply)
-        greenlets = {g: gevent.spawn(self.turn, roll, g) for g in GATEWAYS}
+        greenlets = {g: gevent.spawn(roll.run, g, *self.steps(g), serving=(serving or {}).get(g, True))
+                     for g in GATEWAYS}
         gevent.joinall(list(greenlets.values()))
         return roll, {g: greenlet.get() for g, greenlet in greenlets.items()}
 
@@ -109,21 +108,17 @@ def test_a_load_balancer_that_refuses_the_drain_stops_the_roll_before_the_gatewa
 def test_gateways_whose_proxy_is_not_running_take_no_slot_and_start_side_by_side():
     """A first deploy: no gateway serves yet, so width 1 does not make them wait for each other."""
     bed = Bed()
-    roll = Roll(width=1, apply=bed.apply)
-    greenlets = [gevent.spawn(lambda g=g: roll.run(g, *bed.steps(g), serving=False)) for g in GATEWAYS]
-    gevent.joinall(greenlets)
-    assert [g.get() for g in greenlets] == [None] * len(GATEWAYS)
+    _, results = bed.roll(1, serving={g: False for g in GATEWAYS})
+    assert results == {g: None for g in GATEWAYS}
     assert bed.most_busy == len(GATEWAYS)
     assert bed.rotations[-1] == frozenset() and not any(bed.pending.values())
 
 
 def test_a_serving_gateway_still_waits_for_its_slot_beside_ones_not_serving():
     bed = Bed()
-    roll = Roll(width=1, apply=bed.apply)
     serving = {"gw1": True, "gw2": True, "gw3": False, "gw4": False, "gw5": True}
-    greenlets = [gevent.spawn(lambda g=g: roll.run(g, *bed.steps(g), serving=serving[g])) for g in GATEWAYS]
-    gevent.joinall(greenlets)
-    assert [g.get() for g in greenlets] == [None] * len(GATEWAYS)
+    _, results = bed.roll(1, serving)
+    assert results == {g: None for g in GATEWAYS}
     serving_out = [out & {g for g, s in serving.items() if s} for out in bed.rotations]
     assert max(len(out) for out in serving_out) == 1  # never two serving gateways out at once
     assert bed.most_busy >= 3  # the two not serving went beside the first serving one
