@@ -26,7 +26,7 @@ from tasks.settings import DEFAULTS
 
 from .images import LABEL, REPO, Timer, log
 
-SEED_RECIPE = "2"
+SEED_RECIPE = "3"
 SEED_LABEL = "litellm-deploy.testbed.seed"
 PROVISIONED_REPO = f"{REPO}/host-provisioned"
 PACKAGES = (*DISTRO_PACKAGES["debian"], "ca-certificates")
@@ -107,8 +107,12 @@ class Seed:
                                  f"chmod 600 {ARCHIVE_DIR}/$f && docker load --input {ARCHIVE_DIR}/$f >/dev/null) & "
                                  "pids=\"$pids $!\"; done; for p in $pids; do wait $p || exit 1; done", "load the images")
             # Each host makes its own SSH host keys and machine id at its first boot, as the bare image does.
+            # Its engine also picks its own bridge subnet then: the seed's engine, booted on the default bridge,
+            # chose the next pool (172.18/16 on a fresh machine, the bed network's own), and a host keeping it
+            # routes its replies into its empty docker0, unreachable ("No route to host": a CI failure).
             self._run(container, "systemctl stop docker.socket docker.service containerd.service && apt-get clean && "
-                                 "rm -f /etc/ssh/ssh_host_* && : > /etc/machine-id", "settle")
+                                 "rm -rf /var/lib/docker/network && rm -f /etc/ssh/ssh_host_* && : > /etc/machine-id",
+                      "settle")
             with Timer("seed: stop and commit"):
                 container.stop(timeout=60)
                 container.commit(repository=PROVISIONED_REPO, tag=self.key, conf={"Labels": {LABEL: "1"}})
