@@ -107,11 +107,12 @@ def proxy_command(settings: Settings) -> list[str]:
         return command
     command += ["--num_workers", str(settings.proxy_workers)]
     if settings.proxy_workers > 1:
-        # Uvicorn's supervisor kills a worker that does not answer its ping within 5 s, and a worker answers
-        # only once it has imported LiteLLM: on a busy host (2 CPUs, two workers starting) every worker was
-        # killed over and over, and the proxy took 50 s to come up. A hung worker is one that takes longer
-        # than a container may take to start.
-        command += ["--timeout_worker_healthcheck", str(settings.start_timeout)]
+        # Gunicorn (LiteLLM's own --run_gunicorn: Uvicorn workers, the app preloaded) forks the workers from
+        # the process that has imported LiteLLM; Uvicorn's supervisor spawns each one to import it again.
+        # Two workers on a bed host (2 CPUs): ready in 21 s instead of 34 s, 21 s of CPU instead of 44 s,
+        # 0.8 GB resident instead of 1.7 GB, and every change that restarts the proxy (a model, a rotation,
+        # a restore, a rollback) waits for that start. Gunicorn also respawns a worker that dies.
+        command += ["--run_gunicorn"]
     return command
 
 

@@ -70,7 +70,7 @@ def test_demo_declares_a_key_as_code_that_works(bed, demo_output):
 
 def test_demo_runs_the_shipped_worker_count_for_its_host(bed, demo_output):
     """proxy_workers "auto" (the shipped default): one worker per CPU of the host within its memory,
-    in the compose file, and LiteLLM started that many."""
+    in the compose file, and LiteLLM started that many under Gunicorn."""
     from tasks.sizing import workers_for
 
     facts = bed.ssh(demo.GATEWAY, "nproc; awk '/^MemTotal/ {print int($2 / 1024)}' /proc/meminfo")
@@ -82,3 +82,5 @@ def test_demo_runs_the_shipped_worker_count_for_its_host(bed, demo_output):
     logs = bed.ssh(demo.GATEWAY, "cd /opt/litellm && docker compose logs litellm 2>&1").output
     # LiteLLM's own account of the workers it runs (proxy_cli sets NUM_WORKERS from --num_workers).
     assert f"Postgres connection budget per pod = {workers} worker(s)" in logs, logs[-3000:]
+    if workers > 1:  # forked by Gunicorn from the process that imported LiteLLM, none of them died since
+        assert logs.count("Booting worker with pid") == workers, logs[-3000:]

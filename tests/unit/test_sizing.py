@@ -42,10 +42,11 @@ def test_the_rendered_command_carries_the_hosts_worker_count_and_litellm_reads_i
     settings = build()
     assert settings.proxy_workers == "auto"  # the shipped default
     command = proxy_command(sizing.sized(settings))
-    assert command[4:] == ["--num_workers", "4", "--timeout_worker_healthcheck", str(settings.start_timeout)]
-    # LiteLLM's own command line (click) takes them as the worker count and Uvicorn's worker ping timeout.
+    assert command[4:] == ["--num_workers", "4", "--run_gunicorn"]
+    # LiteLLM's own command line (click) takes them as the worker count, forked by Gunicorn from a
+    # process that imported LiteLLM once (tasks/render.proxy_command).
     params = run_server.make_context("litellm", list(command)).params
-    assert (params["num_workers"], params["timeout_worker_healthcheck"]) == (4, settings.start_timeout)
+    assert (params["num_workers"], params["run_gunicorn"]) == (4, True)
     # A number in the group data is used as it is, whatever the host; one worker has no supervisor.
     assert proxy_command(sizing.sized(replace(settings, proxy_workers=3)))[4:6] == ["--num_workers", "3"]
     assert proxy_command(sizing.sized(replace(settings, proxy_workers=1)))[4:] == ["--num_workers", "1"]
