@@ -1,15 +1,18 @@
 """The benchmark's own parts (bench/): the load generator's bounds and target guard, the stage
-grouping of a timed run, and the targets read from results."""
+grouping of a timed run, the targets read from results, and the bounds of the sizes sharing the bed's CPUs."""
 
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from bench import report
+from bench.__main__ import deployment_of
 from bench.load import guard_target, median_and_spread, run_load
 from bench.runs import TimedRun
+from tasks.settings import DEFAULTS
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -84,3 +87,14 @@ def test_targets_are_checked_against_the_results_and_unmeasured_ones_said():
         "rotation refusal window per host": (20.0, False),
         "upgrade rollback, longest refusal": (None, None),
     }
+
+
+def test_sizes_sharing_the_beds_cpus_get_start_bounds_that_grow_with_them(tmp_path, monkeypatch):
+    """8 proxies starting at once on 2 CPUs take about 4 times one proxy's start: the shipped bound
+    (sized for a host of its own) would fail the 8-gateway size instead of measuring it."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    bounds = {n: deployment_of(None, tmp_path, n).overrides for n in (1, 2, 8)}
+    assert bounds[1] == {"gw1": {"start_timeout": DEFAULTS["start_timeout"], "verify_timeout": DEFAULTS["verify_timeout"]}}
+    assert bounds[2]["gw2"]["start_timeout"] == DEFAULTS["start_timeout"]
+    assert sorted(bounds[8]) == [f"gw{i}" for i in range(1, 9)]
+    assert {b["start_timeout"] for b in bounds[8].values()} == {4 * DEFAULTS["start_timeout"]}
