@@ -14,6 +14,8 @@ bench/results.json, with bench/results.png (throughput and latency against concu
   upgrade    an image upgrade that fails verification and rolls back by itself: the longest refusal of
              a polled virtual key, and the whole attempt
   backup     backup.py and restore.py at 10 k, 100 k (and 1 M) spend-log rows: time and dump size
+  proxy start the deployed proxy's command started beside it until ready: its workers forked by Gunicorn
+             (as deployed) and, before that change, started by Uvicorn to import LiteLLM each again
 Load goes only to the bed's own addresses, bounded in count and time (bench/load.py).
 """
 
@@ -24,6 +26,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -33,6 +36,8 @@ import time
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
+
+import yaml
 
 from bench import report
 from bench.load import median_and_spread, run_load
@@ -106,6 +111,7 @@ def measure(bed: Testbed, plan: Plan, workdir: Path, results: dict) -> None:
             results["change"][str(n)] = median_and_spread([model_change(d, run) for run in range(plan.runs)])
             print(f"[bench] model change, {n} gateway(s): {results['change'][str(n)]['median']:.1f} s", flush=True)
             if n == 1:
+                proxy_start(bed, d, plan, results)
                 throughput(bed, d, plan, results)
                 rotation(d, results)
                 upgrade_rollback(bed, d, results)
@@ -326,13 +332,45 @@ def throughput(bed: Testbed, d: Deployment, plan: Plan, results: dict) -> None:
         d.ssh(gw, "docker rm -f bench-bare >/dev/null 2>&1 || true")
 
 
+def proxy_start(bed: Testbed, d: Deployment, plan: Plan, results: dict) -> None:
+    """The deployed proxy's command run beside it (its files, network and database) until ready: as
+    deployed, and without --run_gunicorn, LiteLLM's default of Uvicorn starting each worker to import
+    LiteLLM again (tasks/render.proxy_command): the before and after of that change on this host."""
+    gw = gateways_of(d)[0]
+    address = bed.host(d.name(gw))["address"]
+    command = yaml.safe_load(d.ssh(gw, f"cat {INSTALL_DIR}/docker-compose.yml"))["services"]["litellm"]["command"]
+    if "--run_gunicorn" not in command:
+        print("[bench] proxy start: the deployed proxy runs one worker here, nothing to compare", flush=True)
+        return
+    variants = {"uvicorn": [a for a in command if a != "--run_gunicorn"], "gunicorn": command}  # the second as deployed
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(plan.runs):
+        for name, args in variants.items():
+            try:
+                t0 = time.monotonic()
+                started_beside(d, gw, address, args)
+                seconds[name].append(time.monotonic() - t0)
+            finally:
+                d.ssh(gw, "docker rm -f bench-bare >/dev/null 2>&1 || true")
+    workers = command[command.index("--num_workers") + 1]
+    results["proxy_start"] = {"workers": int(workers), **{n: median_and_spread(v) for n, v in seconds.items()}}
+    print(f"[bench] proxy start, {workers} workers: " + ", ".join(
+        f"{n} {statistics.median(v):.1f} s" for n, v in seconds.items()), flush=True)
+
+
+def started_beside(d: Deployment, gw: str, address: str, args: list[str]) -> None:
+    """The litellm service's image, files and network, run as another container with these arguments
+    on BARE_PORT, until it is ready."""
+    d.ssh(gw, f"cd {INSTALL_DIR} && docker rm -f bench-bare >/dev/null 2>&1; "
+              f"docker compose run -d --name bench-bare --no-deps -p {BARE_PORT}:4000 litellm "
+              + " ".join(shlex.quote(a) for a in args))
+    api.wait_ready(f"http://{address}:{BARE_PORT}", timeout=240)
+
+
 def bare_up(d: Deployment, gw: str, address: str) -> None:
     """The same image, files and network as the deployed proxy, started as `litellm --config` with
     LiteLLM's defaults: Compose's run of the litellm service with its command replaced."""
-    d.ssh(gw, f"cd {INSTALL_DIR} && docker rm -f bench-bare >/dev/null 2>&1; "
-              f"docker compose run -d --name bench-bare --no-deps -p {BARE_PORT}:4000 litellm "
-              f"--config /app/config.yaml --port 4000")
-    api.wait_ready(f"http://{address}:{BARE_PORT}", timeout=240)
+    started_beside(d, gw, address, ["--config", "/app/config.yaml", "--port", "4000"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                               "load_seconds": plan.load_seconds, "load_max_requests": plan.load_max_requests},
                      "machine": machine(), "versions": versions(bed),
                      "converge": {}, "noop": {}, "change": {}, "throughput": {}, "rotation": {}, "upgrade": {},
-                     "backup": {}}
+                     "backup": {}, "proxy_start": {}}
     try:
         with tempfile.TemporaryDirectory(prefix="litellm-deploy-bench-") as tmp:
             measure(bed, plan, Path(tmp), results)

@@ -74,6 +74,10 @@ def table(results: dict) -> str:
         u = results["upgrade"]
         lines.append(f"{'failed upgrade rolled back by itself, 1 gateway':58} {u['attempt_s']:>8.1f}s")
         lines.append(f"{'  longest refusal (virtual key polled every 50 ms)':58} {u['refusal_window_s']:>8.2f}s")
+    if results.get("proxy_start"):
+        p = results["proxy_start"]
+        row(f"proxy start, {p['workers']} workers, as deployed (Gunicorn forks them)", p["gunicorn"])
+        row("  before: Uvicorn starts each to import LiteLLM (LiteLLM's default)", p["uvicorn"])
     for rows, b in sorted(results["backup"].items(), key=lambda kv: int(kv[0])):
         lines.append(f"{f'backup / restore at {int(rows):,} spend-log rows':58} {b['backup_s']:>8.1f}s "
                      f"{b['restore_s']:>7.1f}s  dump {b['dump_mb']} MB")
@@ -133,6 +137,10 @@ def markdown(results: dict) -> str:
                      f"pyinfra's floor {c['pyinfra_floor_s']['median']:.1f} s ({c['ratio']}x)"))
     for n, figure in sorted(results["change"].items(), key=lambda kv: int(kv[0])):
         rows.append((f"model change until verified, {n} gateway(s)", f"{figure['median']:.0f} s", ""))
+    if results.get("proxy_start"):
+        p = results["proxy_start"]
+        rows.append((f"proxy start, {p['workers']} workers", f"{p['gunicorn']['median']:.0f} s",
+                     f"Gunicorn forking the workers; {p['uvicorn']['median']:.0f} s before, with Uvicorn (LiteLLM's default)"))
     for target in ("deployed", "bare", "upstream"):
         point = _point(results, target, 32)
         if point:

@@ -98,3 +98,15 @@ def test_sizes_sharing_the_beds_cpus_get_start_bounds_that_grow_with_them(tmp_pa
     assert bounds[2]["gw2"]["start_timeout"] == DEFAULTS["start_timeout"]
     assert sorted(bounds[8]) == [f"gw{i}" for i in range(1, 9)]
     assert {b["start_timeout"] for b in bounds[8].values()} == {4 * DEFAULTS["start_timeout"]}
+
+
+def test_the_proxy_start_before_and_after_is_in_the_table_and_the_readme_rows():
+    figure = lambda v: {"median": v, "spread": 0.0, "runs": [v]}  # noqa: E731
+    results = {"date": "d", "quick": False, "machine": {}, "versions": {}, "converge": {}, "noop": {}, "change": {},
+               "throughput": {}, "rotation": {}, "backup": {},
+               "proxy_start": {"workers": 2, "uvicorn": figure(34.0), "gunicorn": figure(21.0)}}
+    table = report.table(results)
+    assert "proxy start, 2 workers, as deployed (Gunicorn forks them)" in table and "21.0s" in table
+    assert "before: Uvicorn starts each to import LiteLLM" in table and "34.0s" in table
+    assert report.markdown(results).splitlines()[2] == (
+        "| proxy start, 2 workers | 21 s | Gunicorn forking the workers; 34 s before, with Uvicorn (LiteLLM's default) |")
