@@ -77,7 +77,7 @@ def table(results: dict) -> str:
     if results.get("proxy_start"):
         p = results["proxy_start"]
         row(f"proxy start, {p['workers']} workers, as deployed (Gunicorn forks them)", p["gunicorn"])
-        row("  before: Uvicorn starts each to import LiteLLM (LiteLLM's default)", p["uvicorn"])
+        row("  before: Uvicorn, each worker importing LiteLLM", p["uvicorn"])
     for rows, b in sorted(results["backup"].items(), key=lambda kv: int(kv[0])):
         lines.append(f"{f'backup / restore at {int(rows):,} spend-log rows':58} {b['backup_s']:>8.1f}s "
                      f"{b['restore_s']:>7.1f}s  dump {b['dump_mb']} MB")

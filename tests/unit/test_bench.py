@@ -107,6 +107,6 @@ def test_the_proxy_start_before_and_after_is_in_the_table_and_the_readme_rows():
                "proxy_start": {"workers": 2, "uvicorn": figure(34.0), "gunicorn": figure(21.0)}}
     table = report.table(results)
     assert "proxy start, 2 workers, as deployed (Gunicorn forks them)" in table and "21.0s" in table
-    assert "before: Uvicorn starts each to import LiteLLM" in table and "34.0s" in table
+    assert "before: Uvicorn, each worker importing LiteLLM" in table and "34.0s" in table
     assert report.markdown(results).splitlines()[2] == (
         "| proxy start, 2 workers | 21 s | Gunicorn forking the workers; 34 s before, with Uvicorn (LiteLLM's default) |")
