@@ -42,9 +42,9 @@ import yaml
 from bench import report
 from bench.load import median_and_spread, run_load
 from bench.runs import timed
+from tasks.settings import DEFAULTS
 from tests.e2e import database, upgrade_probe
 from tests.e2e import gateway_http as api
-from tasks.settings import DEFAULTS
 from tests.e2e.conftest import OLLAMA_MODEL, Deployment, Run
 from tests.testbed import Testbed
 from tests.testbed.bed import wait_until
@@ -53,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 PREFIX = "bench-"
 CONCURRENCY = (1, 8, 32)
 BARE_PORT = 4001
-INSTALL_DIR = "/opt/litellm"  # group_data/all.py's install_dir, which the bench's inventory keeps
+INSTALL_DIR = str(DEFAULTS["install_dir"])  # the shipped install_dir, which the bench's inventory keeps
 
 
 class Plan:
