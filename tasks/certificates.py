@@ -31,6 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tasks.private_files import write_private
+
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
 CA_YEARS = 10
@@ -331,19 +333,6 @@ def label_of(host_name: str) -> str:
     return _LABEL_UNSAFE.sub("_", host_name) or "_"
 
 
-def _write_private(path: Path, data: bytes, mode: int) -> None:
-    """Write atomically (a temp file renamed over the old one), created with `mode` from the start."""
-    temp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
-
-
 def _read(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
@@ -407,7 +396,7 @@ class CertificateStore:
                     raise CertificateError(f"{self.directory / name} appeared while this run was planned (another "
                                            "run?) — fix: run again")
             for name, (data, mode) in self.pending.items():
-                _write_private(self.directory / name, data, mode)
+                write_private(self.directory / name, data, mode)
         written, self.pending, self.reasons = self.reasons, {}, []
         return written
 

@@ -18,6 +18,8 @@ from typing import Callable, Mapping
 
 from dotenv import dotenv_values
 
+from tasks.private_files import write_private
+
 SECRETS_ENV_VAR = "LITELLM_DEPLOY_SECRETS"
 DEFAULT_SECRETS_NAME = "secrets.env"
 
@@ -101,18 +103,11 @@ def append_secrets(path: Path, additions: Mapping[str, str], origin: Mapping[str
     """Append new entries, keeping every existing line (and its comments) as the user wrote it."""
     if not additions:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     existing = path.read_text() if path.exists() else ""
     if existing and not existing.endswith("\n"):
         existing += "\n"
     lines = [f"# {name}: {origin[name]}\n{dotenv_line(name, value)}" for name, value in additions.items()]
-    temporary = path.with_name(path.name + ".tmp")
-    # Created 0600 from the start: the secret is never on disk with looser permissions.
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(existing + "".join(lines))
-    os.replace(temporary, path)
-    os.chmod(path, 0o600)
+    write_private(path, existing + "".join(lines))
 
 
 # --- master-key rotation: the pending key, and rewriting entries in place -------------------------
@@ -198,32 +193,5 @@ def rewrite_secrets(path: Path, changes: Mapping[str, str | None], comments: Map
     if after != expected:  # pragma: no cover - a bug here must never reach the file
         raise RuntimeError(f"{path}: refusing to write a secrets file that would not read back as intended")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = _private_temporary(path)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(new_text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    os.chmod(path, 0o600)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_private(path, new_text)
 
-
-def _private_temporary(path: Path) -> tuple[int, str]:
-    """A new 0600 file beside `path` (same filesystem, so rename is atomic)."""
-    for _ in range(100):
-        name = path.with_name(f".{path.name}.{random.token_hex(6)}.tmp")
-        try:
-            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), str(name)
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"cannot create a temporary file beside {path}")
