@@ -143,6 +143,36 @@ class ComposeVersion(FactBase):
         return found
 
 
+# A health check's start_interval (checks this often until the container is first healthy, then every
+# interval) needs Docker Engine 25 or later: Compose refuses the key on an older engine.
+START_INTERVAL_ENGINE = 25
+
+
+class EngineVersion(FactBase):
+    """(major, minor) of the Docker Engine, from the daemon or else from its program; None when neither
+    answers (not installed yet)."""
+
+    def command(self) -> str:
+        return "docker version --format '{{.Server.Version}}' 2>/dev/null || dockerd --version 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> tuple[int, int] | None:
+        found = re.search(r"(\d+)\.(\d+)", " ".join(output))
+        return (int(found[1]), int(found[2])) if found else None
+
+
+def start_interval_supported(engine: tuple[int, int] | None, docker_install: str) -> bool:
+    """Whether the compose file may give health checks a start_interval on this host. An engine not there
+    yet is the one this run installs: Debian 13's is 26.1, Ubuntu backports Docker's current releases to
+    its LTS, Docker's repository has the latest; with docker_install = "skip" nothing is known of it."""
+    if engine is None:
+        return docker_install != "skip"
+    return engine[0] >= START_INTERVAL_ENGINE
+
+
+def health_start_interval_supported(settings: Settings) -> bool:
+    return start_interval_supported(host.get_fact(EngineVersion), settings.docker_install)
+
+
 @operation(is_idempotent=True)
 def docker_packages_checked(distro: str):
     plan = distro_plan(distro, host.get_fact(DockerPackageStates))

@@ -116,12 +116,14 @@ def proxy_command(settings: Settings) -> list[str]:
     return command
 
 
-def render_files(settings: Settings) -> dict[str, str]:
-    """file name -> content, for the install directory."""
+def render_files(settings: Settings, start_interval: bool = False) -> dict[str, str]:
+    """file name -> content, for the install directory. start_interval: the host's engine takes a health
+    check's start_interval (tasks/docker.py)."""
     env = _environment()
     rendered = {
         COMPOSE_FILE: env.get_template("docker-compose.yml.j2").render(settings=settings,
                                                                        proxy_command=proxy_command(settings),
+                                                                       start_interval=start_interval,
                                                                        postgres_socket_dir=POSTGRES_SOCKET_DIR),
         CONFIG_FILE: env.get_template("litellm-config.yaml.j2").render(settings=settings, models=settings.models,
                                                                        front_ranges=list(FRONT_RANGES)),

@@ -18,7 +18,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import File
 from pyinfra.operations import files
 
-from tasks import compose, pgservice, sizing
+from tasks import compose, docker, pgservice, sizing
 from tasks.render import COMPOSE_FILE, CONFIG_FILE, ENV_FILE, render_files
 from tasks.settings import Settings
 from tasks.uploads import private_file
@@ -63,7 +63,8 @@ def install_directory(settings: Settings):
 @deploy("Compose project files")
 def write_files(settings: Settings, changes: Changes) -> None:
     # The worker count for this host's CPUs and memory, when proxy_workers is "auto" (tasks/sizing.py).
-    rendered = render_files(sizing.sized(settings))
+    # The proxy's health checked every 2 s while it starts, when the host's engine can (tasks/docker.py).
+    rendered = render_files(sizing.sized(settings), start_interval=docker.health_start_interval_supported(settings))
     written = {
         name: private_file(
             name=f"Write {name}" + (" (secrets, mode 0600)" if mode == "600" else ""),

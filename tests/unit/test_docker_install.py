@@ -321,3 +321,41 @@ def test_the_compose_check_passes_v2_and_later_and_fails_v1(build, stand_in, mon
         (command,) = commands
         assert command.endswith("exit 1") and "docker-compose-plugin" in command
         assert (docker_compose or "none") in command
+
+
+# --- the engine's version: whether health checks may have a start_interval ------------------------
+
+@pytest.mark.parametrize("daemon,program,expected", [
+    ("26.1.5+dfsg1", "Docker version 26.1.5+dfsg1, build a72d7cd", (26, 1)),
+    (None, "Docker version 24.0.7, build 24.0.7-0ubuntu4.1", (24, 0)),  # daemon stopped: its program
+    (None, None, None),  # not installed
+])
+def test_engine_version_fact_asks_the_daemon_then_its_program(tmp_path, monkeypatch, daemon, program, expected):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # Only the stand-ins and a shell: this machine's own docker and dockerd must not answer.
+    (bin_dir / "sh").symlink_to(shutil.which("sh"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    cannot = "echo 'Cannot connect to the Docker daemon' >&2; exit 1\n"
+    scripts = {
+        "docker": f"[ \"$1\" = version ] && echo '{daemon}' && exit 0\n" if daemon else cannot,
+        "dockerd": f"[ \"$1\" = --version ] && echo '{program}'\n" if program else None,
+    }
+    for name, body in scripts.items():
+        if body is not None:
+            (bin_dir / name).write_text("#!/bin/sh\n" + body)
+            (bin_dir / name).chmod(0o755)
+    assert read_fact(docker.EngineVersion) == expected
+
+
+@pytest.mark.parametrize("engine,docker_install,expected", [
+    ((26, 1), "distro", True),
+    ((25, 0), "skip", True),
+    ((24, 0), "distro", False),  # Compose refuses start_interval on an engine before 25
+    ((20, 10), "docker-repo", False),
+    (None, "distro", True),  # installed by this run: Debian 13's 26.1, Ubuntu's backported current one
+    (None, "docker-repo", True),
+    (None, "skip", False),  # nothing known of an engine this run does not install
+])
+def test_start_interval_only_where_the_engine_takes_it(engine, docker_install, expected):
+    assert docker.start_interval_supported(engine, docker_install) is expected
