@@ -9,6 +9,8 @@ bench/results.json, with bench/results.png (throughput and latency against concu
              gateway as deployed, the same image run bare (`litellm --config`, no tuning) on the same
              host, and the upstream alone (the Ollama stand-in: the limit)
   change     a model added to every gateway at once: time until all are verified
+  roll       the same change behind a load balancer (lb_hosts, 3 gateways on a db host): rolled one
+             gateway at a time, time until all are verified
   rotation   rotate.py on one gateway: total, and the refusal window (the longest run of refused
              requests of a virtual key polled every 50 ms while it runs)
   upgrade    an image upgrade that fails verification and rolls back by itself: the longest refusal of
@@ -46,6 +48,8 @@ from tasks.settings import DEFAULTS
 from tests.e2e import database, upgrade_probe
 from tests.e2e import gateway_http as api
 from tests.e2e.conftest import OLLAMA_MODEL, Deployment, Run
+from tests.e2e.lb_topology import DEPLOYED as LB_DEPLOYED
+from tests.e2e.lb_topology import LbDeployment
 from tests.testbed import Testbed
 from tests.testbed.bed import wait_until
 
@@ -86,13 +90,17 @@ def deployment_of(bed: Testbed, workdir: Path, gateways: int) -> Deployment:
     hosts = tuple(f"gw{i}" for i in range(1, gateways + 1)) + ("ollama1",)
     d = Deployment(bed, workdir, f"{PREFIX}{gateways}-", hosts)  # each size its own hosts
     d.proxy_workers = None  # the shipped default: what a user gets
-    # The bed's gateways share its CPUs, so N proxies starting at once take about N/CPUs times as long as
-    # one on a host of its own, which the shipped bounds are sized for. The bounds decide only whether a
-    # start fails, never a figure: they grow with the hosts per CPU so the larger sizes can be measured.
-    share = max(1, math.ceil(gateways / (os.cpu_count() or 1)))
+    return with_shared_cpu_bounds(d)
+
+
+def with_shared_cpu_bounds(d: Deployment) -> Deployment:
+    """The bed's gateways share its CPUs, so N proxies starting at once take about N/CPUs times as long as
+    one on a host of its own, which the shipped bounds are sized for. The bounds decide only whether a
+    start fails, never a figure: they grow with the hosts per CPU so the larger sizes can be measured."""
+    share = max(1, math.ceil(len(gateways_of(d)) / (os.cpu_count() or 1)))
     for gw in gateways_of(d):
-        d.overrides[gw] = {"start_timeout": share * DEFAULTS["start_timeout"],
-                           "verify_timeout": share * DEFAULTS["verify_timeout"]}
+        d.overrides.setdefault(gw, {}).update(start_timeout=share * DEFAULTS["start_timeout"],
+                                              verify_timeout=share * DEFAULTS["verify_timeout"])
     return d
 
 
@@ -118,6 +126,7 @@ def measure(bed: Testbed, plan: Plan, workdir: Path, results: dict) -> None:
                 backup_and_restore(d, plan, results)
         finally:
             bed.down(d.hosts)
+    rolled_change(bed, workdir, plan, results)
     one = results["converge"].get("1", {}).get("total_s", {}).get("median")
     for n in plan.gateways:
         if n > 1 and one:
@@ -160,8 +169,8 @@ def noop(d: Deployment, n: int, plan: Plan, results: dict) -> None:
 
 
 def model_change(d: Deployment, run: int) -> float:
-    """A model added on every gateway (another name for the Ollama node's model): deploy until verified."""
-    extra = {"name": f"chat-bench-{run}", "model": f"ollama_chat/{OLLAMA_MODEL}", "ollama_node": d.name("ollama1")}
+    """A model added on every gateway (another name for the deployment's first model): deploy until verified."""
+    extra = {**d.models()[0], "name": f"chat-bench-{run}"}
     for gw in gateways_of(d):
         d.overrides.setdefault(gw, {})["models"] = d.models() + [extra]
     d.write_inventory()
@@ -169,6 +178,29 @@ def model_change(d: Deployment, run: int) -> float:
     if r.returncode != 0 or not all(Run(r.returncode, r.output).changed(d.name(gw)) for gw in gateways_of(d)):
         raise SystemExit(f"model change failed or changed nothing:\n{r.output[-4000:]}")
     return r.seconds
+
+
+def rolled_change(bed: Testbed, workdir: Path, plan: Plan, results: dict) -> None:
+    """The load-balanced topology (tests/e2e/lb_topology.py: 3 gateways on a db host and a redis host,
+    Caddy in front), converged, then a model change rolled across it one gateway at a time (the shipped
+    roll_width): drained, recreated, verified, re-admitted, until all are verified."""
+    d = with_shared_cpu_bounds(LbDeployment(bed, workdir / "roll", f"{PREFIX}roll-", (*LB_DEPLOYED, "up1")))
+    d.proxy_workers = None
+    d.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        d.up()
+        d.write_inventory()
+        r = timed(d)
+        if r.returncode != 0:
+            raise SystemExit(f"converge of the load-balanced topology failed:\n{r.output[-4000:]}")
+        print(f"[bench] load-balanced topology ({len(gateways_of(d))} gateways) converged: {r.seconds:.1f} s", flush=True)
+        changes = [model_change(d, run) for run in range(plan.runs)]
+    finally:
+        bed.down(d.hosts)
+    results["roll"] = {"gateways": len(gateways_of(d)), "converge_s": round(r.seconds, 1),
+                       "change_s": median_and_spread(changes), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    print(f"[bench] model change rolled across {len(gateways_of(d))} gateways: {results['roll']['change_s']['median']:.1f} s",
+          flush=True)
 
 
 def virtual_key(d: Deployment, gw: str, alias: str) -> str:
@@ -379,17 +411,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gateways", type=lambda s: [int(x) for x in s.split(",")], help="sizes, e.g. 1,4,8")
     p.add_argument("--runs", type=int, help="fresh converges per size (default 3, quick 1)")
     p.add_argument("--out", type=Path, default=HERE / "results.json")
+    p.add_argument("--roll-only", action="store_true",
+                   help="measure only the rolled change and write it into the results already in --out")
     args = p.parse_args(argv)
     plan = Plan(args.quick, args.gateways, args.runs)
     bed = Testbed()
     bed.build_images()
+    if args.roll_only:
+        return roll_only(bed, plan, args.out)
     started = time.monotonic()
     results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": plan.quick,
                      "plan": {"gateways": plan.gateways, "fresh_runs": plan.runs, "repeats": plan.repeats,
                               "load_seconds": plan.load_seconds, "load_max_requests": plan.load_max_requests},
                      "machine": machine(), "versions": versions(bed),
                      "converge": {}, "noop": {}, "change": {}, "throughput": {}, "rotation": {}, "upgrade": {},
-                     "backup": {}, "proxy_start": {}}
+                     "backup": {}, "proxy_start": {}, "roll": {}}
     try:
         with tempfile.TemporaryDirectory(prefix="litellm-deploy-bench-") as tmp:
             measure(bed, plan, Path(tmp), results)
@@ -404,6 +440,18 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table(results))
     png = report.plot(results, args.out.with_suffix(".png"))
     print(f"[bench] wrote {args.out}" + (f" and {png}" if png else ""))
+    return 0
+
+
+def roll_only(bed: Testbed, plan: Plan, out: Path) -> int:
+    """Re-measure the rolled change alone into earlier results (its own date is kept with it)."""
+    results = json.loads(out.read_text())
+    with tempfile.TemporaryDirectory(prefix="litellm-deploy-bench-") as tmp:
+        rolled_change(bed, Path(tmp), plan, results)
+    results["targets"] = report.targets(results)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(report.table(results))
+    print(f"[bench] wrote the rolled change into {out}")
     return 0
 
 

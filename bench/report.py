@@ -66,6 +66,10 @@ def table(results: dict) -> str:
         lines.append(f"{'  ratio':58} {c['ratio']:>8.2f}x")
     for n, figure in sorted(results["change"].items(), key=lambda kv: int(kv[0])):
         row(f"model change until verified, {n} gateway(s)", figure)
+    if results.get("roll"):
+        roll = results["roll"]
+        row(f"model change rolled behind a load balancer, {roll['gateways']} gateways", roll["change_s"])
+        lines.append(f"{'  converge of that topology (db, redis and lb hosts)':58} {roll['converge_s']:>8.1f}s")
     if results["rotation"]:
         r = results["rotation"]
         lines.append(f"{'rotation (rotate.py), 1 gateway':58} {r['total_s']:>8.1f}s")
@@ -137,6 +141,10 @@ def markdown(results: dict) -> str:
                      f"pyinfra's floor {c['pyinfra_floor_s']['median']:.1f} s ({c['ratio']}x)"))
     for n, figure in sorted(results["change"].items(), key=lambda kv: int(kv[0])):
         rows.append((f"model change until verified, {n} gateway(s)", f"{figure['median']:.0f} s", ""))
+    if results.get("roll"):
+        roll = results["roll"]
+        rows.append((f"model change rolled behind a load balancer, {roll['gateways']} gateways",
+                     f"{roll['change_s']['median']:.0f} s", "one gateway at a time: drained, recreated, verified, re-admitted"))
     if results.get("proxy_start"):
         p = results["proxy_start"]
         rows.append((f"proxy start, {p['workers']} workers", f"{p['gunicorn']['median']:.0f} s",

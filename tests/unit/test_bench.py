@@ -110,3 +110,24 @@ def test_the_proxy_start_before_and_after_is_in_the_table_and_the_readme_rows():
     assert "before: Uvicorn, each worker importing LiteLLM" in table and "34.0s" in table
     assert report.markdown(results).splitlines()[2] == (
         "| proxy start, 2 workers | 21 s | Gunicorn forking the workers; 34 s before, with Uvicorn (LiteLLM's default) |")
+
+
+def test_the_rolled_change_is_in_the_table_and_the_readme_rows(tmp_path, monkeypatch):
+    figure = lambda v: {"median": v, "spread": 1.5, "runs": [v]}  # noqa: E731
+    results = {"date": "d", "quick": False, "machine": {}, "versions": {}, "converge": {}, "noop": {},
+               "change": {"1": figure(45.0)}, "throughput": {}, "rotation": {}, "backup": {},
+               "roll": {"gateways": 3, "converge_s": 210.0, "change_s": figure(150.0), "date": "d"}}
+    table = report.table(results)
+    assert "model change rolled behind a load balancer, 3 gateways" in table and "150.0s" in table
+    assert "converge of that topology" in table and "210.0s" in table
+    assert report.markdown(results).splitlines()[3] == ("| model change rolled behind a load balancer, 3 gateways | 150 s | "
+                                                       "one gateway at a time: drained, recreated, verified, re-admitted |")
+
+
+def test_the_rolled_topology_gets_bounds_for_its_gateways_sharing_the_cpus(tmp_path, monkeypatch):
+    from bench.__main__ import LB_DEPLOYED, LbDeployment, with_shared_cpu_bounds
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    d = with_shared_cpu_bounds(LbDeployment(None, tmp_path, "bench-roll-", (*LB_DEPLOYED, "up1")))
+    assert sorted(d.overrides) == ["gw1", "gw2", "gw3"]
+    assert {b["start_timeout"] for b in d.overrides.values()} == {2 * DEFAULTS["start_timeout"]}
