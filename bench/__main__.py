@@ -28,6 +28,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -104,6 +105,17 @@ def with_shared_cpu_bounds(d: Deployment) -> Deployment:
     return d
 
 
+def run_failed(what: str, output: str) -> SystemExit:
+    """A run the bench cannot go on from: its whole output kept in a file, and the lines that say why
+    (a host's error, a failed verification) with the output's end in the message."""
+    kept = Path(tempfile.gettempdir()) / "litellm-deploy-bench.failed-run.log"
+    kept.write_text(output)
+    why = [line for line in output.splitlines() if re.search(r"\b(Error|error|failed|FAIL)", line)
+           and not re.match(r"\s*(Operation|Grand total|-->)", line)]
+    return SystemExit(f"{what}; whole output in {kept}. Lines that say why:\n" + "\n".join(why[-40:])
+                      + f"\n... the output's end:\n{output[-3000:]}")
+
+
 def gateways_of(d: Deployment) -> list[str]:
     return [h for h in d.standard_hosts if h.startswith("gw")]
 
@@ -141,7 +153,7 @@ def converge(d: Deployment, n: int, plan: Plan, results: dict) -> None:
         d.write_inventory()
         r = timed(d)
         if r.returncode != 0:
-            raise SystemExit(f"fresh converge of {n} gateway(s) failed:\n{r.output[-4000:]}")
+            raise run_failed(f"fresh converge of {n} gateway(s) failed", r.output)
         totals.append(r.seconds)
         for stage, seconds in r.stages().items():
             stages.setdefault(stage, []).append(seconds)
@@ -156,11 +168,11 @@ def noop(d: Deployment, n: int, plan: Plan, results: dict) -> None:
         r = timed(d)
         changed = {h: Run(r.returncode, r.output).changed(d.name(h)) for h in gateways_of(d)}
         if r.returncode != 0 or any(changed.values()):
-            raise SystemExit(f"no-op re-run of {n} gateway(s) failed or changed something:\n{r.output[-4000:]}")
+            raise run_failed(f"no-op re-run of {n} gateway(s) failed or changed something", r.output)
         noops.append(r.seconds)
         f = timed(d, str(HERE / "floor.py"))
         if f.returncode != 0:
-            raise SystemExit(f"pyinfra floor run failed:\n{f.output[-4000:]}")
+            raise run_failed("pyinfra floor run failed", f.output)
         floors.append(f.seconds)
     results["noop"][str(n)] = {"deploy_s": median_and_spread(noops), "pyinfra_floor_s": median_and_spread(floors),
                                "ratio": round(statistics.median(noops) / statistics.median(floors), 2)}
@@ -176,7 +188,7 @@ def model_change(d: Deployment, run: int) -> float:
     d.write_inventory()
     r = timed(d)
     if r.returncode != 0 or not all(Run(r.returncode, r.output).changed(d.name(gw)) for gw in gateways_of(d)):
-        raise SystemExit(f"model change failed or changed nothing:\n{r.output[-4000:]}")
+        raise run_failed("model change failed or changed nothing", r.output)
     return r.seconds
 
 
@@ -192,7 +204,7 @@ def rolled_change(bed: Testbed, workdir: Path, plan: Plan, results: dict) -> Non
         d.write_inventory()
         r = timed(d)
         if r.returncode != 0:
-            raise SystemExit(f"converge of the load-balanced topology failed:\n{r.output[-4000:]}")
+            raise run_failed("converge of the load-balanced topology failed", r.output)
         print(f"[bench] load-balanced topology ({len(gateways_of(d))} gateways) converged: {r.seconds:.1f} s", flush=True)
         changes = [model_change(d, run) for run in range(plan.runs)]
     finally:
@@ -218,7 +230,7 @@ def rotation(d: Deployment, results: dict) -> None:
     with poller:
         r = timed(d, "rotate.py")
     if r.returncode != 0:
-        raise SystemExit(f"rotate.py failed:\n{r.output[-4000:]}")
+        raise run_failed("rotate.py failed", r.output)
     results["rotation"] = {"total_s": round(r.seconds, 1), "refusal_window_s": round(poller.longest_refusal, 2),
                            "polls": poller.polls, "refused": poller.refused}
     print(f"[bench] rotation: {r.seconds:.1f} s, refusal window {poller.longest_refusal:.2f} s "
@@ -284,7 +296,7 @@ def upgrade_rollback(bed: Testbed, d: Deployment, results: dict) -> None:
     del d.overrides[gw]["litellm_image"]
     d.write_inventory()
     if r.returncode == 0 or "Rollback to the previous image" not in r.output:
-        raise SystemExit(f"the failing upgrade did not fail and roll back:\n{r.output[-4000:]}")
+        raise run_failed("the failing upgrade did not fail and roll back", r.output)
     results["upgrade"] = {"attempt_s": round(r.seconds, 1), "refusal_window_s": round(poller.longest_refusal, 2),
                           "polls": poller.polls, "refused": poller.refused}
     print(f"[bench] failed upgrade rolled back: {r.seconds:.1f} s, longest refusal {poller.longest_refusal:.2f} s",
@@ -314,11 +326,11 @@ def backup_and_restore(d: Deployment, plan: Plan, results: dict) -> None:
         have = rows
         b = timed(d, "backup.py")
         if b.returncode != 0:
-            raise SystemExit(f"backup.py failed:\n{b.output[-4000:]}")
+            raise run_failed("backup.py failed", b.output)
         dump = max((local / d.name(gw)).glob("*.dump"), key=lambda p: p.stat().st_mtime)
         r = timed(d, "restore.py", "--data", "restore_from=latest")
         if r.returncode != 0:
-            raise SystemExit(f"restore.py failed:\n{r.output[-4000:]}")
+            raise run_failed("restore.py failed", r.output)
         count = database.psql(d, gw, 'SELECT count(*) FROM "LiteLLM_SpendLogs" WHERE request_id LIKE \'bench-%\';')
         assert int(count) == rows, (count, rows)
         results["backup"][str(rows)] = {"backup_s": round(b.seconds, 1), "restore_s": round(r.seconds, 1),

@@ -3,6 +3,7 @@ grouping of a timed run, the targets read from results, and the bounds of the si
 
 import json
 import os
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -131,3 +132,15 @@ def test_the_rolled_topology_gets_bounds_for_its_gateways_sharing_the_cpus(tmp_p
     d = with_shared_cpu_bounds(LbDeployment(None, tmp_path, "bench-roll-", (*LB_DEPLOYED, "up1")))
     assert sorted(d.overrides) == ["gw1", "gw2", "gw3"]
     assert {b["start_timeout"] for b in d.overrides.values()} == {2 * DEFAULTS["start_timeout"]}
+
+
+def test_a_failed_run_says_why_and_keeps_its_whole_output(tmp_path, monkeypatch):
+    from bench.__main__ import run_failed
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    output = ("--> Starting operation: Verify\n[bench-4-gw2] Error: verification failed on bench-4-gw2 (1 problem(s)):\n"
+              + "    Grand total   124  -  6  118\n" + "x" * 5000)
+    stop = run_failed("no-op re-run of 4 gateway(s) failed or changed something", output)
+    assert "[bench-4-gw2] Error: verification failed on bench-4-gw2" in str(stop)
+    assert "Grand total" not in str(stop).split("the output's end")[0]
+    assert (tmp_path / "litellm-deploy-bench.failed-run.log").read_text() == output
