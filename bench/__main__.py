@@ -97,11 +97,19 @@ def deployment_of(bed: Testbed, workdir: Path, gateways: int) -> Deployment:
 def with_shared_cpu_bounds(d: Deployment) -> Deployment:
     """The bed's gateways share its CPUs, so N proxies starting at once take about N/CPUs times as long as
     one on a host of its own, which the shipped bounds are sized for. The bounds decide only whether a
-    start fails, never a figure: they grow with the hosts per CPU so the larger sizes can be measured."""
+    start fails, never a figure: they grow with the hosts per CPU so the larger sizes can be measured.
+
+    Where gateways share the CPUs, each runs one proxy worker: "auto" sizes a host by the CPUs it sees,
+    all of the bed's, so 4 gateways would start 8 workers on 2 CPUs, each also starting its own query
+    engine (the bed's Node stand-in). Prisma gives an engine a fixed 10 s to answer, and one did not
+    (4 gateways, a full run on 3 December 2026): the worker failed to boot, Gunicorn stopped the proxy,
+    and the run failed. A real fleet's hosts each have their own CPUs."""
     share = max(1, math.ceil(len(gateways_of(d)) / (os.cpu_count() or 1)))
     for gw in gateways_of(d):
         d.overrides.setdefault(gw, {}).update(start_timeout=share * DEFAULTS["start_timeout"],
                                               verify_timeout=share * DEFAULTS["verify_timeout"])
+        if share > 1:
+            d.overrides[gw]["proxy_workers"] = 1
     return d
 
 

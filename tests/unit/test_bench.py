@@ -99,6 +99,9 @@ def test_sizes_sharing_the_beds_cpus_get_start_bounds_that_grow_with_them(tmp_pa
     assert bounds[2]["gw2"]["start_timeout"] == DEFAULTS["start_timeout"]
     assert sorted(bounds[8]) == [f"gw{i}" for i in range(1, 9)]
     assert {b["start_timeout"] for b in bounds[8].values()} == {4 * DEFAULTS["start_timeout"]}
+    # Sharing the CPUs, one worker each; alone on its CPUs, the shipped "auto"
+    assert {b["proxy_workers"] for b in bounds[8].values()} == {1}
+    assert "proxy_workers" not in bounds[2]["gw1"]
 
 
 def test_the_proxy_start_before_and_after_is_in_the_table_and_the_readme_rows():
@@ -132,6 +135,7 @@ def test_the_rolled_topology_gets_bounds_for_its_gateways_sharing_the_cpus(tmp_p
     d = with_shared_cpu_bounds(LbDeployment(None, tmp_path, "bench-roll-", (*LB_DEPLOYED, "up1")))
     assert sorted(d.overrides) == ["gw1", "gw2", "gw3"]
     assert {b["start_timeout"] for b in d.overrides.values()} == {2 * DEFAULTS["start_timeout"]}
+    assert {b["proxy_workers"] for b in d.overrides.values()} == {1}
 
 
 def test_a_failed_run_says_why_and_keeps_its_whole_output(tmp_path, monkeypatch):
