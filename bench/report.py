@@ -26,7 +26,7 @@ def targets(results: dict) -> list[dict]:
     largest = str(sizes[-1]) if sizes else None
     one_noop = _median(results["noop"].get("1", {}).get("deploy_s"))
     target("no-op re-run, 1 gateway", one_noop, 2.5, "s")
-    if largest and largest != "1" and one_noop:
+    if largest and largest != "1" and one_noop and largest in results["noop"]:
         target(f"no-op re-run, {largest} gateways vs 1", _median(results["noop"][largest]["deploy_s"]) / one_noop,
                1.5, "x")
     one_fresh = _median(results["converge"].get("1", {}).get("total_s"))

@@ -6,6 +6,7 @@ import os
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +149,13 @@ def test_a_failed_run_says_why_and_keeps_its_whole_output(tmp_path, monkeypatch)
     assert "[bench-4-gw2] Error: verification failed on bench-4-gw2" in str(stop)
     assert "Grand total" not in str(stop).split("the output's end")[0]
     assert (tmp_path / "litellm-deploy-bench.failed-run.log").read_text() == output
+
+
+def test_the_committed_partial_full_run_reads_as_a_table_with_its_targets():
+    """A run stopped part way (bench/results.full-partial.json) still reads: no figure of a size it did not
+    reach is invented, and the targets it did measure are checked."""
+    results = json.loads((Path(__file__).resolve().parents[2] / "bench" / "results.full-partial.json").read_text())
+    checked = {t["target"]: t["met"] for t in report.targets(results)}
+    assert checked["no-op re-run, 1 gateway"] is False
+    assert not any("gateways vs 1" in name and "no-op" in name for name in checked)
+    assert "fresh converge, 4 gateway(s)" in report.table(results)
