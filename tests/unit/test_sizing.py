@@ -55,15 +55,19 @@ def test_the_rendered_command_carries_the_hosts_worker_count_and_litellm_reads_i
 def test_the_deploy_writes_the_compose_file_of_the_sized_settings(build, monkeypatch):
     """stack.write_files, the one writer of docker-compose.yml (deploy and upgrade rollback), sizes
     from the host's facts: the whole deploy planned on a host with 2 CPUs and 8 GB."""
-    from tasks import stack
+    from tasks import docker, stack
     from tests.unit.test_deploy_plan import plan
 
     rendered = []
     real = stack.render_files
-    monkeypatch.setattr(stack, "render_files", lambda settings: rendered.append(real(settings)) or rendered[-1])
-    plan(build(), monkeypatch, previous=None, facts={Cpus: lambda **_: 2, Memory: lambda **_: 8000})
+    monkeypatch.setattr(stack, "render_files", lambda settings, **kw: rendered.append(real(settings, **kw)) or rendered[-1])
+    plan(build(), monkeypatch, previous=None,
+         facts={Cpus: lambda **_: 2, Memory: lambda **_: 8000, docker.EngineVersion: lambda **_: (24, 0)})
     (files,) = rendered
-    assert yaml.safe_load(files[COMPOSE_FILE])["services"]["litellm"]["command"][4:6] == ["--num_workers", "2"]
+    proxy = yaml.safe_load(files[COMPOSE_FILE])["services"]["litellm"]
+    assert proxy["command"][4:6] == ["--num_workers", "2"]
+    # The host's engine read too: 24 takes no start_interval (tasks/docker.py)
+    assert "start_interval" not in proxy["healthcheck"]
 
 
 @pytest.mark.parametrize("value, message", [
