@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(PY) -m pytest tests -q --durations=25 $(PARALLEL)
 
 # What the package costs: converge, no-op and throughput figures on the test bed (bench/__main__.py).
-# QUICK=1: fewer hosts and runs, about 20 minutes on 2 cores.
+# QUICK=1: fewer hosts and runs, about 25 minutes on 2 cores.
 bench: $(STAMP)
 	tests/tools/docker-engine.sh
 	$(PY) -m bench $(if $(QUICK),--quick)

@@ -427,7 +427,7 @@ def bare_up(d: Deployment, gw: str, address: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer hosts and runs (~20 min on 2 cores); said in the results")
+    p.add_argument("--quick", action="store_true", help="fewer hosts and runs (~25 min on 2 cores); said in the results")
     p.add_argument("--gateways", type=lambda s: [int(x) for x in s.split(",")], help="sizes, e.g. 1,4,8")
     p.add_argument("--runs", type=int, help="fresh converges per size (default 3, quick 1)")
     p.add_argument("--out", type=Path, default=HERE / "results.json")
