@@ -69,7 +69,7 @@ def table(results: dict) -> str:
     if results.get("roll"):
         roll = results["roll"]
         row(f"model change rolled behind a load balancer, {roll['gateways']} gateways", roll["change_s"])
-        lines.append(f"{'  converge of that topology (db, redis and lb hosts)':58} {roll['converge_s']:>8.1f}s")
+        lines.append(f"{'  converge of that topology (hosts with Docker and the images)':58} {roll['converge_s']:>8.1f}s")
     if results["rotation"]:
         r = results["rotation"]
         lines.append(f"{'rotation (rotate.py), 1 gateway':58} {r['total_s']:>8.1f}s")
