@@ -204,8 +204,9 @@ def rolled_change(bed: Testbed, workdir: Path, plan: Plan, results: dict) -> Non
     """The load-balanced topology (tests/e2e/lb_topology.py: 3 gateways on a db host and a redis host,
     Caddy in front), converged, then a model change rolled across it one gateway at a time (the shipped
     roll_width): drained, recreated, verified, re-admitted, until all are verified."""
-    d = with_shared_cpu_bounds(LbDeployment(bed, workdir / "roll", f"{PREFIX}roll-", (*LB_DEPLOYED, "up1")))
-    d.proxy_workers = None
+    d = LbDeployment(bed, workdir / "roll", f"{PREFIX}roll-", (*LB_DEPLOYED, "up1"))
+    d.proxy_workers = None  # the shipped default, unless the gateways share the CPUs (with_shared_cpu_bounds)
+    with_shared_cpu_bounds(d)
     d.workdir.mkdir(parents=True, exist_ok=True)
     try:
         d.up()
@@ -455,9 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] stopped; the figures measured so far are in {partial}", file=sys.stderr)
         raise
     results["seconds"] = round(time.monotonic() - started)
-    results["targets"] = report.targets(results)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(report.table(results))
+    written(results, args.out)
     png = report.plot(results, args.out.with_suffix(".png"))
     print(f"[bench] wrote {args.out}" + (f" and {png}" if png else ""))
     return 0
@@ -468,11 +467,16 @@ def roll_only(bed: Testbed, plan: Plan, out: Path) -> int:
     results = json.loads(out.read_text())
     with tempfile.TemporaryDirectory(prefix="litellm-deploy-bench-") as tmp:
         rolled_change(bed, Path(tmp), plan, results)
+    written(results, out)
+    print(f"[bench] wrote the rolled change into {out}")
+    return 0
+
+
+def written(results: dict, out: Path) -> None:
+    """The results with their targets checked, into `out`, and printed as the table."""
     results["targets"] = report.targets(results)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(report.table(results))
-    print(f"[bench] wrote the rolled change into {out}")
-    return 0
 
 
 if __name__ == "__main__":

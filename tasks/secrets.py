@@ -194,4 +194,3 @@ def rewrite_secrets(path: Path, changes: Mapping[str, str | None], comments: Map
         raise RuntimeError(f"{path}: refusing to write a secrets file that would not read back as intended")
 
     write_private(path, new_text)
-

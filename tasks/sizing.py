@@ -1,10 +1,10 @@
 """How many worker processes a gateway's proxy runs (proxy_workers; "auto" sizes it to the host).
 
 LiteLLM runs one Uvicorn worker by default, and one worker keeps one CPU busy: on the test bed
-(2 CPUs) the deployed proxy answered 67 requests/s at concurrency 32 with two workers where the bare
-one-worker proxy answered 42 (bench/results.json). So "auto" gives one worker per CPU, bounded by memory
-(a worker holds about 800 MB resident) and by the bundled Postgres's connections (LiteLLM pools 10
-per worker; Postgres allows 100).
+(2 CPUs) the deployed proxy answered 52 requests/s at concurrency 32 with two workers where the bare
+one-worker proxy answered 38 (bench/results.full-partial.json). So "auto" gives one worker per CPU,
+bounded by memory (a worker holds about 800 MB resident) and by the bundled Postgres's connections
+(LiteLLM pools 10 per worker; Postgres allows 100).
 """
 
 from __future__ import annotations

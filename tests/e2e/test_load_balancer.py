@@ -41,8 +41,8 @@ import pytest
 
 from tasks import balancer, certificates
 from tests.e2e.conftest import PYINFRA, ROOT, Run
-from tests.e2e.lb_topology import DEPLOYED, GATEWAYS, LB, STATE, LbDeployment
 from tests.e2e.gateway_http import CLIENT_SCRIPT
+from tests.e2e.lb_topology import DEPLOYED, GATEWAYS, LB, STATE, LbDeployment
 from tests.testbed import wait_until
 
 PREFIX = "lb-"

@@ -117,7 +117,7 @@ def test_the_proxy_start_before_and_after_is_in_the_table_and_the_readme_rows():
         "| proxy start, 2 workers | 21 s | Gunicorn forking the workers; 34 s before, with Uvicorn (LiteLLM's default) |")
 
 
-def test_the_rolled_change_is_in_the_table_and_the_readme_rows(tmp_path, monkeypatch):
+def test_the_rolled_change_is_in_the_table_and_the_readme_rows():
     figure = lambda v: {"median": v, "spread": 1.5, "runs": [v]}  # noqa: E731
     results = {"date": "d", "quick": False, "machine": {}, "versions": {}, "converge": {}, "noop": {},
                "change": {"1": figure(45.0)}, "throughput": {}, "rotation": {}, "backup": {},
@@ -130,10 +130,11 @@ def test_the_rolled_change_is_in_the_table_and_the_readme_rows(tmp_path, monkeyp
 
 
 def test_the_rolled_topology_gets_bounds_for_its_gateways_sharing_the_cpus(tmp_path, monkeypatch):
-    from bench.__main__ import LB_DEPLOYED, LbDeployment, with_shared_cpu_bounds
+    from bench.__main__ import with_shared_cpu_bounds
+    from tests.e2e.lb_topology import DEPLOYED, LbDeployment
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    d = with_shared_cpu_bounds(LbDeployment(None, tmp_path, "bench-roll-", (*LB_DEPLOYED, "up1")))
+    d = with_shared_cpu_bounds(LbDeployment(None, tmp_path, "bench-roll-", (*DEPLOYED, "up1")))
     assert sorted(d.overrides) == ["gw1", "gw2", "gw3"]
     assert {b["start_timeout"] for b in d.overrides.values()} == {2 * DEFAULTS["start_timeout"]}
     assert {b["proxy_workers"] for b in d.overrides.values()} == {1}
