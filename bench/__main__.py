@@ -44,7 +44,7 @@ import yaml
 
 from bench import report
 from bench.load import median_and_spread, run_load
-from bench.runs import timed
+from bench.runs import TimedRun, timed
 from tasks.settings import DEFAULTS
 from tests.e2e import database, upgrade_probe
 from tests.e2e import gateway_http as api
@@ -65,7 +65,7 @@ class Plan:
     def __init__(self, quick: bool, gateways: list[int] | None, runs: int | None):
         self.quick = quick
         self.gateways = gateways or ([1, 2] if quick else [1, 4, 8])
-        self.runs = runs or (1 if quick else 3)           # fresh converges and model changes per size
+        self.runs = runs or (1 if quick else 3)           # fresh converges, changes, rotations, upgrades, backups
         self.repeats = 3                                  # no-op runs, floor runs, load runs
         self.load_seconds = 4 if quick else 15
         self.load_max_requests = 4000 if quick else 20000
@@ -141,9 +141,7 @@ def measure(bed: Testbed, plan: Plan, workdir: Path, results: dict) -> None:
             if n == 1:
                 proxy_start(bed, d, plan, results)
                 throughput(bed, d, plan, results)
-                rotation(d, results)
-                upgrade_rollback(bed, d, results)
-                backup_and_restore(d, plan, results)
+                changing_figures(bed, d, plan, results)
         finally:
             bed.down(d.hosts)
     rolled_change(bed, workdir, plan, results)
@@ -219,7 +217,7 @@ def rolled_change(bed: Testbed, workdir: Path, plan: Plan, results: dict) -> Non
     finally:
         bed.down(d.hosts)
     results["roll"] = {"gateways": len(gateways_of(d)), "converge_s": round(r.seconds, 1),
-                       "change_s": median_and_spread(changes), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                       "change_s": median_and_spread(changes)}
     print(f"[bench] model change rolled across {len(gateways_of(d))} gateways: {results['roll']['change_s']['median']:.1f} s",
           flush=True)
 
@@ -232,18 +230,30 @@ def virtual_key(d: Deployment, gw: str, alias: str) -> str:
     return made["key"]
 
 
-def rotation(d: Deployment, results: dict) -> None:
-    """rotate.py while a virtual key is polled: total time and the longest refusal."""
+def rotation(d: Deployment, plan: Plan, results: dict) -> None:
+    """rotate.py while a virtual key is polled, plan.runs times: total time and the longest refusal."""
+    results["rotation"] = polled_runs(d, plan, "rotation", lambda: timed(d, "rotate.py"),
+                                      lambda r: r.returncode == 0, "rotate.py failed", "total_s")
+
+
+def polled_runs(d: Deployment, plan: Plan, what: str, run_once, succeeded, failure: str, seconds_as: str) -> dict:
+    """run_once() plan.runs times, each while a virtual key of its own is polled: its seconds (as
+    `seconds_as`) and the longest refusal, each the median of the runs with the spread."""
     gw = gateways_of(d)[0]
-    poller = Poller(f"{d.base_url(gw)}/v1/models", virtual_key(d, gw, "bench-rotation"))
-    with poller:
-        r = timed(d, "rotate.py")
-    if r.returncode != 0:
-        raise run_failed("rotate.py failed", r.output)
-    results["rotation"] = {"total_s": round(r.seconds, 1), "refusal_window_s": round(poller.longest_refusal, 2),
-                           "polls": poller.polls, "refused": poller.refused}
-    print(f"[bench] rotation: {r.seconds:.1f} s, refusal window {poller.longest_refusal:.2f} s "
-          f"({poller.refused} of {poller.polls} polls refused)", flush=True)
+    seconds, windows, polls, refused = [], [], 0, 0
+    for run in range(plan.runs):
+        poller = Poller(f"{d.base_url(gw)}/v1/models", virtual_key(d, gw, f"bench-{what.replace(' ', '-')}-{run}"))
+        with poller:
+            r = run_once()
+        if not succeeded(r):
+            raise run_failed(failure, r.output)
+        seconds.append(r.seconds)
+        windows.append(poller.longest_refusal)
+        polls, refused = polls + poller.polls, refused + poller.refused
+        print(f"[bench] {what}, run {run + 1}: {r.seconds:.1f} s, longest refusal {poller.longest_refusal:.2f} s "
+              f"({poller.refused} of {poller.polls} polls refused)", flush=True)
+    return {seconds_as: median_and_spread(seconds), "refusal_window_s": median_and_spread(windows),
+            "polls": polls, "refused": refused}
 
 
 class Poller:
@@ -284,32 +294,32 @@ class Poller:
         return self
 
     def __exit__(self, *exc):
-        # The window closes only when the key works again: keep polling a little after the run.
-        wait_until("the virtual key works again", self._ok, timeout=120)
+        # The window closes only when the key works again: keep polling a little after the run, as often
+        # as the thread does, so the window it measures ends within one interval of the key working.
+        wait_until("the virtual key works again", self._ok, timeout=120, interval=self.interval)
         self._stop.set()
         self._thread.join()
 
 
-def upgrade_rollback(bed: Testbed, d: Deployment, results: dict) -> None:
+def upgrade_rollback(bed: Testbed, d: Deployment, plan: Plan, results: dict) -> None:
     """An image upgrade that fails verification (tests/e2e/upgrade_probe.py) and rolls back by itself,
-    while a virtual key is polled: the longest the gateway refused it, and the whole attempt."""
+    while a virtual key is polled, plan.runs times: the longest the gateway refused it, and the whole attempt."""
     gw = gateways_of(d)[0]
     newer = bed.litellm_image() + "-bench-probe"
     upgrade_probe.build(d, gw, bed.litellm_image(), newer)
-    key = virtual_key(d, gw, "bench-upgrade")
-    d.overrides.setdefault(gw, {})["litellm_image"] = newer
-    d.write_inventory()
-    poller = Poller(f"{d.base_url(gw)}/v1/models", key)
-    with poller:
-        r = timed(d)
-    del d.overrides[gw]["litellm_image"]
-    d.write_inventory()
-    if r.returncode == 0 or "Rollback to the previous image" not in r.output:
-        raise run_failed("the failing upgrade did not fail and roll back", r.output)
-    results["upgrade"] = {"attempt_s": round(r.seconds, 1), "refusal_window_s": round(poller.longest_refusal, 2),
-                          "polls": poller.polls, "refused": poller.refused}
-    print(f"[bench] failed upgrade rolled back: {r.seconds:.1f} s, longest refusal {poller.longest_refusal:.2f} s",
-          flush=True)
+
+    def attempt() -> TimedRun:
+        d.overrides.setdefault(gw, {})["litellm_image"] = newer
+        d.write_inventory()
+        try:
+            return timed(d)
+        finally:
+            del d.overrides[gw]["litellm_image"]
+            d.write_inventory()
+
+    results["upgrade"] = polled_runs(d, plan, "failed upgrade rolled back", attempt,
+                                     lambda r: r.returncode != 0 and "Rollback to the previous image" in r.output,
+                                     "the failing upgrade did not fail and roll back", "attempt_s")
 
 
 SPEND_ROWS = """INSERT INTO "LiteLLM_SpendLogs" (request_id, call_type, api_key, spend, total_tokens, prompt_tokens,
@@ -333,19 +343,23 @@ def backup_and_restore(d: Deployment, plan: Plan, results: dict) -> None:
     for rows in plan.spend_rows:
         database.psql(d, gw, SPEND_ROWS.format(start=have + 1, end=rows))
         have = rows
-        b = timed(d, "backup.py")
-        if b.returncode != 0:
-            raise run_failed("backup.py failed", b.output)
-        dump = max((local / d.name(gw)).glob("*.dump"), key=lambda p: p.stat().st_mtime)
-        r = timed(d, "restore.py", "--data", "restore_from=latest")
-        if r.returncode != 0:
-            raise run_failed("restore.py failed", r.output)
-        count = database.psql(d, gw, 'SELECT count(*) FROM "LiteLLM_SpendLogs" WHERE request_id LIKE \'bench-%\';')
-        assert int(count) == rows, (count, rows)
-        results["backup"][str(rows)] = {"backup_s": round(b.seconds, 1), "restore_s": round(r.seconds, 1),
+        backups, restores = [], []
+        for _ in range(plan.runs):
+            b = timed(d, "backup.py")
+            if b.returncode != 0:
+                raise run_failed("backup.py failed", b.output)
+            dump = max((local / d.name(gw)).glob("*.dump"), key=lambda p: p.stat().st_mtime)
+            r = timed(d, "restore.py", "--data", "restore_from=latest")
+            if r.returncode != 0:
+                raise run_failed("restore.py failed", r.output)
+            count = database.psql(d, gw, 'SELECT count(*) FROM "LiteLLM_SpendLogs" WHERE request_id LIKE \'bench-%\';')
+            assert int(count) == rows, (count, rows)
+            backups.append(b.seconds)
+            restores.append(r.seconds)
+        results["backup"][str(rows)] = {"backup_s": median_and_spread(backups), "restore_s": median_and_spread(restores),
                                         "dump_mb": round(dump.stat().st_size / 1e6, 1)}
-        print(f"[bench] {rows} spend-log rows: backup {b.seconds:.1f} s, restore {r.seconds:.1f} s, "
-              f"dump {dump.stat().st_size / 1e6:.1f} MB", flush=True)
+        print(f"[bench] {rows} spend-log rows: backup {statistics.median(backups):.1f} s, "
+              f"restore {statistics.median(restores):.1f} s, dump {dump.stat().st_size / 1e6:.1f} MB", flush=True)
 
 
 def throughput(bed: Testbed, d: Deployment, plan: Plan, results: dict) -> None:
@@ -430,16 +444,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer hosts and runs (~25 min on 2 cores); said in the results")
     p.add_argument("--gateways", type=lambda s: [int(x) for x in s.split(",")], help="sizes, e.g. 1,4,8")
-    p.add_argument("--runs", type=int, help="fresh converges per size (default 3, quick 1)")
+    p.add_argument("--runs", type=int, help="runs of each fresh converge, model change, rotation, failed upgrade "
+                                                  "and backup/restore (default 3, quick 1)")
     p.add_argument("--out", type=Path, default=HERE / "results.json")
-    p.add_argument("--roll-only", action="store_true",
-                   help="measure only the rolled change and write it into the results already in --out")
+    p.add_argument("--only", choices=sorted(ONLY),
+                   help="measure only some figures and write them into the results already in --out: "
+                        "roll, the rolled change; one-gateway, rotation, the failed upgrade, backup and restore")
     args = p.parse_args(argv)
     plan = Plan(args.quick, args.gateways, args.runs)
     bed = Testbed()
     bed.build_images()
-    if args.roll_only:
-        return roll_only(bed, plan, args.out)
+    if args.only:
+        return only(ONLY[args.only], bed, plan, args.out)
     started = time.monotonic()
     results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": plan.quick,
                      "plan": {"gateways": plan.gateways, "fresh_runs": plan.runs, "repeats": plan.repeats,
@@ -462,13 +478,40 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def roll_only(bed: Testbed, plan: Plan, out: Path) -> int:
-    """Re-measure the rolled change alone into earlier results (its own date is kept with it)."""
+def one_gateway(bed: Testbed, workdir: Path, plan: Plan, results: dict) -> None:
+    """changing_figures on a gateway of its own, converged first."""
+    d = deployment_of(bed, workdir / "gw1", 1)
+    d.workdir.mkdir(parents=True, exist_ok=True)
+    d.up()
+    try:
+        d.write_inventory()
+        r = timed(d)
+        if r.returncode != 0:
+            raise run_failed("converge of one gateway failed", r.output)
+        changing_figures(bed, d, plan, results)
+    finally:
+        bed.down(d.hosts)
+
+
+def changing_figures(bed: Testbed, d: Deployment, plan: Plan, results: dict) -> None:
+    """On one converged gateway, what changes it: a rotation, a failed upgrade, backups and restores."""
+    rotation(d, plan, results)
+    upgrade_rollback(bed, d, plan, results)
+    backup_and_restore(d, plan, results)
+
+
+ONLY = {"roll": rolled_change, "one-gateway": one_gateway}
+
+
+def only(measure_part, bed: Testbed, plan: Plan, out: Path) -> int:
+    """Re-measure some figures into earlier results; the date they were measured is kept with them."""
     results = json.loads(out.read_text())
     with tempfile.TemporaryDirectory(prefix="litellm-deploy-bench-") as tmp:
-        rolled_change(bed, Path(tmp), plan, results)
+        measure_part(bed, Path(tmp), plan, results)
+    results.setdefault("measured_later", {})[measure_part.__name__] = \
+        datetime.now(timezone.utc).isoformat(timespec="seconds")
     written(results, out)
-    print(f"[bench] wrote the rolled change into {out}")
+    print(f"[bench] wrote {measure_part.__name__} into {out}")
     return 0
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _median(figure: dict | None) -> float | None:
+def _median(figure: dict | float | None) -> float | None:
+    """A figure's median; a bare number is a figure of one run (results from before they were repeated)."""
+    if figure is None or isinstance(figure, (int, float)):
+        return figure
     return figure["median"] if figure else None
 
 
@@ -40,8 +43,8 @@ def targets(results: dict) -> list[dict]:
                _median(deployed["rps"]) / _median(bare["rps"]), 1.5, "x", higher_is_better=True)
         target("p99 at concurrency 32, deployed vs bare",
                _median(deployed["p99_ms"]) / _median(bare["p99_ms"]), 1.0, "x")
-    target("rotation refusal window per host", results["rotation"].get("refusal_window_s"), 5, "s")
-    target("upgrade rollback, longest refusal", (results.get("upgrade") or {}).get("refusal_window_s"), 60, "s")
+    target("rotation refusal window per host", _median(results["rotation"].get("refusal_window_s")), 5, "s")
+    target("upgrade rollback, longest refusal", _median((results.get("upgrade") or {}).get("refusal_window_s")), 60, "s")
     return out
 
 
@@ -50,9 +53,11 @@ def table(results: dict) -> str:
              f"machine: {results['machine']}", f"versions: {results['versions']}", ""]
     lines.append(f"{'figure':58} {'median':>9} {'spread':>8}")
 
-    def row(name, figure, unit="s"):
-        if figure:
-            lines.append(f"{name:58} {figure['median']:>8.1f}{unit} {figure['spread']:>7.1f}{unit}")
+    def row(name, figure, unit="s", digits=1):
+        if isinstance(figure, (int, float)):  # one run: no spread
+            lines.append(f"{name:58} {figure:>8.{digits}f}{unit}")
+        elif figure:
+            lines.append(f"{name:58} {figure['median']:>8.{digits}f}{unit} {figure['spread']:>7.{digits}f}{unit}")
 
     for n, c in sorted(results["converge"].items(), key=lambda kv: int(kv[0])):
         row(f"fresh converge, {n} gateway(s)", c["total_s"])
@@ -72,19 +77,19 @@ def table(results: dict) -> str:
         lines.append(f"{'  converge of that topology (hosts with Docker and the images)':58} {roll['converge_s']:>8.1f}s")
     if results["rotation"]:
         r = results["rotation"]
-        lines.append(f"{'rotation (rotate.py), 1 gateway':58} {r['total_s']:>8.1f}s")
-        lines.append(f"{'  refusal window (virtual key polled every 50 ms)':58} {r['refusal_window_s']:>8.2f}s")
+        row("rotation (rotate.py), 1 gateway", r["total_s"])
+        row("  refusal window (virtual key polled every 50 ms)", r["refusal_window_s"], digits=2)
     if results.get("upgrade"):
         u = results["upgrade"]
-        lines.append(f"{'failed upgrade rolled back by itself, 1 gateway':58} {u['attempt_s']:>8.1f}s")
-        lines.append(f"{'  longest refusal (virtual key polled every 50 ms)':58} {u['refusal_window_s']:>8.2f}s")
+        row("failed upgrade rolled back by itself, 1 gateway", u["attempt_s"])
+        row("  longest refusal (virtual key polled every 50 ms)", u["refusal_window_s"], digits=2)
     if results.get("proxy_start"):
         p = results["proxy_start"]
         row(f"proxy start, {p['workers']} workers, as deployed (Gunicorn forks them)", p["gunicorn"])
         row("  before: Uvicorn, each worker importing LiteLLM", p["uvicorn"])
     for rows, b in sorted(results["backup"].items(), key=lambda kv: int(kv[0])):
-        lines.append(f"{f'backup / restore at {int(rows):,} spend-log rows':58} {b['backup_s']:>8.1f}s "
-                     f"{b['restore_s']:>7.1f}s  dump {b['dump_mb']} MB")
+        row(f"backup at {int(rows):,} spend-log rows (dump {b['dump_mb']} MB)", b["backup_s"])
+        row("  restore of it", b["restore_s"])
     if results["throughput"]:
         lines += ["", f"{'throughput (chat, virtual key)':32} {'conc':>5} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'failed':>7}"]
         for target, points in results["throughput"].items():
@@ -155,13 +160,14 @@ def markdown(results: dict) -> str:
             rows.append((f"throughput at concurrency 32, {target}", f"{point['rps']['median']:.0f} req/s",
                          f"p50 {point['p50_ms']['median']:.0f} ms, p99 {point['p99_ms']['median']:.0f} ms"))
     if results.get("rotation"):
-        rows.append(("rotation, refusal window", f"{results['rotation']['refusal_window_s']:.0f} s",
-                     f"rotate.py {results['rotation']['total_s']:.0f} s"))
+        rows.append(("rotation, refusal window", f"{_median(results['rotation']['refusal_window_s']):.0f} s",
+                     f"rotate.py {_median(results['rotation']['total_s']):.0f} s"))
     if results.get("upgrade"):
-        rows.append(("failed upgrade, longest refusal", f"{results['upgrade']['refusal_window_s']:.0f} s",
-                     f"attempt and rollback {results['upgrade']['attempt_s']:.0f} s"))
+        rows.append(("failed upgrade, longest refusal", f"{_median(results['upgrade']['refusal_window_s']):.0f} s",
+                     f"attempt and rollback {_median(results['upgrade']['attempt_s']):.0f} s"))
     for count, b in sorted(results["backup"].items(), key=lambda kv: int(kv[0])):
-        rows.append((f"backup / restore, {int(count):,} spend-log rows", f"{b['backup_s']:.0f} s / {b['restore_s']:.0f} s",
+        rows.append((f"backup / restore, {int(count):,} spend-log rows",
+                     f"{_median(b['backup_s']):.0f} s / {_median(b['restore_s']):.0f} s",
                      f"dump {b['dump_mb']} MB"))
     lines = ["| figure | median | |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines)

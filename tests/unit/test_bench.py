@@ -3,6 +3,7 @@ grouping of a timed run, the targets read from results, and the bounds of the si
 
 import json
 import os
+import re
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -127,6 +128,84 @@ def test_the_rolled_change_is_in_the_table_and_the_readme_rows():
     assert "converge of that topology" in table and "210.0s" in table
     assert report.markdown(results).splitlines()[3] == ("| model change rolled behind a load balancer, 3 gateways | 150 s | "
                                                        "one gateway at a time: drained, recreated, verified, re-admitted |")
+
+
+def test_rotation_upgrade_and_backup_figures_carry_their_runs_and_one_run_figures_still_read():
+    """Rotation, the failed upgrade and each backup/restore point are the median of their runs with the
+    spread; results written before they were repeated (one number each) read the same way."""
+    figure = lambda v, spread=2.0: {"median": v, "spread": spread, "runs": [v]}  # noqa: E731
+    repeated = {"date": "d", "quick": False, "machine": {}, "versions": {}, "converge": {}, "noop": {},
+                "change": {}, "throughput": {},
+                "rotation": {"total_s": figure(31.5), "refusal_window_s": figure(24.25, 1.5)},
+                "upgrade": {"attempt_s": figure(240.0), "refusal_window_s": figure(29.5)},
+                "backup": {"10000": {"backup_s": figure(3.5), "restore_s": figure(32.0, 4.0), "dump_mb": 4.4}}}
+    once = {**repeated, "rotation": {"total_s": 31.5, "refusal_window_s": 24.25},
+            "upgrade": {"attempt_s": 240.0, "refusal_window_s": 29.5},
+            "backup": {"10000": {"backup_s": 3.5, "restore_s": 32.0, "dump_mb": 4.4}}}
+    table = report.table(repeated)
+    assert re.search(r"refusal window \(virtual key polled every 50 ms\)\s+24\.25s\s+1\.50s", table)
+    assert re.search(r"restore of it\s+32\.0s\s+4\.0s", table)
+    assert re.search(r"restore of it\s+32\.0s$", report.table(once), re.M)
+    assert report.markdown(repeated) == report.markdown(once)
+    assert "| rotation, refusal window | 24 s | rotate.py 32 s |" in report.markdown(repeated).splitlines()
+    for results in (repeated, once):
+        verdicts = {t["target"]: (t["value"], t["met"]) for t in report.targets(results)}
+        assert verdicts["rotation refusal window per host"] == (24.25, False)
+        assert verdicts["upgrade rollback, longest refusal"] == (29.5, True)
+
+
+class Models(BaseHTTPRequestHandler):
+    """/v1/models that refuses every key while `refusing` is set, as a restarting proxy does."""
+    refusing = threading.Event()
+
+    def do_GET(self):
+        self.send_response(503 if Models.refusing.is_set() else 200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_polled_figure_is_the_median_of_its_runs_with_the_longest_refusal_of_each():
+    from bench.__main__ import Plan, polled_runs
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Models)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+
+    class Gateway:  # what polled_runs uses of a Deployment
+        standard_hosts = ("gw1", "ollama1")
+        aliases: list[str] = []
+
+        def base_url(self, gw):
+            return f"http://127.0.0.1:{httpd.server_address[1]}"
+
+        def call(self, gw, path, body):
+            Gateway.aliases.append(body["key_alias"])
+            return 200, {"key": "k"}
+
+    refusals = iter([0.3, 0.6, 0.45])
+
+    def run_once():
+        Models.refusing.set()
+        threading.Event().wait(next(refusals))  # the stand-in proxy's restart, not a synchronisation
+        Models.refusing.clear()
+        return TimedRun(0, 1.0, "")
+
+    try:
+        figure = polled_runs(Gateway(), Plan(False, [1], 3), "rotation", run_once, lambda r: r.returncode == 0,
+                             "rotate.py failed", "total_s")
+        assert Gateway.aliases == ["bench-rotation-0", "bench-rotation-1", "bench-rotation-2"]
+        assert figure["total_s"] == {"median": 1.0, "spread": 0.0, "runs": [1.0, 1.0, 1.0]}
+        windows = figure["refusal_window_s"]["runs"]
+        assert [round(w, 1) for w in windows] == pytest.approx([0.3, 0.6, 0.45], abs=0.15)
+        assert figure["refusal_window_s"]["median"] == sorted(windows)[1]
+        assert 0 < figure["refused"] <= figure["polls"]
+        with pytest.raises(SystemExit, match="rotate.py failed"):
+            polled_runs(Gateway(), Plan(False, [1], 1), "rotation", lambda: TimedRun(2, 1.0, "boom"),
+                        lambda r: r.returncode == 0, "rotate.py failed", "total_s")
+    finally:
+        httpd.shutdown()
 
 
 def test_the_rolled_topology_gets_bounds_for_its_gateways_sharing_the_cpus(tmp_path, monkeypatch):
