@@ -152,14 +152,20 @@ def measure(bed: Testbed, plan: Plan, workdir: Path, results: dict) -> None:
                 (results["converge"][str(n)]["total_s"]["median"] - one) / (n - 1), 1)
 
 
+def fresh_converge(d: Deployment, what: str) -> TimedRun:
+    """New hosts for the deployment, converged once and timed; a converge that fails stops the bench."""
+    d.up()
+    d.write_inventory()
+    r = timed(d)
+    if r.returncode != 0:
+        raise run_failed(f"fresh converge of {what} failed", r.output)
+    return r
+
+
 def converge(d: Deployment, n: int, plan: Plan, results: dict) -> None:
     totals, stages = [], {}
     for run in range(plan.runs):
-        d.up()
-        d.write_inventory()
-        r = timed(d)
-        if r.returncode != 0:
-            raise run_failed(f"fresh converge of {n} gateway(s) failed", r.output)
+        r = fresh_converge(d, f"{n} gateway(s)")
         totals.append(r.seconds)
         for stage, seconds in r.stages().items():
             stages.setdefault(stage, []).append(seconds)
@@ -207,11 +213,7 @@ def rolled_change(bed: Testbed, workdir: Path, plan: Plan, results: dict) -> Non
     with_shared_cpu_bounds(d)
     d.workdir.mkdir(parents=True, exist_ok=True)
     try:
-        d.up()
-        d.write_inventory()
-        r = timed(d)
-        if r.returncode != 0:
-            raise run_failed("converge of the load-balanced topology failed", r.output)
+        r = fresh_converge(d, "the load-balanced topology")
         print(f"[bench] load-balanced topology ({len(gateways_of(d))} gateways) converged: {r.seconds:.1f} s", flush=True)
         changes = [model_change(d, run) for run in range(plan.runs)]
     finally:
@@ -455,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     bed = Testbed()
     bed.build_images()
     if args.only:
-        return only(ONLY[args.only], bed, plan, args.out)
+        return only(args.only, bed, plan, args.out)
     started = time.monotonic()
     results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": plan.quick,
                      "plan": {"gateways": plan.gateways, "fresh_runs": plan.runs, "repeats": plan.repeats,
@@ -482,12 +484,8 @@ def one_gateway(bed: Testbed, workdir: Path, plan: Plan, results: dict) -> None:
     """changing_figures on a gateway of its own, converged first."""
     d = deployment_of(bed, workdir / "gw1", 1)
     d.workdir.mkdir(parents=True, exist_ok=True)
-    d.up()
     try:
-        d.write_inventory()
-        r = timed(d)
-        if r.returncode != 0:
-            raise run_failed("converge of one gateway failed", r.output)
+        fresh_converge(d, "one gateway")
         changing_figures(bed, d, plan, results)
     finally:
         bed.down(d.hosts)
@@ -503,15 +501,14 @@ def changing_figures(bed: Testbed, d: Deployment, plan: Plan, results: dict) -> 
 ONLY = {"roll": rolled_change, "one-gateway": one_gateway}
 
 
-def only(measure_part, bed: Testbed, plan: Plan, out: Path) -> int:
-    """Re-measure some figures into earlier results; the date they were measured is kept with them."""
+def only(part: str, bed: Testbed, plan: Plan, out: Path) -> int:
+    """Re-measure one part's figures (ONLY) into earlier results; when, under "measured_later"."""
     results = json.loads(out.read_text())
     with tempfile.TemporaryDirectory(prefix="litellm-deploy-bench-") as tmp:
-        measure_part(bed, Path(tmp), plan, results)
-    results.setdefault("measured_later", {})[measure_part.__name__] = \
-        datetime.now(timezone.utc).isoformat(timespec="seconds")
+        ONLY[part](bed, Path(tmp), plan, results)
+    results.setdefault("measured_later", {})[part] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     written(results, out)
-    print(f"[bench] wrote {measure_part.__name__} into {out}")
+    print(f"[bench] wrote {part} into {out}")
     return 0
 
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _median(figure: dict | float | None) -> float | None:
-    """A figure's median; a bare number is a figure of one run (results from before they were repeated)."""
-    if figure is None or isinstance(figure, (int, float)):
-        return figure
+def _median(figure: dict | None) -> float | None:
     return figure["median"] if figure else None
 
 
@@ -54,9 +51,7 @@ def table(results: dict) -> str:
     lines.append(f"{'figure':58} {'median':>9} {'spread':>8}")
 
     def row(name, figure, unit="s", digits=1):
-        if isinstance(figure, (int, float)):  # one run: no spread
-            lines.append(f"{name:58} {figure:>8.{digits}f}{unit}")
-        elif figure:
+        if figure:
             lines.append(f"{name:58} {figure['median']:>8.{digits}f}{unit} {figure['spread']:>7.{digits}f}{unit}")
 
     for n, c in sorted(results["converge"].items(), key=lambda kv: int(kv[0])):

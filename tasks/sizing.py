@@ -2,8 +2,8 @@
 
 LiteLLM runs one Uvicorn worker by default, and one worker keeps one CPU busy: on the test bed
 (2 CPUs) the deployed proxy answered 91 requests/s at concurrency 32 with two workers where the bare
-one-worker proxy answered 57 (bench/results.json, the full run of 4 December 2026). So "auto" gives one worker per CPU,
-bounded by memory (a worker holds about 800 MB resident) and by the bundled Postgres's connections
+one-worker proxy answered 57 (bench/results.json, the full run of 4 December 2026). So "auto" gives one
+worker per CPU, bounded by memory (a worker holds about 800 MB resident) and by the bundled Postgres's connections
 (LiteLLM pools 10 per worker; Postgres allows 100).
 """
 
