@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from tasks import reserved
+
 # Provider prefixes this package knows how to route and verify. LiteLLM knows many more; add a
 # prefix here once its config shape is tested, rather than letting a typo reach the proxy.
 PROVIDERS = {
@@ -176,6 +178,8 @@ def _parse_model(field: str, entry: dict, ollama_nodes: dict[str, str], problems
             f"{field}.api_key_env: {api_key_env!r} must name a secrets-file entry like OPENAI_API_KEY "
             "(the name, never the key itself)"
         )
+    elif problem := reserved.entry_problem(f"{field}.api_key_env", api_key_env, "OPENAI_API_KEY"):
+        problems.append(problem)
     api_base = entry.get("api_base")
     if api_base is not None and not is_http_url(api_base):
         problems.append(f"{field}.api_base: {api_base!r} is not a URL — fix: use http(s)://host:port")

@@ -88,6 +88,27 @@ def read_secrets(path: Path) -> dict[str, str]:
     return {name: value for name, value in values.items() if value}
 
 
+def duplicate_problems(path: Path) -> list[str]:
+    """An entry written twice: python-dotenv would silently take the last one, which may not be the
+    value the deployment runs with. Names only, with the line numbers of each."""
+    import io
+
+    from dotenv.parser import parse_stream
+
+    if not path.exists():
+        return []
+    lines: dict[str, list[int]] = {}
+    line = 1
+    for binding in parse_stream(io.StringIO(path.read_text())):
+        text = binding.original.string
+        if binding.key is not None and not binding.error:
+            lead = len(text) - len(text.lstrip("\n"))  # blank lines the parser hands to the entry
+            lines.setdefault(binding.key, []).append(line + lead)
+        line += text.count("\n")
+    return [f"secrets file {path}: {name} is written {len(at)} times (lines {', '.join(map(str, at))}) — fix: keep "
+            "the one the deployment uses and delete the others" for name, at in lines.items() if len(at) > 1]
+
+
 def loose_mode_problem(path: Path) -> str | None:
     if path.exists() and stat.S_IMODE(path.stat().st_mode) & 0o077:
         return f"secrets file {path}: readable by other users — fix: chmod 600 {path}"

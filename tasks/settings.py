@@ -15,11 +15,11 @@ from typing import Callable, Mapping
 
 from pyinfra.api.exceptions import PyinfraError
 
-from tasks import calendar, key_guard, pgservice, tls_config, topology
+from tasks import calendar, key_guard, pgservice, reserved, tls_config, topology
 from tasks import secrets as S
 from tasks.key_guard import Completion, HostEnvs
 from tasks.models import OLLAMA_PORT, Model, is_http_url, parse_models, parse_ollama_nodes
-from tasks.virtual_keys import Team, VirtualKey, key_value_problems, parse_keys, parse_teams
+from tasks.virtual_keys import Team, VirtualKey, default_key_env, key_value_problems, parse_keys, parse_teams
 
 GATEWAYS = "litellm_hosts"
 OLLAMA_NODES = "ollama_nodes"  # the old inventory group of nodes, refused (refuse_node_group)
@@ -268,6 +268,9 @@ def _directory_problems(field_name: str, value: object) -> list[str]:
             or not re.fullmatch(PATH_CHARACTERS, value) or "." in parts or ".." in parts:
         return [f"{field_name}: {value!r} must be an absolute directory other than /, of letters, digits and "
                 "_ . - / only, without . or .. parts — fix: e.g. /opt/litellm"]
+    if why := reserved.directory_owner(value):
+        return [f"{field_name}: {value!r} is {why}; the package makes its directory root-only and fills it "
+                "— fix: a directory of its own, e.g. /opt/litellm or /var/backups/litellm"]
     return []
 
 
@@ -374,6 +377,9 @@ def log_problems(raw: dict[str, object]) -> list[str]:
 def backup_problems(raw: dict[str, object]) -> list[str]:
     problems = []
     problems += _directory_problems("backup_dir", raw["backup_dir"])
+    if str(raw["backup_dir"]).rstrip("/") == str(raw["install_dir"]).rstrip("/"):
+        problems.append(f"backup_dir: {raw['backup_dir']!r} is also install_dir, whose files the backups' pruning "
+                        "would meet — fix: a directory of its own, e.g. /var/backups/litellm")
     problems += _number_problems("backup_keep", raw["backup_keep"], 1, None, "a whole number of backups")
     if not isinstance(raw["backup_local_dir"], str) or not raw["backup_local_dir"].strip():
         problems.append("backup_local_dir: must be a directory on the controller, such as 'backups'")
@@ -480,6 +486,7 @@ def build_everything(
         problems.append(f"inventory: no host in the {GATEWAYS} group — fix: add your gateways to {GATEWAYS}")
     if problem := S.loose_mode_problem(secrets_file):
         problems.append(problem)
+    problems += S.duplicate_problems(secrets_file)
     present = S.read_secrets(secrets_file)
 
     parsed: dict[str, tuple[dict, dict[str, str], tuple[Model, ...], Access]] = {}
@@ -578,6 +585,12 @@ def access_declared(raw: dict[str, object], models: tuple[Model, ...], problems:
     routed = None if raw["store_model_in_db"] is True else {m.name for m in models}
     teams = parse_teams(raw["teams"], routed, problems)
     keys = parse_keys(raw["virtual_keys"], teams, routed, problems)
+    provider_entries = {m.api_key_env: m.name for m in models if m.api_key_env}
+    for key in keys:
+        if key.key_env in provider_entries:
+            problems.append(f"virtual_keys[{key.alias!r}].key_env: {key.key_env} is also the api_key_env of model "
+                            f"{provider_entries[key.key_env]!r}: the provider's key would be handed out as a virtual key "
+                            f"— fix: give the key an entry of its own, e.g. {default_key_env(key.alias)!r}")
     if (teams or keys) and raw["database_mode"] == "none":
         problems.append("virtual_keys/teams: declared on a gateway without a database (database_mode 'none'), "
                         "where LiteLLM keeps no keys — fix: database_mode 'bundled' or 'external', or remove them")

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
+from tasks import reserved
 from tasks.models import ENV_NAME
 
 ALL_MODELS = "all"
@@ -88,6 +89,9 @@ def _entries(raw: object, name: str, example: dict, allowed: set[str], problems:
                             "starting with a letter or digit — it identifies the entry on every run")
             continue
         field = f"{name}[{alias!r}]"
+        if problem := reserved.alias_problem(f"{field}.alias", alias):
+            problems.append(problem)
+            continue
         if any(entry["alias"] == alias for _, entry in entries):
             problems.append(f"{field}: declared twice — fix: one entry per alias")
             continue
@@ -219,6 +223,8 @@ def parse_keys(raw: object, teams: tuple[Team, ...], routed: set[str] | None,
         if not isinstance(key_env, str) or not ENV_NAME.match(key_env):
             problems.append(f"{field}.key_env: {key_env!r} must be a secrets-file entry name such as "
                             f"{default_key_env(alias)!r} (capitals, digits, _)")
+        elif problem := reserved.entry_problem(f"{field}.key_env", key_env, default_key_env(alias)):
+            problems.append(problem)
         elif key_env in envs:
             problems.append(f"{field}.key_env: {key_env} is also the entry of key {envs[key_env]!r} — fix: give "
                             "each key its own key_env (aliases differing only in case or '-' vs '_' share the default)")

@@ -29,7 +29,7 @@ def full_secrets(path, **overrides):
     """A deployed inventory's secrets file: every generated secret present."""
     values = {name: make() for name, make in S.GENERATED.items()}
     values.update(overrides)
-    S.append_secrets(path, values, {name: "test" for name in values})
+    S.rewrite_secrets(path, values, {name: "test" for name in values})  # each entry once: no duplicates
     return values
 
 
