@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import hashlib
 import ipaddress
 import os
 import re
@@ -40,8 +41,9 @@ CA_YEARS = 10
 # leaked key ages out) and is issued again on the first run with fewer than 30 days left.
 LEAF_DAYS = 365
 RENEW_BEFORE = datetime.timedelta(days=30)
-# A label names a leaf's files: an inventory name, made safe for a file name.
+# A label names a leaf's files: an inventory name, made safe for a file name, never the CA's own.
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_RESERVED_LABELS = {CA_CERT.rsplit(".", 1)[0], CA_KEY.rsplit(".", 1)[0]}
 # A DNS name in a certificate: letters, digits, '-' per label, optionally one leading '*.' wildcard.
 _DNS_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 DNS_NAME = re.compile(rf"(\*\.)?{_DNS_LABEL}(\.{_DNS_LABEL})*\.?")
@@ -330,7 +332,13 @@ def tls_dir(secrets_file: Path) -> Path:
 
 
 def label_of(host_name: str) -> str:
-    return _LABEL_UNSAFE.sub("_", host_name) or "_"
+    """The name of a host's leaf files in the store. A host name that is not already a safe, lowercase
+    file name other than the CA's gets a digest of itself appended: "gw:1" and "gw_1", "GW1" and "gw1"
+    (one file on a case-insensitive disk), or a host named "ca" never share files with another."""
+    label = _LABEL_UNSAFE.sub("_", host_name)
+    if label == host_name and label == label.lower() and label not in _RESERVED_LABELS and not label.startswith("."):
+        return label
+    return f"{label or '_'}-{hashlib.sha256(host_name.encode()).hexdigest()[:8]}"
 
 
 def _read(path: Path) -> bytes | None:
@@ -410,6 +418,45 @@ class CertificateStore:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def served_problems(directory: Path, served: dict[str, tuple[str, bytes | None]]) -> list[str]:
+    """Why this run must not issue from the store in `directory`, given what the hosts that take a leaf
+    from it serve now (`served`: host -> (its certificate's path there, the PEM, or None for none)).
+
+    A controller without the deployment's CA would make a new one and lock out every client that
+    trusts the old one; a controller holding another deployment's CA would do the same. Both are
+    refused while the plan is built: the CA's key is the one piece of state no host holds a copy of."""
+    serving = {name: (path, pem) for name, (path, pem) in sorted(served.items()) if pem}
+    if not serving:
+        return []
+    where = ", ".join(f"{name}:{path}" for name, (path, _) in serving.items())
+    cert, key = _read(directory / CA_CERT), _read(directory / CA_KEY)
+    if cert is None or key is None:
+        return [f"tls: {where} serve(s) a certificate of the deployment CA, but this controller has no "
+                f"{directory / CA_CERT} and {CA_KEY}: a new CA would lock out every client that trusts the "
+                f"deployment's — fix: put the deployment's tls/ directory back at {directory} (it lives beside the "
+                "secrets file: from a backup, or from the controller the deployment was made on), or point "
+                "LITELLM_DEPLOY_SECRETS at the deployment's own secrets file; only to start over with a new CA on "
+                "purpose, delete those certificates on the hosts first (every client must then trust the new ca.crt)"]
+    try:
+        ca = load_chain(cert)[0]
+    except CertificateError as error:
+        return [f"tls: {directory / CA_CERT} {error} — fix: restore it from a backup"]
+    problems = []
+    for name, (path, pem) in serving.items():
+        try:
+            leaf = load_chain(pem)[0]
+        except CertificateError:
+            continue  # unreadable on the host: issuing a new leaf from this CA repairs it
+        if not issued_by(leaf, ca):
+            problems.append(
+                f"tls: {name}:{path} was issued by {leaf.issuer.rfc4514_string()}, not by this controller's "
+                f"{directory / CA_CERT} ({ca.subject.rfc4514_string()}): this tls/ directory is not the deployment's "
+                "— fix: point LITELLM_DEPLOY_SECRETS at the deployment's secrets file (tls/ is read beside it); only "
+                f"to move {name} to this CA on purpose, delete {path} on it first (its clients must then trust "
+                f"{directory / CA_CERT})")
+    return problems
 
 
 def leaf_for(names: Iterable[str], label: str, directory: Path) -> TlsMaterial:

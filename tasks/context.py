@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gevent.lock import RLock
@@ -10,14 +12,15 @@ from pyinfra import logger
 from pyinfra.api import Host, State
 from pyinfra.api.state import BaseStateCallback
 
-from tasks import balancer, key_guard, topology
+from tasks import balancer, certificates, key_guard, tls, topology, virtual_keys
 from tasks import secrets as S
 from tasks.filters import dotenv_unquote
 from tasks.balancer import LoadBalancer
-from tasks.key_guard import Completion, HostEnvs
+from tasks.key_guard import Completion
 from tasks.rotation.pending import rotation_guard
-from tasks.settings import (GATEWAYS, OLLAMA_NODES, HostInput, Settings, build_everything, needed_secrets,
-                            read_host_data, refuse_node_group)
+from tasks.settings import (GATEWAYS, OLLAMA_NODES, ConfigError, HostInput, Settings, build_everything,
+                            needed_secrets, read_host_data, refuse_node_group)
+from tasks.virtual_keys import default_key_env
 from tasks.topology import DB_HOSTS, REDIS_HOSTS, StateHost, wanted_secrets
 from tasks.uploads import connector_arguments
 
@@ -28,30 +31,61 @@ _built_state: dict[int, dict[str, StateHost]] = {}  # the db and redis hosts (ta
 _building = RLock()
 
 
-def read_host_env(host: Host, install_dir: str, names: list[str]) -> dict[str, str] | None:
-    """The named values from a host's existing .env (the one this package wrote): {} when the host
-    has none, None when it cannot be read (a directory this user may not enter, a failed command).
+# Before each file's content in a host read's output: a line no .env this package writes can hold.
+_FILE_MARK = "#litellm-deploy-read "
+
+
+@dataclass
+class HostRead:
+    """What one host holds of the deployment's state: the asked .env values, and asked files' text
+    ("" when the file does not exist)."""
+
+    env: dict[str, str]
+    files: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+def read_host(host: Host, install_dir: str, names: list[str], paths: tuple[str, ...] = ()) -> HostRead | None:
+    """The named values from a host's existing .env (the one this package wrote; {} when it has none)
+    and the text of `paths`, in one command; None when any of it cannot be read (a directory this user
+    may not enter, a failed command).
 
     Run straight through the connector with output printing off: a pyinfra fact would echo the
     file's lines at -vvv, and these are live secrets.
     """
     directory = shlex.quote(install_dir.rstrip("/") or "/")
     env = shlex.quote(f"{install_dir.rstrip('/')}/.env")
+    # `echo` after each file: a file without a final newline must not run into the next mark.
+    steps = [f"{{ [ ! -e {env} ] || cat {env}; }}", "echo"]
+    for path in paths:
+        steps += [f"echo {shlex.quote(_FILE_MARK + path)}", f"{{ [ ! -e {shlex.quote(path)} ] || cat {shlex.quote(path)}; }}",
+                  "echo"]
     # The host's own privilege settings (_sudo in its data, --sudo, a sudo password), as a fact gets them.
     ok, output = host.run_shell_command(
-        f"if [ -x {directory} ] || [ ! -e {directory} ]; then [ ! -e {env} ] || cat {env}; else exit 1; fi",
+        f"if [ -x {directory} ] || [ ! -e {directory} ]; then {' && '.join(steps)}; else exit 1; fi",
         print_output=False,
         print_input=False,
         **connector_arguments(host.state, host),
     )
     if not ok:
         return None
-    found: dict[str, str] = {}
+    found, files, current = {}, {}, None
     for line in output.stdout_lines:
-        name, sep, value = line.partition("=")
-        if sep and name in names and value:
-            found[name] = dotenv_unquote(value)
-    return found
+        if line.startswith(_FILE_MARK):
+            current = line[len(_FILE_MARK):]
+            files[current] = []
+        elif current is not None:
+            files[current].append(line)
+        else:
+            name, sep, value = line.partition("=")
+            if sep and name in names and value:
+                found[name] = dotenv_unquote(value)
+    return HostRead(env=found, files={path: "\n".join(lines).strip() for path, lines in files.items()})
+
+
+def read_host_env(host: Host, install_dir: str, names: list[str]) -> dict[str, str] | None:
+    """read_host's .env values alone."""
+    read = read_host(host, install_dir, names)
+    return None if read is None else read.env
 
 
 def _hosts(state: State, group: str) -> list[Host]:
@@ -62,27 +96,93 @@ def _install_dir(gateway: Host) -> str:
     return str(read_host_data(gateway.data.get)["install_dir"])
 
 
-def gateway_envs(gateways: list[Host], secrets_file: Path, state_wanted: tuple[str, ...] = ()) -> HostEnvs:
-    """The generated secrets in every connected gateway's .env (key_guard compares them with the
-    secrets file). When the file lacks one that some gateway needs, the gateways not connected
-    (--limit left them out) are connected too, only to read their .env: one may hold the live value.
-    A gateway that cannot be read is left out, and tasks.key_guard refuses to generate in its place."""
+def _declared_key_aliases(gateway: Host) -> dict[str, str]:
+    """{key_env: alias} of the present keys the gateway's data declares (validated later, with the rest)."""
+    found = {}
+    for entry in gateway.data.get("virtual_keys") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("alias"), str) and entry.get("state", "present") == "present":
+            key_env = entry.get("key_env", default_key_env(entry["alias"]))
+            if isinstance(key_env, str):
+                found[key_env] = entry["alias"]
+    return found
+
+
+@dataclass
+class ControllerState:
+    """What the hosts hold of the state the controller keeps (tasks/key_guard.py, tasks/certificates.py):
+    the gateways' generated secrets (None: not read), the declared keys' values in their root-only
+    values file ({alias: value}; None: not read), and the certificate each self-signed front serves."""
+
+    envs: dict[str, dict[str, str] | None] = field(default_factory=dict, repr=False)
+    key_values: dict[str, dict[str, str] | None] = field(default_factory=dict, repr=False)
+    served: dict[str, tuple[str, bytes | None]] = field(default_factory=dict)
+
+
+def _self_signed_fronts(state: State) -> dict[Host, str]:
+    """Each gateway and load balancer that takes a leaf from the deployment CA -> where it keeps the
+    certificate it serves."""
+    fronts = {}
+    for gateway in _hosts(state, GATEWAYS):
+        raw = read_host_data(gateway.data.get)
+        if raw["tls"] == "self-signed":
+            fronts[gateway] = tls.served_certificate(str(raw["install_dir"]))
+    for lb in _hosts(state, balancer.LB_HOSTS):
+        raw = read_host_data(lb.data.get)
+        if raw["tls"] == "self-signed":
+            fronts[lb] = f"{balancer.lb_install_dir(str(raw['install_dir']))}/{balancer.CERT_FILE}"
+    return fronts
+
+
+def read_controller_state(state: State, secrets_file: Path, state_wanted: tuple[str, ...] = ()) -> ControllerState:
+    """Every host's copy of the state the controller keeps, read while the plan is built.
+
+    The connected gateways are always read. When the controller lacks a piece some host may hold (a
+    generated secret, a declared key's value, the deployment CA), hosts `--limit` left out are connected
+    too, only to be read: one may hold the live value. A host that cannot be read is left out (None),
+    and tasks.key_guard and tasks.settings refuse to make a value in its place."""
+    gateways = _hosts(state, GATEWAYS)
     present = S.read_secrets(secrets_file)
     wanted = {name for g in gateways for name in needed_secrets(read_host_data(g.data.get)["database_mode"])}
     wanted |= set(state_wanted)  # the db and redis hosts' generated secrets: the gateways' .env hold them too
     missing = sorted(name for name in wanted if name in S.GENERATED and not present.get(name))
+    key_aliases = {g.name: _declared_key_aliases(g) for g in gateways}
+    missing += sorted({env for aliases in key_aliases.values() for env in aliases if not present.get(env)})
+    fronts = _self_signed_fronts(state)
+    store = certificates.tls_dir(secrets_file)
+    if fronts and not ((store / certificates.CA_CERT).exists() and (store / certificates.CA_KEY).exists()):
+        missing.append(f"the deployment CA ({store})")
     names = sorted({*S.GENERATED, *key_guard.GUARDED})
-    envs: dict[str, dict[str, str] | None] = {}
-    for gateway in gateways:
+    found = ControllerState()
+    for host in [*gateways, *(h for h in fronts if h not in gateways)]:
         opened = False
-        if missing and not gateway.connected:
-            gateway.connect(reason=f"only to read its .env: the secrets file lacks {', '.join(missing)}")
-            opened = gateway.connected
-        if gateway.connected:
-            envs[gateway.name] = read_host_env(gateway, _install_dir(gateway), names)
+        if missing and not host.connected:
+            host.connect(reason=f"only to read what it holds: this controller lacks {', '.join(missing)}")
+            opened = host.connected
+        if host.connected:
+            is_gateway = host in gateways
+            values_file = virtual_keys.values_file(_install_dir(host)) if is_gateway else None
+            paths = tuple(p for p in (values_file, fronts.get(host)) if p)
+            read = read_host(host, _install_dir(host) if is_gateway else "/", names if is_gateway else [], paths)
+            if is_gateway:
+                found.envs[host.name] = None if read is None else read.env
+                found.key_values[host.name] = None if read is None else _key_values(read.files.get(values_file))
+            if host in fronts:
+                pem = None if read is None else read.files.get(fronts[host])
+                found.served[host.name] = (fronts[host], pem.encode() if pem else None)
         if opened:
-            gateway.disconnect()
-    return envs
+            host.disconnect()
+    return found
+
+
+def _key_values(text: str | None) -> dict[str, str] | None:
+    """{alias: value} of a gateway's values file ({} when it has none; None when it is not one)."""
+    if not text:
+        return {}
+    try:
+        values = json.loads(text)
+    except ValueError:
+        return None
+    return values if isinstance(values, dict) else None
 
 
 class _RecordWhenOperationsStart(BaseStateCallback):
@@ -122,10 +222,16 @@ def _all_settings(state: State, complete: bool) -> dict[str, Settings]:
                            "operations start (not with --dry)")
             state.add_callback_handler(_RecordWhenOperationsStart(path, completion))
 
+        held = read_controller_state(state, secrets_file,
+                                     tuple(wanted_secrets(_hosts(state, DB_HOSTS), _hosts(state, REDIS_HOSTS))))
+        # Before anything else is made: a run never issues from a CA other than the one the hosts trust.
+        if problems := certificates.served_problems(certificates.tls_dir(secrets_file), held.served):
+            raise ConfigError(problems)
         _built[key], _built_state[key] = build_everything(
             [HostInput(h.name, h.data.get) for h in gateways],
             secrets_file,
-            gateway_envs(gateways, secrets_file, tuple(wanted_secrets(_hosts(state, DB_HOSTS), _hosts(state, REDIS_HOSTS)))),
+            held.envs,
+            host_key_values=held.key_values,
             complete=complete,
             record=record,
             db_hosts=[HostInput(h.name, h.data.get) for h in _hosts(state, DB_HOSTS)],

@@ -28,10 +28,10 @@ from tasks.stack import staging_dir
 from tasks.topology import PROVISIONED_MODES
 from tasks.uploads import private_file
 from tasks.verify import PROBE_SOURCE, ContainerChecks, or_unavailable
-from tasks.virtual_keys import Team, VirtualKey, effective_models
+from tasks.virtual_keys import VALUES_FILE, Team, VirtualKey, effective_models
 
 AGENT_SOURCE = Path(key_agent.__file__).read_text()
-KEYS_FILE = "virtual-keys.json"
+KEYS_FILE = VALUES_FILE
 PROXY = key_agent.PROXY
 # A fixed expiry is sent as seconds from now; this much drift is the request's own latency, not a change.
 EXPIRY_SLACK_SECONDS = 300

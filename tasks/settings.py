@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 
 from pyinfra.api.exceptions import PyinfraError
 
-from tasks import calendar, key_guard, pgservice, reserved, tls_config, topology
+from tasks import calendar, key_guard, pgservice, reserved, tls_config, topology, virtual_keys
 from tasks import secrets as S
 from tasks.key_guard import Completion, HostEnvs
 from tasks.models import OLLAMA_PORT, Model, is_http_url, parse_models, parse_ollama_nodes
@@ -458,9 +458,11 @@ def build_all(
     host_envs: HostEnvs,
     complete: bool = True,
     record: Callable[[Path, Completion], None] | None = None,
+    host_key_values: KeyValues | None = None,
 ) -> dict[str, Settings]:
     """build_everything's gateways, for an inventory without state hosts."""
-    return build_everything(gateways, secrets_file, host_envs, complete, record)[0]
+    return build_everything(gateways, secrets_file, host_envs, complete, record,
+                            host_key_values=host_key_values)[0]
 
 
 def build_everything(
@@ -471,10 +473,13 @@ def build_everything(
     record: Callable[[Path, Completion], None] | None = None,
     db_hosts: list[HostInput] = (),
     redis_hosts: list[HostInput] = (),
+    host_key_values: KeyValues | None = None,
 ) -> tuple[dict[str, Settings], dict[str, topology.StateHost]]:
     """Validate every gateway and the secrets file against what the gateways hold, then build Settings.
 
     host_envs: the generated secrets each gateway's .env holds (tasks/key_guard.py: None = not read).
+    host_key_values: the declared keys' values each gateway holds ({alias: value}; None = not read;
+    default: as host_envs was read, none held).
     A missing generated secret is taken from the gateways, or generated on a new deployment, and
     handed to `record` (default: appended to the secrets file now; tasks.context defers it to the
     start of the run's operations, so --dry writes nothing). Nothing is recorded unless every host
@@ -524,10 +529,11 @@ def build_everything(
                     | set(topology.wanted_secrets(db_hosts, redis_hosts)))
     install_dirs = {name: str(raw["install_dir"]) for name, (raw, _, _, _) in parsed.items()}
     completion = key_guard.complete(present, wanted, host_envs, install_dirs, generate=complete)
-    problems += completion.problems
     declared_keys = tuple(key for *_, (_, keys) in parsed.values() for key in keys)
-    if complete:
-        _complete_key_values(present, declared_keys, completion)
+    if host_key_values is None:
+        host_key_values = {name: None if env is None else {} for name, env in host_envs.items()}
+    _complete_key_values(present, declared_keys, completion, host_key_values, install_dirs, generate=complete)
+    problems += completion.problems
     values = {**present, **completion.additions}
     if shape.db_host and values.get(S.POSTGRES_PASSWORD):
         db_raw = state_raw[shape.db_host]
@@ -597,11 +603,39 @@ def access_declared(raw: dict[str, object], models: tuple[Model, ...], problems:
     return teams, keys
 
 
-def _complete_key_values(present: Mapping[str, str], keys: tuple[VirtualKey, ...], completion: Completion) -> None:
-    """A new value for each present key the secrets file has none for. Never a replacement: a key
-    already in the database under its alias with another value is refused by the converge."""
+# Gateway name -> the declared keys' values it holds ({alias: value}), or None when not read.
+KeyValues = Mapping[str, "Mapping[str, str] | None"]
+
+
+def _complete_key_values(present: Mapping[str, str], keys: tuple[VirtualKey, ...], completion: Completion,
+                         host_values: KeyValues, install_dirs: Mapping[str, str], generate: bool) -> None:
+    """A value for each present key the secrets file has none for: the one the gateways hold (a new
+    controller, a lost file), else, only when every gateway was read and none holds one, a new one.
+    Never a replacement: a key already in the database under its alias with another value is refused
+    by the converge."""
+    unread = sorted(name for name in install_dirs if host_values.get(name) is None)
     for key in keys:
-        if key.state == "present" and not present.get(key.key_env) and key.key_env not in completion.additions:
+        if key.state != "present" or present.get(key.key_env) or key.key_env in completion.additions:
+            continue
+        held = {name: values[key.alias] for name, values in sorted(host_values.items())
+                if values and isinstance(values.get(key.alias), str) and values[key.alias]}
+        where = {name: virtual_keys.values_file(install_dirs.get(name, "?")) for name in (*held, *unread)}
+        if len(set(held.values())) > 1:
+            listing = ", ".join(f"{name}:{where[name]} ({key_guard.fingerprint(value)})" for name, value in held.items())
+            completion.problems.append(
+                f"{key.key_env}: the value of virtual key {key.alias!r} is missing from the secrets file and the gateways "
+                f"disagree: {listing} — fix: copy the value the key should keep into the secrets file ({key.key_env}=...)")
+        elif held:
+            name, value = next(iter(held.items()))
+            completion.additions[key.key_env] = value
+            completion.origin[key.key_env] = f"virtual key {key.alias!r}, taken from {name}:{where[name]}"
+        elif unread:
+            completion.problems.append(
+                f"{key.key_env}: the value of virtual key {key.alias!r} is missing from the secrets file, and "
+                f"{', '.join(unread)} could not be read in this run, so may hold it — fix: make "
+                f"{', '.join(unread)} reachable and run again, or copy the key's value from "
+                f"{' or '.join(f'{n}:{where[n]}' for n in unread)} into the secrets file as {key.key_env}=...")
+        elif generate:
             completion.additions[key.key_env] = S.new_virtual_key()
             completion.origin[key.key_env] = f"generated by litellm-deploy for virtual key {key.alias!r}"
 

@@ -58,6 +58,11 @@ def remote_dir(settings: Settings) -> str:
     return f"{settings.install_dir}/{DIRECTORY}"
 
 
+def served_certificate(install_dir: str) -> str:
+    """Where a gateway keeps the certificate its front serves (read back before a run issues one)."""
+    return f"{install_dir.rstrip('/')}/{DIRECTORY}/{CERT}"
+
+
 def render_caddyfile(settings: Settings) -> str:
     env = _environment()
     env.filters["caddy"] = caddy_token

@@ -24,6 +24,7 @@ USER_ID = re.compile(r"^[^\s\x00-\x1f]{1,128}$")
 # LiteLLM's duration_in_seconds: a number and s, m, h, d, w or mo ("30d", "1mo").
 DURATION = re.compile(r"^[1-9][0-9]*(s|m|h|d|w|mo)$")
 DURATION_EXAMPLE = "'30d' (a number, then s, m, h, d, w or mo)"
+VALUES_FILE = "virtual-keys.json"
 KEY_PREFIX = "sk-"  # LiteLLM accepts a given key value only with this prefix
 MIN_KEY_LENGTH = 20
 TEAM_FIELDS = {"alias", "models", "max_budget", "budget_duration", "tpm_limit", "rpm_limit", "members",
@@ -65,6 +66,12 @@ class VirtualKey:
     blocked: bool = False
     state: str = "present"
     declared: frozenset[str] = frozenset()  # fields the entry sets: only these are kept in step
+
+
+def values_file(install_dir: str) -> str:
+    """The gateway's root-only file of the declared keys' values ({alias: value}, JSON): what the key
+    converge reads them from on the host, and what a controller without them recovers them from."""
+    return f"{install_dir.rstrip('/')}/{VALUES_FILE}"
 
 
 def default_key_env(alias: str) -> str:

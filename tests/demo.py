@@ -13,6 +13,7 @@ commands to try: make a virtual key with the master key, then use it. One more k
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,14 @@ def try_it(address: str, secrets: Path) -> list[str]:
         f"curl -s --cacert {ca} {base}/v1/chat/completions -H \"Authorization: Bearer $VKEY\" -H 'Content-Type: application/json' "
         "-d '{\"model\": \"llama\", \"messages\": [{\"role\": \"user\", \"content\": \"hello\"}]}'",
     ]
+
+
+def runbook_line(script: str, inventory: Path, secrets: Path) -> str:
+    """One shell line that runs a runbook on the demo as printed, from any directory: the project's
+    root (the runbooks import tasks/), its pyinfra, and the deployment's secrets file (its tls/ beside it)."""
+    pyinfra = Path(sys.executable).with_name("pyinfra")
+    return (f"cd {shlex.quote(str(ROOT))} && LITELLM_DEPLOY_SECRETS={shlex.quote(str(secrets))} "
+            f"{shlex.quote(str(pyinfra))} {shlex.quote(str(inventory))} {script} -y")
 
 
 def main() -> int:
@@ -88,8 +97,8 @@ def main() -> int:
 {TRY_IT}  make a virtual key with the master key, then chat with the virtual key
 {commands}
     a key declared as code:       virtual_keys in the inventory; its value is VIRTUAL_KEY_DEMO in {secrets}
-    list the declared keys:       pyinfra {inventory} keys.py -y
-    re-run the deploy (no change): pyinfra {inventory} deploy.py -y   (with LITELLM_DEPLOY_SECRETS={secrets})
+    list the declared keys:       {runbook_line("keys.py", inventory, secrets)}
+    re-run the deploy (no change): {runbook_line("deploy.py", inventory, secrets)}
     remove the demo hosts:        {sys.executable} -m tests.testbed down {GATEWAY} {NODE}
 """)
     return 0

@@ -46,14 +46,14 @@ def secrets_file(tmp_path):
 def build(secrets_file):
     """build(**host_data) -> Settings of one gateway 'gw1' (shipped defaults underneath)."""
 
-    def _build(hosts=None, host_envs=None, complete=True, **overrides):
+    def _build(hosts=None, host_envs=None, complete=True, host_key_values=None, **overrides):
         """host_envs: what each gateway's .env holds (tasks/key_guard.py); default: every
         gateway read, none has a .env (a new deployment)."""
         base = {**group_data("all"), "models": example_models(), "ollama_nodes": OLLAMA_NODES}
         gateways = hosts or {"gw1": overrides}
         inputs = [HostInput(name, lookup({**base, **data})) for name, data in gateways.items()]
         envs = {name: {} for name in gateways} if host_envs is None else host_envs
-        result = build_all(inputs, secrets_file, envs, complete=complete)
+        result = build_all(inputs, secrets_file, envs, complete=complete, host_key_values=host_key_values)
         return result if hosts else result["gw1"]
 
     return _build

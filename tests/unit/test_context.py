@@ -18,12 +18,12 @@ def test_concurrent_hosts_share_one_generation_of_secrets(secrets_file, monkeypa
     inventory = Inventory((["gw1", "gw2"], {}), litellm_hosts=(["gw1", "gw2"], data))
     state = State(inventory, Config())
 
-    def slow_read(gateways, path, *state_wanted):
+    def slow_read(state, path, *state_wanted):
         # The real run reads each gateway's .env over SSH, which yields to the other host's greenlet.
         gevent.sleep(0.05)
-        return {gateway.name: {} for gateway in gateways}
+        return context.ControllerState(envs={"gw1": {}, "gw2": {}}, key_values={"gw1": {}, "gw2": {}})
 
-    monkeypatch.setattr(context, "gateway_envs", slow_read)
+    monkeypatch.setattr(context, "read_controller_state", slow_read)
     results = [gevent.spawn(context.all_settings, state) for _ in range(2)]
     gevent.joinall(results, raise_error=True)
     first, second = (r.value for r in results)
