@@ -193,3 +193,11 @@ def test_limit_connects_a_left_out_gateway_to_read_the_keys_value(tmp_path, secr
     settings = context.all_settings(state)["@local"]
     assert settings.secrets[default_key_env("ci")] == LIVE_VALUE
     assert not gateway.connected
+
+
+@pytest.mark.parametrize("path", ["tls/ca.key", "tls/gw1.key", "deployments/prod/tls/ca.key", "secrets.env"])
+def test_private_key_material_beside_a_secrets_file_is_ignored_by_git(path):
+    """`git add -A` in the project must never take the deployment CA's key (issue 30)."""
+    from tests.unit.conftest import ROOT
+
+    assert subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT).returncode == 0
