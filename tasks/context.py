@@ -44,18 +44,20 @@ class HostRead:
     files: dict[str, str] = field(default_factory=dict, repr=False)
 
 
-def read_host(host: Host, install_dir: str, names: list[str], paths: tuple[str, ...] = ()) -> HostRead | None:
-    """The named values from a host's existing .env (the one this package wrote; {} when it has none)
-    and the text of `paths`, in one command; None when any of it cannot be read (a directory this user
-    may not enter, a failed command).
+def read_host(host: Host, install_dir: str | None, names: list[str], paths: tuple[str, ...] = ()) -> HostRead | None:
+    """The named values from a host's existing .env (the one this package wrote in install_dir; {} when
+    it has none, or install_dir is None: not a gateway) and the text of `paths`, in one command; None
+    when any of it cannot be read (a directory this user may not enter, a failed command).
 
     Run straight through the connector with output printing off: a pyinfra fact would echo the
     file's lines at -vvv, and these are live secrets.
     """
-    directory = shlex.quote(install_dir.rstrip("/") or "/")
-    env = shlex.quote(f"{install_dir.rstrip('/')}/.env")
+    directory = shlex.quote((install_dir or "/").rstrip("/") or "/")
     # `echo` after each file: a file without a final newline must not run into the next mark.
-    steps = [f"{{ [ ! -e {env} ] || cat {env}; }}", "echo"]
+    steps = ["true"]
+    if install_dir is not None:
+        env = shlex.quote(f"{install_dir.rstrip('/')}/.env")
+        steps += [f"{{ [ ! -e {env} ] || cat {env}; }}", "echo"]
     for path in paths:
         steps += [f"echo {shlex.quote(_FILE_MARK + path)}", f"{{ [ ! -e {shlex.quote(path)} ] || cat {shlex.quote(path)}; }}",
                   "echo"]
@@ -162,7 +164,7 @@ def read_controller_state(state: State, secrets_file: Path, state_wanted: tuple[
             is_gateway = host in gateways
             values_file = virtual_keys.values_file(_install_dir(host)) if is_gateway else None
             paths = tuple(p for p in (values_file, fronts.get(host)) if p)
-            read = read_host(host, _install_dir(host) if is_gateway else "/", names if is_gateway else [], paths)
+            read = read_host(host, _install_dir(host) if is_gateway else None, names, paths)
             if is_gateway:
                 found.envs[host.name] = None if read is None else read.env
                 found.key_values[host.name] = None if read is None else _key_values(read.files.get(values_file))

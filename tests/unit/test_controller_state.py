@@ -132,6 +132,8 @@ def test_one_read_brings_env_values_and_files_back(tmp_path):
         assert read.env == {"LITELLM_MASTER_KEY": "sk-m" + "m" * 40}
         assert json.loads(read.files[paths[0]]) == {"ci": LIVE_VALUE}
         assert read.files[paths[1]] == pem and read.files[paths[2]] == ""
+        # A load balancer has no .env of the package's: only its files are read.
+        assert context.read_host(host, None, ["LITELLM_MASTER_KEY"], paths[1:2]) == context.HostRead({}, {paths[1]: pem})
         (install_dir / "tls" / "cert.pem").unlink()
         (install_dir / "tls" / "cert.pem").mkdir()  # cat fails on it, as on a file this user may not read
         assert context.read_host(host, str(install_dir), [], paths) is None
