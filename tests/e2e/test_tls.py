@@ -13,12 +13,15 @@ import json
 import re
 import shlex
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tasks import certificates
-from tests.e2e.conftest import IMAGES, make_deployment
+from tasks import secrets as S
+from tasks.virtual_keys import default_key_env
+from tests.e2e.conftest import IMAGES, ROOT, make_deployment
 from tests.e2e.gateway_http import CLIENT_SCRIPT
 
 pytestmark = pytest.mark.e2e
@@ -26,6 +29,11 @@ PREFIX = "tls-"
 HOST = "gw-db"
 CLIENT = "gw-stateless"  # a plain bed host: the outside client, never deployed to
 MODEL = "chat-ollama"
+# A key declared as code: its value lives in the secrets file and the host's virtual-keys.json only.
+DECLARED_KEY = {"alias": "tls-client", "models": [MODEL]}
+# What a run from a controller without the deployment's state must leave byte for byte.
+HOST_STATE = ("/opt/litellm/.env", "/opt/litellm/tls/cert.pem", "/opt/litellm/tls/key.pem",
+              "/opt/litellm/virtual-keys.json")
 
 
 
@@ -33,7 +41,8 @@ MODEL = "chat-ollama"
 def tls_deployment(bed, tmp_path_factory):
     deployment = make_deployment(bed, tmp_path_factory, prefix=PREFIX, hosts=(HOST, CLIENT, "ollama1"),
                                  provisioned=(HOST,))
-    tls_data = {"tls": "self-signed", "tls_image": bed.caddy_image(), "database_mode": "bundled"}
+    tls_data = {"tls": "self-signed", "tls_image": bed.caddy_image(), "database_mode": "bundled",
+                "virtual_keys": [DECLARED_KEY]}
     if IMAGES == "local":
         archives = bed.archives(("litellm", "postgres", "caddy"))
         tls_data["image_archives"] = [str(archives[k]) for k in ("litellm", "postgres", "caddy")]
@@ -173,6 +182,30 @@ def test_3_second_run_changes_nothing(tls_deployment, converged):
     assert {p.name: p.read_bytes() for p in tls_dir(tls_deployment).iterdir() if p.is_file()} == kept
     assert tls_deployment.ssh(HOST, "docker inspect --format '{{.Id}} {{.State.StartedAt}}' "
                                     "$(docker compose --project-directory /opt/litellm ps -q tls)").strip() == front
+
+
+def test_3_a_controller_without_the_deployments_state_changes_nothing(tls_deployment, converged, tmp_path):
+    """Issue 30, acceptance 2: a deploy from another directory, with no secrets file and no tls/ there.
+    The plan recovers the secrets and the key's value from the host but not the CA's key, so it refuses
+    before any operation, naming tls/ and where it belongs; the host is left byte for byte, and a client
+    trusting the deployment's CA keeps working with the declared key."""
+    digests = f"sha256sum {' '.join(HOST_STATE)}"
+    before = tls_deployment.ssh(HOST, digests)
+    elsewhere = tmp_path / "another-controller"
+    elsewhere.mkdir()
+    command, env = tls_deployment.command("deploy.py", limit=HOST)
+    run = subprocess.run(command, cwd=ROOT, env={**env, "LITELLM_DEPLOY_SECRETS": str(elsewhere / "secrets.env")},
+                         capture_output=True, text=True, timeout=600)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-4000:]
+    assert f"but this controller has no {elsewhere / 'tls' / 'ca.crt'}" in output, output[-4000:]
+    assert "nothing was changed on any host" in output and "Starting operation" not in output, output[-4000:]
+    assert list(elsewhere.iterdir()) == []
+    assert tls_deployment.ssh(HOST, digests) == before
+    declared = S.read_secrets(tls_deployment.secrets)[default_key_env(DECLARED_KEY["alias"])]
+    assert declared not in output
+    seen = from_client(tls_deployment, "https", 443, "/v1/models", key=declared)
+    assert seen["status"] == 200 and [m["id"] for m in seen["body"]["data"]] == [MODEL], seen
 
 
 # --- certificate files from the controller --------------------------------------------------------
