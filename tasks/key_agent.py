@@ -4,14 +4,21 @@ Sent as `python3 -c` source (like tasks/probe.py), so it talks to the proxy on i
 the master key from the container's own environment: no key is ever on a command line. Key values
 come on stdin, as JSON {alias: value} read from a root-only file on the host, and never leave this
 process: what it prints holds aliases, settings and whether a value matches, never a value or hash.
+A key is looked up by its hash (LiteLLM's /key/info takes either), so no value is ever in a URL; and
+every error text is scrubbed of values, hashes and anything key-like before it is printed, whatever
+failed (a request cut in transit, an answer echoing the request, the agent itself).
 
-  read  SPEC={"teams": [alias...], "keys": [alias...]}  -> {"teams": {alias: row|None}, "keys": {...}}
+  read  SPEC={"teams": [alias...], "keys": [alias...], "team_keys": [alias...]}
+        -> {"teams": {alias: row|None}, "keys": {...}}; a team named in team_keys (one a deletion
+           would take) and held has row["keys"]: [{"key_alias", "token": TOKEN_PREFIX hex of the hash}]
   apply SPEC={"actions": [{"do": ..., ...}, ...]}        -> {"done": [text...], "error": text|None}
 """
 
 import hashlib
+import http.client
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.parse
@@ -20,6 +27,14 @@ import urllib.request
 PROXY = "http://127.0.0.1:4000"
 KEY_FIELDS = ("key_alias", "models", "team_id", "max_budget", "budget_duration", "tpm_limit", "rpm_limit",
               "metadata", "expires", "blocked", "spend", "budget_reset_at")
+# Enough of a key's stored hash for a person to find it in the admin UI (its "Key ID"), not to use it.
+TOKEN_PREFIX = 8
+# Pages of /key/list read for one team at most (LiteLLM's page size is at most 100).
+MAX_PAGES = 100
+KEY_LIKE = re.compile(r"sk-[^\s'\",;)\]}]*")
+HASH_LIKE = re.compile(r"[0-9a-fA-F]{64}")
+# The key values read from stdin: cut out of every text this process prints (main fills it).
+NEVER_SHOWN = []
 TEAM_FIELDS = ("team_id", "team_alias", "models", "max_budget", "budget_duration", "tpm_limit", "rpm_limit",
                "metadata", "blocked", "spend")
 
@@ -44,8 +59,9 @@ def call(method, path, body=None, timeout=30):
             status, raw = response.status, response.read()
     except urllib.error.HTTPError as error:
         status, raw = error.code, error.read()
-    except (urllib.error.URLError, OSError) as error:
-        raise ApiError("%s %s: no answer from the proxy (%s)" % (method, path, getattr(error, "reason", error)))
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+        reason = getattr(error, "reason", None) or error.__class__.__name__
+        raise ApiError("%s %s: no answer from the proxy (%s)" % (method, endpoint(path), reason))
     try:
         return status, json.loads(raw)
     except ValueError:
@@ -55,8 +71,13 @@ def call(method, path, body=None, timeout=30):
 def expect_ok(method, path, body=None):
     status, payload = call(method, path, body)
     if status != 200:
-        raise ApiError("%s %s: HTTP %s: %s" % (method, path, status, describe(payload)))
+        raise ApiError("%s %s: HTTP %s: %s" % (method, endpoint(path), status, describe(payload)))
     return payload
+
+
+def endpoint(path):
+    """The path without its query: what an error names (a query may hold a hash)."""
+    return path.split("?", 1)[0]
 
 
 def describe(payload):
@@ -65,9 +86,29 @@ def describe(payload):
         payload = payload.get("error", payload.get("detail", payload))
         if isinstance(payload, dict):
             payload = payload.get("message", payload.get("error", payload))
-    words = ["sk-..." if w.strip("'\",.:;()[]{}").startswith("sk-") else w for w in str(payload).split()]
-    text = " ".join(words)
+    # Each string is scrubbed before the whole is made text: an answer echoing a request body holds
+    # the value as a string, which str() would render escaped, past the scrub of the whole.
+    text = scrub(" ".join(str(_scrubbed(payload)).split()))
     return text if len(text) <= 300 else text[:300] + "..."
+
+
+def _scrubbed(payload):
+    if isinstance(payload, dict):
+        return {_scrubbed(k): _scrubbed(v) for k, v in payload.items()}
+    if isinstance(payload, list):
+        return [_scrubbed(v) for v in payload]
+    return scrub(payload) if isinstance(payload, str) else payload
+
+
+def scrub(text, values=None):
+    """`text` without any key value (NEVER_SHOWN unless given; as they are, escaped or URL-encoded),
+    their hashes, or anything key-like."""
+    for value in sorted(NEVER_SHOWN if values is None else values, key=len, reverse=True):
+        forms = (value, json.dumps(value)[1:-1], repr(value)[1:-1], urllib.parse.quote(value),
+                 urllib.parse.quote_plus(value), digest(value))
+        for form in sorted(set(forms), key=len, reverse=True):
+            text = text.replace(form, "<a key>")
+    return HASH_LIKE.sub("<a hash>", KEY_LIKE.sub("sk-...", text))
 
 
 def digest(value):
@@ -84,9 +125,12 @@ def read_key(alias, value):
         return found
     if value is None:
         return None
-    # An imported key made by hand under another alias, or none: found by its value, then adopted.
-    status, payload = call("GET", "/key/info?" + urllib.parse.urlencode({"key": value}))
-    if status != 200 or not isinstance(payload, dict) or not isinstance(payload.get("info"), dict):
+    # An imported key made by hand under another alias, or none: found by its value's hash (never
+    # the value: a URL ends up in error texts and access logs), then adopted. A deleted key's row is
+    # still answered from LiteLLM's archive: it is not a key to adopt.
+    status, payload = call("GET", "/key/info?" + urllib.parse.urlencode({"key": digest(value)}))
+    if status != 200 or not isinstance(payload, dict) or not isinstance(payload.get("info"), dict) \
+            or payload["info"].get("status") == "deleted":
         return None
     found = {name: payload["info"].get(name) for name in KEY_FIELDS}
     found.update(value_matches=True, count=1)
@@ -107,9 +151,25 @@ def read_team(alias):
     return found
 
 
+def team_keys(team_id):
+    """Every key of the team (what /team/delete deletes with it): alias and a prefix of its hash."""
+    found = []
+    for page in range(1, MAX_PAGES + 1):
+        query = urllib.parse.urlencode({"team_id": team_id, "return_full_object": "true", "size": 100, "page": page})
+        payload = expect_ok("GET", "/key/list?" + query)
+        rows = [r for r in payload.get("keys", []) if isinstance(r, dict)]
+        found += [{"key_alias": r.get("key_alias"), "token": str(r.get("token") or "")[:TOKEN_PREFIX]} for r in rows]
+        if not rows or page >= int(payload.get("total_pages") or 1):
+            return found
+    raise ApiError("GET /key/list: team %s has more than %s keys" % (team_id, 100 * MAX_PAGES))
+
+
 def read(spec, values):
-    return {"teams": {alias: read_team(alias) for alias in spec.get("teams", [])},
-            "keys": {alias: read_key(alias, values.get(alias)) for alias in spec.get("keys", [])}}
+    teams = {alias: read_team(alias) for alias in spec.get("teams", [])}
+    for alias in spec.get("team_keys", []):
+        if teams.get(alias) is not None:
+            teams[alias]["keys"] = team_keys(alias)
+    return {"teams": teams, "keys": {alias: read_key(alias, values.get(alias)) for alias in spec.get("keys", [])}}
 
 
 def apply(spec, values, done):
@@ -125,15 +185,17 @@ def apply(spec, values, done):
 
 
 def main(mode, spec_text):
-    spec = json.loads(spec_text)
-    raw = sys.stdin.read() if not sys.stdin.isatty() else ""
-    values = json.loads(raw) if raw.strip() else {}
     done = []
     try:
+        spec = json.loads(spec_text)
+        raw = sys.stdin.read() if not sys.stdin.isatty() else ""
+        values = json.loads(raw) if raw.strip() else {}
+        NEVER_SHOWN.extend(v for v in values.values() if isinstance(v, str) and v)
         result = read(spec, values) if mode == "read" else apply(spec, values, done)
         print(json.dumps(result if mode == "read" else {"done": done, "error": None}))
-    except ApiError as error:
-        print(json.dumps({"done": done, "error": str(error)}))
+    except Exception as error:  # whatever failed, its text leaves only scrubbed
+        text = str(error) if isinstance(error, ApiError) else "%s: %s" % (error.__class__.__name__, error)
+        print(json.dumps({"done": done, "error": scrub(text)}))
         sys.exit(1)
 
 

@@ -3,8 +3,10 @@
 What the proxy holds is read (tasks/key_agent.py, inside the proxy container), compared here with
 the declarations, and only what differs is sent back: missing entries made, drifted fields (only
 those the declaration sets) updated, `absent` ones deleted. Spend is never sent, so never reset;
-keys the declarations do not name are never read or touched. A second run with nothing changed
-finds nothing to do and reports no change.
+keys the declarations do not name are never touched, and read only to list those a team's deletion
+would take with it (LiteLLM's /team/delete deletes every key of the team): that deletion is refused,
+naming them, unless the team entry says `delete_keys`. A second run with nothing changed finds
+nothing to do and reports no change. Under --dry the plan is printed against what the proxy holds.
 
 A key's value travels from the secrets file to a root-only file on the host (KEYS_FILE) and from
 there on the agent's stdin: never in a command, a fact's output or pyinfra's log.
@@ -15,13 +17,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shlex
+import sys
 from pathlib import Path
 
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, deploy, operation
 
 from tasks import key_agent
-from tasks.compose import PROXY_SERVICE, compose_cmd
+from tasks.compose import PROXY_SERVICE, ComposeServices, compose_cmd
 from tasks.outcome import failing_command
 from tasks.settings import GATEWAYS, Settings, read_host_data
 from tasks.stack import staging_dir
@@ -37,6 +40,8 @@ PROXY = key_agent.PROXY
 EXPIRY_SLACK_SECONDS = 300
 KEY_SETTINGS = ("models", "team", "max_budget", "budget_duration", "tpm_limit", "rpm_limit", "metadata",
                 "expires", "blocked")
+# Keys named in a refused team deletion; the rest are counted.
+KEYS_NAMED = 20
 TEAM_SETTINGS = ("models", "max_budget", "budget_duration", "tpm_limit", "rpm_limit", "metadata", "blocked")
 
 
@@ -48,6 +53,12 @@ def key_values(settings: Settings) -> dict[str, str]:
     """{alias: value} of every declared key whose value the secrets file holds."""
     values = {key.alias: settings.secrets.get(key.key_env) for key in settings.virtual_keys}
     return {alias: value for alias, value in values.items() if value}
+
+
+def scrubbed(settings: Settings, text: str) -> str:
+    """A failure's text as printed: without any declared key's value or hash, or anything key-like
+    (the proxy's own refusals quote a key's hash and the start of its value)."""
+    return key_agent.scrub(text, key_values(settings).values())
 
 
 def _in_container(settings: Settings, script: str, *args: str) -> str:
@@ -88,14 +99,20 @@ class DeclaredAccess(FactBase):
         try:
             return json.loads(output[-1])
         except (IndexError, ValueError):
+            # Not the agent's JSON (which it scrubs itself): quoted, anything key-like cut out.
             return {"error": f"cannot ask the proxy (is the {PROXY_SERVICE} container running?): "
-                             + " ".join(output)[-300:]}
+                             + key_agent.scrub(" ".join(output), values=())[-300:]}
+
+
+def read_spec(settings: Settings) -> dict:
+    """What key_agent.read is asked: the declared teams and keys, and the keys of each team to delete."""
+    return {"teams": [t.alias for t in settings.teams], "keys": [k.alias for k in settings.virtual_keys],
+            "team_keys": [t.alias for t in settings.teams if t.state == "absent"]}
 
 
 def read_access(settings: Settings, moment: str = "before") -> dict:
-    spec = {"teams": [t.alias for t in settings.teams], "keys": [k.alias for k in settings.virtual_keys]}
     return host.get_fact(DeclaredAccess, project=settings.compose_project, install_dir=settings.install_dir,
-                         agent_command=_in_container(settings, AGENT_SOURCE, "read", json.dumps(spec)),
+                         agent_command=_in_container(settings, AGENT_SOURCE, "read", json.dumps(read_spec(settings))),
                          moment=moment)
 
 
@@ -241,10 +258,37 @@ def plan(teams: tuple[Team, ...], keys: tuple[VirtualKey, ...], current: dict,
             actions.append({"do": "key_update", "alias": key.alias, "body": {"key_alias": key.alias, **drift},
                             "describe": f"key {key.alias}: {', '.join(sorted(drift))} updated"})
     for team in (t for t in teams if t.state == "absent"):
-        if held_teams.get(team.alias) is not None:
-            actions.append({"do": "team_delete", "body": {"team_ids": [team.alias]},
-                            "describe": f"team {team.alias}: deleted"})
+        row = held_teams.get(team.alias)
+        if row is None:
+            continue
+        if row.get("keys") is None:
+            problems.append(f"teams[{team.alias!r}]: state 'absent', but the team's keys could not be listed, and "
+                            "LiteLLM deletes them with the team — fix: run again once the proxy answers /key/list")
+            continue
+        taken = _keys_taken(team, keys, row["keys"])
+        if taken and not team.delete_keys:
+            problems.append(_refused_deletion(team, taken))
+            continue
+        with_keys = f", with its {len(taken)} key(s)" if taken else ""
+        actions.append({"do": "team_delete", "body": {"team_ids": [team.alias]},
+                        "describe": f"team {team.alias}: deleted{with_keys}"})
     return actions, problems
+
+
+def _keys_taken(team: Team, keys: tuple[VirtualKey, ...], held: list[dict]) -> list[dict]:
+    """The team's keys its deletion would delete that the plan does not already delete (declared
+    absent) or move to another team (declared present, naming its team: never this absent one)."""
+    leaving = {k.alias for k in keys if k.state == "absent" or "team" in k.declared}
+    return [row for row in held if row.get("key_alias") not in leaving]
+
+
+def _refused_deletion(team: Team, taken: list[dict]) -> str:
+    names = [row.get("key_alias") or f"key {row.get('token') or '?'}... (no alias)" for row in taken]
+    shown = ", ".join(names[:KEYS_NAMED]) + (f" and {len(names) - KEYS_NAMED} more" if len(names) > KEYS_NAMED else "")
+    return (f"teams[{team.alias!r}]: state 'absent' would delete {len(taken)} key(s) with the team that the "
+            f"declarations do not delete or move: {shown} (LiteLLM deletes every key of a deleted team) — fix: "
+            "move or delete them in the admin UI (LiteLLM > Virtual Keys), or declare them, or set "
+            f"'delete_keys': True on team {team.alias!r} to delete them with it")
 
 
 # --- checking ------------------------------------------------------------------------------------
@@ -301,7 +345,7 @@ def access_converged(settings: Settings):
         return
     current = read_access(settings)
     if current.get("error"):
-        yield failing_command(f"virtual keys on {host.name}: {current['error']}")
+        yield failing_command(scrubbed(settings, f"virtual keys on {host.name}: {current['error']}"))
         return
     actions, problems = plan(settings.teams, settings.virtual_keys, current, dt.datetime.now(dt.timezone.utc))
     if problems:
@@ -328,7 +372,7 @@ def keys_verified(settings: Settings):
     if not failures:
         host.noop(f"{len(results)} virtual key check(s) passed")
         return
-    yield failing_command(f"virtual keys on {host.name}: " + "".join(f"\n  {f}" for f in failures))
+    yield failing_command(scrubbed(settings, f"virtual keys on {host.name}: " + "".join(f"\n  {f}" for f in failures)))
 
 
 def table(settings: Settings, current: dict) -> str:
@@ -375,10 +419,50 @@ def access_reported(settings: Settings):
     yield from ()  # an operation is a generator, even one that only reports
 
 
+def dry_run() -> bool:
+    """pyinfra's --dry, which the CLI keeps to itself (with -y, no operation body runs to ask)."""
+    return "--dry" in sys.argv[1:]
+
+
+def preview_lines(host_name: str, proxy_running: bool, current: dict | None, settings: Settings,
+                  now: dt.datetime) -> list[str]:
+    """What a --dry run prints for the key converge: the plan against what the proxy holds now."""
+    if not proxy_running:
+        return [f"virtual keys on {host_name}: the plan is made when the deploy executes (the {PROXY_SERVICE} "
+                "container is not running yet)"]
+    if current.get("error"):
+        return [scrubbed(settings, f"virtual keys on {host_name}: cannot read what the proxy holds "
+                                   f"({current['error']}); the plan is made when the deploy executes")]
+    actions, problems = plan(settings.teams, settings.virtual_keys, current, now)
+    if problems:
+        return [f"virtual keys on {host_name}: the deploy would refuse, changing nothing:"
+                + "".join(f"\n  {p}" for p in problems)]
+    if not actions:
+        return [f"virtual keys on {host_name}: {len(settings.teams)} team(s) and {len(settings.virtual_keys)} "
+                "key(s) as declared, nothing to do"]
+    return [f"will do: {action['describe']}" for action in actions]
+
+
+def preview(settings: Settings) -> None:
+    """Under --dry: the plan printed, nothing applied. The read is a fact (read-only); it compares
+    with the key values the host holds, since --dry writes none there."""
+    converging = owner(settings)
+    if converging != host.name:
+        host.log(f"virtual keys: converged by {converging}, which shares this gateway's database", logger.info)
+        return
+    services = host.get_fact(ComposeServices, project=settings.compose_project, install_dir=settings.install_dir)
+    running = (services.get(PROXY_SERVICE) or {}).get("state") == "running"
+    current = read_access(settings, moment="dry") if running else None
+    for line in preview_lines(host.name, running, current, settings, dt.datetime.now(dt.timezone.utc)):
+        host.log(line, logger.info)
+
+
 @deploy("Virtual keys and teams")
 def converge_access(settings: Settings) -> None:
     if not (settings.teams or settings.virtual_keys):
         return
+    if dry_run():
+        preview(settings)
     # The values of the declared keys, root-only: the agent and the checks read them on stdin.
     private_file(name=f"Write {KEYS_FILE} (virtual key values, mode 0600)",
                  content=json.dumps(key_values(settings), sort_keys=True, indent=1) + "\n",

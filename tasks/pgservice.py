@@ -69,7 +69,10 @@ def parse(url: str) -> Connection:
         if not host:
             raise UrlError("names an empty host")
         if port and not port.isdigit():
-            raise UrlError(f"has a port that is not a number: {port!r}")
+            # Not quoted: an unencoded '/', '?' or '@' in the password ends the host part early, and
+            # what follows the ':' is then the rest of the password.
+            raise UrlError("has a port that is not a number (a '/', '?' or '@' in the user or password "
+                           "must be written percent-encoded: %2F, %3F, %40)")
         hosts.append(unquote(host))
         ports.append(port or DEFAULT_PORT)
     if not hosts:
@@ -87,7 +90,8 @@ def parse(url: str) -> Connection:
 
 
 def problems(url: str) -> list[str]:
-    """Why this URL cannot be handed to libpq exactly (empty when it can)."""
+    """Why this URL cannot be handed to libpq exactly (empty when it can). No text quotes any part of
+    the URL: a password written without percent-encoding can be misread as any other part."""
     try:
         connection = parse(url)
     except UrlError as error:

@@ -28,7 +28,7 @@ VALUES_FILE = "virtual-keys.json"
 KEY_PREFIX = "sk-"  # LiteLLM accepts a given key value only with this prefix
 MIN_KEY_LENGTH = 20
 TEAM_FIELDS = {"alias", "models", "max_budget", "budget_duration", "tpm_limit", "rpm_limit", "members",
-               "metadata", "blocked", "state"}
+               "metadata", "blocked", "state", "delete_keys"}
 KEY_FIELDS = {"alias", "models", "team", "max_budget", "budget_duration", "tpm_limit", "rpm_limit", "metadata",
               "duration", "expires", "blocked", "state", "key_env"}
 KEY_EXAMPLE = {"alias": "everything-30d", "models": ALL_MODELS, "max_budget": 50, "budget_duration": "30d"}
@@ -48,6 +48,9 @@ class Team:
     blocked: bool = False
     state: str = "present"
     declared: frozenset[str] = frozenset()  # fields the entry sets: only these are kept in step
+    # state "absent": LiteLLM's team deletion deletes every key of the team; without this, a team
+    # holding keys the declarations do not delete is refused rather than deleted.
+    delete_keys: bool = False
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,7 @@ def parse_teams(raw: object, routed: set[str] | None, problems: list[str]) -> tu
             blocked=_flag(f"{field}.blocked", entry.get("blocked", False), problems),
             state=_state(f"{field}.state", entry.get("state", "present"), problems),
             declared=frozenset(entry) & TEAM_FIELDS,
+            delete_keys=_flag(f"{field}.delete_keys", entry.get("delete_keys", False), problems),
         )
     return tuple(teams.values())
 

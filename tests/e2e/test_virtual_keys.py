@@ -4,8 +4,9 @@ In order: keys made by hand before (one the declarations then mark absent, one t
 the declarations converged by deploy.py (each key read back from /key/info equals its declaration,
 an rpm limit answered with 429, the hand-made key untouched, the absent one refused), a second run
 with no change; a changed budget and team models change only those two, spend kept; keys.py's table
-and -vvv and --dry output without any key value, the stored values 0600; bad declarations refused
-with nothing changed. That declared keys survive a master-key rotation, and a backup, a fresh host and a
+and -vvv and --dry output without any key value (--dry printing the plan, applying nothing), the
+stored values 0600; a declared team's deletion refused while it holds a key made by hand (the key
+kept); bad declarations refused with nothing changed. That declared keys survive a master-key rotation, and a backup, a fresh host and a
 restore, is shown in the suites of those runbooks (test_rotation.py, test_backup.py).
 """
 
@@ -153,7 +154,7 @@ def test_2_changed_budget_and_team_models_change_only_those(deployment, gateway)
     assert api.models_seen(gateway, value(deployment, "research-ci")) == (200, MODELS)
 
 
-def test_3_values_never_shown_and_stored_0600(deployment):
+def test_3_values_never_shown_and_stored_0600(deployment, gateway):
     values = declared_values(deployment)
     assert len(values) == 4
     keys = deployment.pyinfra("keys.py", "-vvv", limit=HOST)
@@ -169,12 +170,31 @@ def test_3_values_never_shown_and_stored_0600(deployment):
     declare(deployment, declared_now["teams"], declared_now["virtual_keys"] + [{"alias": "dry-new", "models": ["chat-a"]}])
     dry = deployment.pyinfra("deploy.py", "--dry", "-vvv", limit=HOST)
     assert dry.returncode == 0, dry.output[-6000:]
+    assert "will do: key dry-new: created" in dry.output, dry.output[-6000:]
     assert deployment.secrets.read_text() == before
+    status, listed = api.request(gateway, "GET", "/key/list?key_alias=dry-new", key=deployment.master_key())
+    assert (status, listed["keys"]) == (200, []), listed
     for output in (keys.output, dry.output):
         assert not [v for v in values + [deployment.master_key()] if v in output]
     assert deployment.secrets.stat().st_mode & 0o777 == 0o600
     assert deployment.ssh(HOST, "stat -c '%a %U' /opt/litellm/virtual-keys.json").strip() == "600 root"
     declare(deployment, *declared_now.values())
+
+
+def test_4_a_team_deletion_that_would_take_a_hand_made_key_is_refused(deployment, gateway):
+    """LiteLLM's /team/delete deletes every key of the team, also one made by hand: the run refuses."""
+    master = deployment.master_key()
+    by_hand = api.generate_key(gateway, master, key_alias="ops-by-hand", team_id="ops")
+    declared_now = {name: deployment.overrides[HOST][name] for name in ("teams", "virtual_keys")}
+    declare(deployment, [dict(t, state="absent") if t["alias"] == "ops" else t for t in TEAMS],
+            declared_now["virtual_keys"])
+    run = deployment.pyinfra("keys.py", limit=HOST)
+    declare(deployment, *declared_now.values())
+    assert run.returncode != 0
+    assert "teams['ops']: state 'absent' would delete 1 key(s) with the team" in run.output, run.output[-6000:]
+    assert "ops-by-hand" in run.output and by_hand not in run.output
+    assert api.models_seen(gateway, by_hand)[0] == 200
+    assert api.request(gateway, "GET", "/team/info?team_id=ops", key=master)[0] == 200
 
 
 def test_5_bad_declarations_are_refused_and_nothing_changes(deployment):

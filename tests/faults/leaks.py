@@ -164,3 +164,38 @@ def controller_files_holding(roots: list[Path], secrets: Secrets, skipped: tuple
             if names:
                 found[str(path)] = names
     return found
+
+
+# One TCP reset for the first request to the proxy whose first packet holds the text, and none after:
+# the string match picks the request, the limit (one match an hour, burst 1) lets it match once.
+# REJECT with a reset, not DROP: a dropped segment is only retransmitted, and the request then succeeds.
+RESET_RULE = ("INPUT -p tcp --dport 4000 -m string --algo bm --string {text} "
+              "-m limit --limit 1/hour --limit-burst 1 -j REJECT --reject-with tcp-reset")
+PROXY_PID = ("docker inspect -f '{{.State.Pid}}' "
+             "$(docker ps -q --filter label=com.docker.compose.service=litellm)")
+
+
+class OneRequestReset:
+    """Inside the gateway's proxy container's network namespace (nsenter on the bed host, where the
+    engine's PIDs are visible): the first request whose request line starts with `text` is reset; `count`
+    is how many requests the rule reset, read when the block ends, the rule then removed."""
+
+    def __init__(self, bed, host: str, text: str):
+        self.bed, self.host, self.count = bed, host, None
+        self.rule = RESET_RULE.format(text=shlex.quote(text))
+
+    def _in_proxy(self, command: str) -> str:
+        result = self.bed.ssh(self.host, f"pid=$({PROXY_PID}) && nsenter -t \"$pid\" -n {command}")
+        assert result.ok, result.output
+        return result.output
+
+    def __enter__(self):
+        self._in_proxy(f"iptables -I {self.rule}")
+        return self
+
+    def __exit__(self, *exc):
+        listed = self._in_proxy("iptables -L INPUT -v -n -x")
+        self._in_proxy(f"iptables -D {self.rule}")
+        rows = [line.split() for line in listed.splitlines() if "reject-with tcp-reset" in line]
+        assert len(rows) == 1, listed
+        self.count = int(rows[0][0])

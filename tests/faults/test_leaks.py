@@ -4,17 +4,22 @@ value could end up is searched for every secret the secrets file held during the
 Hosts (prefix "lk-"): lk-gw-db (bundled Postgres, a declared virtual key) and lk-up1 (the bed's
 upstream LiteLLM; also the other host the exposure scan probes from). Each runbook runs twice, at -vvv
 with --diff and --debug: with --dry, then for real. While a real run goes, `ps -eo args` is sampled on
-the gateway host and on the controller. The secrets: the master key (also the one before rotation),
-salt key, Postgres and UI passwords, upstream key, virtual key (tests/faults/leaks.py).
+the gateway host and on the controller. Then a key made by hand is imported by value while the proxy
+resets exactly one request of the key converge, its lookup (keys.py fails), and imported by the same
+run again. The secrets: the master key (also the one before rotation), salt key, Postgres and UI
+passwords, upstream key, the declared and the imported virtual keys (tests/faults/leaks.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from tasks import secrets as S
+from tests.e2e import gateway_http as api
 from tests.e2e.conftest import ROOT, make_deployment
 from tests.faults import leaks
 
@@ -51,6 +56,9 @@ LITELLM_SCHEMA_CHECK = "migrate diff --from-url"
 # Controller directories not searched: the virtualenv, git's objects, and the test bed's own state
 # (its SSH key and its copy of the upstream key: the bed's key files).
 CONTROLLER_SKIPPED = (".venv", ".git", ".testbed")
+IMPORTED, IMPORTED_ENV = "imported", "VIRTUAL_KEY_IMPORTED"
+# The key converge's lookup of an imported key (tasks/key_agent.read_key): the one request reset.
+RESET_REQUEST = "GET /key/info"
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +88,28 @@ def scanned(deployment):
         host_ps.append(on_host.samples)
         controller_ps += here.samples
         secrets.refresh()
-    assert len(secrets.names) >= 6, "fewer secrets than the gateway has: the scan would say little"
-    return {"secrets": secrets, "outputs": outputs, "host_ps": host_ps, "controller_ps": controller_ps}
+    imported = import_with_one_request_reset(deployment, secrets, outputs, host_ps, controller_ps)
+    assert len(secrets.names) >= 7, "fewer secrets than the gateway has: the scan would say little"
+    return {"secrets": secrets, "outputs": outputs, "host_ps": host_ps, "controller_ps": controller_ps,
+            "imported": imported}
+
+
+def import_with_one_request_reset(deployment, secrets, outputs, host_ps, controller_ps) -> dict:
+    """A key made by hand (no alias), its value put in the secrets file and declared: the converge
+    looks it up by its hash (GET /key/info), and that one request is reset in transit. Then the same
+    run again, nothing reset: the key is adopted."""
+    value = api.generate_key(deployment.base_url(HOST), deployment.master_key())
+    S.append_secrets(deployment.secrets, {IMPORTED_ENV: value}, {IMPORTED_ENV: "made by hand, imported"})
+    secrets.refresh()
+    deployment.overrides[HOST]["virtual_keys"].append({"alias": IMPORTED, "models": "all"})
+    with leaks.OneRequestReset(deployment.bed, deployment.name(HOST), RESET_REQUEST) as reset, \
+            leaks.HostSampler(deployment.bed, deployment.name(HOST)) as on_host, leaks.ControllerSampler() as here:
+        cut = deployment.pyinfra("keys.py", *VERBOSE, limit=HOST)
+    host_ps.append(on_host.samples)
+    controller_ps += here.samples
+    again = deployment.pyinfra("keys.py", *VERBOSE, limit=HOST)
+    outputs["keys.py, one request reset"], outputs["keys.py, again"] = cut.output, again.output
+    return {"reset": reset.count, "cut": cut, "again": again, "hash": hashlib.sha256(value.encode()).hexdigest()}
 
 
 def test_1_no_secret_in_any_runbooks_output(scanned):
@@ -128,3 +156,15 @@ def test_6_from_another_bed_host_only_the_published_port_answers(deployment, sca
     assert result.ok, result.output
     open_ports = {int(p) for p in result.output.split()}
     assert open_ports == PUBLISHED_PORTS | HOST_PORTS, f"ports answering on the gateway host: {sorted(open_ports)}"
+
+
+def test_7_a_request_reset_in_the_key_converge_fails_the_run_and_shows_no_key(scanned):
+    """The outputs, process lists and files of both runs are searched by tests 1 to 5; here, that the
+    reset happened once, failed the run with the request named, and that not even the hash shows."""
+    imported = scanned["imported"]
+    assert imported["reset"] == 1
+    assert imported["cut"].returncode != 0
+    assert "GET /key/info: no answer from the proxy" in imported["cut"].output, imported["cut"].output[-6000:]
+    assert imported["again"].returncode == 0, imported["again"].output[-6000:]
+    assert f"key {IMPORTED}: adopted (was without alias)" in imported["again"].output
+    assert not [run for run, output in scanned["outputs"].items() if imported["hash"] in output]

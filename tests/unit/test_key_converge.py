@@ -4,8 +4,11 @@ never a spend, never a value; the commands and the printed table hold no key val
 import datetime as dt
 import json
 
+import pytest
+
 from tasks import key_agent
 from tasks.key_converge import EXPIRY_SLACK_SECONDS, _in_container, key_checks, plan, table
+from tasks.settings import ConfigError
 
 NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.timezone.utc)
 TEAMS = [{"alias": "research", "models": ["upstream"], "max_budget": 100, "budget_duration": "30d",
@@ -83,6 +86,7 @@ def test_only_drifted_declared_fields_are_sent_and_spend_never(build):
 def test_absent_entries_are_deleted_when_held(build):
     _, teams, keys = declared(build, teams=[dict(TEAMS[0], state="absent")], keys=[KEYS[0], KEYS[3]])
     held = held_as_declared()
+    held["teams"]["research"]["keys"] = [{"key_alias": "old", "token": "0f0f0f0f"}]  # deleted first anyway
     held["keys"]["old"] = {"key_alias": "old", "models": [], "value_matches": None, "count": 1}
     actions, _ = plan(teams, keys, held, NOW)
     assert [(a["do"], a["body"]) for a in actions] == [("key_delete", {"key_aliases": ["old"]}),
@@ -175,10 +179,95 @@ def test_gateways_sharing_an_external_database_converge_it_once(build, secrets_f
 def test_every_planned_action_is_one_the_agent_knows(build):
     _, teams, keys = declared(build, teams=[dict(TEAMS[0], members=["bob"]), {"alias": "gone", "state": "absent"}])
     held = held_as_declared()
-    held["teams"]["gone"] = {"team_id": "gone"}
+    held["teams"]["gone"] = {"team_id": "gone", "keys": []}
     held["keys"]["old"] = {"key_alias": "old"}
     held["keys"]["everything"]["max_budget"] = 1.0
     held["teams"]["research"]["max_budget"] = 1.0
     fresh, _ = plan(teams, keys, {"teams": {}, "keys": {}}, NOW)
     drifted, _ = plan(teams, keys, held, NOW)
     assert {a["do"] for a in fresh + drifted} == set(key_agent.ACTIONS)
+
+
+def team_deletion(build, keys, team_keys, **team):
+    """plan() for team research declared absent (with `team` fields) while the proxy holds it with `team_keys`."""
+    _, teams, declared_keys = declared(build, teams=[dict(TEAMS[0], state="absent", **team), {"alias": "ops"}],
+                                       keys=keys)
+    held = held_as_declared()
+    held["teams"]["research"]["keys"] = team_keys
+    held["keys"]["old"] = {"key_alias": "old", "models": [], "value_matches": None, "count": 1}
+    return plan(teams, declared_keys, held, NOW)
+
+
+HAND_MADE = [{"key_alias": "hand-made", "token": "1a2b3c4d"}, {"key_alias": None, "token": "deadbeef"}]
+
+
+def test_a_team_deletion_that_would_take_keys_not_declared_is_refused(build):
+    actions, problems = team_deletion(build, [KEYS[0], KEYS[3]], HAND_MADE + [{"key_alias": "old", "token": "0f0f0f0f"}])
+    assert "team_delete" not in [a["do"] for a in actions]
+    assert len(problems) == 1
+    assert problems[0].startswith("teams['research']: state 'absent' would delete 2 key(s) with the team")
+    assert "hand-made" in problems[0] and "deadbeef" in problems[0] and "delete_keys" in problems[0]
+    assert "old" not in problems[0].split(": ", 2)[2].split(" — fix")[0]  # declared absent: deleted first anyway
+
+
+def test_a_declared_key_left_in_the_team_is_taken_too_one_moved_out_is_not(build):
+    moved = dict(KEYS[1], team="ops")
+    left = {"alias": "stays", "models": "all"}  # its entry names no team: the deletion would take it
+    _, problems = team_deletion(build, [moved, left], [{"key_alias": "research-ci", "token": "11111111"},
+                                                       {"key_alias": "stays", "token": "22222222"}])
+    assert len(problems) == 1 and "stays" in problems[0] and "research-ci" not in problems[0]
+
+
+def test_delete_keys_lets_the_team_take_its_keys(build):
+    actions, problems = team_deletion(build, [KEYS[0]], HAND_MADE, delete_keys=True)
+    assert problems == [] and actions[-1] == {"do": "team_delete", "body": {"team_ids": ["research"]},
+                                              "describe": "team research: deleted, with its 2 key(s)"}
+
+
+def test_a_team_deletion_with_no_keys_goes_ahead_and_unknown_keys_refuse(build):
+    actions, problems = team_deletion(build, [KEYS[0]], [])
+    assert problems == [] and actions[-1]["describe"] == "team research: deleted"
+    _, unknown = team_deletion(build, [KEYS[0]], None)
+    assert len(unknown) == 1 and "could not be listed" in unknown[0]
+
+
+def test_the_read_lists_the_keys_of_absent_teams_only(build):
+    from tasks.key_converge import read_spec
+
+    settings = build(teams=[dict(TEAMS[0], state="absent"), {"alias": "ops"}], virtual_keys=[KEYS[0]])
+    assert read_spec(settings) == {"teams": ["research", "ops"], "keys": ["everything"], "team_keys": ["research"]}
+
+
+def test_delete_keys_is_a_flag(build):
+    with pytest.raises(ConfigError) as refused:
+        build(teams=[dict(TEAMS[0], state="absent", delete_keys="yes")])
+    assert "teams['research'].delete_keys: 'yes' must be True or False" in str(refused.value)
+
+
+def test_dry_prints_the_plan_against_what_the_proxy_holds(build):
+    from tasks.key_converge import preview_lines
+
+    settings = build(teams=TEAMS, virtual_keys=[dict(KEYS[0], max_budget=75)] + KEYS[1:])
+    assert preview_lines("gw1", True, held_as_declared(), settings, NOW) == ["will do: key everything: max_budget updated"]
+    assert preview_lines("gw1", True, held_as_declared(), build(teams=TEAMS, virtual_keys=KEYS), NOW) == [
+        "virtual keys on gw1: 1 team(s) and 4 key(s) as declared, nothing to do"]
+    held = held_as_declared()
+    held["keys"]["everything"]["value_matches"] = False
+    refused = preview_lines("gw1", True, held, settings, NOW)
+    assert refused[0].startswith("virtual keys on gw1: the deploy would refuse, changing nothing:\n  virtual key")
+    assert preview_lines("gw1", False, None, settings, NOW) == [
+        "virtual keys on gw1: the plan is made when the deploy executes (the litellm container is not running yet)"]
+
+
+def test_failure_texts_hold_no_key_value_nor_hash(build):
+    from tasks.key_converge import key_values, preview_lines, scrubbed
+
+    settings = build(teams=TEAMS, virtual_keys=KEYS)
+    value = key_values(settings)["everything"]
+    digest = key_agent.digest(value)
+    # LiteLLM's refusal of a key quotes its hash and the start of its value.
+    said = scrubbed(settings, f"HTTP 401: Received API Key = {value[:10]}...{value[-4:]}, Key Hash (Token) ={digest}")
+    assert "HTTP 401" in said and digest not in said and value[:10] not in said and value[-4:] not in said
+    error = {"error": f"GET /key/info: HTTP 500: {value} {digest}"}
+    shown = "".join(preview_lines("gw1", True, error, settings, NOW))
+    assert "cannot read what the proxy holds" in shown and value not in shown and digest not in shown

@@ -62,3 +62,28 @@ def test_no_password_gives_an_empty_password_file():
 def test_urls_libpq_cannot_take_exactly_are_problems(url, expected):
     found = pgservice.problems(url)
     assert len(found) == 1 and expected in found[0] and "fix:" in found[0]
+
+
+# A password written into the URL without percent-encoding, breaking the parse in each way it can:
+# '/' and '?' end the host part early (the rest of the password is read as a port, host or database),
+# '[' starts an IPv6 host, ',' and ':' split hosts and ports, '@' moves the user/host boundary.
+HOSTILE_PASSWORDS = ["Xy7/Qw3Lp9Zr", "Xy7?Qw3Lp9Zr", "Xy7/Qw3:Lp9Zr", "Xy7Q[w3Lp9]Zr", "Xy7,Qw3:Lp9Zr",
+                     "Xy7:Qw3/Lp9Zr", "Xy7Qw3Lp9Zr:", "Xy7Qw3@Lp9/Zr", "Xy7@Qw3?Lp9Zr", "Xy7\nQw3Lp9Zr",
+                     ":Xy7Qw3Lp9Zr/"]
+
+
+@pytest.mark.parametrize("password", HOSTILE_PASSWORDS)
+@pytest.mark.parametrize("template", ["postgresql://litellm:{}@db.internal:5432/gateway",
+                                      "postgresql://litellm:{}@[fd00::5]:5432/gateway",
+                                      "postgresql://litellm:{}@primary:5432,standby:5433/gateway"])
+def test_no_problem_quotes_any_part_of_the_password(template, password):
+    url = template.format(password)
+    texts = pgservice.problems(url)
+    for build in (pgservice.service_file, pgservice.password_file):
+        try:
+            build(url)
+        except pgservice.UrlError as error:
+            texts.append(str(error))
+    pieces = {piece for part in password.replace("\n", "/").split("/") for piece in (part, *part.split(":"),
+              *part.split("?"), *part.split("@"), *part.split(","), *part.replace("[", "]").split("]"))}
+    assert [(t, p) for t in texts for p in pieces if len(p) >= 3 and p in t] == []
