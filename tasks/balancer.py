@@ -25,7 +25,7 @@ from typing import Callable
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from tasks import certificates, compose, docker, stack
+from tasks import certificates, compose, docker, firewall, stack, tls
 from tasks.render import _environment
 from tasks.settings import (GATEWAYS, ConfigError, HostInput, Settings, _choice, _directory_problems,
                             _image_problems, _port_problems, log_problems, read_host_data)
@@ -171,10 +171,18 @@ def placed_behind(gateways: dict[str, Settings], addresses: dict[str, str],
             problems.append(f"host {name} ({LB_HOSTS}): private_address {value!r} is not an IP address (the gateways' "
                             "firewall lets in the load balancers by address) — fix: set \"private_address\": "
                             "\"10.0.0.2\" (the address it reaches the gateways from) in its host data")
+        elif firewall.is_ipv6(value):
+            problems.append(f"host {name} ({LB_HOSTS}): private_address {value!r} is an IPv6 address; the gateways' "
+                            "firewall lets the load balancers in by IPv4 address only (iptables) — fix: set "
+                            "\"private_address\": \"10.0.0.2\" (its IPv4 address the gateways see) in its host data")
         else:
             sources.append(value)
     for name, gateway in gateways.items():
         address, problem = gateway_address(gateway, addresses[name])
+        if not problem and firewall.is_ipv6(address):
+            problem = (f"proxy_bind: the proxy would be published on {address!r} behind load balancers ({LB_HOSTS}); "
+                       f"{address!r} is an IPv6 address and the firewall letting in only the load balancers is IPv4 "
+                       "only (iptables) — fix: set proxy_bind to this gateway's private IPv4 address")
         if problem:
             problems.append(f"host {name}: {problem}")
             continue
@@ -200,11 +208,11 @@ def lb_problems(raw: dict[str, object]) -> list[str]:
                         "'self-signed' (a certificate from the deployment CA), 'files' (tls_cert_file "
                         "and tls_key_file) or 'acme' (acme_email, public DNS names in tls_names)")
     elif raw["tls"] == "files":
-        for name in ("tls_cert_file", "tls_key_file"):
-            value = raw[name]
-            if not isinstance(value, str) or not value or not Path(value).is_file():
-                problems.append(f"{name}: {value!r} is not a file on the controller — fix: the path of the "
-                                f"{'certificate (PEM, full chain)' if name == 'tls_cert_file' else 'private key (PEM)'}")
+        # As a gateway's front (tasks/tls_config.py): readable PEM, the key the certificate's, in date,
+        # valid for the tls_names given; a load balancer is the only entry point.
+        given = raw["tls_names"] if isinstance(raw["tls_names"], (list, tuple)) else ()
+        problems += certificates.files_problems(raw["tls_cert_file"], raw["tls_key_file"],
+                                                [n for n in given if isinstance(n, str) and n.strip()])
     elif raw["tls"] == "acme":
         problems += _acme_problems(raw)
     names = raw["tls_names"]
@@ -363,6 +371,11 @@ def deploy_load_balancer(lb: LoadBalancer) -> None:
         # acme: Caddy keeps what it obtains in its data volume; files of an earlier source go.
         certificates = [files.file(name=f"No {name} (tls is acme)", path=lb.path(name), present=False)
                         for name in (CERT_FILE, KEY_FILE)]
+    # Checked by the pinned Caddy before the only entry point is (re)created or reloaded with them.
+    tls.caddyfile_valid(name=f"Caddyfile accepted by {lb.tls_image}", image=lb.tls_image,
+                        mounts={lb.path(directory): target for directory, target in IN_CONTAINER.items()},
+                        caddyfile=lb.container_path(CADDYFILE), front="the load balancer",
+                        changed=[compose_file, caddyfile, *certificates, *images])
     # A new certificate recreates the container (Caddy may keep a loaded certificate across reloads);
     # a new Caddyfile is only reloaded, gracefully (roll.balancer_configured).
     compose.service_up(

@@ -184,20 +184,22 @@ def files_problems(cert_file: str, key_file: str, names: Iterable[str] = (),
     problems = []
     cert = key = None
     for field_name, path, loader in ((cert_field, cert_file, load_chain), (key_field, key_file, load_key)):
+        wanted = ("certificate (PEM, the server's first, then its intermediates)" if loader is load_chain
+                  else "certificate's private key (PEM, unencrypted)")
         if not isinstance(path, str) or not path:
             problems.append(f"{field_name}: tls is 'files' but no file is given — fix: the controller path of the "
-                            + ("certificate (PEM, the server's first, then its intermediates)" if loader is load_chain
-                               else "certificate's private key (PEM, unencrypted)"))
+                            + wanted)
             continue
         try:
             data = Path(path).read_bytes()
         except OSError as error:
-            problems.append(f"{field_name}: {path} cannot be read on the controller ({error.strerror or error})")
+            problems.append(f"{field_name}: {path} cannot be read on the controller ({error.strerror or error}) — "
+                            f"fix: the controller path of the {wanted}")
             continue
         try:
             loaded = loader(data)
         except CertificateError as error:
-            problems.append(f"{field_name}: {path} {error}")
+            problems.append(f"{field_name}: {path} {error} — fix: give the {wanted}")
             continue
         if loader is load_chain:
             cert = loaded[0]

@@ -147,9 +147,8 @@ def psql(settings, *psql_args: str, program: str = "psql") -> str:
     """
     args = " ".join(shlex.quote(arg) for arg in psql_args)
     if settings.database_mode == "bundled":
-        flags = "-X -q -v ON_ERROR_STOP=1 " if program == "psql" else ""
-        return (f"{compose_cmd(settings.compose_project, settings.install_dir)} exec -T {DB_SERVICE} {program} "
-                f"-U {shlex.quote(settings.postgres_user)} -d {shlex.quote(settings.postgres_db)} {flags}{args}").rstrip()
+        return compose_psql(settings.compose_project, settings.install_dir, settings.postgres_user,
+                            settings.postgres_db, *psql_args, program=program)
     if settings.database_mode == "external":
         install_dir = settings.install_dir.rstrip("/")
         mounts = " ".join(
@@ -164,6 +163,15 @@ def psql(settings, *psql_args: str, program: str = "psql") -> str:
             f"{flags}{args}"
         ).rstrip()
     raise ValueError(f"database_mode {settings.database_mode!r} has no database")
+
+
+def compose_psql(project: str, install_dir: str, user: str, db: str, *psql_args: str, program: str = "psql") -> str:
+    """psql (or `program`) inside a compose project's Postgres service: a gateway's bundled one, or
+    the db host's (tasks/state_hosts.py). Its local socket is trusted: no password involved."""
+    args = " ".join(shlex.quote(arg) for arg in psql_args)
+    flags = "-X -q -v ON_ERROR_STOP=1 " if program == "psql" else ""
+    return (f"{compose_cmd(project, install_dir)} exec -T {DB_SERVICE} {program} "
+            f"-U {shlex.quote(user)} -d {shlex.quote(db)} {flags}{args}").rstrip()
 
 
 # --- fact and operation -------------------------------------------------------------------------
@@ -282,8 +290,7 @@ def role_password(psql: str, install_dir: str, compose_project: str, role: str, 
     existing database whose POSTGRES_PASSWORD changed in the secrets file). Run it before the
     .env is written. No .env or no POSTGRES_PASSWORD line: a new database, initialised with it."""
     value = password.unmask()
-    current = (host.get_fact(EnvLineHashes, install_dir=install_dir, names=(POSTGRES_PASSWORD,)) or {}).get(
-        POSTGRES_PASSWORD)
+    current = _password_line(install_dir)
     if not current:
         host.noop("no existing database password on the host: Postgres takes it when it initialises")
         return
@@ -300,8 +307,54 @@ def role_password(psql: str, install_dir: str, compose_project: str, role: str, 
                         _stdin=role_password_input(role, value))
 
 
+def _password_line(install_dir: str) -> str | None:
+    """The hash of the POSTGRES_PASSWORD line of the host's .env (None: no such line, or no .env)."""
+    found = host.get_fact(EnvLineHashes, install_dir=install_dir, names=(POSTGRES_PASSWORD,)) or {}
+    return found.get(POSTGRES_PASSWORD)
+
+
+def db_host_done(run_state, name: str) -> bool:
+    """The db host `name` is in this run and has not failed. Its role_password runs before every
+    gateway operation (deploy.py: the state hosts, then a barrier), so by a gateway's turn it has
+    set the role's password, or failed."""
+    db_host = run_state.inventory.get_host(name, None)
+    return db_host is not None and db_host in run_state.activated_hosts and db_host not in run_state.failed_hosts
+
+
+@operation()
+def db_host_password_applied(install_dir: str, db_host: str, password: HiddenValue):
+    """A gateway on a db host's database takes a changed POSTGRES_PASSWORD (its DATABASE_URL with it)
+    only once the db host set it on the role; otherwise it fails here, before its files are written,
+    and keeps the password the database has."""
+    current = _password_line(install_dir)
+    if not current or current == line_hash(POSTGRES_PASSWORD, password.unmask()):
+        host.noop(f"{POSTGRES_PASSWORD} unchanged")
+        return
+    if not host.state.is_executing:
+        host.noop(f"changed: the db host {db_host} sets it on the role first, in this run")
+        return
+    if db_host_done(host.state, db_host):
+        host.noop(f"set on the role by the db host {db_host} in this run")
+        return
+    failed = host.state.inventory.get_host(db_host, None) in host.state.failed_hosts
+    why = "failed in this run (its error is above)" if failed else "is not in this run"
+    refusal = (f"{POSTGRES_PASSWORD} changed in the secrets file, but the db host {db_host} {why}: its database "
+               "role still has the previous password, so this gateway keeps it (nothing was written). fix: deploy "
+               f"with {db_host} in the run (no --limit that leaves it out), after fixing what failed there")
+    yield f"echo {shlex.quote(refusal)} >&2; exit 1"
+
+
 def role_password_for(settings, **op_args) -> object:
-    """role_password for a bundled gateway's Settings (deploy, before its files are written)."""
+    """role_password for a bundled gateway's Settings (deploy, before its files are written); on a
+    db host's database, the check that the db host set it first (tasks/state_hosts.py)."""
+    if settings.db_host:
+        return db_host_password_applied(
+            name=f"{POSTGRES_PASSWORD}: set on the role by the db host {settings.db_host} first",
+            install_dir=settings.install_dir,
+            db_host=settings.db_host,
+            password=HiddenValue(settings.secrets[POSTGRES_PASSWORD]),
+            **op_args,
+        )
     if settings.database_mode != "bundled":
         return None
     return role_password(

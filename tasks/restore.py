@@ -5,9 +5,11 @@ any operation exists), the chosen file must exist, carry its recorded sha256 (wr
 backup next to it as FILE.sha256) and match it, start with pg_dump's custom-format signature and,
 when this machine has a pg_restore that knows the format version, read back whole. On the host the
 uploaded copy is checked again (sha256, then the database's own pg_restore reading every block)
-before the proxy is stopped. Then: proxy stopped, the public schema replaced by the dump's in one
-transaction (restore_command: all or nothing), migrations for the current image (its marker removed so
-they run), bootstrap again (master-key link = the current key), proxy started, verification.
+before the proxy is stopped. Then: proxy stopped, the current database dumped beside the backups
+(safety_dump_command: if that fails, nothing is dropped and the proxy starts again), the public schema
+replaced by the dump's in one transaction (restore_command: all or nothing), migrations for the
+current image (its marker removed so they run), bootstrap again (master-key link = the current key),
+proxy started, verification.
 """
 
 from __future__ import annotations
@@ -147,14 +149,40 @@ SCHEMA_RESET = ("DROP SCHEMA IF EXISTS public CASCADE;", "CREATE SCHEMA public A
                 "GRANT USAGE ON SCHEMA public TO PUBLIC;")
 
 
-def restore_command(pg_restore: str, psql: str, path: str, script: str) -> str:
-    """The restore proper: the dump turned into SQL first (so a dump pg_restore cannot read whole
-    never reaches the database), then the schema dropped and the SQL applied in ONE transaction.
+SAFETY_PURPOSE = "before-restore"
+
+
+def safety_dump_path(settings: Settings, stamp: str) -> str:
+    """Where a restore dumps the database it is about to replace: the backup dir, named as a kind of
+    its own for retention (tasks/backup.py): scheduled backups never prune it, only a later restore's
+    safety dump beyond backup_keep of them does."""
+    return backup.pre_change_backup_path(settings, stamp, SAFETY_PURPOSE)
+
+
+def safety_dump_command(dump: str, check: str, path: str, keep: int, restart: str) -> str:
+    """Shell: the current database dumped to `path` as a backup is (0600, read back whole), with its
+    sha256 beside it as backup.py records one, so restore.py takes it back like any backup. On failure:
+    `restart` (the proxy the restore stopped), and exit before anything is dropped."""
+    sums = shlex.quote(f"{path}.sha256")
+    name = shlex.quote(path.rsplit("/", 1)[-1])
+    return (
+        f"{{ ( {backup.backup_script(dump, check, path, keep)} ) && "
+        f"printf '%s  %s\\n' \"$(sha256sum < {shlex.quote(path)} | cut -d' ' -f1)\" {name} > {sums} && chmod 600 {sums}; }} || "
+        f"{{ {restart} >/dev/null 2>&1; rm -f {shlex.quote(path)} {sums}; echo 'restore not started: the safety dump of "
+        "the current database failed (above); nothing was dropped, the proxy was started again' >&2; exit 1; }"
+    )
+
+
+def restore_command(pg_restore: str, psql: str, path: str, script: str, safety: str = "") -> str:
+    """The restore proper: `safety` first (safety_dump_command: it exits on failure), the dump turned
+    into SQL (so a dump pg_restore cannot read whole never reaches the database), then the schema
+    dropped and the SQL applied in ONE transaction.
     `script` is a scratch file in a private directory (it holds the data); removed in every case."""
     sql = shlex.quote(script)
     reset = " ".join(shlex.quote(statement) for statement in SCHEMA_RESET)
+    first = f"{safety}; " if safety else ""
     return (
-        f"umask 077; {pg_restore} --no-owner --no-privileges --file=- < {shlex.quote(path)} > {sql} || "
+        f"umask 077; {first}{pg_restore} --no-owner --no-privileges --file=- < {shlex.quote(path)} > {sql} || "
         f"{{ rm -f {sql}; echo 'restore failed: pg_restore cannot read the backup whole; the database is unchanged' >&2; exit 1; }}; "
         f"{{ printf '%s\\n' {reset}; cat {sql}; }} | {psql} -X -q -v ON_ERROR_STOP=1 --single-transaction > /dev/null; "
         f"rc=$?; rm -f {sql}; [ $rc -eq 0 ] || "
@@ -163,10 +191,17 @@ def restore_command(pg_restore: str, psql: str, path: str, script: str) -> str:
 
 
 @operation(is_idempotent=False)
-def database_restored(settings: Settings, path: str):
+def database_restored(settings: Settings, path: str, safety_path: str | None = None):
+    """safety_path: where the current database is dumped first (None: no safety dump, as in an upgrade's
+    rollback, whose backup from before the upgrade is the data it restores)."""
     target = f"-U {shlex.quote(settings.postgres_user)} -d {shlex.quote(settings.postgres_db)}"
+    safety = ""
+    if safety_path:
+        restart = f"{compose.compose_cmd(settings.compose_project, settings.install_dir)} start {compose.PROXY_SERVICE}"
+        safety = safety_dump_command(backup.dump_command(settings), backup.read_back_command(settings), safety_path,
+                                     settings.backup_keep, restart)
     yield restore_command(f"{backup.db_exec(settings)} pg_restore", f"{backup.db_exec(settings)} psql {target}",
-                          path, f"{path}.restore.sql")
+                          path, f"{path}.restore.sql", safety)
 
 
 @operation(is_idempotent=False)
@@ -176,14 +211,16 @@ def migration_marker_removed(install_dir: str):
 
 
 @deploy("Database replaced")
-def database_replaced(settings: Settings, path: str, label: str = "the backup") -> list:
-    """From a dump already on the host (and checked): the proxy stopped, the database restored, the
-    schema migrated for settings' image, the bootstrap re-applied. The proxy stays stopped; returns
-    the operations a restart depends on. Shared by restore.py and a failed upgrade's rollback."""
-    # No writer while the tables are replaced.
+def database_replaced(settings: Settings, path: str, label: str = "the backup", safety_path: str | None = None) -> list:
+    """From a dump already on the host (and checked): the proxy stopped, the database restored (after
+    a safety dump of it to `safety_path`, when given), the schema migrated for settings' image, the
+    bootstrap re-applied. The proxy stays stopped; returns the operations a restart depends on.
+    Shared by restore.py and a failed upgrade's rollback."""
+    # No writer while the tables are replaced, nor while the safety dump is taken.
     stopped = proxy_stopped(name="LiteLLM proxy stopped for the restore", settings=settings)
-    restored = database_restored(name=f"Database restored from {label} (single transaction)",
-                                 settings=settings, path=path)
+    saved = f", after a safety dump of the current one to {safety_path}" if safety_path else ""
+    restored = database_restored(name=f"Database restored from {label} (single transaction){saved}",
+                                 settings=settings, path=path, safety_path=safety_path)
     # Schema for the image now configured, then the admin user and current master-key link.
     migration_marker_removed(name="Migration marker cleared after the restore", install_dir=settings.install_dir)
     migrations.schema_migrated(
@@ -197,14 +234,17 @@ def database_replaced(settings: Settings, path: str, label: str = "the backup") 
 @deploy("Database restore")
 def restore_gateway(settings: Settings, plan: Plan) -> None:
     remote = remote_path(settings, plan)
-    host.log(f"restoring {plan.dump} ({plan.note})")
+    safety = safety_dump_path(settings, backup.utc_stamp())
+    host.log(f"restoring {plan.dump} ({plan.note}); the current database is dumped first to {safety} on the host "
+             f"(kept until {settings.backup_keep} later restores; to undo this one, copy it and its .sha256 to "
+             "the controller and restore_from=that file)")
     # 1. Nothing touched yet: the copy on the host is verified twice before anything stops.
     dump_uploaded(name=f"Backup uploaded to {remote}, checksum verified", src=str(plan.dump), dest=remote,
                   sha256=plan.sha256)
     dump_readable(name="Backup read back whole by the database's pg_restore (nothing changed yet)",
                   settings=settings, path=remote)
     # 2. Restored, migrated, bootstrapped; the proxy back (it was stopped, so this always starts it).
-    replaced = database_replaced(settings, remote)
+    replaced = database_replaced(settings, remote, safety_path=safety)
     compose.service_up(
         name="LiteLLM proxy up and healthy", project=settings.compose_project, install_dir=settings.install_dir,
         service=compose.PROXY_SERVICE, depends_on=replaced, timeout=settings.start_timeout,

@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import jinja2
-from pyinfra.api import deploy
+from pyinfra.api import HiddenValue, deploy
 from pyinfra.operations import files
 
-from tasks import backup, compose, docker, firewall, stack
+from tasks import backup, compose, database, docker, firewall, stack
 from tasks import secrets as S
 from tasks.filters import FILTERS
 from tasks.render import TEMPLATES
@@ -95,6 +95,15 @@ def _service(host: StateHost, service: str, loaded: list) -> None:
     project = host.service_project(service)
     files.directory(name=f"Install directory {directory} (root only)", path=directory, user="root", group="root",
                     mode="700")
+    if service == "db":
+        # Postgres applies POSTGRES_PASSWORD only when it initialises a database: a changed one goes to
+        # the role first, while the .env still holds the old one (a failure here leaves both as they were).
+        database.role_password(
+            name=f"Database role {host.postgres_user}: {S.POSTGRES_PASSWORD} from the secrets file",
+            psql=database.compose_psql(project, directory, host.postgres_user, host.postgres_db),
+            install_dir=directory, compose_project=project, role=host.postgres_user,
+            password=HiddenValue(host.secrets[S.POSTGRES_PASSWORD]),
+        )
     written = {
         name: private_file(
             name=f"Write {directory}/{name}" + (" (secrets, mode 0600)" if FILE_MODES[name] == "600" else ""),
@@ -102,6 +111,9 @@ def _service(host: StateHost, service: str, loaded: list) -> None:
         )
         for name, content in render_service(host, service).items()
     }
+    # In DOCKER-USER before the port is published: dockerd already runs (install_docker), and the
+    # service's first start must not be open to all until the rules follow.
+    firewall.port_only_from(service=f"{project}", port=PORTS[service], sources=host.allowed)
     what = "PostgreSQL" if service == "db" else "Valkey"
     compose.service_up(
         name=f"{what} up and healthy (db host)" if service == "db" else f"{what} up and healthy (redis host)",
@@ -113,7 +125,6 @@ def _service(host: StateHost, service: str, loaded: list) -> None:
         recreate_on=[written[HBA_FILE]] if HBA_FILE in written else [],
         timeout=host.start_timeout,
     )
-    firewall.port_only_from(service=f"{project}", port=PORTS[service], sources=host.allowed)
     if service == "db" and host.backup is not None:
         # Scheduled pg_dump backups of the shared database, on the db host (backup_enabled, backup_schedule).
         backup.scheduled_backup(host.backup)

@@ -116,18 +116,23 @@ def material(settings: Settings) -> TlsMaterial | None:
 
 
 @operation()
-def caddyfile_valid(project: str, install_dir: str, image: str, changed: list[OperationMeta | None]):
-    """`caddy validate` by the pinned image on the files as written, when any of them changed."""
+def caddyfile_valid(image: str, mounts: dict[str, str], caddyfile: str, changed: list[OperationMeta | None],
+                    front: str = "the TLS front"):
+    """`caddy validate` by the pinned image on the files as written, when any of them changed: the
+    gateway's TLS front, or a load balancer (tasks/balancer.py). `mounts`: host directory -> where
+    the service's container sees it (read-only here too); `caddyfile`: its path in the container."""
     if not compose.changed(changed):
-        host.noop("the TLS front's files did not change")
+        host.noop(f"{front}'s files did not change")
         return
-    directory = f"{install_dir}/{DIRECTORY}"
-    yield (f"docker run --rm --network none -v {shlex.quote(directory)}:{MOUNT}:ro --entrypoint caddy "
-           f"{shlex.quote(image)} validate --config {MOUNT}/{CADDYFILE} --adapter caddyfile >/dev/null 2>&1 || "
-           f"{{ echo 'the TLS front ({image}) refuses {directory}/{CADDYFILE}; caddy validate says:' >&2; "
-           f"docker run --rm --network none -v {shlex.quote(directory)}:{MOUNT}:ro --entrypoint caddy "
-           f"{shlex.quote(image)} validate --config {MOUNT}/{CADDYFILE} --adapter caddyfile 2>&1 "
-           f"| grep -v '^{{' | tail -n 5 >&2; exit 1; }}")
+    on_host = next((source + caddyfile[len(target):] for source, target in mounts.items()
+                    if caddyfile.startswith(f"{target}/")), caddyfile)
+    volumes = " ".join(f"-v {shlex.quote(f'{source}:{target}:ro')}" for source, target in mounts.items())
+    validate = (f"docker run --rm --network none {volumes} --entrypoint caddy {shlex.quote(image)} validate "
+                f"--config {shlex.quote(caddyfile)} --adapter caddyfile")
+    refusal = f"{front} ({image}) refuses {on_host}; caddy validate says:"
+    # Caddy logs its refusal as a JSON line of level "error": keep that, drop the progress lines.
+    yield (f"{validate} >/dev/null 2>&1 || {{ echo {shlex.quote(refusal)} >&2; "
+           f"{validate} 2>&1 | grep -Ev '^[{{]\"level\":\"(debug|info)\"' | tail -n 5 >&2; exit 1; }}")
 
 
 class FrontContainers(FactBase):
@@ -186,8 +191,8 @@ def tls_front(settings: Settings, changes) -> None:
             wanted.add(CA)
     for name in sorted({CADDYFILE, CERT, KEY, CA} - wanted):
         files.file(name=f"No {DIRECTORY}/{name} (tls is {settings.tls})", path=f"{directory}/{name}", present=False)
-    caddyfile_valid(name=f"Caddyfile accepted by {settings.tls_image}", project=settings.compose_project,
-                    install_dir=settings.install_dir, image=settings.tls_image,
+    caddyfile_valid(name=f"Caddyfile accepted by {settings.tls_image}", image=settings.tls_image,
+                    mounts={directory: MOUNT}, caddyfile=f"{MOUNT}/{CADDYFILE}",
                     changed=written + list(changes.images or []))
     compose.service_up(
         name="TLS front (Caddy) up",

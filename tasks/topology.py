@@ -14,8 +14,8 @@ and turned into what each host needs, before any host is touched.
 
 A host's private address (host data `private_address`; default its `ssh_hostname`) is where the
 others reach it: the db/redis host publishes its port there, and the gateways' addresses are the only
-sources its firewall and pg_hba let in. Addresses must be IP addresses: they go into iptables rules and
-pg_hba.conf.
+sources its firewall and pg_hba let in. Addresses must be IPv4 addresses: they go into iptables (IPv4)
+rules and pg_hba.conf.
 """
 
 from __future__ import annotations
@@ -72,11 +72,15 @@ def _address_problems(host: StateInput, group: str) -> list[str]:
     try:
         if not isinstance(value, str):
             raise ValueError(value)
-        ipaddress.ip_address(value)
+        version = ipaddress.ip_address(value).version
     except ValueError:
         return [f"host {host.name} ({group}): private_address {value!r} is not an IP address (it goes into firewall "
                 "rules and pg_hba.conf) — fix: set \"private_address\": \"10.0.0.5\" (the address the other hosts "
                 "reach it at) in its host data"]
+    if version == 6:
+        return [f"host {host.name} ({group}): private_address {value!r} is an IPv6 address; the firewall letting only "
+                "the gateways reach the db and redis hosts is IPv4 only (iptables) — fix: set \"private_address\": "
+                "\"10.0.0.5\" (its IPv4 address, the one the other hosts reach it at) in its host data"]
     return []
 
 

@@ -166,6 +166,11 @@ def test_3_reprovision_deploy_then_restore_latest(deployment, seeded, keys):
     for step in ("checksum verified", "LiteLLM proxy stopped for the restore", "Database restored from the backup",
                  "Migration marker cleared", "Database schema migrated", "LiteLLM proxy up and healthy"):
         assert step in changed, (step, run.output[-4000:])
+    # What it replaced was dumped first, where the run says, root-only.
+    safety = re.search(r"after a safety dump of the current one to (/opt/litellm/backups/litellm-\S+-before-restore"
+                       r"\.dump)", changed)
+    assert safety, run.output[-4000:]
+    assert deployment.ssh(HOST, f"stat -c %a {safety.group(1)} {safety.group(1)}.sha256").split() == ["600", "600"]
     summary = run.output[run.output.index("verification summary"):]
     for check in ("gateway readiness", "gateway models", "gateway database: admin user admin and its master-key link"):
         assert re.search(rf"ok\s+{re.escape(check)}\s+from", summary), summary[:3000]

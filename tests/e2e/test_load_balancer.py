@@ -16,6 +16,8 @@ certificate against the deployment's ca.crt.
      request, every proxy container recreated, never two gateways out of service at once
   7. the db host rebooted: its firewall comes back (the outsider refused, the gateways let in) and the
      gateways use the database again
+  7b. POSTGRES_PASSWORD changed in the secrets file: the db host's role takes it, and a gateway whose
+     proxy restarts afterwards still makes and serves a key
   8. (last: it kills a host) a gateway host stopped: requests keep succeeding through the load
      balancer (time printed); the next deploy reports that host failed and converges the others
 Hosts (prefix "lb-"): lb-gw1..3 (litellm_hosts), lb-db (db_hosts), lb-redis (redis_hosts), lb-lb1
@@ -29,6 +31,7 @@ import datetime
 import json
 import os
 import re
+import secrets
 import ssl
 import subprocess
 import threading
@@ -39,7 +42,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import balancer, certificates
+from tasks import balancer, certificates, firewall
+from tasks import secrets as S
 from tests.e2e.conftest import PYINFRA, ROOT, Run
 from tests.e2e.gateway_http import CLIENT_SCRIPT
 from tests.e2e.lb_topology import DEPLOYED, GATEWAYS, LB, STATE, LbDeployment
@@ -386,16 +390,21 @@ def test_a_model_change_rolls_one_gateway_at_a_time_with_no_failed_request(lb_de
 
 
 def test_the_db_hosts_firewall_comes_back_after_a_reboot(lb_deployment):
-    """A reboot of the db host (fresh netfilter tables): the unit ordered after docker.service puts the
-    rules back, the outsider is refused again, the gateways get in and use the database again."""
+    """A reboot of the db host (fresh netfilter tables): the unit ordered before docker.service puts the
+    rules back before the engine publishes a port; the outsider is refused again, the gateways get in
+    and use the database again."""
     d = lb_deployment
     before = d.address("db")
     d.bed.restart(d.name("db"))
     assert d.address("db") == before, "the bed gave the db host another address; the test says nothing"
     deadline = time.monotonic() + 180
-    while "-j DROP" not in d.ssh("db", "iptables -w -S LD-litellm-db 2>/dev/null || true"):
+    while "-j DROP" not in d.ssh("db", f"iptables -w -S {firewall.chain('litellm-db')} 2>/dev/null || true"):
         assert time.monotonic() < deadline, "the firewall unit did not re-apply the rules within 180 s of the reboot"
         time.sleep(1)
+    # In place before dockerd started (and with it the restart-policy Postgres, publishing its port).
+    applied = d.ssh("db", "systemctl show -P ActiveEnterTimestampMonotonic litellm-firewall-litellm-db.service")
+    engine = d.ssh("db", "systemctl show -P ExecMainStartTimestampMonotonic docker.service")
+    assert 0 < int(applied.split()[-1]) <= int(engine.split()[-1]), (applied, engine)
     deadline = time.monotonic() + 180
     while d.run_on("gw1", PG_PROBE, before, "5432") not in ("N", "S"):  # Postgres back (restart policy)
         assert time.monotonic() < deadline, "PostgreSQL did not come back within 180 s of the reboot"
@@ -414,6 +423,31 @@ def test_the_db_hosts_firewall_comes_back_after_a_reboot(lb_deployment):
     while (problem := load.request()) is not None:
         assert time.monotonic() < deadline, f"the load balancer did not answer a chat within 60 s: {problem}"
         time.sleep(1)
+
+
+def test_a_changed_postgres_password_reaches_the_db_hosts_role_before_the_gateways(lb_deployment):
+    """POSTGRES_PASSWORD changed in the secrets file: the db host's role takes it (Postgres ignores the
+    variable on an existing data directory), so a gateway's proxy restarted afterwards still logs in."""
+    d = lb_deployment
+    new = secrets.token_urlsafe(24) + "$x#"  # `$` and `#`: what a .env and a URL must carry intact
+    lines = [line for line in d.secrets.read_text().splitlines() if not line.startswith("POSTGRES_PASSWORD=")]
+    d.secrets.write_text("\n".join(lines) + "\n" + S.dotenv_line("POSTGRES_PASSWORD", new))
+    run = d.pyinfra()
+    (d.workdir / "password-change.log").write_text(run.output)
+    assert run.returncode == 0, run.output[-6000:]
+    assert new not in run.output
+    assert any("POSTGRES_PASSWORD" in op for op in d.changed(run, "db")), d.changed(run, "db")
+    gateway = GATEWAYS[1]
+    # Restarted, then waited for until its container is healthy again (compose's own wait, bounded).
+    d.ssh(gateway, "docker compose --project-directory /opt/litellm restart litellm && docker compose "
+                   "--project-directory /opt/litellm up --detach --wait --wait-timeout 180 --no-recreate --no-deps litellm")
+    deadline = time.monotonic() + 180
+    while (made := d.call(gateway, "/key/generate", body={"models": [MODEL]}))[0] != 200:
+        assert time.monotonic() < deadline, f"{gateway} has no database 180 s after its restart: {made}"
+        time.sleep(2)
+    status, body = d.call(gateway, "/chat/completions", key=made[1]["key"],
+                          body={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 200 and body["choices"][0]["message"]["content"], body
 
 
 def test_a_stopped_gateway_is_routed_around_and_the_next_deploy_converges_the_others(lb_deployment):

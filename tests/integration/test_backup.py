@@ -192,3 +192,54 @@ def test_a_damaged_backup_is_refused_and_the_database_untouched(seeded, scratch,
         forced = restore_into(seeded, dump)
         assert forced.returncode != 0 and "restore failed: pg_restore cannot read the backup whole" in forced.stderr
     assert litellm_data.snapshot(seeded) == before
+
+
+# --- the safety dump a restore takes of the current database before it drops anything -------------
+
+
+def restore_with_safety_dump(db, dump: Path, safety: Path, pg_dump: str, marker: Path) -> subprocess.CompletedProcess:
+    """tasks.restore's command with its safety dump, psql and pg_dump talking to `db` over TCP;
+    `marker` is created where the deploy would start the proxy again."""
+    first = restore.safety_dump_command(pg_dump, "pg_restore --file=/dev/null", str(safety), keep=2,
+                                        restart=f"touch {shlex.quote(str(marker))}")
+    return run(db, restore.restore_command("pg_restore", f"psql {target(db)}", str(dump), f"{dump}.restore.sql",
+                                           safety=first))
+
+
+def test_a_restore_first_dumps_the_current_database_where_only_the_next_restores_prune_it(seeded, scratch, tmp_path):
+    directory = tmp_path / "backups"
+    assert take(seeded, directory, "20261127T030000Z").returncode == 0
+    backup_state = litellm_data.snapshot(seeded)
+    seeded.psql(NEWER_MIGRATION)  # what the restore is about to replace
+    current = litellm_data.snapshot(seeded)
+    safety = directory / "litellm-20261128T120000Z-before-restore.dump"
+    done = restore_with_safety_dump(seeded, directory / "20261127T030000Z.dump", safety,
+                                    f"pg_dump {target(seeded)} --format=custom", tmp_path / "proxy-started")
+    assert done.returncode == 0, done.stderr
+    assert litellm_data.snapshot(seeded) == backup_state
+    assert not (tmp_path / "proxy-started").exists()
+    # Private, checksummed like a backup (restore.py takes it back from the controller), holding what was replaced.
+    assert stat.S_IMODE(safety.stat().st_mode) == 0o600 and stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert restore.controller_check(safety)[0] == []
+    assert restore_into(scratch, safety).returncode == 0
+    assert litellm_data.snapshot(scratch) == current
+    # A scheduled backup prunes its own kind only: the safety dump stays for the user to find.
+    for stamp in ("20261129T030000Z", "20261130T030000Z"):
+        assert take(seeded, directory, stamp, keep=1).returncode == 0
+    assert safety.exists() and Path(f"{safety}.sha256").exists()
+
+
+def test_a_failed_safety_dump_drops_nothing_and_starts_the_proxy_again(seeded, tmp_path):
+    directory = tmp_path / "backups"
+    assert take(seeded, directory, "20261127T030000Z").returncode == 0
+    seeded.psql(NEWER_MIGRATION)
+    current = litellm_data.snapshot(seeded)
+    safety = directory / "litellm-20261128T120000Z-before-restore.dump"
+    done = restore_with_safety_dump(seeded, directory / "20261127T030000Z.dump", safety, "false",
+                                    tmp_path / "proxy-started")
+    assert done.returncode != 0
+    assert "restore not started: the safety dump of the current database failed" in done.stderr, done.stderr
+    assert "nothing was dropped" in done.stderr
+    assert litellm_data.snapshot(seeded) == current
+    assert (tmp_path / "proxy-started").exists()
+    assert not safety.exists() and not list(directory.glob("*.part"))

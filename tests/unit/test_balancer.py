@@ -23,9 +23,11 @@ GATEWAYS = {"gw1": {"ssh_hostname": "10.9.0.11"}, "gw2": {"ssh_hostname": "10.9.
 
 @pytest.fixture
 def certs(tmp_path):
+    """A certificate and its key as a user brings them (tls = "files"), from a CA of their own."""
+    material = certificates.leaf_for(["llm.example.com", "10.9.0.2"], "lb1", tmp_path / "company-ca")
     cert, key = tmp_path / "lb.crt", tmp_path / "lb.key"
-    cert.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
-    key.write_text("-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n")
+    cert.write_bytes(material.cert_pem)
+    key.write_bytes(material.key_pem)
     return cert, key
 
 
@@ -116,9 +118,57 @@ def test_load_balancer_problems_name_the_field_and_the_fix(build, tmp_path):
         assert expected in text, expected
 
 
+def test_load_balancer_tls_files_are_checked_like_the_gateways_before_any_host(build, certs, tmp_path):
+    """Not only present: a garbage certificate, a key of another certificate or a tls_name the
+    certificate lacks would recreate the only entry point with files Caddy refuses."""
+    built = balancer.placed_behind(build(hosts={"gw1": {}}), {"gw1": "10.0.0.1"})
+    garbage = tmp_path / "garbage.crt"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    other = certificates.leaf_for(["llm.example.com"], "other", tmp_path / "company-ca")
+    other_key = tmp_path / "other.key"
+    other_key.write_bytes(other.key_pem)
+    cert, key = (str(p) for p in certs)
+    inputs = [lb_input("lb1", tls="files", tls_cert_file=str(garbage), tls_key_file=key),
+              lb_input("lb2", tls="files", tls_cert_file=cert, tls_key_file=str(other_key)),
+              lb_input("lb3", tls="files", tls_cert_file=cert, tls_key_file=key, tls_names=["other.example.com"]),
+              lb_input("lb4", tls="files", tls_cert_file=cert, tls_key_file=key, tls_names=["llm.example.com"])]
+    with pytest.raises(ConfigError) as raised:
+        balancer.build_load_balancers(inputs, built, {})
+    problems = raised.value.problems
+    for expected in (f"load balancer lb1: tls_cert_file: {garbage} not a PEM certificate",
+                     f"load balancer lb2: tls_key_file: {other_key} is not the private key of {cert}",
+                     "load balancer lb3: tls_names: 'other.example.com' is not in"):
+        found = [p for p in problems if p.startswith(expected)]
+        assert len(found) == 1 and "fix:" in found[0], (expected, problems)
+    assert not [p for p in problems if "lb4" in p], problems  # the files and names that go together
+
+
 def test_certificate_material_comes_from_the_controller_files(setup, certs):
     _, lbs = setup()
     assert balancer.certificate_material(lbs["lb1"]) == (certs[0].read_text(), certs[1].read_text())
+
+
+def test_the_deploy_validates_the_files_as_written_with_the_pinned_caddy_before_the_front_is_up(setup, monkeypatch):
+    """The gateways' front does the same (tasks/tls.py caddyfile_valid): a file Caddy refuses fails the
+    host before the only entry point is recreated with it. That `caddy validate` refuses such files:
+    test_tls_front.py test_caddy_refuses_a_key_that_is_not_the_certificates."""
+    from tasks import roll
+    from tests.unit.test_deploy_plan import plan, position
+
+    _, lbs = setup({"docker_install": "skip"})
+    lb = lbs["lb1"]
+    monkeypatch.setattr(roll, "balancer_configured", lambda **_: None)  # the reload's own test is below
+    ops = plan(lb, monkeypatch, previous=None, deploy=balancer.deploy_load_balancer)
+    names = [name for name, _, _ in ops]
+    validated = position(ops, f"Caddyfile accepted by {lb.tls_image}")
+    written = [position(ops, name) for name in ("Write docker-compose.yml", "Write the Caddyfile",
+                                                 "Write the TLS certificate", "Write the TLS private key")]
+    assert max(written) < validated < position(ops, "Load balancer (Caddy) up"), names
+    (command,) = ops[validated][1]
+    assert command.startswith(f"docker run --rm --network none -v /opt/litellm-lb/caddy:/etc/caddy:ro "
+                              f"-v /opt/litellm-lb/certs:/certs:ro --entrypoint caddy {lb.tls_image} validate "
+                              "--config /etc/caddy/Caddyfile --adapter caddyfile"), command
+    assert "refuses /opt/litellm-lb/caddy/Caddyfile" in command and command.endswith("exit 1; }")
 
 
 def test_the_reload_is_graceful_and_a_no_op_without_a_running_container(setup):
@@ -219,14 +269,15 @@ def test_behind_load_balancers_the_proxy_port_lets_in_only_the_load_balancers(se
     service = proxy_firewall_service(gw1)
     rules = firewall.rules(service, gw1.proxy_port, gw1.load_balancer_sources, gw1.proxy_bind)
     mark = firewall.mark(service, 4000, ("10.9.0.2", "10.9.0.3"), "10.9.0.11")
+    own = firewall.chain(service)
     assert rules == [
         # Only connections made to the proxy as published on the gateway's address: the proxy's own
         # connections to port 4000 elsewhere (an upstream LiteLLM) are not this rule's business.
         f"-I DOCKER-USER 1 -p tcp -m conntrack --ctorigdst 10.9.0.11 --ctorigdstport 4000 --ctdir ORIGINAL "
-        f"-m comment --comment {mark} -j LD-litellm-proxy",
-        "-A LD-litellm-proxy -s 10.9.0.2/32 -j RETURN",
-        "-A LD-litellm-proxy -s 10.9.0.3/32 -j RETURN",
-        "-A LD-litellm-proxy -j DROP",
+        f"-m comment --comment {mark} -j {own}",
+        f"-A {own} -s 10.9.0.2/32 -j RETURN",
+        f"-A {own} -s 10.9.0.3/32 -j RETURN",
+        f"-A {own} -j DROP",
     ]
     script = firewall.script(service, 4000, gw1.load_balancer_sources, gw1.proxy_bind)
     assert f"iptables -w {rules[0]}" in script and script.index("-j DROP") < script.index("-I DOCKER-USER 1")
@@ -239,6 +290,20 @@ def test_behind_load_balancers_the_proxy_port_lets_in_only_the_load_balancers(se
     assert "--ctorigdst " not in firewall.rules("litellm-db", 5432, ("10.9.0.11",))[0]
     # Not behind load balancers: no firewall on the proxy.
     assert not build().behind_load_balancer
+
+
+def test_behind_load_balancers_an_ipv6_address_the_firewall_cannot_filter_is_refused(build):
+    """The gateways' firewall is iptables (IPv4): a load balancer or a proxy address in IPv6 would pass
+    unfiltered, so validation refuses them, naming the host, the field and the fix."""
+    with pytest.raises(ConfigError) as raised:
+        balancer.placed_behind(build(hosts={"gw1": {}}), {"gw1": "10.0.0.1"}, {"lb1": "fd00::2"})
+    assert "host lb1 (lb_hosts): private_address 'fd00::2' is an IPv6 address" in str(raised.value)
+    for gateways, addresses in (({"gw1": {}}, {"gw1": "fd00::1"}),
+                                ({"gw1": {"proxy_bind": "fd00::1"}}, {"gw1": "10.0.0.1"})):
+        with pytest.raises(ConfigError) as raised:
+            balancer.placed_behind(build(hosts=gateways), addresses, {"lb1": "10.0.0.2"})
+        assert "host gw1: proxy_bind" in str(raised.value) and "'fd00::1' is an IPv6 address" in str(raised.value)
+        assert "fix: set proxy_bind to this gateway's private IPv4 address" in str(raised.value)
 
 
 def test_a_load_balancer_known_by_name_needs_a_private_address(build):

@@ -27,9 +27,9 @@ POSTGRES = "postgres:16.4"
 HEALTHY = {"state": "running", "health": "healthy", "id": "c0ffee"}
 
 
-def plan(settings, monkeypatch, previous: str | None, facts: dict | None = None):
-    """[(op name, [commands], global arguments)] of deploy_gateway on a gateway that runs `previous`
-    (verified), healthy, or on a fresh host (previous None)."""
+def plan(settings, monkeypatch, previous: str | None, facts: dict | None = None, deploy=deploy_gateway):
+    """[(op name, [commands], global arguments)] of `deploy` (deploy_gateway) on a gateway that runs
+    `previous` (verified), healthy, or on a fresh host (previous None)."""
     on_host = {POSTGRES: "sha256:postgres"}
     if previous:
         on_host[previous] = "sha256:previous"
@@ -56,7 +56,7 @@ def plan(settings, monkeypatch, previous: str | None, facts: dict | None = None)
     state = State(Inventory((["@local"], {})), Config(), check_for_changes=False)
     connect_all(state)
     try:
-        add_deploy(state, deploy_gateway, settings)
+        add_deploy(state, deploy, settings)
         (host,) = state.inventory.get_active_hosts()
         ops = []
         with ctx_state.use(state), ctx_host.use(host):
@@ -185,13 +185,41 @@ def test_without_load_balancers_a_firewall_left_on_the_proxy_port_is_removed(bui
         assert commands == []
         return
     text = "\n".join(commands)
+    own, old = firewall.chain("litellm-proxy"), firewall.legacy_chain("litellm-proxy")
     for expected in ("systemctl disable litellm-firewall-litellm-proxy.service",
                      "rm -f /etc/systemd/system/litellm-firewall-litellm-proxy.service "
                      "/usr/local/sbin/litellm-firewall-litellm-proxy",
-                     "grep -e ' -j LD-litellm-proxy$' | sed 's/^-A/-D/'",
-                     "iptables -w -F LD-litellm-proxy && iptables -w -X LD-litellm-proxy"):
+                     f"grep -e ' -j {own}$' -e litellm-deploy:litellm-proxy: | sed 's/^-A/-D/'",
+                     f"iptables -w -F {own} && iptables -w -X {own}",
+                     f"iptables -w -F {old} && iptables -w -X {old}"):  # an earlier version's chain
         assert expected in text, expected
     assert position(ops, "No firewall on the proxy's port") < first_write(ops)
+
+
+def test_behind_load_balancers_the_proxy_port_is_firewalled_before_the_proxy_publishes_it(build, monkeypatch, archives):
+    from tasks import balancer, roll
+
+    gateway = balancer.placed_behind(build(hosts={"gw1": {}}), {"gw1": "10.9.0.11"}, {"lb1": "10.9.0.2"})["gw1"]
+    # The roll looks its load balancers up in the run's inventory, which here holds @local only.
+    monkeypatch.setattr(roll, "_lb_hosts", lambda st: [])
+    ops = plan(gateway, monkeypatch, previous=None)
+    names = [name for name, _, _ in ops]
+    firewalled = position(ops, "Port 4000 (litellm-proxy) reachable only from 10.9.0.2")
+    assert firewalled < position(ops, "LiteLLM proxy rolled") and firewalled < first_write(ops), names
+    assert position(ops, "Docker") < firewalled  # DOCKER-USER is there: the engine runs
+
+
+@pytest.mark.parametrize("service, port, started", [("db", 5432, "PostgreSQL up and healthy"),
+                                                    ("redis", 6379, "Valkey up and healthy")])
+def test_a_state_hosts_port_is_firewalled_before_its_service_publishes_it(secrets_file, monkeypatch, service, port,
+                                                                         started):
+    from tasks.state_hosts import deploy_state_host
+    from tests.unit.test_topology import everything
+
+    state_host = everything(secrets_file)[1][f"{service}1"]
+    ops = plan(state_host, monkeypatch, previous=None, deploy=deploy_state_host)
+    names = [name for name, _, _ in ops]
+    assert position(ops, f"Port {port} (litellm-{service}) reachable only from") < position(ops, started), names
 
 
 def test_every_archive_is_loaded_and_one_failed_load_fails_the_command(tmp_path):

@@ -3,6 +3,10 @@ inventory's db and redis hosts checked before any host is touched, and what they
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+
 import pytest
 import yaml
 
@@ -51,6 +55,11 @@ def test_gateways_reach_the_db_host_and_share_the_redis_host(secrets_file):
     ({"db": [host("gw1", "10.0.0.11")]}, "host gw1 is in both litellm_hosts and db_hosts"),
     ({"redis": [host("gw2", "10.0.0.12")]}, "host gw2 is in both litellm_hosts and redis_hosts"),
     ({"db": [host("db1", "db.internal")]}, "host db1 (db_hosts): private_address 'db.internal' is not an IP"),
+    # The firewall letting in only the gateways is iptables (IPv4): an IPv6 address would be unfiltered.
+    ({"db": [host("db1", "fd00::21")]}, "host db1 (db_hosts): private_address 'fd00::21' is an IPv6 address"),
+    ({"redis": [host("redis1", "10.0.0.31", private_address="fd00::31")]},
+     "host redis1 (redis_hosts): private_address 'fd00::31' is an IPv6 address"),
+    ({"gateways": [host("gw1", "fd00::11"), GW[1]]}, "host gw1 (litellm_hosts): private_address 'fd00::11' is an IPv6"),
     ({"gateways": [host("gw1", "10.0.0.11", database_mode="external")]}, "host gw1: database_mode 'external' while"),
     ({"gateways": [host("gw1", "10.0.0.11", database_mode="db_host")], "db": []}, "no db_hosts group"),
 ])
@@ -123,20 +132,126 @@ def test_valkey_gets_its_password_from_env_never_a_command_line(secrets_file):
 
 def test_the_firewall_rule_set():
     rules = firewall.rules("litellm-db", 5432, ["10.0.0.12", "10.0.0.11"])
+    own = firewall.chain("litellm-db")
     assert rules == [
         "-I DOCKER-USER 1 -p tcp -m conntrack --ctorigdstport 5432 --ctdir ORIGINAL "
         f"-m comment --comment litellm-deploy:litellm-db:{firewall.digest('litellm-db', 5432, ['10.0.0.11', '10.0.0.12'])} "
-        "-j LD-litellm-db",
-        "-A LD-litellm-db -s 10.0.0.11/32 -j RETURN",
-        "-A LD-litellm-db -s 10.0.0.12/32 -j RETURN",
-        "-A LD-litellm-db -j DROP",
+        f"-j {own}",
+        f"-A {own} -s 10.0.0.11/32 -j RETURN",
+        f"-A {own} -s 10.0.0.12/32 -j RETURN",
+        f"-A {own} -j DROP",
     ]
     # Another source list is another mark, so the deploy re-applies; the same list in another order is not.
     assert firewall.mark("litellm-db", 5432, ["10.0.0.11"]) != firewall.mark("litellm-db", 5432, ["10.0.0.11", "10.0.0.12"])
     assert firewall.mark("x", 1, ["10.0.0.2", "10.0.0.1"]) == firewall.mark("x", 1, ["10.0.0.1", "10.0.0.2"])
     script = firewall.script("litellm-db", 5432, ["10.0.0.11"])
     assert script.index("-j DROP") < script.index("-I DOCKER-USER 1")  # the chain is complete before the jump
-    assert "After=docker.service" in firewall.unit("litellm-db", "/usr/local/sbin/x")
+
+
+def test_at_boot_the_rules_are_in_place_before_docker_starts_the_containers():
+    """dockerd starts the restart-policy containers, publishing their ports, before it reports ready:
+    a unit after docker.service would leave each port open to all until it ran. Docker keeps the
+    DOCKER-USER rules it finds (its docs), so the unit goes first; a docker restart re-runs it too."""
+    unit = firewall.unit("litellm-db", "/usr/local/sbin/x").splitlines()
+    assert "Before=docker.service" in unit and not any(line.startswith("After=docker") for line in unit)
+    assert "PartOf=docker.service" in unit and "WantedBy=multi-user.target docker.service" in unit
+    assert "iptables -w -N DOCKER-USER 2>/dev/null || true" in firewall.script("litellm-db", 5432, ["10.0.0.11"])
+
+
+# Two services of one long compose_project on one host: cut at iptables' 28 characters, their names
+# were one chain, and each run flushed the other's rules.
+LONG_DB, LONG_REDIS = "a-long-compose-project-name-db", "a-long-compose-project-name-redis"
+
+
+def test_firewall_chains_of_names_sharing_a_long_prefix_differ_and_fit_iptables():
+    assert LONG_DB[:25] == LONG_REDIS[:25]
+    names = [LONG_DB, LONG_REDIS, "litellm-db", "litellm-redis", "litellm-proxy", "x", "a" * 200,
+             *(f"{'p' * 40}-{i}" for i in range(50))]
+    chains = [firewall.chain(name) for name in names]
+    assert len(set(chains)) == len(names), chains
+    assert all(len(c) <= 28 and c.startswith("LD-") for c in chains), chains
+    assert firewall.chain("litellm-db").startswith("LD-litellm-db-")  # still readable in `iptables -S`
+
+
+def test_a_firewall_refuses_an_ipv6_address_it_cannot_filter():
+    """Rules are iptables (IPv4) only: validation refuses IPv6 earlier; this is the last guard."""
+    with pytest.raises(ValueError, match="IPv4"):
+        firewall.script("litellm-db", 5432, ["fd00::11"])
+    with pytest.raises(ValueError, match="IPv4"):
+        firewall.script("litellm-proxy", 4000, ["10.0.0.2"], "fd00::11")
+
+
+def in_private_netfilter(script: str) -> str:
+    """`iptables -S` after `script` ran as root in a network namespace of its own: real netfilter,
+    and nothing of this machine's rules seen or touched."""
+    if os.geteuid() != 0 or not shutil.which("iptables") or not shutil.which("unshare"):
+        pytest.skip("needs root, iptables and unshare (a private network namespace)")
+    result = subprocess.run(["unshare", "--net", "sh", "-c", f"{script}\niptables -w -S"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def legacy_rules(name: str, port: int, sources: list[str]) -> list[str]:
+    """What an earlier version left on a host: a chain named LD-<name> cut at 28 characters."""
+    old = f"LD-{name}"[:28]
+    return [f"iptables -w -N {old} 2>/dev/null || true",
+            *(f"iptables -w -A {old} -s {s}/32 -j RETURN" for s in sources),
+            f"iptables -w -A {old} -j DROP",
+            f"iptables -w -I DOCKER-USER 1 -p tcp -m conntrack --ctorigdstport {port} --ctdir ORIGINAL "
+            f"-m comment --comment {firewall.mark(name, port, sources)} -j {old}"]
+
+
+def jumps(rules: str) -> list[str]:
+    return [line for line in rules.splitlines() if line.startswith("-A DOCKER-USER")]
+
+
+def test_a_firewall_installed_over_one_of_an_earlier_version_leaves_none_of_the_old_chain():
+    """The old chain's DROP or RETURN left behind would block or open the port the new rules decide."""
+    old = "LD-litellm-db"
+    host = ["iptables -w -N DOCKER-USER", *legacy_rules("litellm-db", 5432, ["10.0.0.11", "10.0.0.12"])]
+    after = in_private_netfilter("\n".join([*host, firewall.script("litellm-db", 5432, ["10.0.0.11"])]))
+    own = firewall.chain("litellm-db")
+    assert f"-N {old}\n" not in after and f"-j {old}\n" not in after, after
+    (jump,) = jumps(after)
+    assert jump.endswith(f"-j {own}") and firewall.mark("litellm-db", 5432, ["10.0.0.11"]) in jump, after
+    assert [line for line in after.splitlines() if line.startswith(f"-A {own} ")] == [
+        f"-A {own} -s 10.0.0.11/32 -j RETURN", f"-A {own} -j DROP"]
+
+
+def test_the_script_runs_before_dockerd_made_its_chain_and_again_without_doubling_a_rule():
+    script = firewall.script("litellm-redis", 6379, ["10.0.0.11"])
+    after = in_private_netfilter("\n".join([script, script]))
+    own = firewall.chain("litellm-redis")
+    assert len(jumps(after)) == 1 and jumps(after)[0].endswith(f"-j {own}"), after
+    assert [line for line in after.splitlines() if line.startswith(f"-A {own} ")] == [
+        f"-A {own} -s 10.0.0.11/32 -j RETURN", f"-A {own} -j DROP"]
+
+
+def test_two_services_that_shared_an_old_chain_each_get_their_own_and_the_old_one_goes():
+    """The shared chain stays while the other service still jumps to it (its port stays closed to
+    outsiders until its own rules replace it), and goes with the last jump."""
+    old = f"LD-{LONG_DB}"[:28]
+    assert old == f"LD-{LONG_REDIS}"[:28]
+    host = ["iptables -w -N DOCKER-USER", *legacy_rules(LONG_DB, 5432, ["10.0.0.11"]),
+            *legacy_rules(LONG_REDIS, 6379, ["10.0.0.11"])]
+    db_only = in_private_netfilter("\n".join([*host, firewall.script(LONG_DB, 5432, ["10.0.0.11"])]))
+    still_old = [j for j in jumps(db_only) if j.endswith(f"-j {old}")]
+    assert len(still_old) == 1 and "--ctorigdstport 6379" in still_old[0], db_only
+    assert f"-A {old} -j DROP" in db_only
+    both = in_private_netfilter("\n".join([*host, firewall.script(LONG_DB, 5432, ["10.0.0.11"]),
+                                             firewall.script(LONG_REDIS, 6379, ["10.0.0.12"])]))
+    assert f"-j {old}\n" not in both and f"-N {old}\n" not in both, both
+    assert sorted(j.rsplit(" -j ", 1)[1] for j in jumps(both)) == sorted(
+        [firewall.chain(LONG_DB), firewall.chain(LONG_REDIS)]), both
+    assert f"-A {firewall.chain(LONG_REDIS)} -s 10.0.0.12/32 -j RETURN" in both
+    assert f"-A {firewall.chain(LONG_DB)} -s 10.0.0.11/32 -j RETURN" in both
+
+
+def test_removing_a_firewall_removes_the_old_chain_too():
+    host = ["iptables -w -N DOCKER-USER", *legacy_rules("litellm-proxy", 4000, ["10.9.0.2"])]
+    after = in_private_netfilter("\n".join([*host, firewall.removal("litellm-proxy")]))
+    assert jumps(after) == [] and "LD-" not in after, after
 
 
 def test_only_the_first_gateway_migrates_and_bootstraps_a_db_hosts_database(secrets_file):
@@ -165,3 +280,49 @@ def test_backups_of_the_shared_database_are_taken_on_the_db_host(secrets_file):
     assert backup.dump_command(view).startswith(
         "docker compose --project-name litellm-db --project-directory /opt/litellm-db exec -T db pg_dump")
     assert everything(secrets_file)[1]["redis1"].backup is None
+
+
+# --- a changed POSTGRES_PASSWORD: the db host's role first, then the gateways ------------------------
+
+
+def password_plan(secrets_file, monkeypatch, host_line: str | None, name: str = "db1"):
+    """The plan of the db host (or of gateway `name`) whose .env has `host_line` as the hash of its
+    POSTGRES_PASSWORD line (None: no .env yet)."""
+    from tasks.deploy_gateway import deploy_gateway
+    from tasks.envfile import EnvLineHashes
+    from tasks.state_hosts import deploy_state_host
+    from tests.unit.test_deploy_plan import plan
+
+    gateways, state = everything(secrets_file)
+    facts = {EnvLineHashes: lambda **_: None if host_line is None else {"POSTGRES_PASSWORD": host_line}}
+    if name in gateways:
+        return plan(gateways[name], monkeypatch, previous=None, facts=facts)
+    return plan(state[name], monkeypatch, previous=None, facts=facts, deploy=deploy_state_host)
+
+
+def test_a_changed_postgres_password_is_set_on_the_db_hosts_role_before_its_env_is_written(secrets_file, monkeypatch):
+    from tasks.envfile import line_hash
+    from tests.unit.test_deploy_plan import position
+
+    password = "the-new-password-in-the-secrets-file"
+    with open(secrets_file, "a") as handle:
+        handle.write(f'POSTGRES_PASSWORD="{password}"\n')
+    ops = password_plan(secrets_file, monkeypatch, "0" * 64)
+    role = position(ops, "Database role litellm: POSTGRES_PASSWORD from the secrets file")
+    assert role < position(ops, "Write /opt/litellm-db/.env"), [name for name, _, _ in ops]
+    (command,) = ops[role][1]
+    assert command.startswith("docker compose --project-name litellm-db --project-directory /opt/litellm-db "
+                              "exec -T db psql -U litellm -d litellm")
+    assert password not in " ".join(c for _, commands, _ in ops for c in commands)
+    # The .env already holds it (a second run), or there is none yet (Postgres initialises with it).
+    for host_line in (line_hash("POSTGRES_PASSWORD", password), None):
+        ops = password_plan(secrets_file, monkeypatch, host_line)
+        assert ops[position(ops, "Database role litellm: POSTGRES_PASSWORD")][1] == []
+
+
+def test_a_gateway_takes_a_changed_postgres_password_only_after_the_db_host(secrets_file, monkeypatch):
+    from tests.unit.test_deploy_plan import first_write, position
+
+    ops = password_plan(secrets_file, monkeypatch, "0" * 64, name="gw1")
+    guard = position(ops, "POSTGRES_PASSWORD: set on the role by the db host db1 first")
+    assert guard < first_write(ops), [name for name, _, _ in ops]
