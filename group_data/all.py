@@ -83,6 +83,11 @@ roll_width = 1
 # Worker processes of the proxy: "auto" = one per CPU of the host, fewer when memory is short (about 1 GB
 # each), at most 8 (tasks/sizing.py; one worker keeps one CPU busy), or a number.
 proxy_workers = "auto"
+# Seconds each proxy worker keeps a virtual key (and its team, user and end-user objects) in memory after
+# reading it from the database (0-60; LiteLLM's own default is 60). A deleted, blocked, expired or re-budgeted
+# key is refused on every worker of every gateway within this much plus one database read; a longer time
+# saves database reads (README "Virtual keys and teams, as code": the figures).
+key_cache_ttl = 0.5
 # For tls = "files": the CA certificate (PEM) that issued tls_cert_file, when clients do not already trust it
 # (a company CA); the verification checks the front against it. "" = the system's trusted CAs.
 tls_ca_file = ""

@@ -35,6 +35,7 @@ PATH_CHARACTERS = r"[A-Za-z0-9_./-]+"
 LOG_SIZE = r"[1-9][0-9]*[kmg]"
 MIN_KEY_LENGTH = 32
 MIN_PASSWORD_LENGTH = 12
+KEY_CACHE_TTL_MAX = 60  # LiteLLM's default user_api_key_cache_ttl (proxy_server.py UserAPIKeyCacheTTLEnum)
 
 # Every default has one source: the shipped group_data/all.py, which pyinfra reads as group data and
 # users read as the list of settings. Settings falls back on the same file (read here once) when the
@@ -114,6 +115,7 @@ class Settings:
     redis_image: str
     roll_width: int
     proxy_workers: int | str  # "auto": tasks/sizing.py
+    key_cache_ttl: float  # seconds a worker serves a key from memory: the revocation delay (README)
     # TLS front (tasks/tls.py): the CA that issued tls_cert_file, when it is not a public one.
     tls_ca_file: str
     teams: tuple[Team, ...]
@@ -249,6 +251,17 @@ def _number_problems(field_name: str, value: object, low: int, high: int | None,
     return []
 
 
+def _key_cache_problems(value: object) -> list[str]:
+    """Seconds, a fraction allowed (LiteLLM reads user_api_key_cache_ttl with float()). Above LiteLLM's own
+    default of 60 a revoked key would work longer than with no setting at all."""
+    fix = "fix: a number of seconds without quotes, e.g. 0.5"
+    if isinstance(value, str):
+        return [f"key_cache_ttl: {value!r} is text — {fix}"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= KEY_CACHE_TTL_MAX:
+        return [f"key_cache_ttl: {value!r} is not a number of seconds (0-{KEY_CACHE_TTL_MAX}) — {fix}"]
+    return []
+
+
 def _port_problems(field_name: str, value: object, allow_zero: bool = False) -> list[str]:
     return _number_problems(field_name, value, 0 if allow_zero else 1, 65535, "a port")
 
@@ -335,6 +348,7 @@ def data_problems(raw: dict[str, object]) -> list[str]:
         problems.append("store_model_in_db: needs a database — fix: database_mode 'bundled' or 'external'")
     for name in ("verify_timeout", "start_timeout"):
         problems += _number_problems(name, raw[name], 1, None, "a whole number of seconds")
+    problems += _key_cache_problems(raw["key_cache_ttl"])
     problems += log_problems(raw)
     problems += backup_problems(raw)
     problems += topology_problems(raw)

@@ -44,6 +44,10 @@ import pytest
 
 from tasks import balancer, certificates, firewall
 from tasks import secrets as S
+from tasks.secrets import read_secrets
+from tasks.virtual_keys import default_key_env
+from tests.e2e import gateway_http as api
+from tests.e2e import revocation
 from tests.e2e.conftest import PYINFRA, ROOT, Run
 from tests.e2e.gateway_http import CLIENT_SCRIPT
 from tests.e2e.lb_topology import DEPLOYED, GATEWAYS, LB, STATE, LbDeployment
@@ -295,6 +299,56 @@ def test_an_rpm_limit_holds_across_the_three_gateways(lb_deployment):
     assert elapsed < 60, "the requests did not fit in one minute; the figure says nothing"
     assert 0 < accepted <= RPM_LIMIT + RPM_SLACK, answers
 
+
+def lb_asker(d: LbDeployment, key: str):
+    """One /v1/models with `key` through the load balancer (round robin: each gateway in turn): its status."""
+    return lambda: api.request(d.lb_url, "GET", "/v1/models", key=key, cafile=str(d.ca))[0]
+
+
+def test_a_revoked_key_is_refused_by_every_gateway_within_a_second(lb_deployment):
+    """Issue 30: each gateway kept its own copy of a key for LiteLLM's 60 s. A key deleted through the load
+    balancer; then a declared key turned blocked by keys.py (converged through gw1), polled through the load
+    balancer while that run goes (tests/e2e/revocation.py)."""
+    d = lb_deployment
+    master, ca = d.master_key(), str(d.ca)
+    status, made = api.request(d.lb_url, "POST", "/key/generate", key=master, body={"models": [MODEL]}, cafile=ca)
+    assert status == 200, made
+    ask = lb_asker(d, made["key"])
+    answers = [(time.monotonic(), ask()) for _ in range(revocation.WARM)]
+    status, deleted = api.request(d.lb_url, "POST", "/key/delete", key=master, body={"keys": [made["key"]]}, cafile=ca)
+    assert status == 200, deleted
+    revoked_at = time.monotonic()
+    revocation.poll(ask, answers, revoked_at, revoked_at)
+    seen = revocation.verdict(answers, revoked_at, revoked_at)
+    print(f"\ndeleted key: {seen}")
+    assert revocation.problems(seen) == [], seen
+
+    declared = {"alias": "revoked-through-lb", "models": [MODEL]}
+    try:
+        for gateway in GATEWAYS:
+            d.overrides.setdefault(gateway, {})["virtual_keys"] = [declared]
+        run = d.pyinfra("keys.py", limit="gw1")
+        assert run.returncode == 0 and "key revoked-through-lb: created" in run.output, run.output[-4000:]
+        key = read_secrets(d.secrets)[default_key_env(declared["alias"])]
+        for gateway in GATEWAYS:
+            d.overrides[gateway]["virtual_keys"] = [dict(declared, blocked=True)]
+        answers, failed = [], threading.Event()
+        since = time.monotonic()
+        watcher = threading.Thread(target=revocation.poll, args=(lb_asker(d, key), answers, since),
+                                   kwargs={"stop": failed.is_set})
+        watcher.start()
+        run = d.pyinfra("keys.py", limit="gw1")
+        if run.returncode != 0:
+            failed.set()
+        watcher.join(revocation.BOUND_S + 60)
+        assert run.returncode == 0 and "will do: key revoked-through-lb: blocked updated" in run.output, \
+            run.output[-4000:]
+        seen = revocation.verdict(answers, since)
+        print(f"declared key turned blocked: {seen}")
+        assert revocation.problems(seen) == [], seen
+    finally:
+        for gateway in GATEWAYS:
+            d.overrides.get(gateway, {}).pop("virtual_keys", None)
 
 def https_from(deployment: LbDeployment, host: str, name: str, scheme: str = "https") -> dict:
     spec = {"scheme": scheme, "address": deployment.address(LB), "port": 443 if scheme == "https" else 80,

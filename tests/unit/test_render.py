@@ -75,6 +75,18 @@ def test_published_postgres_binds_loopback_only(build):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_every_worker_keeps_a_key_for_key_cache_ttl_only(settings_for_mode, build, mode):
+    """LiteLLM's default keeps a key 60 s in each worker, so a revoked key kept working that long on the
+    workers and gateways that did not serve the revocation; the shipped setting keeps it under 1 s."""
+    from tasks.settings import DEFAULTS
+
+    config = yaml.safe_load(render_files(settings_for_mode(mode))["litellm-config.yaml"])
+    assert config["general_settings"]["user_api_key_cache_ttl"] == DEFAULTS["key_cache_ttl"] <= 0.5
+    slower = yaml.safe_load(render_files(build(database_mode=mode, key_cache_ttl=5))["litellm-config.yaml"])
+    assert slower["general_settings"]["user_api_key_cache_ttl"] == 5
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_rendering_twice_is_byte_identical(settings_for_mode, mode):
     settings = settings_for_mode(mode)
     assert render_files(settings) == render_files(settings)
@@ -100,6 +112,8 @@ def test_litellm_loads_every_rendered_config_and_resolves_each_reference(build, 
     import litellm.proxy.proxy_server as proxy
 
     assert proxy.master_key == settings.secrets.master_key
+    # Applied to the key objects' own partition of the auth cache, where revoked keys lingered.
+    assert proxy.user_api_key_cache.key_object_cache.default_in_memory_ttl == settings.key_cache_ttl
 
 
 @pytest.mark.skipif(compose_binary() is None, reason="Compose v2 binary not fetched (tests/tools/fetch-compose.sh)")

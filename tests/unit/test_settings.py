@@ -236,6 +236,17 @@ def test_numbers_out_of_range_name_the_range(build, field, value):
     assert problem.endswith("-65535)") or problem.endswith(" or more)")
 
 
+@pytest.mark.parametrize("value,problem", [("0.5", "'0.5' is text"), (-1, "-1 is not"), (61, "61 is not"),
+                                           (True, "True is not"), (float("nan"), "nan is not"), (None, "None is not")])
+def test_key_cache_ttl_is_seconds_up_to_litellms_own_default(build, value, problem):
+    with pytest.raises(ConfigError) as error:
+        build(key_cache_ttl=value)
+    what = "" if "text" in problem else " a number of seconds (0-60)"
+    assert error.value.problems == [f"host gw1: key_cache_ttl: {problem}{what} — fix: a number of seconds without "
+                                    "quotes, e.g. 0.5"]
+    assert (build(key_cache_ttl=0).key_cache_ttl, build(key_cache_ttl=60).key_cache_ttl) == (0, 60)
+
+
 @pytest.mark.parametrize("field,text", [("store_model_in_db", "True"), ("backup_enabled", "false")])
 def test_flags_given_as_text_are_refused_with_the_fix(build, field, text):
     with pytest.raises(ConfigError) as error:
