@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 WORKERS ?= 2
 PARALLEL := -n $(WORKERS)
 
-.PHONY: demo test bench unit integration e2e venv clean
+.PHONY: demo test check lint bench unit integration e2e venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# Pyflakes' findings (unused or undefined names) and syntax errors, by ruff.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check --select F,E9 .
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q
@@ -27,7 +31,12 @@ integration: $(STAMP)
 e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e tests/testbed -q -m e2e $(PARALLEL)
 
-test: $(STAMP)
+# What a contributor runs after every change (about 3 minutes on 2 cores): lint, then the unit and
+# integration tiers (a real PostgreSQL, no test bed).
+check: lint
+	$(PY) -m pytest tests/unit tests/integration -q $(PARALLEL)
+
+test: lint
 	$(PY) -m pytest tests -q --durations=25 $(PARALLEL)
 
 # What the package costs: converge, no-op and throughput figures on the test bed (bench/__main__.py).

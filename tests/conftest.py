@@ -13,6 +13,8 @@ from collections import defaultdict
 
 import pytest
 
+from tests.suite_budget import SuiteBudget, scale_from_environment
+
 # The main e2e bed (tests/e2e/conftest.py: the session `deployment`, hosts without a prefix).
 SHARED_FIXTURE_UNITS = {
     "main-bed": ("tests/e2e/test_db_gateway.py", "tests/e2e/test_stateless_gateway.py", "tests/e2e/test_upgrade.py"),
@@ -119,3 +121,4 @@ def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the controller (or a single process), not an xdist worker
         config.pluginmanager.register(UnitClock(), "unit-clock")
         config.pluginmanager.register(FaultSummary(), "fault-summary")
+        config.pluginmanager.register(SuiteBudget(work_unit, scale_from_environment()), "suite-budget")

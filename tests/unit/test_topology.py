@@ -288,7 +288,6 @@ def test_backups_of_the_shared_database_are_taken_on_the_db_host(secrets_file):
 def password_plan(secrets_file, monkeypatch, host_line: str | None, name: str = "db1"):
     """The plan of the db host (or of gateway `name`) whose .env has `host_line` as the hash of its
     POSTGRES_PASSWORD line (None: no .env yet)."""
-    from tasks.deploy_gateway import deploy_gateway
     from tasks.envfile import EnvLineHashes
     from tasks.state_hosts import deploy_state_host
     from tests.unit.test_deploy_plan import plan

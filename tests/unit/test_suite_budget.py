@@ -1,0 +1,90 @@
+"""The per-suite budget check (tests/suite_budget.py): a suite made slower than its budget fails the run,
+and the table names every suite's seconds, worker, bed hosts and tests. Run as a real pytest in a child
+process, with the same plugin the project's conftest registers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests import suite_budget
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CONFTEST = """
+    from tests import suite_budget
+    suite_budget.BUDGETS_S["test_slow.py"] = {budget}
+
+    def pytest_configure(config):
+        config.pluginmanager.register(suite_budget.SuiteBudget(lambda nodeid: nodeid.split("::")[0],
+                                                               suite_budget.scale_from_environment()))
+"""
+# The slow suite's work takes 0.4 s of wall time (the sleep is the work being measured, not a wait for
+# anything); its stderr names a bed host as the test bed does, so the table counts one.
+SLOW = """
+    import sys, time
+
+    def test_slow():
+        print("[testbed] host sb-gw (host) ready: 0.1s", file=sys.stderr)
+        time.sleep(0.4)
+        assert True
+"""
+
+
+def run_suite(tmp_path: Path, budget: float, scale: str = "1") -> subprocess.CompletedProcess:
+    (tmp_path / "conftest.py").write_text(textwrap.dedent(CONFTEST.format(budget=budget)))
+    (tmp_path / "test_slow.py").write_text(textwrap.dedent(SLOW))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), suite_budget.SCALE_VARIABLE: scale}
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+                           "--rootdir", str(tmp_path), str(tmp_path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_suite_over_its_budget_fails_the_run_with_its_name(tmp_path):
+    run = run_suite(tmp_path, budget=0.1)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "1 passed" in run.stdout
+    assert "SUITE OVER BUDGET: test_slow.py:" in run.stdout and "over its budget of 0 s" in run.stdout, run.stdout
+
+
+def test_a_suite_within_its_budget_passes_and_is_listed_with_its_hosts(tmp_path):
+    run = run_suite(tmp_path, budget=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    [row] = [line for line in run.stdout.splitlines() if line.endswith("test_slow.py")]
+    assert row.split()[2:4] == ["60", "s"] and "  1 hosts     1 tests" in row, row
+
+
+def test_the_scale_stretches_every_budget_and_is_checked(tmp_path):
+    assert run_suite(tmp_path, budget=0.1, scale="100").returncode == 0
+    bad = run_suite(tmp_path, budget=60, scale="fast")
+    assert bad.returncode != 0 and "SUITE_BUDGET_SCALE='fast' is not a number" in bad.stdout + bad.stderr
+
+
+@pytest.mark.parametrize("unit", [*suite_budget.BUDGETS_S, "tests/e2e/test_demo.py"])
+def test_every_budget_is_under_the_ci_limit_with_room_for_the_rest(unit):
+    from tests.conftest import LONGEST_FIRST
+
+    assert unit in LONGEST_FIRST or unit not in suite_budget.BUDGETS_S
+    assert suite_budget.budget_of(unit) <= 25 * 60
+
+
+def test_the_beds_one_time_preparation_is_counted_apart_from_the_suite():
+    """A clean machine builds the images in whichever suite asks first: not that suite's cost."""
+
+    class Report:
+        def __init__(self, nodeid, duration, text):
+            self.nodeid, self.duration, self.sections = nodeid, duration, [("Captured stderr setup", text)]
+
+    text = ("[testbed] archives ready: 100.0s\n[testbed] images and seed ready: 300.5s\n"
+            "[testbed] host b-gw (host) ready: 2.0s\n[testbed] host b-db (host) ready: 2.0s\n")
+    found = suite_budget.suites([Report("tests/e2e/test_b.py::t", 450.5, text), Report("tests/e2e/test_b.py::u", 10, "")],
+                                lambda nodeid: nodeid.split("::")[0])
+    assert found["tests/e2e/test_b.py"].seconds == pytest.approx(60)
+    assert found["tests/e2e/test_b.py"].hosts == {"b-gw", "b-db"}
+    assert found[suite_budget.PREPARATION].seconds == pytest.approx(400.5)
+    assert suite_budget.over_budget(found) == []
