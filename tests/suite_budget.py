@@ -67,8 +67,9 @@ def suites(reports, unit_of) -> dict[str, Suite]:
         for _, text in getattr(report, "sections", ()):
             suite.hosts.update(HOST_READY.findall(text))
             preparation = sum(float(seconds) for seconds in BED_PREPARATION.findall(text))
-            suite.seconds -= preparation
-            found[PREPARATION].seconds += preparation
+            if preparation:
+                suite.seconds -= preparation
+                found[PREPARATION].seconds += preparation
     return dict(found)
 
 

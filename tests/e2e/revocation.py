@@ -7,7 +7,8 @@ which asks the proxy's port straight, a new connection per request, so any of it
 one; through the TLS front, Caddy's pooled connection could keep every request on one worker. The key
 value travels inside that program text, on stdin, never on a command line.
 
-The key is first used WARM times, so every worker and every gateway holds a copy of its own. After the
+The key is first used WARM times, so every worker and every gateway holds a copy of its own (before the
+delete, or before the run that blocks it starts). After the
 revocation, requests go one after another until the first refusal, then until WATCH_S past both that
 refusal and the revocation's WITHIN_S. An accepted request sent more than WITHIN_S after the revocation
 fails the test. When the revocation happens inside a pyinfra run (a declared key turned blocked), its
@@ -125,11 +126,10 @@ def main(spec: dict) -> None:
     def ask() -> int:
         return _call(base, "GET", "/v1/models", key)[0]
 
-    answers: list = []
+    answers = [(time.monotonic(), ask()) for _ in range(WARM)]
     since = time.monotonic()
     revoked_at = None
     if spec["revoke"] == "delete":
-        answers += [(time.monotonic(), ask()) for _ in range(WARM)]
         status, deleted = _call(base, "POST", "/key/delete", master, {"keys": [key]})
         if status != ACCEPTED:
             raise SystemExit(f"/key/delete: HTTP {status}: {deleted}")

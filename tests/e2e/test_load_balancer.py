@@ -332,9 +332,10 @@ def test_a_revoked_key_is_refused_by_every_gateway_within_a_second(lb_deployment
         key = read_secrets(d.secrets)[default_key_env(declared["alias"])]
         for gateway in GATEWAYS:
             d.overrides[gateway]["virtual_keys"] = [dict(declared, blocked=True)]
-        answers, failed = [], threading.Event()
+        ask = lb_asker(d, key)
+        answers, failed = [(time.monotonic(), ask()) for _ in range(revocation.WARM)], threading.Event()
         since = time.monotonic()
-        watcher = threading.Thread(target=revocation.poll, args=(lb_asker(d, key), answers, since),
+        watcher = threading.Thread(target=revocation.poll, args=(ask, answers, since),
                                    kwargs={"stop": failed.is_set})
         watcher.start()
         run = d.pyinfra("keys.py", limit="gw1")
