@@ -37,7 +37,7 @@ SCALE_VARIABLE = "SUITE_BUDGET_SCALE"
 HOST_READY = re.compile(r"\[testbed\] host (\S+) \(\w+\) ready")
 # The bed's images, seed and image archives, made once per machine by whichever suite asks first (or waited
 # for while another suite makes them): counted apart, so a clean machine does not put a suite over budget.
-BED_PREPARATION = re.compile(r"\[testbed\] (?:images and seed|archives) ready: ([0-9.]+)s")
+BED_PREPARATION = re.compile(r"\[testbed\] (?:images and seed|images|archives) ready: ([0-9.]+)s")
 PREPARATION = "bed images, seed and archives (once per machine)"
 
 

@@ -382,6 +382,7 @@ class Testbed:
 
     def build_images(self) -> dict[str, str]:
         """All images: the hosts' (always local) and the deploy's (local, or pulled when official)."""
+        started = time.monotonic()
         with self._lock("images"):
             if self.images_mode == "official":
                 refs = self.images.build(["host", "ollama"])
@@ -389,6 +390,7 @@ class Testbed:
             else:
                 refs = self.images.all()
             self.images.prune()
+        log(f"images ready: {time.monotonic() - started:.1f}s")  # made once per machine (tests/suite_budget.py)
         return refs
 
     def archives(self, which: tuple[str, ...] = ("litellm", "postgres")) -> dict[str, Path]:
