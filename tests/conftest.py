@@ -4,12 +4,10 @@
 fixtures (an e2e suite's own hosts, the integration tier's PostgreSQL server) are set up once, by
 the one worker that needs them. Modules that share one session fixture run together as one unit
 (SHARED_FIXTURE_UNITS): two workers setting up the same test bed hosts would replace each other's.
-The run ends with the seconds each worker spent on each unit (UnitClock).
+The run ends with a table of units and the seconds each worker spent (tests/suite_budget.py).
 """
 
 from __future__ import annotations
-
-from collections import defaultdict
 
 import pytest
 
@@ -20,7 +18,7 @@ SHARED_FIXTURE_UNITS = {
     "main-bed": ("tests/e2e/test_db_gateway.py", "tests/e2e/test_stateless_gateway.py", "tests/e2e/test_upgrade.py"),
 }
 
-# The e2e units, longest first, as UnitClock measured them in a whole `make test` on 2 cores
+# The e2e units, longest first, as the suite table measured them in a whole `make test` on 2 cores
 # (2026-12-02, 48 min in all): load balancer (the whole multi-host topology) 1123 s, main bed 889 s,
 # verify faults 596 s, backup 566 s, sudo user 563 s, rotation 501 s, TLS 281 s, demo 254 s, key guard
 # 248 s, virtual keys 246 s, ollama nodes 179 s; the rest under 90 s. The fault tier, measured beside
@@ -67,39 +65,6 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(rank)))
 
 
-def unit_seconds(reports) -> dict[tuple[str, str], float]:
-    """Seconds of setup, call and teardown per (worker, work unit), from test reports."""
-    seconds: dict[tuple[str, str], float] = defaultdict(float)
-    for report in reports:
-        node = getattr(report, "node", None)  # set by xdist on the controller; absent in one process
-        worker = node.gateway.id if node is not None else "main"
-        seconds[(worker, work_unit(report.nodeid))] += report.duration
-    return dict(seconds)
-
-
-class UnitClock:
-    """Collects every report so the run ends with time per worker and unit: which unit holds the
-    critical path, and whether the workers finished near each other, at a glance in the CI log."""
-
-    def __init__(self):
-        self.reports = []
-
-    def pytest_runtest_logreport(self, report):
-        self.reports.append(report)
-
-    def pytest_terminal_summary(self, terminalreporter):
-        seconds = unit_seconds(self.reports)
-        if sum(seconds.values()) < 1:
-            return
-        terminalreporter.section("seconds per worker and work unit")
-        for worker in sorted({w for w, _ in seconds}):
-            units = sorted(((s, u) for (w, u), s in seconds.items() if w == worker), reverse=True)
-            terminalreporter.write_line(f"{worker}: {sum(s for s, _ in units):.0f} s in all")
-            for s, unit in units:
-                if s >= 1:
-                    terminalreporter.write_line(f"  {s:7.0f} s  {unit}")
-
-
 class FaultSummary:
     """The fault tier's line per fault (tests/faults: record_property("fault", ...)), printed together at
     the end of the run: xdist workers' own output is not shown, their reports' properties are."""
@@ -119,6 +84,5 @@ class FaultSummary:
 
 def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the controller (or a single process), not an xdist worker
-        config.pluginmanager.register(UnitClock(), "unit-clock")
         config.pluginmanager.register(FaultSummary(), "fault-summary")
         config.pluginmanager.register(SuiteBudget(work_unit, scale_from_environment()), "suite-budget")

@@ -73,6 +73,15 @@ def suites(reports, unit_of) -> dict[str, Suite]:
     return dict(found)
 
 
+def worker_seconds(reports) -> dict[str, float]:
+    """Seconds of setup, call and teardown per xdist worker: whether the workers finished near each other."""
+    seconds: dict[str, float] = defaultdict(float)
+    for report in reports:
+        node = getattr(report, "node", None)
+        seconds[node.gateway.id if node is not None else "main"] += report.duration
+    return dict(seconds)
+
+
 def over_budget(found: dict[str, Suite], scale: float = 1.0) -> list[str]:
     return [f"{unit}: {suite.seconds:.0f} s, over its budget of {budget_of(unit, scale):.0f} s (tests/suite_budget.py)"
             for unit, suite in sorted(found.items()) if suite.seconds > budget_of(unit, scale)]
@@ -115,5 +124,7 @@ class SuiteBudget:
             terminalreporter.write_line(
                 f"{suite.seconds:7.0f} s  {budget_of(unit, self.scale):6.0f} s  {','.join(sorted(suite.workers)):8}"
                 f"{len(suite.hosts):3} hosts {len(suite.tests):5} tests  {unit}")
+        terminalreporter.write_line("workers: " + ", ".join(
+            f"{worker} {seconds:.0f} s" for worker, seconds in sorted(worker_seconds(self.reports).items())))
         for problem in self.problems:
             terminalreporter.write_line(f"SUITE OVER BUDGET: {problem}", red=True, bold=True)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from types import SimpleNamespace
 
-from tests.conftest import LONGEST_FIRST, SHARED_FIXTURE_UNITS, unit_seconds, work_unit
+from tests.conftest import LONGEST_FIRST, SHARED_FIXTURE_UNITS, work_unit
 
 ROOT = Path(__file__).resolve().parents[2]
 E2E_MODULES = sorted([*(ROOT / "tests" / "e2e").glob("test_*.py"), *(ROOT / "tests" / "faults").glob("test_*.py")])
@@ -34,24 +33,6 @@ def test_every_module_on_the_main_bed_is_in_its_unit_and_no_other():
 def test_other_modules_are_their_own_unit():
     assert work_unit("tests/unit/test_settings.py::test_a[x::y]") == "tests/unit/test_settings.py"
     assert work_unit("tests/e2e/test_rotation.py::test_1") == "tests/e2e/test_rotation.py"
-
-
-def test_time_is_summed_per_worker_and_unit():
-    def report(nodeid, duration, worker=None):
-        node = SimpleNamespace(gateway=SimpleNamespace(id=worker)) if worker else None
-        return SimpleNamespace(nodeid=nodeid, duration=duration, node=node)
-
-    reports = [
-        report("tests/e2e/test_db_gateway.py::test_1", 10.0, "gw0"),
-        report("tests/e2e/test_upgrade.py::test_5", 5.0, "gw0"),
-        report("tests/e2e/test_rotation.py::test_1", 7.0, "gw1"),
-        report("tests/unit/test_settings.py::test_a", 0.5),
-    ]
-    assert unit_seconds(reports) == {
-        ("gw0", "main-bed"): 15.0,
-        ("gw1", "tests/e2e/test_rotation.py"): 7.0,
-        ("main", "tests/unit/test_settings.py"): 0.5,
-    }
 
 
 def test_every_e2e_unit_is_ranked_so_none_is_left_for_the_end_of_the_run():

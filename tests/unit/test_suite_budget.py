@@ -9,10 +9,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from tests import suite_budget
+from tests.conftest import work_unit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,3 +90,21 @@ def test_the_beds_one_time_preparation_is_counted_apart_from_the_suite():
     assert found["tests/e2e/test_b.py"].hosts == {"b-gw", "b-db"}
     assert found[suite_budget.PREPARATION].seconds == pytest.approx(600.5)
     assert suite_budget.over_budget(found) == []
+
+
+def test_time_is_summed_per_suite_and_per_worker():
+    def report(nodeid, duration, worker=None):
+        node = SimpleNamespace(gateway=SimpleNamespace(id=worker)) if worker else None
+        return SimpleNamespace(nodeid=nodeid, duration=duration, node=node, sections=[])
+
+    reports = [
+        report("tests/e2e/test_db_gateway.py::test_1", 10.0, "gw0"),
+        report("tests/e2e/test_upgrade.py::test_5", 5.0, "gw0"),
+        report("tests/e2e/test_rotation.py::test_1", 7.0, "gw1"),
+        report("tests/unit/test_settings.py::test_a", 0.5),
+    ]
+    found = suite_budget.suites(reports, work_unit)
+    assert {unit: (suite.seconds, suite.workers) for unit, suite in found.items()} == {
+        "main-bed": (15.0, {"gw0"}), "tests/e2e/test_rotation.py": (7.0, {"gw1"}),
+        "tests/unit/test_settings.py": (0.5, {"main"})}
+    assert suite_budget.worker_seconds(reports) == {"gw0": 15.0, "gw1": 7.0, "main": 0.5}
