@@ -14,28 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 
+# Run on the gateway host after revocation.py's helpers (the master key read there, the proxy's loopback port).
 PROBE = r'''
-import json, subprocess, time, urllib.error, urllib.request
 SECONDS = __SECONDS__
-def master():
-    for line in open("/opt/litellm/.env"):
-        if line.startswith("LITELLM_MASTER_KEY="):
-            return line.split("=", 1)[1].strip().strip('"')
-def call(method, path, key, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request("http://127.0.0.1:4000" + path, data=data, method=method,
-                                     headers={"Authorization": "Bearer " + key, "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, None
+BASE = "http://127.0.0.1:4000"
 def transactions():
     query = "select xact_commit + xact_rollback from pg_stat_database where datname = current_database()"
     return int(subprocess.run(["docker", "compose", "exec", "-T", "db", "psql", "-U", "litellm", "-d", "litellm",
                                "-tAc", query], cwd="/opt/litellm", capture_output=True, text=True, check=True).stdout)
-master_key = master()
-status, made = call("POST", "/key/generate", master_key, {"key_alias": "bench-key-cache"})
+master_key = _master_key("/opt/litellm/.env")
+status, made = _call(BASE, "POST", "/key/generate", master_key, {"key_alias": "bench-key-cache"})
 assert status == 200, status
 key = made["key"]
 try:
@@ -44,12 +32,12 @@ try:
     idle = (transactions() - start) / (time.monotonic() - began)
     requests, start, began = 0, transactions(), time.monotonic()
     while time.monotonic() - began < SECONDS:
-        call("GET", "/v1/models", key)
+        _call(BASE, "GET", "/v1/models", key)
         requests += 1
     busy_s = time.monotonic() - began
     busy = (transactions() - start) / busy_s
 finally:
-    call("POST", "/key/delete", master_key, {"keys": [key]})
+    _call(BASE, "POST", "/key/delete", master_key, {"keys": [key]})
 config = open("/opt/litellm/litellm-config.yaml").read()
 ttl = next(line.split(":", 1)[1].strip() for line in config.splitlines() if "user_api_key_cache_ttl:" in line)
 print(json.dumps({"key_cache_ttl": ttl, "requests_per_s": round(requests / busy_s, 1),
@@ -60,13 +48,15 @@ print(json.dumps({"key_cache_ttl": ttl, "requests_per_s": round(requests / busy_
 
 def main(argv: list[str] | None = None) -> int:
     from tests import demo
+    from tests.e2e import revocation
     from tests.testbed import Testbed
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="each spell, idle and busy (at most 120)")
     args = parser.parse_args(argv)
     seconds = min(max(args.seconds, 1.0), 120.0)
-    program = PROBE.replace("__SECONDS__", repr(seconds)).encode()
+    program = ("import json, subprocess, time, urllib.error, urllib.request\n\n" + revocation.host_helpers()
+               + PROBE.replace("__SECONDS__", repr(seconds))).encode()
     result = Testbed().ssh(demo.GATEWAY, "python3 -", input=program, timeout=2 * seconds + 120)
     if not result.ok:
         print(result.output[-3000:])

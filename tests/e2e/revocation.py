@@ -18,6 +18,7 @@ served the change refuses at once, so that refusal comes within a request or two
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 import urllib.error
@@ -108,6 +109,11 @@ def _call(base: str, method: str, path: str, key: str, body: dict | None = None)
             return answer.status, json.loads(answer.read())
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode("utf-8", "replace")[:300]
+
+
+def host_helpers() -> str:
+    """_master_key and _call as source, for other programs run on a gateway host (bench/key_cache.py)."""
+    return "\n\n".join(inspect.getsource(f) for f in (_master_key, _call))
 
 
 def main(spec: dict) -> None:
