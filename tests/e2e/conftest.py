@@ -1,7 +1,9 @@
 """The end-to-end bed: fresh hosts each run, real pyinfra over real SSH, converged twice.
 
 Hosts: gateways gw-db (bundled Postgres, the DB-backed proxy) and gw-stateless (no database), Ollama
-stand-in node ollama1 (the gateways' data, never a pyinfra host), upstream LiteLLM up1. Offline the
+stand-in node ollama1 (the gateways' data, never a pyinfra host), upstream LiteLLM up1. gw-db is a bare
+host, through the whole fresh install; gw-stateless boots provisioned (tests/testbed/provision.py): the
+install it would repeat is the same one, and a bare host costs the bed's 2 cores about 2 minutes of CPU. Offline the
 images are the test bed's own (the LiteLLM one runs DB-backed through its query-engine stand-in);
 TESTBED_IMAGES=official uses the official images on a machine that can pull them. Every test runs with
 either.
@@ -221,6 +223,6 @@ def make_deployment(bed, tmp_path_factory, prefix: str = "",
 
 @pytest.fixture(scope="session")
 def deployment(bed, tmp_path_factory):
-    deployment = make_deployment(bed, tmp_path_factory)
+    deployment = make_deployment(bed, tmp_path_factory, provisioned=("gw-stateless",))
     yield deployment
     deployment.down()

@@ -3,6 +3,9 @@
 Own hosts (sudo-*): two bundled-database gateways the deploy reaches as the bed's SUDO_USER, never
 as root — sudo-gw-nopasswd with password-less sudo, sudo-gw-password with a sudo password (generated
 per `up`) given through pyinfra's own `_sudo_password` — and the upstream LiteLLM their one model uses.
+sudo-gw-password is a bare host: the whole fresh install (Docker from apt, the image archives carried
+through the sudo user into root's directory) runs under the harder kind of sudo. sudo-gw-nopasswd boots
+provisioned (tests/testbed/provision.py): every later stage, and every runbook, still runs through sudo.
 In order: the main converge, a second converge that changes nothing, a master-key rotation, a
 backup run, verify.py and a restore, all over the sudo user, all green.
 
@@ -106,7 +109,8 @@ class SudoDeployment(Deployment):
         self.bed.build_images()
         self.bed.down(self.hosts)
         self.bed.up([self.name(g) for g in GATEWAYS] + [self.name("up1") + ":upstream"],
-                    upstream_models=[UPSTREAM_MODEL], sudo={self.name(g): kind for g, kind in GATEWAYS.items()})
+                    upstream_models=[UPSTREAM_MODEL], sudo={self.name(g): kind for g, kind in GATEWAYS.items()},
+                    provisioned=(self.name("gw-nopasswd"),))
         # Every secret of the suite exists before the first run, so the watchers know what to look for.
         values = {name: make() for name, make in S.GENERATED.items()}
         self.pending = S.GENERATED[S.MASTER_KEY]()  # the key rotate.py will roll out (test_3)

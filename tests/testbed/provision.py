@@ -3,8 +3,9 @@ installed (the packages the deploy's distro install chooses for Debian), the dep
 their engine, and the image archives already in the gateway's archive directory (0600, as the deploy
 uploads them). The deploy's Docker and image stages then find nothing to do, as on a host it converged
 before. Suites whose subject is not the install or the image transfer run on them: each fresh gateway is
-then about a minute of CPU cheaper (apt, the archive upload, `docker load`) on the bed's 2 cores. The
-suites that prove the fresh path (the main bed, sudo, faults, leaks, demo, benchmarks) keep bare hosts.
+then about two minutes of CPU cheaper (apt, the archive upload, `docker load`) on the bed's 2 cores. The
+suites that prove the fresh path keep a bare host for it (the main bed's gw-db, the sudo suite's
+gw-password, faults, leaks, demo, benchmarks).
 
 The seed is made once per host image, archive set and package list (SEED_RECIPE, bumped when the steps
 below change): a host boots on the default bridge network, installs the packages from Debian, copies and
