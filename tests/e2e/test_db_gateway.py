@@ -16,6 +16,7 @@ from dotenv import dotenv_values
 from tests.e2e import gateway_http as api
 
 HOST = "gw-db"
+ADDED_MODEL = "chat-upstream-second"  # test_5 adds it; the main bed's gw-db serves it from then on
 pytestmark = pytest.mark.e2e
 
 
@@ -166,21 +167,18 @@ def test_4_admin_ui_login(deployment, gateway):
 
 
 def test_5_model_change_recreates_the_proxy_but_not_postgres(deployment, gateway, keys):
+    """A model added (and kept for the rest of the bed: undoing it would cost another proxy start)."""
     before = db_container(deployment)
     models = deployment.models()
-    models[0] = {**models[0], "name": "chat-upstream-renamed"}
-    deployment.overrides[HOST] = {"models": models}
-    try:
-        run = deployment.pyinfra(limit=HOST)
-    finally:
-        deployment.overrides.pop(HOST)
+    deployment.overrides.setdefault(HOST, {})["models"] = [*models, {**models[0], "name": ADDED_MODEL}]
+    run = deployment.pyinfra(limit=HOST)
     assert run.returncode == 0, run.output[-4000:]
     assert any("LiteLLM proxy up and healthy" in op for op in deployment.changed(run, HOST))
-    assert "chat-upstream-renamed" in deployment.ssh(HOST, "cat /opt/litellm/litellm-config.yaml")
+    assert ADDED_MODEL in deployment.ssh(HOST, "cat /opt/litellm/litellm-config.yaml")
     assert db_container(deployment) == before
-    back = deployment.pyinfra(limit=HOST)
-    assert back.returncode == 0, back.output[-4000:]
-    # The key made before both changes still works.
+    status, served = deployment.call(HOST, "/v1/models")
+    assert status == 200 and ADDED_MODEL in {m["id"] for m in served["data"]}, served
+    # The key made before the change still works, for its own model only.
     assert api.models_seen(gateway, keys["team"]) == (200, ["chat-upstream"])
 
 

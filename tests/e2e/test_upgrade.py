@@ -24,6 +24,7 @@ from tests.e2e import gateway_http as api
 pytestmark = pytest.mark.e2e
 GATEWAYS = ("gw-stateless", "gw-db")
 PROXY_OP = "LiteLLM proxy up and healthy"
+FAILING_VERIFY_S = 30
 DECLARED_ALIAS = "declared-before-the-upgrade"
 def newer_image(deployment) -> str:
     return deployment.bed.litellm_image() + "-upgrade-probe"
@@ -89,9 +90,10 @@ def test_4_failed_backup_stops_the_upgrade_before_any_change(deployment, prepare
 
 @pytest.fixture(scope="module")
 def attempt(deployment, prepared):
-    """One deploy run of both gateways to the newer tag."""
+    """One deploy run of both gateways to the newer tag. The newer proxy reaches no model, so its checks
+    fail until verify_timeout: 30 s (as the fault tier's interrupted upgrade) rather than the suite's 120."""
     before, old, new = prepared
-    return deploy_with(deployment, GATEWAYS, litellm_image=new), before, old, new
+    return deploy_with(deployment, GATEWAYS, litellm_image=new, verify_timeout=FAILING_VERIFY_S), before, old, new
 
 
 def test_5_failed_upgrade_rolls_back_to_the_previous_image(deployment, attempt):
@@ -187,4 +189,5 @@ def test_7_a_tag_that_does_not_exist_fails_the_host_and_changes_nothing(deployme
     assert all("Container images" in op for op in deployment.changed(run, "gw-db")), deployment.changed(run, "gw-db")
     assert untouched_state(deployment, "gw-db") == before
     status, models = deployment.call("gw-db", "/v1/models")
-    assert status == 200 and {m["id"] for m in models["data"]} == {"chat-upstream", "chat-ollama"}
+    declared = deployment.overrides.get("gw-db", {}).get("models", deployment.models())
+    assert status == 200 and {m["id"] for m in models["data"]} == {m["name"] for m in declared}, models
