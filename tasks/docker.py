@@ -169,8 +169,9 @@ def start_interval_supported(engine: tuple[int, int] | None, docker_install: str
     return engine[0] >= START_INTERVAL_ENGINE
 
 
-def health_start_interval_supported(settings: Settings) -> bool:
-    return start_interval_supported(host.get_fact(EngineVersion), settings.docker_install)
+def health_start_interval_supported(docker_install: str) -> bool:
+    """start_interval_supported for the host being deployed (its engine's version fact)."""
+    return start_interval_supported(host.get_fact(EngineVersion), docker_install)
 
 
 @operation(is_idempotent=True)

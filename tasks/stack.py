@@ -64,7 +64,8 @@ def install_directory(settings: Settings):
 def write_files(settings: Settings, changes: Changes) -> None:
     # The worker count for this host's CPUs and memory, when proxy_workers is "auto" (tasks/sizing.py).
     # The proxy's health checked every 2 s while it starts, when the host's engine can (tasks/docker.py).
-    rendered = render_files(sizing.sized(settings), start_interval=docker.health_start_interval_supported(settings))
+    rendered = render_files(sizing.sized(settings),
+                            start_interval=docker.health_start_interval_supported(settings.docker_install))
     written = {
         name: private_file(
             name=f"Write {name}" + (" (secrets, mode 0600)" if mode == "600" else ""),

@@ -18,7 +18,7 @@ from pyinfra.operations import files
 from tasks import backup, compose, database, docker, firewall, stack
 from tasks import secrets as S
 from tasks.filters import FILTERS
-from tasks.render import TEMPLATES
+from tasks.render import TEMPLATES, data_health
 from tasks.topology import DB_PORT, REDIS_PORT, StateHost
 from tasks.uploads import private_file
 
@@ -42,11 +42,13 @@ def service_env(host: StateHost, service: str) -> dict[str, str]:
     return {S.REDIS_PASSWORD: host.secrets[S.REDIS_PASSWORD]}
 
 
-def render_service(host: StateHost, service: str) -> dict[str, str]:
-    """file name -> content for one service's directory. Pure, so a re-run uploads nothing."""
+def render_service(host: StateHost, service: str, start_interval: bool = False) -> dict[str, str]:
+    """file name -> content for one service's directory. Pure, so a re-run uploads nothing. start_interval:
+    the host's engine takes a health check's start_interval (tasks/docker.py)."""
     env = _environment()
     rendered = {
-        COMPOSE_FILE: env.get_template(f"state-{service}-compose.yml.j2").render(host=host, port=PORTS[service]),
+        COMPOSE_FILE: env.get_template(f"state-{service}-compose.yml.j2").render(
+            host=host, port=PORTS[service], data_health=data_health(start_interval)),
         ENV_FILE: "# Written by litellm-deploy. Do not edit: change the secrets file on the controller and re-deploy.\n"
                   + "".join(f"{name}={FILTERS['dotenv'](value)}\n" for name, value in service_env(host, service).items()),
     }
@@ -104,12 +106,13 @@ def _service(host: StateHost, service: str, loaded: list) -> None:
             install_dir=directory, compose_project=project, role=host.postgres_user,
             password=HiddenValue(host.secrets[S.POSTGRES_PASSWORD]),
         )
+    start_interval = docker.health_start_interval_supported(host.docker_install)
     written = {
         name: private_file(
             name=f"Write {directory}/{name}" + (" (secrets, mode 0600)" if FILE_MODES[name] == "600" else ""),
             content=content, dest=f"{directory}/{name}", staging_dir=f"{directory}/.staging", mode=FILE_MODES[name],
         )
-        for name, content in render_service(host, service).items()
+        for name, content in render_service(host, service, start_interval).items()
     }
     # In DOCKER-USER before the port is published: dockerd already runs (install_docker), and the
     # service's first start must not be open to all until the rules follow.

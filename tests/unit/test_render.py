@@ -202,6 +202,7 @@ def test_compose_itself_reads_log_rotation_and_grace_period(settings_for_mode, t
         assert service["logging"] == {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}, name
     if mode == "bundled":
         assert services["db"]["stop_grace_period"] == "1m0s"
+        assert (services["db"]["healthcheck"]["interval"], services["db"]["healthcheck"]["start_interval"]) == ("10s", "1s")
     assert services["litellm"]["healthcheck"]["start_interval"] == "2s"
 
 
@@ -250,3 +251,14 @@ def test_the_proxy_is_checked_often_while_it_starts_only_where_the_engine_can(bu
     check = yaml.safe_load(render_files(build(), start_interval=start_interval)[COMPOSE_FILE])["services"]["litellm"]["healthcheck"]
     assert check["interval"] == "10s"
     assert check.get("start_interval") == ("2s" if start_interval else None)
+
+
+@pytest.mark.parametrize("start_interval", [False, True])
+def test_the_bundled_postgres_is_checked_rarely_once_healthy_where_the_engine_can(build, start_interval):
+    """A check is a process started in the container, about 60 ms of CPU: every 10 s once healthy and every
+    second while starting where the engine takes start_interval, every 2 s where it cannot; 60 s of failed
+    checks before unhealthy either way (tasks/render.py DATA_HEALTH)."""
+    rendered = render_files(build(database_mode="bundled"), start_interval=start_interval)[COMPOSE_FILE]
+    check = yaml.safe_load(rendered)["services"]["db"]["healthcheck"]
+    assert (check["interval"], check.get("start_interval")) == (("10s", "1s") if start_interval else ("2s", None))
+    assert int(check["interval"].rstrip("s")) * check["retries"] == 60

@@ -325,3 +325,16 @@ def test_a_gateway_takes_a_changed_postgres_password_only_after_the_db_host(secr
     ops = password_plan(secrets_file, monkeypatch, "0" * 64, name="gw1")
     guard = position(ops, "POSTGRES_PASSWORD: set on the role by the db host db1 first")
     assert guard < first_write(ops), [name for name, _, _ in ops]
+
+
+@pytest.mark.parametrize("start_interval", [False, True])
+def test_the_db_and_redis_hosts_are_checked_rarely_once_healthy_where_the_engine_can(secrets_file, start_interval):
+    """Each check is a process in the container (tasks/render.py DATA_HEALTH): every 10 s once healthy and
+    every second while starting where the engine takes start_interval, every 2 s where it cannot; 60 s of
+    failed checks before unhealthy either way."""
+    state = everything(secrets_file)[1]
+    for host, service in ((state["db1"], "db"), (state["redis1"], "redis")):
+        files = render_service(host, service, start_interval)
+        check = yaml.safe_load(files["docker-compose.yml"])["services"][service]["healthcheck"]
+        assert (check["interval"], check.get("start_interval")) == (("10s", "1s") if start_interval else ("2s", None))
+        assert int(check["interval"].rstrip("s")) * check["retries"] == 60
