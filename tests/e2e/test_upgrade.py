@@ -24,7 +24,6 @@ from tests.e2e import gateway_http as api
 pytestmark = pytest.mark.e2e
 GATEWAYS = ("gw-stateless", "gw-db")
 PROXY_OP = "LiteLLM proxy up and healthy"
-FAILING_VERIFY_S = 30
 DECLARED_ALIAS = "declared-before-the-upgrade"
 def newer_image(deployment) -> str:
     return deployment.bed.litellm_image() + "-upgrade-probe"
@@ -93,7 +92,7 @@ def attempt(deployment, prepared):
     """One deploy run of both gateways to the newer tag. The newer proxy reaches no model, so its checks
     fail until verify_timeout: 30 s (as the fault tier's interrupted upgrade) rather than the suite's 120."""
     before, old, new = prepared
-    return deploy_with(deployment, GATEWAYS, litellm_image=new, verify_timeout=FAILING_VERIFY_S), before, old, new
+    return deploy_with(deployment, GATEWAYS, litellm_image=new, verify_timeout=upgrade_probe.FAILING_VERIFY_S), before, old, new
 
 
 def test_5_failed_upgrade_rolls_back_to_the_previous_image(deployment, attempt):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import shlex
 
 PROBE_MIGRATION = "29991231000000_litellm_deploy_upgrade_probe"
+# verify_timeout for a newer image that cannot verify (it reaches no model): it fails in seconds, not minutes
+FAILING_VERIFY_S = 30
 NEWER_MIGRATION = """CREATE TABLE "LiteLLM_FromANewerImage" (id int PRIMARY KEY);
 ALTER TABLE "LiteLLM_TeamTable" ADD COLUMN from_a_newer_image text DEFAULT 'x';
 UPDATE "LiteLLM_UserTable" SET spend = spend + 1;

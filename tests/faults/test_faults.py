@@ -272,7 +272,6 @@ def test_6_gateway_host_rebooted(deployment, gateway, record_property):
 
 UPGRADE_INTERRUPTED_AT = "LiteLLM proxy up and healthy"  # after the backup and the new image's migrations
 PENDING_RECORD = "/opt/litellm/.state/upgrade-pending"
-FAILING_VERIFY_S = 30  # verify_timeout for the image that cannot verify: it fails in seconds, not minutes
 
 
 def pending_record_left(deployment) -> bool:
@@ -296,7 +295,7 @@ def test_7_an_upgrade_interrupted_between_backup_and_verify(deployment, gateway,
     data = deployment.overrides[HOST]
     key = api.generate_key(gateway, deployment.master_key(), models=[MODEL])
 
-    data.update(litellm_image=failing, verify_timeout=FAILING_VERIFY_S)
+    data.update(litellm_image=failing, verify_timeout=upgrade_probe.FAILING_VERIFY_S)
     reached, output = interrupted_deploy(deployment, UPGRADE_INTERRUPTED_AT, "kill")
     assert reached, output[-6000:]
     assert probe_table_present(deployment), "interrupted before the new image's migrations: it proves little"
