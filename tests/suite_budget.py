@@ -22,7 +22,7 @@ DEFAULT_BUDGET_S = 480.0
 BUDGETS_S = {
     # The whole issue-17 topology: 3 gateways, a db host, a redis host, a load balancer, an outsider.
     "tests/e2e/test_load_balancer.py": 1500.0,
-    # Two bare gateways through the fresh install, converge, upgrade and rollback (the fresh path).
+    # Two gateways (gw-db through the fresh install), converge, upgrade and rollback.
     "main-bed": 1500.0,
     # Every fault, each deployed and broken on its own bare host (the interrupted upgrade alone 322 s).
     "tests/faults/test_faults.py": 1150.0,
@@ -55,14 +55,18 @@ class Suite:
     tests: set[str] = field(default_factory=set)
 
 
+def worker_of(report) -> str:
+    node = getattr(report, "node", None)  # set by xdist on the controller; absent in one process
+    return node.gateway.id if node is not None else "main"
+
+
 def suites(reports, unit_of) -> dict[str, Suite]:
     """{unit: Suite} from test reports (the controller's copies of the workers' reports under xdist)."""
     found: dict[str, Suite] = defaultdict(Suite)
     for report in reports:
         suite = found[unit_of(report.nodeid)]
         suite.seconds += report.duration
-        node = getattr(report, "node", None)  # set by xdist on the controller; absent in one process
-        suite.workers.add(node.gateway.id if node is not None else "main")
+        suite.workers.add(worker_of(report))
         suite.tests.add(report.nodeid)
         for _, text in getattr(report, "sections", ()):
             suite.hosts.update(HOST_READY.findall(text))
@@ -77,8 +81,7 @@ def worker_seconds(reports) -> dict[str, float]:
     """Seconds of setup, call and teardown per xdist worker: whether the workers finished near each other."""
     seconds: dict[str, float] = defaultdict(float)
     for report in reports:
-        node = getattr(report, "node", None)
-        seconds[node.gateway.id if node is not None else "main"] += report.duration
+        seconds[worker_of(report)] += report.duration
     return dict(seconds)
 
 
@@ -105,18 +108,20 @@ class SuiteBudget:
         self.unit_of = unit_of
         self.scale = scale
         self.reports = []
+        self.found: dict[str, Suite] = {}
         self.problems: list[str] = []
 
     def pytest_runtest_logreport(self, report):
         self.reports.append(report)
 
     def pytest_sessionfinish(self, session, exitstatus):
-        self.problems = over_budget(suites(self.reports, self.unit_of), self.scale)
+        self.found = suites(self.reports, self.unit_of)
+        self.problems = over_budget(self.found, self.scale)
         if self.problems and exitstatus == 0:
             session.exitstatus = 1
 
     def pytest_terminal_summary(self, terminalreporter):
-        found = suites(self.reports, self.unit_of)
+        found = self.found  # pytest's terminal summary comes after every pytest_sessionfinish
         if not found:
             return
         terminalreporter.section("suites: seconds, budget, worker, bed hosts created, tests")
