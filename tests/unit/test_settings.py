@@ -277,34 +277,40 @@ def test_log_max_size_must_be_a_docker_size(build, size):
 
 def test_log_rotation_defaults_come_from_group_data(build):
     settings = build()
-    assert (settings.log_max_size, settings.log_max_file) == (group_data("all")["log_max_size"],
-                                                              group_data("all")["log_max_file"])
+    assert (settings.log_max_size, settings.log_max_file) == ("10m", 3)
     custom = build(log_max_size="200k", log_max_file=10)
     assert (custom.log_max_size, custom.log_max_file) == ("200k", 10)
 
 
-def test_every_default_has_one_source_the_shipped_group_data():
-    """group_data/all.py names every setting a gateway reads (but `models`, which has no default on
-    purpose) and nothing else; Settings takes its defaults from it and holds no defaults of its own."""
+def test_every_default_has_one_source_the_declared_fields():
+    """Each setting a gateway reads is declared once (tasks/config/fields.py) with its type, default and
+    doc; Settings takes its defaults from there and holds none of its own; `models` has no default on
+    purpose. The fields Settings does not read are the ones other parts read, each named here."""
     from dataclasses import MISSING, fields
 
-    from tasks.settings import DEFAULTS, Settings, shipped_defaults
+    from tasks.config.fields import BY_NAME, REQUIRED
+    from tasks.settings import DEFAULTS, Settings
 
-    shipped = shipped_defaults()
-    gateway_settings = set(DEFAULTS) - {"models"}
-    assert gateway_settings <= set(shipped), f"not in group_data/all.py: {gateway_settings - set(shipped)}"
-    assert all(DEFAULTS[name] == shipped[name] for name in gateway_settings)
-    assert DEFAULTS["models"] is None
+    assert set(DEFAULTS) <= set(BY_NAME), f"not declared: {set(DEFAULTS) - set(BY_NAME)}"
+    assert set(BY_NAME) - set(DEFAULTS) == {"ollama_nodes", "private_address", "secrets_file"}
+    assert all(DEFAULTS[name] == BY_NAME[name].default for name in DEFAULTS if name != "models")
+    assert BY_NAME["models"].default is REQUIRED and DEFAULTS["models"] is None
     assert all(f.default is MISSING for f in fields(Settings))
+    assert all(f.doc.strip() and f.type and f.section for f in BY_NAME.values())
 
 
-def test_a_gateway_without_group_data_gets_the_shipped_defaults(secrets_file):
-    from tasks.settings import HostInput, build_all
+def test_the_shipped_group_data_sets_nothing_the_package_defaults():
+    """group_data/all.py is the user's file: it sets no setting, so a new version never edits it."""
+    assert group_data("all") == {}
+
+
+def test_a_gateway_without_group_data_gets_the_declared_defaults(secrets_file):
+    from tasks.settings import DEFAULTS, HostInput, build_all
 
     data = {"models": example_models(), "ollama_nodes": OLLAMA_NODES}
     settings = build_all([HostInput("gw1", lookup(data))], secrets_file, {"gw1": {}})["gw1"]
     assert settings.install_dir == "/opt/litellm" and settings.backup_keep == 7
-    assert settings.litellm_image == group_data("all")["litellm_image"]
+    assert settings.litellm_image == DEFAULTS["litellm_image"]
 
 
 @pytest.mark.parametrize("changes,field", [
