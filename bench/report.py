@@ -130,7 +130,7 @@ def plot(results: dict, path: Path) -> Path | None:
 
 
 def markdown(results: dict) -> str:
-    """The headline figures as the README's table."""
+    """The headline figures as bench/README.md's table."""
     rows = []
     for n, c in sorted(results["converge"].items(), key=lambda kv: int(kv[0])):
         slowest = max(c["stages_s"].items(), key=lambda kv: kv[1]["median"])

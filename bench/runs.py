@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from tests.e2e.conftest import ROOT, Deployment
 
-# The deploy's stages as the README names them, each with the operations that belong to it
+# The deploy's stages as docs/architecture.md names them, each with the operations that belong to it
 # (matched on pyinfra's "--> Starting operation:" names; the first match wins, the rest is "other").
 STAGES: list[tuple[str, str]] = [
     ("connect and first facts", r"^connect$"),

@@ -112,7 +112,7 @@ class Settings:
     redis_image: str
     roll_width: int
     proxy_workers: int | str  # "auto": tasks/sizing.py
-    key_cache_ttl: float  # seconds a worker serves a key from memory: the revocation delay (README)
+    key_cache_ttl: float  # seconds a worker serves a key from memory: the revocation delay (docs/secrets-and-keys.md)
     # TLS front (tasks/tls.py): the CA that issued tls_cert_file, when it is not a public one.
     tls_ca_file: str
     teams: tuple[Team, ...]

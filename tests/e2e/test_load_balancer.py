@@ -420,7 +420,7 @@ def test_a_model_change_rolls_one_gateway_at_a_time_with_no_failed_request(lb_de
     windows = proxy_windows(lb_deployment, since)
     # Caddy's own race, not the roll's: a connection it accepts in the instant a reload stops the old
     # configuration's server is closed with no answer (in 3 of 4 runs here, one request of 600-1100; the
-    # one timed began 5 ms before a reload's stop). Counted and printed (README "How a change rolls");
+    # one timed began 5 ms before a reload's stop). Counted and printed (docs/load-balancers.md "How a change rolls");
     # any other failure, such as a request cut by a proxy's recreation, fails the test.
     reloads = caddy_reloads(lb_deployment, since)
     at_reload = [(t, p) for t, p in load.failures
