@@ -18,14 +18,17 @@ import os
 import re
 import shlex
 from datetime import datetime, timezone
+from io import BytesIO
 from pathlib import Path
 
+import jinja2
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, deploy, operation
+from pyinfra.facts.files import FindInFile
 from pyinfra.operations import files, systemd
 
 from tasks import database, uploads
-from tasks.compose import DB_SERVICE, compose_cmd
+from tasks.compose import DB_SERVICE, changed, compose_cmd
 from tasks.settings import Settings
 
 STAMP_PATTERN = r"[0-9]{8}T[0-9]{6}Z"
@@ -276,8 +279,6 @@ def backup_gateway(settings: Settings, stamp: str) -> None:
 
 def unit_files(settings: Settings) -> dict[str, str]:
     """path on the host -> content, for the script, the service and the timer of this project."""
-    import jinja2
-
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True)
     values = dict(settings=settings, script_path=script_path(settings))
@@ -293,8 +294,6 @@ def unit_files(settings: Settings) -> dict[str, str]:
 @deploy("Scheduled database backup")
 def scheduled_backup(settings: Settings) -> None:
     """systemd timer + service running the host backup script (bundled database, backup_enabled)."""
-    from io import BytesIO
-
     timer = f"{unit_name(settings)}.timer"
     wanted = settings.database_mode == "bundled" and settings.backup_enabled
     if not wanted:
@@ -343,8 +342,6 @@ def legacy_units_retired(settings: Settings):
     """Before issue 15 every project's units were named litellm-backup.*, so a second project on the
     host overwrote the first one's timer. Those files are removed once this project has its own
     units, but only when they back up this project: another project's stay until it is deployed."""
-    from pyinfra.facts.files import FindInFile
-
     lines = host.get_fact(FindInFile, path=LEGACY_SCRIPT, pattern=legacy_owner_pattern(settings))
     if lines is None:
         host.noop(f"no {LEGACY_SCRIPT} on this host")
@@ -356,6 +353,4 @@ def legacy_units_retired(settings: Settings):
 
 
 def _changed(metas) -> bool:
-    from tasks.compose import changed
-
     return changed(metas)

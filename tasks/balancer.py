@@ -18,18 +18,34 @@ Timings (seconds, in the rendered Caddyfile; chosen for a gateway that dies with
 
 from __future__ import annotations
 
+import dataclasses
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pyinfra.api import deploy
+from pyinfra import host, logger, state
+from pyinfra.api import Host, State, deploy, operation
+from pyinfra.facts.files import File
 from pyinfra.operations import files
 
-from tasks import certificates, compose, docker, firewall, stack, tls
+from tasks import certificates, compose, docker, firewall, roll, stack, tls
+from tasks import secrets as S
 from tasks.render import _environment
-from tasks.settings import (GATEWAYS, ConfigError, HostInput, Settings, _choice, _directory_problems,
-                            _image_problems, _port_problems, log_problems, read_host_data)
-from tasks.uploads import private_file
+from tasks.settings import (
+    GATEWAYS,
+    ConfigError,
+    HostInput,
+    Settings,
+    _choice,
+    _directory_problems,
+    _image_problems,
+    _port_problems,
+    log_problems,
+    read_host_data,
+)
+from tasks.tls_config import acme_problems
+from tasks.uploads import connector_arguments, private_file
 
 LB_HOSTS = "lb_hosts"
 SERVICE = "caddy"
@@ -162,8 +178,6 @@ def placed_behind(gateways: dict[str, Settings], addresses: dict[str, str],
     """The gateways' Settings with their proxy published only for the load balancers (and localhost):
     on one address, and behind a firewall letting in the load balancers' addresses (`lb_sources`:
     each lb host's private_address, else its ssh_hostname) only."""
-    import dataclasses
-
     problems, placed = [], {}
     sources = []
     for name, value in (lb_sources or {}).items():
@@ -228,8 +242,6 @@ def lb_problems(raw: dict[str, object]) -> list[str]:
 
 def _acme_problems(raw: dict[str, object]) -> list[str]:
     """tls = "acme" on a load balancer: its tls_names are the certificate's (no default name)."""
-    from tasks.tls_config import acme_problems
-
     names = [n for n in raw["tls_names"] if isinstance(n, str)] if isinstance(raw["tls_names"], (list, tuple)) else []
     none = [] if names else ["tls_names: none with tls = 'acme' — fix: the public DNS names clients use, e.g. "
                              "['llm.example.com'] (ACME issues for names that resolve to this load balancer)"]
@@ -305,10 +317,6 @@ def certificate_material(lb: LoadBalancer, store=None) -> tuple[str, str] | None
         return Path(lb.tls_cert_file).read_text(), Path(lb.tls_key_file).read_text()
     if lb.tls == "self-signed":
         if store is None:
-            from pyinfra import host
-
-            from tasks import secrets as S
-            from tasks import tls
 
             store = tls.store_for(S.secrets_path(host.data.get("secrets_file")))
         material = store.leaf(lb.host_name, lb.tls_names)
@@ -342,10 +350,62 @@ def _images(lb: LoadBalancer):
                                   images={"tls_image": lb.tls_image})]
 
 
+# --- the load balancers' side of a roll (tasks/roll.py) -------------------------------------------
+
+
+def roll_width(lbs: list[LoadBalancer]) -> int:
+    """How many gateways a roll recreates at once: the smallest roll_width of the load balancers'."""
+    return min([lb.roll_width for lb in lbs] or [1])
+
+
+def apply_to_load_balancers(st: State, lb_hosts: list[tuple[Host, LoadBalancer]], out: frozenset[str]) -> None:
+    """Every load balancer reloaded with `out` left out of its rotation (the full Caddyfile when
+    nothing is out). A load balancer not connected in this run is skipped with a warning: its
+    health checks still route around a gateway being recreated."""
+    for lb_host, lb in lb_hosts:
+        if not lb_host.connected:
+            logger.warning(f"{lb_host.print_prefix}load balancer not connected: it relies on its health checks "
+                           "while gateways are recreated")
+            continue
+        roll_file = shlex.quote(lb.path(ROLL_CADDYFILE))
+        if out:
+            content = render_caddyfile(lb, out)
+            command = (f"umask 022 && printf %s {shlex.quote(content)} > {roll_file}.new && mv -f {roll_file}.new "
+                       f"{roll_file} && {reload_command(lb, ROLL_CADDYFILE)}")
+        else:
+            command = (f"{reload_command(lb, CADDYFILE)} && rm -f {roll_file}")
+        # A load balancer not deployed yet (the first deploy: its stage runs after the gateways') has
+        # nothing to drain.
+        command = f"if [ -e {shlex.quote(lb.path(CADDYFILE))} ]; then {command}; fi"
+        ok, output = lb_host.run_shell_command(command, print_output=False, print_input=False,
+                                               **connector_arguments(st, lb_host))
+        if not ok:
+            raise roll.RollError(f"{lb_host.name}: " + " / ".join(output.stderr_lines[-3:]))
+        lb_host.log(f"rotation: {', '.join(sorted(out)) + ' out' if out else 'every gateway in'}", logger.info)
+
+
+@operation()
+def balancer_configured(lb: LoadBalancer, caddyfile):
+    """After the gateways: the load balancer runs its full Caddyfile, reloaded when it changed or a
+    roll left the rotation short; gateways that failed their roll in this run stay out of it."""
+    held = roll.held_out(state)
+    leftover = bool(host.get_fact(File, path=lb.path(ROLL_CADDYFILE)))
+    if held:
+        host.log(f"keeps {', '.join(sorted(held))} out of the rotation: failed mid-roll (the next deploy "
+                 "rolls it again)", logger.warning)
+        content = render_caddyfile(lb, held)
+        yield (f"printf %s {shlex.quote(content)} > {shlex.quote(lb.path(ROLL_CADDYFILE))} && "
+               f"{reload_command(lb, ROLL_CADDYFILE)}")
+        return
+    if not leftover and not compose.changed([caddyfile]):
+        host.noop("the Caddyfile is running, every gateway in the rotation")
+        return
+    yield reload_command(lb, CADDYFILE)
+    yield f"rm -f {shlex.quote(lb.path(ROLL_CADDYFILE))}"
+
+
 @deploy("Load balancer")
 def deploy_load_balancer(lb: LoadBalancer) -> None:
-    from tasks import roll  # the roll reads this module's rendering
-
     docker.install_docker(lb)
     files.directory(name=f"Install directory {lb.install_dir} (root only)", path=lb.install_dir,
                     user="root", group="root", mode="700")
@@ -377,7 +437,7 @@ def deploy_load_balancer(lb: LoadBalancer) -> None:
                         caddyfile=lb.container_path(CADDYFILE), front="the load balancer",
                         changed=[compose_file, caddyfile, *certificates, *images])
     # A new certificate recreates the container (Caddy may keep a loaded certificate across reloads);
-    # a new Caddyfile is only reloaded, gracefully (roll.balancer_configured).
+    # a new Caddyfile is only reloaded, gracefully (balancer_configured).
     compose.service_up(
         name="Load balancer (Caddy) up",
         project=lb.compose_project,
@@ -387,5 +447,4 @@ def deploy_load_balancer(lb: LoadBalancer) -> None:
         recreate_on=certificates,
         timeout=lb.start_timeout,
     )
-    roll.balancer_configured(name="Load balancer runs the Caddyfile (every gateway admitted)", lb=lb,
-                             caddyfile=caddyfile)
+    balancer_configured(name="Load balancer runs the Caddyfile (every gateway admitted)", lb=lb, caddyfile=caddyfile)

@@ -12,20 +12,28 @@ from pyinfra import logger
 from pyinfra.api import Host, State
 from pyinfra.api.state import BaseStateCallback
 
-from tasks import balancer, certificates, key_guard, tls, topology, virtual_keys
+from tasks import balancer, certificates, key_guard, roll, tls, topology, virtual_keys
 from tasks import secrets as S
-from tasks.filters import dotenv_unquote
 from tasks.balancer import LoadBalancer
+from tasks.config.registry import run_value
+from tasks.filters import dotenv_unquote
 from tasks.key_guard import Completion
 from tasks.rotation.pending import rotation_guard
-from tasks.settings import (GATEWAYS, OLLAMA_NODES, ConfigError, HostInput, Settings, build_everything,
-                            needed_secrets, read_host_data, refuse_node_group)
-from tasks.virtual_keys import default_key_env
+from tasks.settings import (
+    GATEWAYS,
+    OLLAMA_NODES,
+    ConfigError,
+    HostInput,
+    Settings,
+    build_everything,
+    needed_secrets,
+    read_host_data,
+    refuse_node_group,
+)
 from tasks.topology import DB_HOSTS, REDIS_HOSTS, StateHost, wanted_secrets
 from tasks.uploads import connector_arguments
+from tasks.virtual_keys import default_key_env
 
-_built: dict[int, dict[str, Settings]] = {}
-_built_state: dict[int, dict[str, StateHost]] = {}  # the db and redis hosts (tasks/topology.py), same keys
 # pyinfra prepares hosts in concurrent greenlets; reading a host's .env over SSH yields to the
 # next one, which must wait for the first build instead of generating secrets of its own.
 _building = RLock()
@@ -206,53 +214,53 @@ class _RecordWhenOperationsStart(BaseStateCallback):
 
 def all_settings(state: State, complete: bool = True) -> dict[str, Settings]:
     with _building:
-        return _all_settings(state, complete)
+        return _everything(state, complete)[0]
 
 
-def _all_settings(state: State, complete: bool) -> dict[str, Settings]:
-    key = (id(state), complete)
-    if key not in _built:
-        gateways = _hosts(state, GATEWAYS)
-        configured = gateways[0].data.get("secrets_file") if gateways else None
-        # group_data/ollama_nodes.py refuses the old node group before pyinfra connects; this is for
-        # runs that load no group data.
-        refuse_node_group([HostInput(h.name, h.data.get) for h in _hosts(state, OLLAMA_NODES)])
-        secrets_file = S.secrets_path(configured)
+def _everything(state: State, complete: bool) -> tuple[dict[str, Settings], dict[str, StateHost]]:
+    """The gateways' Settings and the db and redis hosts' (tasks/topology.py), built once per run."""
+    return run_value(state, ("settings", complete), lambda: _build_everything(state, complete))
 
-        def record(path: Path, completion: Completion) -> None:
-            logger.warning(f"--> Secrets file {path}: {completion.describe()}; written there when the "
-                           "operations start (not with --dry)")
-            state.add_callback_handler(_RecordWhenOperationsStart(path, completion))
 
-        held = read_controller_state(state, secrets_file,
-                                     tuple(wanted_secrets(_hosts(state, DB_HOSTS), _hosts(state, REDIS_HOSTS))))
-        # Before anything else is made: a run never issues from a CA other than the one the hosts trust.
-        if problems := certificates.served_problems(certificates.tls_dir(secrets_file), held.served):
-            raise ConfigError(problems)
-        _built[key], _built_state[key] = build_everything(
-            [HostInput(h.name, h.data.get) for h in gateways],
-            secrets_file,
-            held.envs,
-            host_key_values=held.key_values,
-            complete=complete,
-            record=record,
-            db_hosts=[HostInput(h.name, h.data.get) for h in _hosts(state, DB_HOSTS)],
-            redis_hosts=[HostInput(h.name, h.data.get) for h in _hosts(state, REDIS_HOSTS)],
-        )
-        _built[key] = _behind_load_balancers(state, _built[key])
-    return _built[key]
+def _build_everything(state: State, complete: bool) -> tuple[dict[str, Settings], dict[str, StateHost]]:
+    gateways = _hosts(state, GATEWAYS)
+    configured = gateways[0].data.get("secrets_file") if gateways else None
+    # group_data/ollama_nodes.py refuses the old node group before pyinfra connects; this is for
+    # runs that load no group data.
+    refuse_node_group([HostInput(h.name, h.data.get) for h in _hosts(state, OLLAMA_NODES)])
+    secrets_file = S.secrets_path(configured)
+
+    def record(path: Path, completion: Completion) -> None:
+        logger.warning(f"--> Secrets file {path}: {completion.describe()}; written there when the "
+                       "operations start (not with --dry)")
+        state.add_callback_handler(_RecordWhenOperationsStart(path, completion))
+
+    held = read_controller_state(state, secrets_file,
+                                 tuple(wanted_secrets(_hosts(state, DB_HOSTS), _hosts(state, REDIS_HOSTS))))
+    # Before anything else is made: a run never issues from a CA other than the one the hosts trust.
+    if problems := certificates.served_problems(certificates.tls_dir(secrets_file), held.served):
+        raise ConfigError(problems)
+    gateway_settings, state_hosts = build_everything(
+        [HostInput(h.name, h.data.get) for h in gateways],
+        secrets_file,
+        held.envs,
+        host_key_values=held.key_values,
+        complete=complete,
+        record=record,
+        db_hosts=[HostInput(h.name, h.data.get) for h in _hosts(state, DB_HOSTS)],
+        redis_hosts=[HostInput(h.name, h.data.get) for h in _hosts(state, REDIS_HOSTS)],
+    )
+    return _behind_load_balancers(state, gateway_settings), state_hosts
 
 
 def state_host_for(state: State, host: Host, complete: bool = True) -> StateHost | None:
     """This host's db/redis services (tasks/topology.py), or None when it is neither."""
     with _building:
-        _all_settings(state, complete)
-        return _built_state[(id(state), complete)].get(host.name)
+        return _everything(state, complete)[1].get(host.name)
 
 
 # --- load balancers (lb_hosts) ------------------------------------------------------------------
 
-_balancers: dict[int, dict[str, LoadBalancer]] = {}
 
 
 def _addresses(state: State, group: str) -> dict[str, str]:
@@ -271,11 +279,16 @@ def _behind_load_balancers(state: State, gateways: dict[str, Settings]) -> dict[
 def load_balancers(state: State) -> dict[str, LoadBalancer]:
     """Every load balancer of the inventory, validated with the gateways they front."""
     with _building:
-        if id(state) not in _balancers:
-            _balancers[id(state)] = balancer.build_load_balancers(
-                [HostInput(h.name, h.data.get) for h in _hosts(state, balancer.LB_HOSTS)],
-                all_settings(state), _addresses(state, balancer.LB_HOSTS))
-        return _balancers[id(state)]
+        return run_value(state, LoadBalancer, lambda: balancer.build_load_balancers(
+            [HostInput(h.name, h.data.get) for h in _hosts(state, balancer.LB_HOSTS)],
+            all_settings(state), _addresses(state, balancer.LB_HOSTS)))
+
+
+def gateway_roll(state: State) -> roll.Roll:
+    """The run's roll of the gateways behind this inventory's load balancers (tasks/roll.py)."""
+    lb_hosts = [(state.inventory.get_host(name), lb) for name, lb in load_balancers(state).items()]
+    return roll.run_roll(state, width=lambda: balancer.roll_width([lb for _, lb in lb_hosts]),
+                         apply=lambda out: balancer.apply_to_load_balancers(state, lb_hosts, out))
 
 
 def load_balancer_for(state: State, host: Host) -> LoadBalancer | None:

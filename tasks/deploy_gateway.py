@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 
-from tasks import backup, database, docker, firewall, key_converge, migrations, roll, stack, tls, upgrade, verify
+from tasks import (
+    backup,
+    context,
+    database,
+    docker,
+    firewall,
+    key_converge,
+    migrations,
+    roll,
+    stack,
+    tls,
+    upgrade,
+    verify,
+)
 from tasks.settings import Settings
 from tasks.stages import Stage, stage
 
@@ -40,7 +53,7 @@ def deploy_gateway(settings: Settings) -> None:
         *database_stages(settings),
         # The proxy, recreated only when its files or image changed; behind load balancers, rolled:
         # roll_width gateways at a time drained, recreated, verified, re-admitted (tasks/roll.py).
-        stage("starting the proxy", roll.rolling(stack.start_proxy), settings, changes),
+        stage("starting the proxy", roll.rolling(stack.start_proxy, context.gateway_roll), settings, changes),
         # HTTPS in front of it (tls on), recreated only when its files or image changed; none with tls off.
         stage("the TLS front", tls.tls_front, settings, changes),
         # Along the request path: proxy, Ollama nodes, upstreams.

@@ -6,6 +6,7 @@ tests/unit/test_filters.py against the real parsers (PyYAML, python-dotenv, Comp
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from urllib.parse import quote
@@ -69,8 +70,6 @@ def url_host(address: str) -> str:
 
 def cidr(address: str) -> str:
     """One address as the network pg_hba.conf and iptables take (10.0.0.5 -> 10.0.0.5/32)."""
-    import ipaddress
-
     return str(ipaddress.ip_network(address, strict=False))
 
 

@@ -43,8 +43,8 @@ from pyinfra.api import Host, State, operation
 from pyinfra.api.command import FunctionCommand
 from pyinfra.facts.files import File
 
-from tasks import balancer, compose, verify
-from tasks.balancer import LoadBalancer
+from tasks import compose, verify
+from tasks.config.registry import run_get, run_value
 from tasks.settings import Settings
 from tasks.uploads import connector_arguments
 
@@ -137,49 +137,17 @@ class RollError(RuntimeError):
 
 # --- the run's roll, on real hosts -----------------------------------------------------------------
 
-_rolls: dict[int, Roll] = {}
-
-
-def _lb_hosts(st: State) -> list[tuple[Host, LoadBalancer]]:
-    from tasks.context import load_balancers
-
-    lbs = load_balancers(st)
-    return [(st.inventory.get_host(name), lb) for name, lb in lbs.items()]
-
-
-def apply_to_load_balancers(st: State, out: frozenset[str]) -> None:
-    """Every load balancer reloaded with `out` left out of its rotation (the full Caddyfile when
-    nothing is out). A load balancer not connected in this run is skipped with a warning: its
-    health checks still route around a gateway being recreated."""
-    for lb_host, lb in _lb_hosts(st):
-        if not lb_host.connected:
-            logger.warning(f"{lb_host.print_prefix}load balancer not connected: it relies on its health checks "
-                           "while gateways are recreated")
-            continue
-        roll_file = shlex.quote(lb.path(balancer.ROLL_CADDYFILE))
-        if out:
-            content = balancer.render_caddyfile(lb, out)
-            command = (f"umask 022 && printf %s {shlex.quote(content)} > {roll_file}.new && mv -f {roll_file}.new "
-                       f"{roll_file} && {balancer.reload_command(lb, balancer.ROLL_CADDYFILE)}")
-        else:
-            command = (f"{balancer.reload_command(lb, balancer.CADDYFILE)} && rm -f {roll_file}")
-        # A load balancer not deployed yet (the first deploy: its stage runs after the gateways') has
-        # nothing to drain.
-        command = f"if [ -e {shlex.quote(lb.path(balancer.CADDYFILE))} ]; then {command}; fi"
-        ok, output = lb_host.run_shell_command(command, print_output=False, print_input=False,
-                                               **connector_arguments(st, lb_host))
-        if not ok:
-            raise RollError(f"{lb_host.name}: " + " / ".join(output.stderr_lines[-3:]))
-        lb_host.log(f"rotation: {', '.join(sorted(out)) + ' out' if out else 'every gateway in'}", logger.info)
-
-
-def roll_for(st: State) -> Roll:
+def run_roll(st: State, width: Callable[[], int], apply: Callable[[frozenset[str]], None]) -> Roll:
     """The run's roll, made while the deploy is planned (never by the callbacks themselves, which run
-    side by side); its width is the smallest roll_width of the gateways (the load balancers' own)."""
-    if id(st) not in _rolls:
-        width = min([lb.roll_width for _, lb in _lb_hosts(st)] or [1])
-        _rolls.setdefault(id(st), Roll(width=width, apply=lambda out: apply_to_load_balancers(st, out)))
-    return _rolls[id(st)]
+    side by side). The load-balancer side comes from the caller (tasks/context.py gateway_roll):
+    the width of the roll and how a rotation is applied to the load balancers."""
+    return run_value(st, Roll, lambda: Roll(width=width(), apply=apply))
+
+
+def held_out(st: State) -> frozenset[str]:
+    """The gateways this run's roll left out of the rotation (failed mid-roll); none without a roll."""
+    roll = run_get(st, Roll)
+    return roll.held if roll else frozenset()
 
 
 def _shell(st: State, hst: Host, command: str) -> tuple[bool, list[str], list[str]]:
@@ -237,37 +205,14 @@ def proxy_rolled(roll: Roll, settings: Settings, changes):
     yield FunctionCommand(roll_gateway, (roll, settings, force, serving), {})
 
 
-def rolling(start_proxy: Callable) -> Callable:
-    """The proxy-start stage, rolled when the gateway is behind load balancers; unchanged otherwise."""
+def rolling(start_proxy: Callable, roll_of: Callable[[State], Roll]) -> Callable:
+    """The proxy-start stage, rolled when the gateway is behind load balancers; unchanged otherwise.
+    roll_of(state): the run's roll (tasks/context.py gateway_roll)."""
 
     def start(settings: Settings, changes, **op_args):
         if not settings.behind_load_balancer:
             return start_proxy(settings, changes, **op_args)
         return proxy_rolled(name="LiteLLM proxy rolled (drained, recreated, verified, re-admitted)",
-                            roll=roll_for(state), settings=settings, changes=changes, **op_args)
+                            roll=roll_of(state), settings=settings, changes=changes, **op_args)
 
     return start
-
-
-# --- the load balancer's own stage ---------------------------------------------------------------
-
-
-@operation()
-def balancer_configured(lb: LoadBalancer, caddyfile):
-    """After the gateways: the load balancer runs its full Caddyfile, reloaded when it changed or a
-    roll left the rotation short; gateways that failed their roll in this run stay out of it."""
-    roll = _rolls.get(id(state))
-    held = roll.held if roll else frozenset()
-    leftover = bool(host.get_fact(File, path=lb.path(balancer.ROLL_CADDYFILE)))
-    if held:
-        host.log(f"keeps {', '.join(sorted(held))} out of the rotation: failed mid-roll (the next deploy "
-                 "rolls it again)", logger.warning)
-        content = balancer.render_caddyfile(lb, held)
-        yield (f"printf %s {shlex.quote(content)} > {shlex.quote(lb.path(balancer.ROLL_CADDYFILE))} && "
-               f"{balancer.reload_command(lb, balancer.ROLL_CADDYFILE)}")
-        return
-    if not leftover and not compose.changed([caddyfile]):
-        host.noop("the Caddyfile is running, every gateway in the rotation")
-        return
-    yield balancer.reload_command(lb, balancer.CADDYFILE)
-    yield f"rm -f {shlex.quote(lb.path(balancer.ROLL_CADDYFILE))}"

@@ -10,6 +10,7 @@ later run sees the same ones. Provider keys are only ever read.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import secrets as random
 import stat
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from tasks.private_files import write_private
 
@@ -91,9 +93,6 @@ def read_secrets(path: Path) -> dict[str, str]:
 def duplicate_problems(path: Path) -> list[str]:
     """An entry written twice: python-dotenv would silently take the last one, which may not be the
     value the deployment runs with. Names only, with the line numbers of each."""
-    import io
-
-    from dotenv.parser import parse_stream
 
     if not path.exists():
         return []
@@ -164,9 +163,6 @@ def rewrite_secrets(path: Path, changes: Mapping[str, str | None], comments: Map
     rename(2) from a 0600 file in the same directory, so a crash leaves the old file or the new one,
     never half of either, and the secrets are never on disk with looser permissions.
     """
-    import io
-
-    from dotenv.parser import parse_stream
 
     comments = dict(comments or {})
     text = path.read_text() if path.exists() else ""

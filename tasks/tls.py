@@ -29,6 +29,7 @@ from pyinfra.operations import files
 from tasks import certificates, compose, probe
 from tasks import secrets as S
 from tasks.certificates import CertificateStore, TlsMaterial
+from tasks.config.registry import run_value
 from tasks.render import _environment
 from tasks.settings import Settings
 from tasks.tls_config import port_suffix, url_host
@@ -75,9 +76,6 @@ def render_caddyfile(settings: Settings) -> str:
 # --- certificates ------------------------------------------------------------------------------
 
 
-_stores: dict[tuple[int, Path], CertificateStore] = {}
-
-
 class _SaveWhenOperationsStart(BaseStateCallback):
     """Writes new certificates (and a new CA) beside the secrets file when the first operation starts:
     never under --dry, and before any of them reaches a host."""
@@ -94,12 +92,13 @@ def store_for(secrets_file: Path) -> CertificateStore:
     """The deployment's certificate store for this run (one per run and directory, so every host of
     the run sees the same new CA)."""
     directory = certificates.tls_dir(secrets_file)
-    current = host.state  # the run's State itself (pyinfra's `state` is a proxy with one id for every run)
-    key = (id(current), directory)
-    if key not in _stores:
-        _stores[key] = CertificateStore(directory)
-        current.add_callback_handler(_SaveWhenOperationsStart(_stores[key]))
-    return _stores[key]
+
+    def new_store() -> CertificateStore:
+        store = CertificateStore(directory)
+        host.state.add_callback_handler(_SaveWhenOperationsStart(store))
+        return store
+
+    return run_value(host.state, (CertificateStore, directory), new_store)
 
 
 def material(settings: Settings) -> TlsMaterial | None:

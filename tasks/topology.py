@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from tasks import secrets as S
+from tasks.filters import url_component
 
 DB_HOSTS = "db_hosts"
 REDIS_HOSTS = "redis_hosts"
@@ -163,8 +164,6 @@ def uses_db_host(topology: Topology, mode: object) -> bool:
 
 def db_host_url(topology: Topology, user: str, password: str, db: str) -> str:
     """The gateways' DATABASE_URL for the db host's database (never written to the secrets file)."""
-    from tasks.filters import url_component
-
     return (f"postgresql://{url_component(user)}:{url_component(password)}@{_url_host(topology.db_address)}:{DB_PORT}"
             f"/{url_component(db)}")
 

@@ -17,6 +17,7 @@ from pyinfra import host, logger, state
 from pyinfra.api import FactBase, deploy, operation
 
 from tasks import probe, tls
+from tasks.backup import local_dir, unit_name
 from tasks.compose import PROXY_SERVICE, compose_cmd
 from tasks.database import MASTER_KEY_ALIAS
 from tasks.models import Model
@@ -246,8 +247,6 @@ def backup_note(where: str, newest: tuple[str, float] | None, stale_after: float
 def host_backup_note(settings: Settings, newest: tuple[str, float] | None) -> str:
     """The host's line: stale after two missed runs of the timer (a custom OnCalendar= is not
     second-guessed), naming this project's timer unit."""
-    from tasks.backup import unit_name
-
     stale = STALE_AFTER.get(settings.backup_schedule, float("inf")) if settings.backup_enabled else float("inf")
     return backup_note(f"on the host ({settings.backup_dir})", newest, stale, timer=f"{unit_name(settings)}.timer")
 
@@ -256,7 +255,6 @@ def backup_notes(settings: Settings) -> list[str]:
     """The age of the newest backup, on the host and on the controller (bundled database only)."""
     if settings.database_mode != "bundled":
         return []
-    from tasks.backup import local_dir
 
     notes = [host_backup_note(settings, host.get_fact(NewestBackup, directory=settings.backup_dir))]
     controller = local_dir(settings)

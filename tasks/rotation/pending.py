@@ -10,6 +10,7 @@ from pyinfra import logger
 from pyinfra.api import State
 
 from tasks import secrets as S
+from tasks.config.registry import first_time
 from tasks.settings import GATEWAYS, MIN_KEY_LENGTH, ConfigError
 
 
@@ -110,7 +111,6 @@ DURING_ROTATION = {
     "keys.py": "report",
     "rotate.py": "finish",
 }
-_reported: set[int] = set()
 
 
 def rotation_guard(state: State, runbook: str) -> None:
@@ -126,8 +126,7 @@ def rotation_guard(state: State, runbook: str) -> None:
         return
     if DURING_ROTATION[runbook] == "refuse":
         raise ConfigError([problem])
-    if id(state) not in _reported:  # once per run, not once per host
-        _reported.add(id(state))
+    if first_time(state, "pending rotation reported"):  # once per run, not once per host
         logger.warning(f"--> {problem}; {runbook} runs meanwhile. Gateways the rotation already reached refuse "
                        f"{S.MASTER_KEY} (the previous key) and accept {S.MASTER_KEY_NEXT}.")
 

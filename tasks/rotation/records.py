@@ -14,13 +14,13 @@ from pyinfra.api import State
 from pyinfra.api.operation import OperationMeta
 
 from tasks import secrets as S
+from tasks.config.registry import run_value
+from tasks.context import all_settings
 from tasks.outcome import failed, last_error
 from tasks.rotation.interrupt import STAGES, STOP_ENV
 from tasks.rotation.pending import complete, pending_key, record_pending_key, secrets_file_of
 from tasks.rotation.window import Window
 from tasks.settings import ConfigError, Secrets, Settings
-
-_rotations: dict[int, "Rotation"] = {}
 
 
 @dataclass
@@ -104,25 +104,24 @@ class Rotation:
 def rotation_for(state: State) -> Rotation:
     """This run's rotation, set up once: call after tasks.context.settings_for (which validated the
     whole inventory, so bad input still changes nothing, not even the secrets file)."""
-    key = id(state)
-    if key not in _rotations:
-        from tasks.context import all_settings
+    return run_value(state, Rotation, lambda: _new_rotation(state))
 
-        settings = all_settings(state)
-        stop = os.environ.get(STOP_ENV)
-        if stop and stop not in STAGES:
-            raise ConfigError([f"{STOP_ENV}={stop!r}: not a stage — use one of {', '.join(STAGES)}"])
-        path = secrets_file_of(state)
-        any_settings = next(iter(settings.values()))
-        old_key = any_settings.secrets.master_key
-        new_key, generated = pending_key(path, old_key, any_settings.secrets.get(S.SALT_KEY))
-        rotation = Rotation(
-            secrets_file=path, old_key=old_key, new_key=new_key, generated=generated,
-            stamp=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), gateways=tuple(sorted(settings)),
-        )
-        _rotations[key] = rotation
-        how = ("generated; recorded as" if generated else "taken from")
-        when = " when the run starts, before any host operation" if generated else ""
-        logger.info(f"--> Master-key rotation for {', '.join(rotation.gateways)}: new key {how} "
-                    f"{S.MASTER_KEY_NEXT} in {path}{when}")
-    return _rotations[key]
+
+def _new_rotation(state: State) -> Rotation:
+    settings = all_settings(state)
+    stop = os.environ.get(STOP_ENV)
+    if stop and stop not in STAGES:
+        raise ConfigError([f"{STOP_ENV}={stop!r}: not a stage — use one of {', '.join(STAGES)}"])
+    path = secrets_file_of(state)
+    any_settings = next(iter(settings.values()))
+    old_key = any_settings.secrets.master_key
+    new_key, generated = pending_key(path, old_key, any_settings.secrets.get(S.SALT_KEY))
+    rotation = Rotation(
+        secrets_file=path, old_key=old_key, new_key=new_key, generated=generated,
+        stamp=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), gateways=tuple(sorted(settings)),
+    )
+    how = ("generated; recorded as" if generated else "taken from")
+    when = " when the run starts, before any host operation" if generated else ""
+    logger.info(f"--> Master-key rotation for {', '.join(rotation.gateways)}: new key {how} "
+                f"{S.MASTER_KEY_NEXT} in {path}{when}")
+    return rotation

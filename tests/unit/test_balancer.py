@@ -152,12 +152,11 @@ def test_the_deploy_validates_the_files_as_written_with_the_pinned_caddy_before_
     """The gateways' front does the same (tasks/tls.py caddyfile_valid): a file Caddy refuses fails the
     host before the only entry point is recreated with it. That `caddy validate` refuses such files:
     test_tls_front.py test_caddy_refuses_a_key_that_is_not_the_certificates."""
-    from tasks import roll
     from tests.unit.test_deploy_plan import plan, position
 
     _, lbs = setup({"docker_install": "skip"})
     lb = lbs["lb1"]
-    monkeypatch.setattr(roll, "balancer_configured", lambda **_: None)  # the reload's own test is below
+    monkeypatch.setattr(balancer, "balancer_configured", lambda **_: None)  # the reload's own test is below
     ops = plan(lb, monkeypatch, previous=None, deploy=balancer.deploy_load_balancer)
     names = [name for name, _, _ in ops]
     validated = position(ops, f"Caddyfile accepted by {lb.tls_image}")

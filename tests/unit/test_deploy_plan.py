@@ -197,11 +197,11 @@ def test_without_load_balancers_a_firewall_left_on_the_proxy_port_is_removed(bui
 
 
 def test_behind_load_balancers_the_proxy_port_is_firewalled_before_the_proxy_publishes_it(build, monkeypatch, archives):
-    from tasks import balancer, roll
+    from tasks import balancer, context
 
     gateway = balancer.placed_behind(build(hosts={"gw1": {}}), {"gw1": "10.9.0.11"}, {"lb1": "10.9.0.2"})["gw1"]
     # The roll looks its load balancers up in the run's inventory, which here holds @local only.
-    monkeypatch.setattr(roll, "_lb_hosts", lambda st: [])
+    monkeypatch.setattr(context, "load_balancers", lambda st: {})
     ops = plan(gateway, monkeypatch, previous=None)
     names = [name for name, _, _ in ops]
     firewalled = position(ops, "Port 4000 (litellm-proxy) reachable only from 10.9.0.2")
