@@ -1,6 +1,6 @@
 """The declared teams and virtual keys made true in the gateway's database, through LiteLLM's API.
 
-What the proxy holds is read (tasks/key_agent.py, inside the proxy container), compared here with
+What the proxy holds is read (tasks/remote/key_agent.py, inside the proxy container), compared here with
 the declarations, and only what differs is sent back: missing entries made, drifted fields (only
 those the declaration sets) updated, `absent` ones deleted. Spend is never sent, so never reset;
 keys the declarations do not name are never touched, and read only to list those a team's deletion
@@ -18,14 +18,13 @@ import datetime as dt
 import json
 import shlex
 import sys
-from pathlib import Path
 
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, deploy, operation
 
-from tasks import key_agent
 from tasks.compose import PROXY_SERVICE, ComposeServices, compose_cmd
 from tasks.outcome import failing_command
+from tasks.remote import key_agent, program
 from tasks.settings import GATEWAYS, Settings, read_host_data
 from tasks.stack import staging_dir
 from tasks.topology import PROVISIONED_MODES
@@ -33,7 +32,7 @@ from tasks.uploads import private_file
 from tasks.verify import PROBE_SOURCE, ContainerChecks, or_unavailable
 from tasks.virtual_keys import VALUES_FILE, Team, VirtualKey, effective_models
 
-AGENT_SOURCE = Path(key_agent.__file__).read_text()
+AGENT_SOURCE = program("key_agent")
 KEYS_FILE = VALUES_FILE
 PROXY = key_agent.PROXY
 # A fixed expiry is sent as seconds from now; this much drift is the request's own latency, not a change.

@@ -26,10 +26,11 @@ from pyinfra.api.state import BaseStateCallback
 from pyinfra.facts.files import Directory
 from pyinfra.operations import files
 
-from tasks import certificates, compose, probe
+from tasks import certificates, compose
 from tasks import secrets as S
 from tasks.certificates import CertificateStore, TlsMaterial
 from tasks.config.registry import run_value
+from tasks.remote import program
 from tasks.render import _environment
 from tasks.settings import Settings
 from tasks.tls_config import port_suffix, url_host
@@ -252,7 +253,7 @@ class HostChecks(FactBase):
 
 
 def probe_source() -> str:
-    return Path(probe.__file__).read_text()
+    return program("probe")
 
 
 def host_results(settings: Settings) -> list[dict]:

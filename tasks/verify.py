@@ -10,21 +10,21 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from pathlib import Path
 from urllib.parse import quote
 
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, deploy, operation
 
-from tasks import probe, tls
+from tasks import tls
 from tasks.backup import local_dir, unit_name
 from tasks.compose import PROXY_SERVICE, compose_cmd
 from tasks.database import MASTER_KEY_ALIAS
 from tasks.models import Model
 from tasks.outcome import failing_command
+from tasks.remote import probe, program
 from tasks.settings import Settings
 
-PROBE_SOURCE = Path(probe.__file__).read_text()
+PROBE_SOURCE = program("probe")
 PROXY = "http://127.0.0.1:4000"
 # Not a secret: a syntactically valid key that no deployment has.
 WRONG_KEY_ENV = "LITELLM_DEPLOY_WRONG_KEY"

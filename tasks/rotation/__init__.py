@@ -36,8 +36,7 @@ The modules, in the order a run meets them:
   operations  preflight, gates, the proof's virtual key, the poller, the proof, the report
   facts       what is read on a host (hashes only) and the proof's verdict
   sql         the proof's virtual key: derivation and SQL
-  workspace   the host-side directory and how its scripts run; poller.py and proof.py are those
-              scripts, shipped as they are (like tasks/probe.py)
+  workspace   the host-side directory and how its scripts run (tasks/remote/poller.py and proof.py)
   window      refusal-window arithmetic from the poller's log
   interrupt   the test hook
 """

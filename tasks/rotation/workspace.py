@@ -5,8 +5,8 @@ and how those scripts are run (python3 of the proxy image, on the host's network
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 
+from tasks.remote import program
 from tasks.settings import Settings
 
 WORKSPACE = ".rotation"  # under install_dir, 0700: the probes' key file and the poller's log
@@ -16,8 +16,8 @@ PROOF_SCRIPT = "proof.py"
 POLL_LOG = "poll.log"
 STOP_FILE = "stop"
 
-# The scripts run on the host, shipped as they are in this package (like tasks/probe.py).
-SCRIPTS = {name: (Path(__file__).parent / name).read_text() for name in (POLLER_SCRIPT, PROOF_SCRIPT)}
+# The scripts run on the host (tasks/remote/poller.py and proof.py), each one self-contained source.
+SCRIPTS = {name: program(name.removesuffix(".py")) for name in (POLLER_SCRIPT, PROOF_SCRIPT)}
 
 
 def workspace(install_dir: str) -> str:

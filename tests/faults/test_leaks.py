@@ -57,7 +57,7 @@ LITELLM_SCHEMA_CHECK = "migrate diff --from-url"
 # (its SSH key and its copy of the upstream key: the bed's key files).
 CONTROLLER_SKIPPED = (".venv", ".git", ".testbed")
 IMPORTED, IMPORTED_ENV = "imported", "VIRTUAL_KEY_IMPORTED"
-# The key converge's lookup of an imported key (tasks/key_agent.read_key): the one request reset.
+# The key converge's lookup of an imported key (tasks/remote/key_agent.read_key): the one request reset.
 RESET_REQUEST = "GET /key/info"
 
 

@@ -1,4 +1,4 @@
-"""tasks/key_agent.py run as it runs in the proxy container (`python3 -c SOURCE mode SPEC`, the key
+"""tasks/remote/key_agent.py run as it runs in the proxy container (`python3 -c SOURCE mode SPEC`, the key
 values on stdin), against a real HTTP server on 127.0.0.1 that fails some requests the way a network
 does (connection reset, closed without an answer) or answers with an error that echoes the request.
 Whatever fails, no key value, no fragment of one and no hash of one may leave the agent: not in a
@@ -17,7 +17,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from tasks import key_agent
+from tasks.remote import key_agent
 from tasks.key_converge import AGENT_SOURCE, DeclaredAccess
 
 MASTER = "sk-master-" + "m" * 30

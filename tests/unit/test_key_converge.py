@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tasks import key_agent
+from tasks.remote import key_agent
 from tasks.key_converge import EXPIRY_SLACK_SECONDS, _in_container, key_checks, plan, table
 from tasks.settings import ConfigError
 

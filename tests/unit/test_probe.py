@@ -1,6 +1,6 @@
 """The database check of the verify stage: /user/info for the admin user, read through the proxy."""
 
-from tasks import probe
+from tasks.remote import probe
 
 CHECK = {"name": "gateway database", "kind": "admin_user", "url": "http://127.0.0.1:4000/user/info?user_id=admin",
          "key_env": "LITELLM_MASTER_KEY", "expect": "admin", "alias": "master-key"}

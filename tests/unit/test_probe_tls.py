@@ -1,4 +1,4 @@
-"""The verification's TLS front checks (tasks/probe.py kinds "https" and "redirect") against real
+"""The verification's TLS front checks (tasks/remote/probe.py kinds "https" and "redirect") against real
 servers on loopback: a TLS server with a leaf of a deployment CA, and a plain one that redirects."""
 
 import http.server
@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from tasks import certificates, probe
+from tasks import certificates
+from tasks.remote import probe
 
 
 class Handler(http.server.BaseHTTPRequestHandler):

@@ -1,6 +1,6 @@
 """HTTP checks, stdlib only: run on the controller and, as a script, inside the proxy container.
 
-Inside the container this file is sent as `python3 -c` source, so requests leave from where the
+Inside the container this file is sent as `python3 -c` source (tasks/remote/__init__.py program), so requests leave from where the
 gateway's real traffic leaves (LiteLLM issue #4494: an Ollama URL that works from the operator's
 laptop but not from the container). Keys are read from the environment by name, never passed in;
 a virtual key's check names its alias, and the values come on stdin ({alias: value}, from a
@@ -22,9 +22,9 @@ import socket
 import ssl
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
+
+from tasks.remote.http import http_request, json_or_text
 
 VIRTUAL_KEYS = {}  # alias -> value, from stdin (see the module's docstring)
 
@@ -38,25 +38,8 @@ def key_of(check):
 
 def request(url, key=None, body=None, timeout=10):
     """(status, parsed JSON or text) — status 0 means no HTTP answer (the error text instead)."""
-    headers = {"Content-Type": "application/json"}
-    if key is not None:
-        headers["Authorization"] = "Bearer " + key
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        status, raw = error.code, error.read()
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        if isinstance(reason, OSError) and reason.strerror:
-            return 0, "%s (errno %s)" % (reason.strerror.lower(), reason.errno)
-        return 0, str(reason)
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode(errors="replace")[:300]
+    status, raw, error = http_request(url, key=key, body=body, timeout=timeout)
+    return (0, error) if status == 0 else (status, json_or_text(raw))
 
 
 class _PinnedHTTPS(http.client.HTTPSConnection):

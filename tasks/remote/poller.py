@@ -12,16 +12,12 @@ import json
 import os
 import sys
 import time
-import urllib.request
+
+from tasks.remote.http import http_request
 
 
 def accepted(base, key):
-    request = urllib.request.Request(base + "/v1/models", headers={"Authorization": "Bearer " + key})
-    try:
-        with urllib.request.urlopen(request, timeout=2) as response:
-            return response.status == 200
-    except Exception:
-        return False
+    return http_request(base + "/v1/models", key=key, timeout=2)[0] == 200
 
 
 def main():

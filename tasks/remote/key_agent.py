@@ -1,6 +1,6 @@
 """Teams and virtual keys through the proxy's own API, stdlib only: run inside the proxy container.
 
-Sent as `python3 -c` source (like tasks/probe.py), so it talks to the proxy on its loopback with
+Sent as `python3 -c` source (like tasks/remote/probe.py), so it talks to the proxy on its loopback with
 the master key from the container's own environment: no key is ever on a command line. Key values
 come on stdin, as JSON {alias: value} read from a root-only file on the host, and never leave this
 process: what it prints holds aliases, settings and whether a value matches, never a value or hash.
@@ -15,14 +15,13 @@ failed (a request cut in transit, an answer echoing the request, the agent itsel
 """
 
 import hashlib
-import http.client
 import json
 import os
 import re
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
+
+from tasks.remote.http import http_request, json_or_text
 
 PROXY = "http://127.0.0.1:4000"
 KEY_FIELDS = ("key_alias", "models", "team_id", "max_budget", "budget_duration", "tpm_limit", "rpm_limit",
@@ -50,22 +49,11 @@ class ApiError(Exception):
 
 def call(method, path, body=None, timeout=30):
     """(status, parsed JSON or text) of one request with the master key."""
-    headers = {"Content-Type": "application/json",
-               "Authorization": "Bearer " + os.environ.get("LITELLM_MASTER_KEY", "")}
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(PROXY + path, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        status, raw = error.code, error.read()
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-        reason = getattr(error, "reason", None) or error.__class__.__name__
-        raise ApiError("%s %s: no answer from the proxy (%s)" % (method, endpoint(path), reason))
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode(errors="replace")[:300]
+    status, raw, error = http_request(PROXY + path, method=method, key=os.environ.get("LITELLM_MASTER_KEY", ""),
+                                      body=body, timeout=timeout)
+    if status == 0:
+        raise ApiError("%s %s: no answer from the proxy (%s)" % (method, endpoint(path), error))
+    return status, json_or_text(raw)
 
 
 def expect_ok(method, path, body=None):

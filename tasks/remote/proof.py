@@ -10,19 +10,12 @@ proof's virtual key ("probe"). Keys come from /rotation/keys (0600), never argv.
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
+
+from tasks.remote.http import http_request
 
 
 def status(base, key):
-    request = urllib.request.Request(base + "/v1/models", headers={"Authorization": "Bearer " + key})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except Exception:
-        return 0
+    return http_request(base + "/v1/models", key=key, timeout=10)[0]
 
 
 def main():
