@@ -337,17 +337,8 @@ def reload_command(lb: LoadBalancer, caddyfile: str) -> str:
 
 
 def _images(lb: LoadBalancer):
-    if lb.image_source == "pull":
-        return [stack.image_present(name=f"Image {lb.tls_image}", image=lb.tls_image, field="tls_image")]
-    archive_dir = f"{lb.install_dir}/images"
-    files.directory(name=f"Image archive directory {archive_dir}", path=archive_dir, mode="700")
-    uploads = {}
-    for archive in lb.image_archives:
-        remote = f"{archive_dir}/{Path(archive).name}"
-        uploads[remote] = files.put(name=f"Upload image archive {Path(archive).name}", src=archive, dest=remote,
-                                    mode="600")
-    return [stack.archives_loaded(name="Load images from the archives", uploads=uploads,
-                                  images={"tls_image": lb.tls_image})]
+    return stack.images_on_host(lb.image_source, lb.image_archives, f"{lb.install_dir}/images",
+                                {"tls_image": lb.tls_image})
 
 
 # --- the load balancers' side of a roll (tasks/roll.py) -------------------------------------------

@@ -160,23 +160,27 @@ def archives_load_command(archives: list[str]) -> str:
     return f'pids=""; {loads} status=0; for pid in $pids; do wait "$pid" || status=1; done; exit $status'
 
 
+def images_on_host(image_source: str, image_archives, archive_dir: str, images: dict[str, str]) -> list:
+    """The image stage of every compose project (gateway, load balancer, db and redis host): `images`
+    ({setting: image}) on the host and checked, pulled when missing or loaded from the uploaded
+    archives. Returns the operations a service's start depends on."""
+    if image_source == "pull":
+        return [image_present(name=f"Image {image}", image=image, field=field) for field, image in images.items()]
+    files.directory(name=f"Image archive directory {archive_dir}", path=archive_dir, mode="700")
+    uploads = {}
+    for archive in image_archives:
+        remote = f"{archive_dir}/{Path(archive).name}"
+        uploads[remote] = archive_uploaded(name=f"Upload image archive {Path(archive).name}", src=archive, dest=remote,
+                                           images=tuple(images.values()))
+    return [archives_loaded(name="Load images from the archives", uploads=uploads, images=images)]
+
+
 @deploy("Container images")
 def get_images(settings: Settings, changes: Changes) -> None:
     """The images on the host and checked, before any file of the project is written: on an upgrade a
     mistyped tag or an unreachable registry must fail the host while the old image still serves."""
-    images = required_images(settings)
-    if settings.image_source == "pull":
-        changes.images = [image_present(name=f"Image {image}", image=image, field=field)
-                          for field, image in images.items()]
-        return
-    archive_dir = f"{settings.install_dir}/images"
-    files.directory(name=f"Image archive directory {archive_dir}", path=archive_dir, mode="700")
-    uploads = {}
-    for archive in settings.image_archives:
-        remote = f"{archive_dir}/{Path(archive).name}"
-        uploads[remote] = archive_uploaded(name=f"Upload image archive {Path(archive).name}", src=archive, dest=remote,
-                                           images=tuple(images.values()))
-    changes.images = [archives_loaded(name="Load images from the archives", uploads=uploads, images=images)]
+    changes.images = images_on_host(settings.image_source, settings.image_archives, f"{settings.install_dir}/images",
+                                    required_images(settings))
 
 
 @deploy("Start the database")

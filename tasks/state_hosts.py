@@ -9,7 +9,6 @@ deploy.py calls this before the gateways' deploy, so both are up before any gate
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import jinja2
 from pyinfra.api import HiddenValue, deploy
@@ -78,18 +77,11 @@ def deploy_state_host(host: StateHost) -> None:
 
 
 def _images(host: StateHost) -> list:
-    wanted = images(host)
-    if host.image_source == "pull":
-        return [stack.image_present(name=f"Image {image}", image=image, field=field) for field, image in wanted.items()]
-    archive_dir = f"{host.service_dir(host.services[0])}/images"
-    files.directory(name=f"Install directory {host.service_dir(host.services[0])} (root only)",
-                    path=host.service_dir(host.services[0]), user="root", group="root", mode="700")
-    files.directory(name=f"Image archive directory {archive_dir}", path=archive_dir, mode="700")
-    uploads = {}
-    for archive in host.image_archives:
-        remote = f"{archive_dir}/{Path(archive).name}"
-        uploads[remote] = files.put(name=f"Upload image archive {Path(archive).name}", src=archive, dest=remote, mode="600")
-    return [stack.archives_loaded(name="Load images from the archives", uploads=uploads, images=wanted)]
+    first = host.service_dir(host.services[0])
+    if host.image_source == "archives":  # the archives' directory is inside the first service's
+        files.directory(name=f"Install directory {first} (root only)", path=first, user="root", group="root",
+                        mode="700")
+    return stack.images_on_host(host.image_source, host.image_archives, f"{first}/images", images(host))
 
 
 def _service(host: StateHost, service: str, loaded: list) -> None:
