@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 from io import BytesIO
 from pathlib import Path
 
-import jinja2
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, deploy, operation
 from pyinfra.facts.files import FindInFile
@@ -29,6 +28,7 @@ from pyinfra.operations import files, systemd
 
 from tasks import database, uploads
 from tasks.compose import DB_SERVICE, changed, compose_cmd
+from tasks.render import environment
 from tasks.settings import Settings
 
 STAMP_PATTERN = r"[0-9]{8}T[0-9]{6}Z"
@@ -110,7 +110,6 @@ DUMP_NAME = re.compile(rf"^{STAMP_PATTERN}\.dump$")
 LEGACY_UNIT = "litellm-backup"  # the one name every project shared before issue 15
 LEGACY_SCRIPT = "/usr/local/sbin/litellm-backup"
 UNIT_DIR = "/etc/systemd/system"
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
 def unit_name(settings: Settings) -> str:
@@ -279,8 +278,7 @@ def backup_gateway(settings: Settings, stamp: str) -> None:
 
 def unit_files(settings: Settings) -> dict[str, str]:
     """path on the host -> content, for the script, the service and the timer of this project."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True)
+    env = environment()
     values = dict(settings=settings, script_path=script_path(settings))
     unit = f"{UNIT_DIR}/{unit_name(settings)}"
     return {

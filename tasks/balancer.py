@@ -31,7 +31,7 @@ from pyinfra.operations import files
 
 from tasks import certificates, compose, docker, firewall, roll, stack, tls
 from tasks import secrets as S
-from tasks.render import _environment
+from tasks.render import environment
 from tasks.settings import (
     GATEWAYS,
     ConfigError,
@@ -299,12 +299,12 @@ def build_load_balancers(lbs: list[HostInput], gateways: dict[str, Settings],
 def render_caddyfile(lb: LoadBalancer, drained: frozenset[str] | set[str] = frozenset()) -> str:
     """The Caddyfile with every gateway but the `drained` ones in the rotation."""
     upstreams = [u.dial for u in lb.upstreams if u.host_name not in drained]
-    return _environment().get_template("lb-Caddyfile.j2").render(lb=lb, upstreams=upstreams,
+    return environment().get_template("lb-Caddyfile.j2").render(lb=lb, upstreams=upstreams,
                                                               drained=sorted(drained))
 
 
 def render_compose(lb: LoadBalancer) -> str:
-    return _environment().get_template("lb-compose.yml.j2").render(lb=lb)
+    return environment().get_template("lb-compose.yml.j2").render(lb=lb)
 
 
 def certificate_material(lb: LoadBalancer, store=None) -> tuple[str, str] | None:

@@ -29,7 +29,9 @@ ENV_FILE = ".env"
 POSTGRES_SOCKET_DIR = "/var/run/postgresql"
 
 
-def _environment() -> jinja2.Environment:
+def environment() -> jinja2.Environment:
+    """The one Jinja environment of the package's templates: undefined names fail, quoting lives in the
+    filters (tasks/filters.py), blocks leave no blank lines."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         undefined=jinja2.StrictUndefined,
@@ -132,7 +134,7 @@ def data_health(start_interval: bool) -> dict:
 def render_files(settings: Settings, start_interval: bool = False) -> dict[str, str]:
     """file name -> content, for the install directory. start_interval: the host's engine takes a health
     check's start_interval (tasks/docker.py)."""
-    env = _environment()
+    env = environment()
     rendered = {
         COMPOSE_FILE: env.get_template("docker-compose.yml.j2").render(settings=settings,
                                                                        proxy_command=proxy_command(settings),

@@ -10,14 +10,12 @@ deploy.py calls this before the gateways' deploy, so both are up before any gate
 from __future__ import annotations
 
 
-import jinja2
 from pyinfra.api import HiddenValue, deploy
 from pyinfra.operations import files
 
 from tasks import backup, compose, database, docker, firewall, stack
 from tasks import secrets as S
-from tasks.filters import FILTERS
-from tasks.render import TEMPLATES, data_health
+from tasks.render import data_health, environment
 from tasks.topology import DB_PORT, REDIS_PORT, StateHost
 from tasks.uploads import private_file
 
@@ -25,13 +23,6 @@ PORTS = {"db": DB_PORT, "redis": REDIS_PORT}
 COMPOSE_FILE = "docker-compose.yml"
 ENV_FILE = ".env"
 HBA_FILE = "pg_hba.conf"
-
-
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
-    env.filters.update(FILTERS)
-    return env
 
 
 def service_env(host: StateHost, service: str) -> dict[str, str]:
@@ -44,12 +35,11 @@ def service_env(host: StateHost, service: str) -> dict[str, str]:
 def render_service(host: StateHost, service: str, start_interval: bool = False) -> dict[str, str]:
     """file name -> content for one service's directory. Pure, so a re-run uploads nothing. start_interval:
     the host's engine takes a health check's start_interval (tasks/docker.py)."""
-    env = _environment()
+    env = environment()
     rendered = {
         COMPOSE_FILE: env.get_template(f"state-{service}-compose.yml.j2").render(
             host=host, port=PORTS[service], data_health=data_health(start_interval)),
-        ENV_FILE: "# Written by litellm-deploy. Do not edit: change the secrets file on the controller and re-deploy.\n"
-                  + "".join(f"{name}={FILTERS['dotenv'](value)}\n" for name, value in service_env(host, service).items()),
+        ENV_FILE: env.get_template("env.j2").render(env=service_env(host, service)),
     }
     if service == "db":
         rendered[HBA_FILE] = env.get_template("state-pg_hba.conf.j2").render(host=host)

@@ -31,7 +31,7 @@ from tasks import secrets as S
 from tasks.certificates import CertificateStore, TlsMaterial
 from tasks.config.registry import run_value
 from tasks.remote import program
-from tasks.render import _environment
+from tasks.render import environment
 from tasks.settings import Settings
 from tasks.tls_config import port_suffix, url_host
 from tasks.uploads import private_file
@@ -66,7 +66,7 @@ def served_certificate(install_dir: str) -> str:
 
 
 def render_caddyfile(settings: Settings) -> str:
-    env = _environment()
+    env = environment()
     env.filters["caddy"] = caddy_token
     return env.get_template("Caddyfile.j2").render(
         settings=settings, mount=MOUNT, cert=CERT, key=KEY, upstream="litellm:4000",
