@@ -22,15 +22,15 @@ import dataclasses
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from pyinfra import host, logger, state
 from pyinfra.api import Host, State, deploy, operation
 from pyinfra.facts.files import File
 from pyinfra.operations import files
 
-from tasks import certificates, compose, docker, firewall, roll, stack, tls
+from tasks import certificates, compose, docker, firewall, roll, stack, tls, tls_config
 from tasks import secrets as S
+from tasks.filters import url_host
 from tasks.render import environment
 from tasks.settings import (
     GATEWAYS,
@@ -78,8 +78,7 @@ class Upstream:
 
     @property
     def dial(self) -> str:
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port}"
+        return f"{url_host(self.address)}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -148,10 +147,6 @@ class LoadBalancer:
 def lb_install_dir(install_dir: str) -> str:
     """A project of its own beside a gateway's (/opt/litellm -> /opt/litellm-lb)."""
     return install_dir.rstrip("/") + "-lb"
-
-
-def host_address(name: str, data: Callable[[str, object], object]) -> str:
-    return str(data("ssh_hostname", None) or name)
 
 
 def gateway_address(gateway: Settings, address: str) -> tuple[str | None, str | None]:
@@ -276,7 +271,7 @@ def build_load_balancers(lbs: list[HostInput], gateways: dict[str, Settings],
         problems += [f"load balancer {lb.name}: {p}" for p in host_problems]
         if host_problems:
             continue
-        address = host_address(lb.name, lb.data)
+        address = tls_config.host_address(lb.name, lb.data)
         built[lb.name] = LoadBalancer(
             host_name=lb.name, address=address,
             install_dir=lb_install_dir(str(raw["install_dir"])), compose_project=f"{raw['compose_project']}-lb",

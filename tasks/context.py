@@ -12,7 +12,7 @@ from pyinfra import logger
 from pyinfra.api import Host, State
 from pyinfra.api.state import BaseStateCallback
 
-from tasks import balancer, certificates, key_guard, roll, tls, topology, virtual_keys
+from tasks import balancer, certificates, key_guard, roll, tls, tls_config, topology, virtual_keys
 from tasks import secrets as S
 from tasks.balancer import LoadBalancer
 from tasks.config.registry import run_value
@@ -264,7 +264,7 @@ def state_host_for(state: State, host: Host, complete: bool = True) -> StateHost
 
 
 def _addresses(state: State, group: str) -> dict[str, str]:
-    return {h.name: balancer.host_address(h.name, h.data.get) for h in _hosts(state, group)}
+    return {h.name: tls_config.host_address(h.name, h.data.get) for h in _hosts(state, group)}
 
 
 def _behind_load_balancers(state: State, gateways: dict[str, Settings]) -> dict[str, Settings]:

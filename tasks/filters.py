@@ -64,7 +64,8 @@ def url_component(value: str) -> str:
 
 
 def url_host(address: str) -> str:
-    """An IP address as a URL or Compose port mapping holds it: IPv6 in brackets."""
+    """A host name or IP address as a URL, a Caddy upstream or a Compose port mapping holds it: IPv6 in
+    brackets. The package's one such helper."""
     return f"[{address}]" if ":" in address else address
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from tasks import reserved
+from tasks.filters import url_host
 
 # Provider prefixes this package knows how to route and verify. LiteLLM knows many more; add a
 # prefix here once its config shape is tested, rather than letting a typo reach the proxy.
@@ -131,7 +132,7 @@ def _url_host(address: object) -> str | None:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return address if HOST_NAME.match(address) and len(address) <= 253 else None
-    return f"[{ip}]" if ip.version == 6 else str(ip)
+    return url_host(str(ip))
 
 
 def parse_models(raw: object, ollama_nodes: dict[str, str], problems: list[str]) -> tuple[Model, ...]:

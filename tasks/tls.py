@@ -33,7 +33,8 @@ from tasks.config.registry import run_value
 from tasks.remote import program
 from tasks.render import environment
 from tasks.settings import Settings
-from tasks.tls_config import port_suffix, url_host
+from tasks.filters import url_host
+from tasks.tls_config import port_suffix
 from tasks.uploads import private_file
 
 SERVICE = "tls"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from tasks import certificates
+from tasks.filters import url_host
 
 # An e-mail address as ACME servers take it (one @, a dotted domain, no spaces or quotes: it is
 # written into the Caddyfile as a bare token).
@@ -21,11 +22,6 @@ EMAIL = re.compile(r"[A-Za-z0-9.!#%&*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]
 # Docker's default address pools: the compose network the front reaches the proxy over is one of
 # them. Nothing else reaches the proxy: with tls on it is published on 127.0.0.1 only.
 FRONT_RANGES = ("172.16.0.0/12", "192.168.0.0/16")
-
-
-def url_host(name: str) -> str:
-    """A name as the host part of a URL (IPv6 addresses in brackets)."""
-    return f"[{name}]" if ":" in name else name
 
 
 def port_suffix(port: int, default: int) -> str:

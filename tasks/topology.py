@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from tasks import secrets as S
-from tasks.filters import url_component
+from tasks.filters import url_component, url_host
 
 DB_HOSTS = "db_hosts"
 REDIS_HOSTS = "redis_hosts"
@@ -164,12 +164,8 @@ def uses_db_host(topology: Topology, mode: object) -> bool:
 
 def db_host_url(topology: Topology, user: str, password: str, db: str) -> str:
     """The gateways' DATABASE_URL for the db host's database (never written to the secrets file)."""
-    return (f"postgresql://{url_component(user)}:{url_component(password)}@{_url_host(topology.db_address)}:{DB_PORT}"
+    return (f"postgresql://{url_component(user)}:{url_component(password)}@{url_host(topology.db_address)}:{DB_PORT}"
             f"/{url_component(db)}")
-
-
-def _url_host(address: str) -> str:
-    return f"[{address}]" if ":" in address else address
 
 
 @dataclass(frozen=True)

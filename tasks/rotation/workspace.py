@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shlex
 
+from tasks.filters import url_host
 from tasks.remote import program
 from tasks.settings import Settings
 
@@ -31,9 +32,7 @@ def poller_name(project: str) -> str:
 def probe_base(settings: Settings) -> str:
     """The proxy's URL from the host itself (its published port)."""
     address = "127.0.0.1" if settings.proxy_bind in ("0.0.0.0", "::", "127.0.0.1") else settings.proxy_bind
-    if ":" in address:
-        address = f"[{address}]"
-    return f"http://{address}:{settings.proxy_port}"
+    return f"http://{url_host(address)}:{settings.proxy_port}"
 
 
 def host_python(image: str, install_dir: str, read_only: bool, detach_name: str | None = None) -> str:
