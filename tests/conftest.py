@@ -9,6 +9,12 @@ The run ends with a table of units and the seconds each worker spent (tests/suit
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from tests.suite_budget import SuiteBudget, scale_from_environment
@@ -33,6 +39,12 @@ LONGEST_FIRST = (
     "tests/faults/test_leaks.py", "tests/e2e/test_tls.py", "tests/e2e/test_demo.py", "tests/e2e/test_key_guard.py",
     "tests/e2e/test_virtual_keys.py", "tests/e2e/test_ollama_nodes.py", "tests/e2e/test_external_database.py",
 )
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# The tiers that need no test bed, and those whose suites make bed hosts.
+BEDLESS_TIERS = ("tests/unit/", "tests/integration/")
+BED_TIERS = ("tests/e2e", "tests/faults", "tests/testbed")
 
 
 def work_unit(nodeid: str) -> str:
@@ -60,9 +72,58 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(items):
-    """The longest units first (a stable sort: each unit's own tests keep their order)."""
+    """The tiers without a bed first, while the bed is prepared beside them (BedPreparation); then the
+    longest units first (a stable sort: each unit's own tests keep their order)."""
     rank = {unit: i for i, unit in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(rank)))
+
+    def order(item) -> int:
+        unit = work_unit(item.nodeid)
+        return -1 if unit.startswith(BEDLESS_TIERS) else rank.get(unit, len(rank))
+
+    items.sort(key=order)
+
+
+class BedPreparation:
+    """`python -m tests.testbed prepare` in the background from the start of a run that has bed suites.
+
+    On a clean clone the bed's archives and seed take about 2 minutes of one core (tests/testbed/bed.py
+    prepare), and the first two e2e suites used to wait for them, one making them and the other waiting
+    on the lock with its core idle. Started here, they are made while the workers run the unit and
+    integration tiers; a suite asking for them meanwhile waits on the same lock as before. A failure here
+    is the suites' to report: they make what is missing themselves and show their own error."""
+
+    def __init__(self, log_path: Path):
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def pytest_sessionstart(self, session):
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.testbed", "prepare", "--images", os.environ.get("TESTBED_IMAGES", "local")],
+                cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        if self.process is None or self.process.poll() is not None:
+            return
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            self.process.send_signal(signal.SIGINT)  # its half-made seed is removed on KeyboardInterrupt
+        self.process.wait()
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if self.process is not None and self.process.returncode not in (0, None, -signal.SIGINT):
+            terminalreporter.write_line(f"bed preparation failed (exit {self.process.returncode}): {self.log_path}")
+
+
+def runs_bed_suites(config) -> bool:
+    """Whether the run's paths hold a bed suite (a directory above one counts: `pytest tests`)."""
+    for arg in config.args or ["."]:
+        path = (config.invocation_params.dir / arg.split("::", 1)[0]).resolve()
+        for tier in BED_TIERS:
+            bed_dir = REPO_ROOT / tier
+            if bed_dir == path or bed_dir.is_relative_to(path) or path.is_relative_to(bed_dir):
+                return True
+    return False
 
 
 class FaultSummary:
@@ -86,3 +147,7 @@ def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the controller (or a single process), not an xdist worker
         config.pluginmanager.register(FaultSummary(), "fault-summary")
         config.pluginmanager.register(SuiteBudget(work_unit, scale_from_environment()), "suite-budget")
+        if runs_bed_suites(config):
+            from tests.testbed.bed import default_state_dir  # the Docker SDK, only for runs with a bed
+
+            config.pluginmanager.register(BedPreparation(default_state_dir() / "prepare.log"), "bed-preparation")

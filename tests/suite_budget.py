@@ -35,8 +35,8 @@ BUDGETS_S = {
 # CI on a loaded machine, or a contributor's slower one: every budget times this (e.g. 1.5).
 SCALE_VARIABLE = "SUITE_BUDGET_SCALE"
 HOST_READY = re.compile(r"\[testbed\] host (\S+) \(\w+\) ready")
-# The bed's images, seed and image archives, made once per machine by whichever suite asks first (or waited
-# for while another suite makes them): counted apart, so a clean machine does not put a suite over budget.
+# The bed's images, seed and image archives, made once per machine (tests/conftest.py BedPreparation) and
+# waited for by a suite that asks before they are: counted apart, so a clean machine puts no suite over budget.
 BED_PREPARATION = re.compile(r"\[testbed\] (?:images and seed|images|archives) ready: ([0-9.]+)s")
 PREPARATION = "bed images, seed and archives (once per machine)"
 

@@ -11,6 +11,7 @@ Run from the repository root with the project's virtualenv:
     .venv/bin/python -m tests.testbed down [NAME ...]             # all hosts when no names
     .venv/bin/python -m tests.testbed images [--images local|official]
     .venv/bin/python -m tests.testbed archives                    # docker save | gzip -1, for `docker load`
+    .venv/bin/python -m tests.testbed prepare                     # images, archives and the provisioned seed
 
 Roles (NAME[:ROLE]; `up` replaces a host of the same name with a fresh one):
   host      (default) Debian 13 "trixie", systemd as PID 1, sshd (root, the bed's key), python3, sudo.
@@ -26,7 +27,8 @@ Roles (NAME[:ROLE]; `up` replaces a host of the same name with a fresh one):
 State (SSH key, state.json, upstream keys, archives, default inventory) lives in .testbed/ (gitignored;
 $TESTBED_STATE_DIR overrides). Every Docker resource carries the label litellm-deploy.testbed=1.
 Images are built here (no registry needed: debootstrap + Debian packages + PyPI) and cached; a recipe
-change (tests/testbed/images/<name>/) rebuilds. Stage timings go to stderr.
+change (tests/testbed/images/<name>/) rebuilds. The provisioned hosts' seed (provision.py) is kept like
+the images, by `down` too. Stage timings go to stderr.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     arc.add_argument("--images", choices=["local", "official"], default="local")
     arc.add_argument("--json", action="store_true")
 
+    prep = sub.add_parser("prepare", help="make what hosts are made from: the images, their archives, the seed")
+    prep.add_argument("--images", choices=["local", "official"], default="local")
+
     ssh = sub.add_parser("ssh", help="ssh into a host (or run a command there)")
     ssh.add_argument("name")
     ssh.add_argument("command", nargs=argparse.REMAINDER)
@@ -119,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 for role, path in arcs.items():
                     print(f"{role:9} {refs[role]:40} {path}")
+        elif a.cmd == "prepare":
+            bed.prepare()
         elif a.cmd == "ssh":
             cmd = bed.ssh_command(a.name) + a.command
             os.execvp(cmd[0], cmd)

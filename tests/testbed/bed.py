@@ -49,7 +49,7 @@ import docker
 import docker.errors
 
 from .images import DEPLOYED, LABEL, Images, Timer, log
-from .provision import Seed
+from .provision import SEED_LABEL, Seed
 
 ROLES = ("host", "ollama", "upstream")
 NETWORK = "litellm-deploy-testbed"
@@ -58,6 +58,10 @@ ROLE_LABEL = "litellm-deploy.testbed.role"
 CONTAINER_PREFIX = "litellm-deploy-testbed-"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE_DIR = REPO_ROOT / ".testbed"
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("TESTBED_STATE_DIR") or DEFAULT_STATE_DIR)
 
 SUDO_USER = "admin"  # the login of Debian's cloud images
 SUDO_KINDS = ("nopasswd", "password")
@@ -201,7 +205,7 @@ class Testbed:
 
     def __init__(self, state_dir: str | os.PathLike | None = None, images: str = "local",
                  client: docker.DockerClient | None = None, verbose: bool = False):
-        self.state_dir = Path(state_dir or os.environ.get("TESTBED_STATE_DIR") or DEFAULT_STATE_DIR).resolve()
+        self.state_dir = Path(state_dir or default_state_dir()).resolve()
         if images not in ("local", "official"):
             raise TestbedError("images must be 'local' or 'official'")
         self.images_mode = images
@@ -415,6 +419,13 @@ class Testbed:
         self.archive_seconds += seconds
         log(f"archives ready: {seconds:.1f}s")  # made once per machine (tests/suite_budget.py)
         return out
+
+    def prepare(self) -> None:
+        """Everything a suite's hosts are made from, made now: the images, the deploy's archives and the
+        provisioned hosts' seed. `make test` starts this beside the unit tiers (tests/conftest.py), so the
+        first e2e suites find it ready instead of one making it while the other waits on its lock."""
+        self.build_images()
+        self._seed()
 
     # -- up ------------------------------------------------------------------------------------
     def up(self, specs: list[str], ollama_models: list[str] | None = None,
@@ -775,8 +786,10 @@ class Testbed:
             if names is None:  # also anything else carrying the label (e.g. a test's own containers)
                 for c in self.client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
                     c.remove(force=True, v=True)
+                # The seed stays, as the images do: made from them once per machine, replaced when they change.
                 for v in self.client.volumes.list(filters={"label": f"{LABEL}=1"}):
-                    v.remove(force=True)
+                    if SEED_LABEL not in (v.attrs.get("Labels") or {}):
+                        v.remove(force=True)
             self._save_state(state)
             for net in self.client.networks.list(names=[NETWORK]):
                 if net.name != NETWORK:

@@ -7,7 +7,7 @@ then about two minutes of CPU cheaper (apt, the archive upload, `docker load`) o
 suites that prove the fresh path keep a bare host for it (the main bed's gw-db, the sudo suite's
 gw-password, faults, leaks, demo, benchmarks).
 
-The seed is made once per host image, archive set and package list (SEED_RECIPE, bumped when the steps
+The seed is made once per host image, archive files and package list (SEED_RECIPE, bumped when the steps
 below change): a host boots on the default bridge network, installs the packages from Debian, copies and
 loads the archives, and stops its engine; the container is committed as the provisioned image, and its
 /var/lib/docker volume is kept as the seed. Each provisioned host gets its own copy of the seed volume
@@ -44,7 +44,11 @@ class Seed:
         self.host_image = host_image
         self.archives = archives  # of every image a bed host may deploy (images.DEPLOYED)
         self.host_config = host_config  # (engine volume, extra binds) -> a bed host's container config
-        parts = [client.images.get(host_image).id, SEED_RECIPE, *PACKAGES, *sorted(p.name for p in archives)]
+        # The archives by name (their image) and by size and time: the seed's copies must be the controller's
+        # files as the deploy would upload them, or its upload skip (tasks/stack.py archive_uploaded) would
+        # upload and load every archive again on a provisioned host. A new clone's archives are new files.
+        parts = [client.images.get(host_image).id, SEED_RECIPE, *PACKAGES,
+                 *sorted(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in archives)]
         self.key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
         self.image = f"{PROVISIONED_REPO}:{self.key}"
         self.volume = f"litellm-deploy-testbed-seed-{self.key}"
