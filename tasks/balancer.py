@@ -33,7 +33,9 @@ from tasks import secrets as S
 from tasks.filters import url_host
 from tasks.render import environment
 from tasks.settings import (
+    DOCKER_INSTALLS,
     GATEWAYS,
+    IMAGE_SOURCES,
     ConfigError,
     HostInput,
     Settings,
@@ -204,7 +206,7 @@ def placed_behind(gateways: dict[str, Settings], addresses: dict[str, str],
 
 def lb_problems(raw: dict[str, object]) -> list[str]:
     problems = []
-    problems += _choice("docker_install", raw["docker_install"], ("distro", "docker-repo", "skip"))
+    problems += _choice("docker_install", raw["docker_install"], DOCKER_INSTALLS)
     problems += _image_problems("tls_image", raw["tls_image"], "2.11.7")
     problems += _port_problems("tls_port", raw["tls_port"])
     problems += _port_problems("http_port", raw["http_port"])
@@ -227,7 +229,7 @@ def lb_problems(raw: dict[str, object]) -> list[str]:
     names = raw["tls_names"]
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names):
         problems.append("tls_names: must be a list of DNS names or IP addresses, e.g. ['llm.example.com']")
-    problems += _choice("image_source", raw["image_source"], ("pull", "archives"))
+    problems += _choice("image_source", raw["image_source"], IMAGE_SOURCES)
     archives = raw["image_archives"]
     if raw["image_source"] == "archives" and (not isinstance(archives, (list, tuple)) or not archives
                                               or not all(isinstance(a, str) and Path(a).is_file() for a in archives)):

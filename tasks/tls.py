@@ -15,7 +15,6 @@ refuses fails the host before the running front is replaced.
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from pathlib import Path
 
@@ -48,15 +47,6 @@ KEY = "key.pem"
 CA = "ca.crt"
 
 
-def caddy_token(value: object) -> str:
-    """A value as one Caddyfile token. Every value is validated before (names, e-mail, ports), so this
-    only refuses what would change the Caddyfile's structure, rather than quote it."""
-    text = str(value)
-    if not text or re.search(r"[\s\"'{}#`\\]", text):
-        raise ValueError(f"{text!r} cannot be a Caddyfile token")
-    return text
-
-
 def remote_dir(settings: Settings) -> str:
     return f"{settings.install_dir}/{DIRECTORY}"
 
@@ -68,7 +58,6 @@ def served_certificate(install_dir: str) -> str:
 
 def render_caddyfile(settings: Settings) -> str:
     env = environment()
-    env.filters["caddy"] = caddy_token
     return env.get_template("Caddyfile.j2").render(
         settings=settings, mount=MOUNT, cert=CERT, key=KEY, upstream="litellm:4000",
         https_suffix=port_suffix(settings.tls_port, 443),

@@ -10,7 +10,8 @@ import yaml
 from tasks import certificates
 from tasks.render import render_files
 from tasks.settings import ConfigError
-from tasks.tls import CADDYFILE, CERT, KEY, MOUNT, caddy_token, https_checks, render_caddyfile
+from tasks.filters import caddy_quote
+from tasks.tls import CADDYFILE, CERT, KEY, MOUNT, https_checks, render_caddyfile
 from tests.testbed import caddy_release
 from tests.unit.test_render import compose_binary, parse_env
 
@@ -201,9 +202,13 @@ def test_redirect_and_https_checks(build):
     assert (by_address["url"], by_address["connect_to"]) == ("https://192.0.2.10/health/liveliness", "192.0.2.10")
 
 
-def test_caddy_token_refuses_structure():
-    assert caddy_token("gw.example.com") == "gw.example.com"
-    for bad in ("a b", "a{", "}", "a#b", '"x"', ""):
+def test_the_one_caddy_filter_keeps_plain_tokens_quotes_structure_and_refuses_what_it_cannot_quote():
+    """Both Caddyfiles (the gateway's front, the load balancers') render values through filters.caddy_quote."""
+    for plain in ("gw.example.com", "ops@example.com", "fd00::1", "/certs/cert.pem"):
+        assert caddy_quote(plain) == plain
+    for structure in ("a b", "{", "}", "a#b", ""):
+        assert caddy_quote(structure) == f'"{structure}"'
+    for bad in ('"x"', "a\\b", "a\nb"):
         with pytest.raises(ValueError):
-            caddy_token(bad)
+            caddy_quote(bad)
 
