@@ -14,6 +14,7 @@ import io
 import os
 import secrets as random
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -211,3 +212,21 @@ def rewrite_secrets(path: Path, changes: Mapping[str, str | None], comments: Map
         raise RuntimeError(f"{path}: refusing to write a secrets file that would not read back as intended")
 
     write_private(path, new_text)
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Values that only ever travel into the host's .env (virtual keys: into its virtual-keys.json).
+    repr() never shows them."""
+
+    values: Mapping[str, str] = field(repr=False)
+
+    def __getitem__(self, name: str) -> str:
+        return self.values[name]
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self.values.get(name, default)
+
+    @property
+    def master_key(self) -> str:
+        return self.values[MASTER_KEY]

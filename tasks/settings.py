@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -17,6 +17,7 @@ from pyinfra.api.exceptions import PyinfraError
 
 from tasks import calendar, key_guard, pgservice, reserved, tls_config, topology, virtual_keys
 from tasks import secrets as S
+from tasks.secrets import Secrets
 from tasks.config import fields as declared
 from tasks.key_guard import Completion, HostEnvs
 from tasks.models import OLLAMA_PORT, Model, is_http_url, parse_models, parse_ollama_nodes
@@ -48,24 +49,6 @@ class ConfigError(PyinfraError):
         listing = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{len(problems)} problem(s) in the inventory, group data or secrets file; "
                          f"nothing was changed on any host:\n{listing}")
-
-
-@dataclass(frozen=True)
-class Secrets:
-    """Values that only ever travel into the host's .env (virtual keys: into its virtual-keys.json).
-    repr() never shows them."""
-
-    values: Mapping[str, str] = field(repr=False)
-
-    def __getitem__(self, name: str) -> str:
-        return self.values[name]
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        return self.values.get(name, default)
-
-    @property
-    def master_key(self) -> str:
-        return self.values[S.MASTER_KEY]
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,7 @@ class StateHost:
     start_timeout: int
     log_max_size: str
     log_max_file: int
-    secrets: object = field(repr=False)  # tasks.settings.Secrets
+    secrets: S.Secrets = field(repr=False)
     # The db host's database as backup.py and the backup timer see a bundled one (tasks/backup.py):
     # a tasks.settings.Settings whose compose project is the db host's. None on a redis-only host.
     backup: object = field(default=None, repr=False)

@@ -20,7 +20,8 @@ from tasks.outcome import failed, last_error
 from tasks.rotation.interrupt import STAGES, STOP_ENV
 from tasks.rotation.pending import complete, pending_key, record_pending_key, secrets_file_of
 from tasks.rotation.window import Window
-from tasks.settings import ConfigError, Secrets, Settings
+from tasks.secrets import Secrets
+from tasks.settings import ConfigError, Settings
 
 
 @dataclass
