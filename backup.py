@@ -6,8 +6,8 @@ retention; then a copy on the controller under backups/<host>/<UTC stamp>.dump, 
 
 from pyinfra import host, state
 
-from tasks.backup import backup_gateway, utc_stamp
 from tasks.context import runbook_settings, state_host_for
+from tasks.gateway.backup import backup_gateway, utc_stamp
 
 settings = runbook_settings(state, host, "backup.py")
 
@@ -15,7 +15,7 @@ if settings is not None:
     # One stamp per run and host, taken when the operations are added (UTC, sortable).
     backup_gateway(settings, host.data.get("backup_stamp") or utc_stamp())
 
-# A db host (tasks/topology.py): the gateways' shared database, dumped on the db host like a bundled one.
+# A db host (tasks/config/topology.py): the gateways' shared database, dumped on the db host like a bundled one.
 state_host = state_host_for(state, host)
 if state_host is not None and state_host.backup is not None:
     backup_gateway(state_host.backup, host.data.get("backup_stamp") or utc_stamp())

@@ -9,7 +9,7 @@ The backup is checked on the controller before any operation exists (a bad file 
 from pyinfra import host, state
 
 from tasks.context import runbook_settings
-from tasks.restore import plan_for, restore_gateway
+from tasks.gateway.restore import plan_for, restore_gateway
 
 settings = runbook_settings(state, host, "restore.py")
 

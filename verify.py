@@ -3,8 +3,8 @@
 from pyinfra import host, state
 
 from tasks.context import runbook_settings
+from tasks.gateway.verify import verify_gateway
 from tasks.key_converge import keys_verified
-from tasks.verify import verify_gateway
 
 # Read-only: the secrets file is never completed or written here (values a gateway holds are
 # used for this run only).

@@ -45,7 +45,7 @@ import yaml
 from bench import report
 from bench.load import median_and_spread, run_load
 from bench.runs import TimedRun, timed
-from tasks.settings import DEFAULTS
+from tasks.config.settings import DEFAULTS
 from tests.e2e import database, upgrade_probe
 from tests.e2e import gateway_http as api
 from tests.e2e.conftest import OLLAMA_MODEL, Deployment, Run

@@ -7,7 +7,7 @@ ollama_nodes = {
 }
 # Gateways: the models each routes. One dict per model:
 #   name         the model name clients ask for (unique per gateway)
-#   model        LiteLLM's "<provider>/<model>" (providers: see tasks/models.py PROVIDERS)
+#   model        LiteLLM's "<provider>/<model>" (providers: see tasks/config/models.py PROVIDERS)
 #   api_key_env  name of the secrets-file entry holding its API key (never the key itself)
 #   api_base     base URL of the server (OpenAI-compatible upstreams, Ollama given by URL)
 #   ollama_node  for ollama/ollama_chat models: a node of ollama_nodes (above), or "local"

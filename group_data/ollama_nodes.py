@@ -4,6 +4,6 @@
 # loads the inventory, so the refusal comes before it connects to any host.
 from pyinfra import inventory
 
-from tasks.settings import OLLAMA_NODES, HostInput, refuse_node_group
+from tasks.config.settings import OLLAMA_NODES, HostInput, refuse_node_group
 
 refuse_node_group([HostInput(h.name, h.data.get) for h in inventory.get_group(OLLAMA_NODES, default=[])])

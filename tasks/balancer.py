@@ -28,11 +28,10 @@ from pyinfra.api import Host, State, deploy, operation
 from pyinfra.facts.files import File
 from pyinfra.operations import files
 
-from tasks import certificates, compose, docker, firewall, roll, stack, tls, tls_config
-from tasks import secrets as S
-from tasks.filters import url_host
-from tasks.render import environment
-from tasks.settings import (
+from tasks.config import certificates, tls_config
+from tasks.config import secrets as S
+from tasks.config.filters import url_host
+from tasks.config.settings import (
     DOCKER_INSTALLS,
     GATEWAYS,
     IMAGE_SOURCES,
@@ -46,8 +45,11 @@ from tasks.settings import (
     log_problems,
     read_host_data,
 )
-from tasks.tls_config import acme_problems
-from tasks.uploads import connector_arguments, private_file
+from tasks.config.tls_config import acme_problems
+from tasks.gateway import roll, stack, tls
+from tasks.lib import compose, docker, firewall
+from tasks.lib.render import environment
+from tasks.lib.uploads import connector_arguments, private_file
 
 LB_HOSTS = "lb_hosts"
 SERVICE = "caddy"
@@ -219,7 +221,7 @@ def lb_problems(raw: dict[str, object]) -> list[str]:
                         "'self-signed' (a certificate from the deployment CA), 'files' (tls_cert_file "
                         "and tls_key_file) or 'acme' (acme_email, public DNS names in tls_names)")
     elif raw["tls"] == "files":
-        # As a gateway's front (tasks/tls_config.py): readable PEM, the key the certificate's, in date,
+        # As a gateway's front (tasks/config/tls_config.py): readable PEM, the key the certificate's, in date,
         # valid for the tls_names given; a load balancer is the only entry point.
         given = raw["tls_names"] if isinstance(raw["tls_names"], (list, tuple)) else ()
         problems += certificates.files_problems(raw["tls_cert_file"], raw["tls_key_file"],
@@ -338,7 +340,7 @@ def _images(lb: LoadBalancer):
                                 {"tls_image": lb.tls_image})
 
 
-# --- the load balancers' side of a roll (tasks/roll.py) -------------------------------------------
+# --- the load balancers' side of a roll (tasks/gateway/roll.py) -------------------------------------------
 
 
 def roll_width(lbs: list[LoadBalancer]) -> int:

@@ -12,14 +12,15 @@ from pyinfra import logger
 from pyinfra.api import Host, State
 from pyinfra.api.state import BaseStateCallback
 
-from tasks import balancer, certificates, key_guard, roll, tls, tls_config, topology, virtual_keys
-from tasks import secrets as S
+from tasks import balancer
 from tasks.balancer import LoadBalancer
+from tasks.config import certificates, key_guard, tls_config, topology, virtual_keys
+from tasks.config import secrets as S
+from tasks.config.filters import dotenv_unquote
+from tasks.config.key_guard import Completion
+from tasks.config.pending_rotation import rotation_guard
 from tasks.config.registry import run_value
-from tasks.filters import dotenv_unquote
-from tasks.key_guard import Completion
-from tasks.rotation.pending import rotation_guard
-from tasks.settings import (
+from tasks.config.settings import (
     GATEWAYS,
     OLLAMA_NODES,
     ConfigError,
@@ -30,9 +31,10 @@ from tasks.settings import (
     read_host_data,
     refuse_node_group,
 )
-from tasks.topology import DB_HOSTS, REDIS_HOSTS, StateHost, wanted_secrets
-from tasks.uploads import connector_arguments
-from tasks.virtual_keys import default_key_env
+from tasks.config.topology import DB_HOSTS, REDIS_HOSTS, StateHost, wanted_secrets
+from tasks.config.virtual_keys import default_key_env
+from tasks.gateway import roll, tls
+from tasks.lib.uploads import connector_arguments
 
 # pyinfra prepares hosts in concurrent greenlets; reading a host's .env over SSH yields to the
 # next one, which must wait for the first build instead of generating secrets of its own.
@@ -119,7 +121,7 @@ def _declared_key_aliases(gateway: Host) -> dict[str, str]:
 
 @dataclass
 class ControllerState:
-    """What the hosts hold of the state the controller keeps (tasks/key_guard.py, tasks/certificates.py):
+    """What the hosts hold of the state the controller keeps (tasks/config/key_guard.py, tasks/config/certificates.py):
     the gateways' generated secrets (None: not read), the declared keys' values in their root-only
     values file ({alias: value}; None: not read), and the certificate each self-signed front serves."""
 
@@ -149,7 +151,7 @@ def read_controller_state(state: State, secrets_file: Path, state_wanted: tuple[
     The connected gateways are always read. When the controller lacks a piece some host may hold (a
     generated secret, a declared key's value, the deployment CA), hosts `--limit` left out are connected
     too, only to be read: one may hold the live value. A host that cannot be read is left out (None),
-    and tasks.key_guard and tasks.settings refuse to make a value in its place."""
+    and tasks.config.key_guard and tasks.config.settings refuse to make a value in its place."""
     gateways = _hosts(state, GATEWAYS)
     present = S.read_secrets(secrets_file)
     wanted = {name for g in gateways for name in needed_secrets(read_host_data(g.data.get)["database_mode"])}
@@ -218,7 +220,7 @@ def all_settings(state: State, complete: bool = True) -> dict[str, Settings]:
 
 
 def _everything(state: State, complete: bool) -> tuple[dict[str, Settings], dict[str, StateHost]]:
-    """The gateways' Settings and the db and redis hosts' (tasks/topology.py), built once per run."""
+    """The gateways' Settings and the db and redis hosts' (tasks/config/topology.py), built once per run."""
     return run_value(state, ("settings", complete), lambda: _build_everything(state, complete))
 
 
@@ -254,7 +256,7 @@ def _build_everything(state: State, complete: bool) -> tuple[dict[str, Settings]
 
 
 def state_host_for(state: State, host: Host, complete: bool = True) -> StateHost | None:
-    """This host's db/redis services (tasks/topology.py), or None when it is neither."""
+    """This host's db/redis services (tasks/config/topology.py), or None when it is neither."""
     with _building:
         return _everything(state, complete)[1].get(host.name)
 
@@ -285,7 +287,7 @@ def load_balancers(state: State) -> dict[str, LoadBalancer]:
 
 
 def gateway_roll(state: State) -> roll.Roll:
-    """The run's roll of the gateways behind this inventory's load balancers (tasks/roll.py)."""
+    """The run's roll of the gateways behind this inventory's load balancers (tasks/gateway/roll.py)."""
     lb_hosts = [(state.inventory.get_host(name), lb) for name, lb in load_balancers(state).items()]
     return roll.run_roll(state, width=lambda: balancer.roll_width([lb for _, lb in lb_hosts]),
                          apply=lambda out: balancer.apply_to_load_balancers(state, lb_hosts, out))
@@ -304,7 +306,7 @@ def settings_for(state: State, host: Host, complete: bool = True) -> Settings | 
 
 def runbook_settings(state: State, host: Host, runbook: str, complete: bool = True) -> Settings | None:
     """settings_for, as every runbook starts: the whole inventory validated, then the rotation guard
-    (tasks.rotation.pending.DURING_ROTATION says what `runbook` does while a rotation is pending)."""
+    (tasks.config.pending_rotation.DURING_ROTATION says what `runbook` does while a rotation is pending)."""
     settings = settings_for(state, host, complete)
     rotation_guard(state, runbook)
     return settings

@@ -4,22 +4,11 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 
-from tasks import (
-    backup,
-    context,
-    database,
-    docker,
-    firewall,
-    key_converge,
-    migrations,
-    roll,
-    stack,
-    tls,
-    upgrade,
-    verify,
-)
-from tasks.settings import Settings
-from tasks.stages import Stage, stage
+from tasks import context, key_converge
+from tasks.config.settings import Settings
+from tasks.gateway import backup, database, migrations, roll, stack, tls, upgrade, verify
+from tasks.lib import docker, firewall
+from tasks.lib.stages import Stage, stage
 
 
 @deploy("LiteLLM gateway")
@@ -39,7 +28,7 @@ def deploy_gateway(settings: Settings) -> None:
     # Pinned images pulled, or uploaded as archives and loaded (air-gapped hosts), and checked, before
     # anything is stopped, backed up or written: a mistyped tag fails the host with the gateway untouched.
     stack.get_images(settings, changes)
-    # Another image than the one running makes these stages an upgrade (tasks/upgrade.py): a backup
+    # Another image than the one running makes these stages an upgrade (tasks/gateway/upgrade.py): a backup
     # first, and the previous image and data put back if one fails. Otherwise they simply run in order.
     upgrade.run_stages(settings, [
         # A POSTGRES_PASSWORD changed in the secrets file set on the existing role first, while the
@@ -52,7 +41,7 @@ def deploy_gateway(settings: Settings) -> None:
         # Database modes: migrations, bootstrap, scheduled backups (below).
         *database_stages(settings),
         # The proxy, recreated only when its files or image changed; behind load balancers, rolled:
-        # roll_width gateways at a time drained, recreated, verified, re-admitted (tasks/roll.py).
+        # roll_width gateways at a time drained, recreated, verified, re-admitted (tasks/gateway/roll.py).
         stage("starting the proxy", roll.rolling(stack.start_proxy, context.gateway_roll), settings, changes),
         # HTTPS in front of it (tls on), recreated only when its files or image changed; none with tls off.
         stage("the TLS front", tls.tls_front, settings, changes),
@@ -98,7 +87,7 @@ def shared_migration(settings: Settings) -> None:
 
 
 def proxy_firewall(settings: Settings) -> None:
-    """tasks/firewall.py's DOCKER-USER rules for the published proxy: to proxy_bind (the address the
+    """tasks/lib/firewall.py's DOCKER-USER rules for the published proxy: to proxy_bind (the address the
     load balancers dial) only from their addresses. Narrowed to that destination so the proxy's own
     connections to port 4000 elsewhere (an upstream LiteLLM) are untouched."""
     firewall.port_only_from(service=proxy_firewall_service(settings), port=settings.proxy_port,

@@ -22,15 +22,15 @@ import sys
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, deploy, operation
 
-from tasks.compose import PROXY_SERVICE, ComposeServices, compose_cmd
-from tasks.outcome import failing_command
+from tasks.config.settings import GATEWAYS, Settings, read_host_data
+from tasks.config.topology import PROVISIONED_MODES
+from tasks.config.virtual_keys import VALUES_FILE, Team, VirtualKey, effective_models
+from tasks.gateway.stack import staging_dir
+from tasks.gateway.verify import PROBE_SOURCE, ContainerChecks, or_unavailable
+from tasks.lib.compose import PROXY_SERVICE, ComposeServices, compose_cmd
+from tasks.lib.outcome import failing_command
+from tasks.lib.uploads import private_file
 from tasks.remote import key_agent, program
-from tasks.settings import GATEWAYS, Settings, read_host_data
-from tasks.stack import staging_dir
-from tasks.topology import PROVISIONED_MODES
-from tasks.uploads import private_file
-from tasks.verify import PROBE_SOURCE, ContainerChecks, or_unavailable
-from tasks.virtual_keys import VALUES_FILE, Team, VirtualKey, effective_models
 
 AGENT_SOURCE = program("key_agent")
 KEYS_FILE = VALUES_FILE
@@ -80,7 +80,7 @@ def owner(settings: Settings) -> str:
 
 
 def _shares_database(gateway, settings: Settings) -> bool:
-    """External: the secrets file's one DATABASE_URL; a db host's gateways (tasks/topology.py): its one database."""
+    """External: the secrets file's one DATABASE_URL; a db host's gateways (tasks/config/topology.py): its one database."""
     mode = read_host_data(gateway.data.get)["database_mode"]
     if settings.db_host:
         return mode in PROVISIONED_MODES

@@ -3,21 +3,21 @@
 A host only in db_hosts / redis_hosts gets Docker and its one service, nothing else: the install
 directory (`<install_dir>-db`, `<install_dir>-redis`, root only), the image, docker-compose.yml and
 .env (0600; pg_hba.conf for the db), the service up and healthy, published on the host's private
-address only, and the firewall (tasks/firewall.py) letting in only the gateways' addresses.
+address only, and the firewall (tasks/lib/firewall.py) letting in only the gateways' addresses.
 deploy.py calls this before the gateways' deploy, so both are up before any gateway migrates.
 """
 
 from __future__ import annotations
 
-
 from pyinfra.api import HiddenValue, deploy
 from pyinfra.operations import files
 
-from tasks import backup, compose, database, docker, firewall, stack
-from tasks import secrets as S
-from tasks.render import data_health, environment
-from tasks.topology import DB_PORT, REDIS_PORT, StateHost
-from tasks.uploads import private_file
+from tasks.config import secrets as S
+from tasks.config.topology import DB_PORT, REDIS_PORT, StateHost
+from tasks.gateway import backup, database, stack
+from tasks.lib import compose, docker, firewall
+from tasks.lib.render import data_health, environment
+from tasks.lib.uploads import private_file
 
 PORTS = {"db": DB_PORT, "redis": REDIS_PORT}
 COMPOSE_FILE = "docker-compose.yml"
@@ -34,7 +34,7 @@ def service_env(host: StateHost, service: str) -> dict[str, str]:
 
 def render_service(host: StateHost, service: str, start_interval: bool = False) -> dict[str, str]:
     """file name -> content for one service's directory. Pure, so a re-run uploads nothing. start_interval:
-    the host's engine takes a health check's start_interval (tasks/docker.py)."""
+    the host's engine takes a health check's start_interval (tasks/lib/docker.py)."""
     env = environment()
     rendered = {
         COMPOSE_FILE: env.get_template(f"state-{service}-compose.yml.j2").render(

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks import certificates
+from tasks.config import certificates
 from tests.testbed import Testbed
 
 ROOT = Path(__file__).resolve().parents[1]

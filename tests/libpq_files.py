@@ -1,14 +1,14 @@
 """libpq's service and password files for a DATABASE_URL, written the way a gateway host has them.
 
 Tests of every tier reach an external database the way the deploy does: through the files
-tasks/pgservice.py renders (0600), never a password in an argument or an environment variable.
+tasks/config/pgservice.py renders (0600), never a password in an argument or an environment variable.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tasks import pgservice
+from tasks.config import pgservice
 
 
 def write_libpq_files(directory: Path, url: str) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Every setting a user gives in group data or host data, declared once: its type as the user writes
 it, its default, and what it does. The package's defaults live here and nowhere else: `group_data/`
 holds the user's choices only, so a new version of the package never conflicts with a user's edits.
-tasks/settings.py takes its defaults from here and checks the values; docs/configuration.md is
+tasks/config/settings.py takes its defaults from here and checks the values; docs/configuration.md is
 generated from here (`python -m tasks.config.reference`; tests/unit/test_configuration_reference.py
 fails when it is stale)."""
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.secrets import DEFAULT_SECRETS_NAME, SECRETS_ENV_VAR
+from tasks.config.secrets import DEFAULT_SECRETS_NAME, SECRETS_ENV_VAR
 
 REQUIRED = object()  # no default: a gateway without it is refused, naming it
 
@@ -74,7 +74,7 @@ FIELDS: tuple[Field, ...] = (
          "Public URL of the gateway, used for UI login redirects (PROXY_BASE_URL); empty = not set."),
         ("proxy_workers", "\"auto\" or int", "auto",
          "Worker processes of the proxy: \"auto\" = one per CPU of the host, fewer when memory is short (about 1 GB "
-         "each), at most 8 (tasks/sizing.py; one worker keeps one CPU busy), or a number."),
+         "each), at most 8 (tasks/config/sizing.py; one worker keeps one CPU busy), or a number."),
         ("store_model_in_db", "bool", False,
          "Let admins add models through the UI/API and keep them in the database (needs a database mode)."),
         ("ui_username", "str", "admin",
@@ -103,7 +103,7 @@ FIELDS: tuple[Field, ...] = (
          "Install a systemd timer that takes a backup on the host by itself (bundled database only)."),
         ("backup_schedule", "str", "daily",
          "When the timer runs: a systemd OnCalendar expression (\"daily\", \"hourly\", \"Mon..Fri 02:30\", "
-         "\"*-*-* 03:15:00 UTC\"), checked with systemd's grammar before anything changes (tasks/calendar.py)."),
+         "\"*-*-* 03:15:00 UTC\"), checked with systemd's grammar before anything changes (tasks/config/calendar.py)."),
         ("backup_dir", "str", "/opt/litellm/backups",
          "Where backups are kept on a gateway host (bundled database; directory 0700, files 0600)."),
         ("backup_keep", "int", 7, "How many backups to keep, on the host and on the controller (older ones are deleted)."),

@@ -10,7 +10,7 @@ Each check retries until its deadline, then reports what was checked, the URL, a
 A check is a dict: name, kind, url, and optionally key_env, body, timeout, expect, fix,
 fix_no_answer (the fix when nothing answers at all) and requires (names of checks that must pass
 first; when one failed, this check is skipped rather than reported as a second symptom).
-The TLS front's kinds (tasks/tls.py, run from the gateway host): "https" (200 with the certificate
+The TLS front's kinds (tasks/gateway/tls.py, run from the gateway host): "https" (200 with the certificate
 checked against cafile for the URL's host name) and "redirect" (expect: the Location), both able to
 connect to another address than the URL's host (connect_to) while keeping its name.
 """

@@ -16,7 +16,7 @@ what is already done):
   probes      a short-lived virtual key in the database (to prove virtual keys survive), the keys
               for the host-side probes in a 0600 file, and a poller that measures the refusal window
   switch      new key into .env; in one transaction the master-key link moves to the new key's hash
-              and the old master key's row goes (tasks.database.bootstrap); the proxy recreated
+              and the old master key's row goes (tasks.gateway.database.bootstrap); the proxy recreated
   proof       from the host, over HTTP: the new key accepted, the old one refused, the virtual key
               accepted
   rollback    when the restart or the proof failed: the old .env, the old link, the proxy recreated
@@ -24,7 +24,7 @@ what is already done):
   controller  the secrets file's LITELLM_MASTER_KEY becomes the new key when every gateway has it
 
 No key, old or new, is ever on a command line or in pyinfra's output: keys reach the host inside
-files uploaded by tasks.uploads.private_file or on psql's stdin, and every operation has a name=
+files uploaded by tasks.lib.uploads.private_file or on psql's stdin, and every operation has a name=
 (pyinfra prints the arguments of unnamed operations).
 
 Test hook: LITELLM_DEPLOY_TEST_STOP_AFTER=<stage> (tasks.rotation.interrupt).

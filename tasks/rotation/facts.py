@@ -8,8 +8,8 @@ import shlex
 
 from pyinfra.api import FactBase
 
-from tasks import compose
-from tasks import secrets as S
+from tasks.config import secrets as S
+from tasks.lib import compose
 from tasks.rotation.window import parse_poll_log
 from tasks.rotation.workspace import POLL_LOG, PROOF_SCRIPT, host_python, workspace
 

@@ -9,18 +9,18 @@ from pyinfra import host, logger, state
 from pyinfra.api import StringCommand, operation
 from pyinfra.api.operation import OperationMeta
 
-from tasks import database
-from tasks import secrets as S
-from tasks.outcome import failing_command
-from tasks.render import ENV_FILE
-from tasks.envfile import EnvLineHashes
-from tasks.envfile import line_hash as env_line_hash
+from tasks.config import secrets as S
+from tasks.config.settings import Settings
+from tasks.gateway import database
+from tasks.lib.envfile import EnvLineHashes
+from tasks.lib.envfile import line_hash as env_line_hash
+from tasks.lib.outcome import failing_command
+from tasks.lib.render import ENV_FILE
 from tasks.rotation.facts import KeyProof, PollSamples, ProxyKeyHash, evaluate_proof
 from tasks.rotation.records import HostRun, Rotation
 from tasks.rotation.sql import probe_sql
 from tasks.rotation.window import POLL_INTERVAL, refusal_window
 from tasks.rotation.workspace import POLL_LOG, POLLER_SCRIPT, STOP_FILE, host_python, poller_name, probe_base, workspace
-from tasks.settings import Settings
 
 # The .env lines the rotation compares (as hashes): the master key it moves, the salt key it never may.
 KEY_LINES = (S.MASTER_KEY, S.SALT_KEY)

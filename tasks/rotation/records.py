@@ -13,15 +13,15 @@ from pyinfra import logger, state
 from pyinfra.api import State
 from pyinfra.api.operation import OperationMeta
 
-from tasks import secrets as S
+from tasks.config import secrets as S
+from tasks.config.pending_rotation import complete, pending_key, record_pending_key, secrets_file_of
 from tasks.config.registry import run_value
+from tasks.config.secrets import Secrets
+from tasks.config.settings import ConfigError, Settings
 from tasks.context import all_settings
-from tasks.outcome import failed, last_error
+from tasks.lib.outcome import failed, last_error
 from tasks.rotation.interrupt import STAGES, STOP_ENV
-from tasks.rotation.pending import complete, pending_key, record_pending_key, secrets_file_of
 from tasks.rotation.window import Window
-from tasks.secrets import Secrets
-from tasks.settings import ConfigError, Settings
 
 
 @dataclass

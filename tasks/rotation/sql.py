@@ -6,7 +6,7 @@ import base64
 import hashlib
 import hmac
 
-from tasks import database
+from tasks.gateway import database
 
 PROBE_ALIAS = "litellm-deploy-rotation-probe"
 PROBE_MODEL = "litellm-deploy-rotation-probe"  # a model no gateway serves: the probe key can call nothing

@@ -8,18 +8,29 @@ from typing import Callable
 from pyinfra.api import deploy
 from pyinfra.operations import files, python
 
-from tasks import backup, compose, database
-from tasks import secrets as S
-from tasks.render import ENV_FILE, render_files
+from tasks.config import secrets as S
+from tasks.config.settings import Settings
+from tasks.gateway import backup, database
+from tasks.gateway.stack import staging_dir
+from tasks.lib import compose
+from tasks.lib.render import ENV_FILE, render_files
+from tasks.lib.uploads import private_file
 from tasks.rotation.interrupt import stop_after
-from tasks.rotation.operations import (gate, key_proven, needs_data_change, poller_started, poller_stopped, preflight,
-                                       probe_key, proxy_key_current, reported, window_measured)
+from tasks.rotation.operations import (
+    gate,
+    key_proven,
+    needs_data_change,
+    poller_started,
+    poller_stopped,
+    preflight,
+    probe_key,
+    proxy_key_current,
+    reported,
+    window_measured,
+)
 from tasks.rotation.records import Rotation
 from tasks.rotation.sql import probe_key_for
 from tasks.rotation.workspace import KEYS_FILE, SCRIPTS, workspace
-from tasks.settings import Settings
-from tasks.stack import staging_dir
-from tasks.uploads import private_file
 
 
 @deploy("Rotate the master key")

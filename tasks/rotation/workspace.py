@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import shlex
 
-from tasks.filters import url_host
+from tasks.config.filters import url_host
+from tasks.config.settings import Settings
 from tasks.remote import program
-from tasks.settings import Settings
 
 WORKSPACE = ".rotation"  # under install_dir, 0700: the probes' key file and the poller's log
 KEYS_FILE = "keys"

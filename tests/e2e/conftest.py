@@ -78,7 +78,7 @@ class Deployment:
     """The bed plus an inventory, a secrets file and group-data overrides for it."""
 
     # One proxy worker: the suites share 2 CPUs, and each worker's start costs seconds of CPU. The
-    # shipped "auto" (tasks/sizing.py) runs in the demo suite and in the benchmarks (None: not set).
+    # shipped "auto" (tasks/config/sizing.py) runs in the demo suite and in the benchmarks (None: not set).
     proxy_workers: int | None = 1
     # Hosts booted with Docker and the images in place (tests/testbed/provision.py), by standard name: for
     # the suites whose subject is not the install or the image transfer; the fresh path's keep bare hosts.

@@ -10,7 +10,7 @@ import re
 import shlex
 from pathlib import Path
 
-from tasks import certificates
+from tasks.config import certificates
 from tests.e2e.conftest import IMAGES, UPSTREAM_MODEL, Deployment
 
 GATEWAYS = ("gw1", "gw2", "gw3")

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks import secrets as S
-from tasks.virtual_keys import default_key_env
+from tasks.config import secrets as S
+from tasks.config.virtual_keys import default_key_env
+from tasks.lib.compose import PROXY_SERVICE
 from tests.e2e import database
 from tests.e2e import gateway_http as api
 from tests.e2e.conftest import make_deployment
-from tasks.compose import PROXY_SERVICE
 
 pytestmark = pytest.mark.e2e
 HOST = "gw-db"

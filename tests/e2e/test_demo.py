@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import certificates
-from tasks import secrets as S
+from tasks.config import certificates
+from tasks.config import secrets as S
 from tests import demo
 from tests.e2e import gateway_http as api
 from tests.e2e import revocation
@@ -76,7 +76,7 @@ def test_demo_declares_a_key_as_code_that_works(bed, demo_output):
 def test_demo_runs_the_shipped_worker_count_for_its_host(bed, demo_output):
     """proxy_workers "auto" (the shipped default): one worker per CPU of the host within its memory,
     in the compose file, and LiteLLM started that many under Gunicorn."""
-    from tasks.sizing import workers_for
+    from tasks.config.sizing import workers_for
 
     facts = bed.ssh(demo.GATEWAY, "nproc; awk '/^MemTotal/ {print int($2 / 1024)}' /proc/meminfo")
     cpus, memory_mb = (int(v) for v in facts.output.split())

@@ -1,8 +1,8 @@
-"""Mode "external" for real: psql and pg_dump as tasks.database.psql runs them on a gateway host (a
+"""Mode "external" for real: psql and pg_dump as tasks.gateway.database.psql runs them on a gateway host (a
 one-shot container of the Postgres image with the project's libpq files mounted read-only), against
 a Postgres container of the test bed's image holding a role with a hostile name and password.
 
-The controller renders the files (tasks/pgservice.py, via render_files); nothing on the host parses
+The controller renders the files (tasks/config/pgservice.py, via render_files); nothing on the host parses
 DATABASE_URL, and no value is on any command line.
 """
 
@@ -16,8 +16,9 @@ from types import SimpleNamespace
 import docker
 import pytest
 
-from tasks import backup, database, pgservice
-from tasks.filters import url_component
+from tasks.config import pgservice
+from tasks.config.filters import url_component
+from tasks.gateway import backup, database
 from tests.libpq_files import write_libpq_files
 
 USER = "li'te llm@x:y"

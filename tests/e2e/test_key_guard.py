@@ -15,7 +15,7 @@ import secrets
 
 import pytest
 
-from tasks import secrets as S
+from tasks.config import secrets as S
 from tests.e2e.conftest import make_deployment
 from tests.e2e.database import COMPOSE
 

@@ -42,10 +42,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks import balancer, certificates, firewall
-from tasks import secrets as S
-from tasks.secrets import read_secrets
-from tasks.virtual_keys import default_key_env
+from tasks import balancer
+from tasks.config import certificates
+from tasks.config import secrets as S
+from tasks.config.secrets import read_secrets
+from tasks.config.virtual_keys import default_key_env
+from tasks.lib import firewall
 from tests.e2e import gateway_http as api
 from tests.e2e import revocation
 from tests.e2e.conftest import PYINFRA, ROOT, Run

@@ -25,17 +25,15 @@ from collections import Counter
 
 import pytest
 
-from tasks import database, envfile
-from tasks.rotation import facts
-from tasks.rotation import interrupt
-from tasks.rotation import sql
-from tasks.rotation import workspace
-from tasks import secrets as S
-from tasks.filters import dotenv_quote
-from tasks.virtual_keys import default_key_env
+from tasks.config import secrets as S
+from tasks.config.filters import dotenv_quote
+from tasks.config.virtual_keys import default_key_env
+from tasks.gateway import database
+from tasks.lib import envfile
+from tasks.lib.compose import PROXY_SERVICE
+from tasks.rotation import facts, interrupt, sql, workspace
 from tests.e2e import gateway_http as api
 from tests.e2e.conftest import GATEWAYS, make_deployment
-from tasks.compose import PROXY_SERVICE
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 

@@ -5,9 +5,9 @@ import json
 import pytest
 import testinfra
 
+from tasks.lib.compose import PROXY_SERVICE
 from tests.e2e.conftest import OLLAMA_MODEL
 from tests.testbed import wait_until
-from tasks.compose import PROXY_SERVICE
 
 HOST = "gw-stateless"
 pytestmark = pytest.mark.e2e

@@ -23,8 +23,8 @@ import time
 
 import pytest
 
-from tasks import backup
-from tasks import secrets as S
+from tasks.config import secrets as S
+from tasks.gateway import backup
 from tests.e2e import gateway_http as api
 from tests.e2e.conftest import UPSTREAM_MODEL, Deployment
 from tests.testbed import wait_until

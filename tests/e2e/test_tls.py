@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import certificates
-from tasks import secrets as S
-from tasks.virtual_keys import default_key_env
+from tasks.config import certificates
+from tasks.config import secrets as S
+from tasks.config.virtual_keys import default_key_env
 from tests.e2e.conftest import IMAGES, ROOT, make_deployment
 from tests.e2e.gateway_http import CLIENT_SCRIPT
 

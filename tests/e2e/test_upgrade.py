@@ -16,8 +16,8 @@ import json
 
 import pytest
 
-from tasks import secrets as S
-from tasks.virtual_keys import default_key_env
+from tasks.config import secrets as S
+from tasks.config.virtual_keys import default_key_env
 from tests.e2e import database, upgrade_probe
 from tests.e2e import gateway_http as api
 

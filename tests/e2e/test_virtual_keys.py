@@ -16,8 +16,8 @@ import re
 
 import pytest
 
-from tasks import secrets as S
-from tasks.virtual_keys import default_key_env
+from tasks.config import secrets as S
+from tasks.config.virtual_keys import default_key_env
 from tests.e2e import gateway_http as api
 from tests.e2e.conftest import UPSTREAM_MODEL, make_deployment
 

@@ -14,8 +14,8 @@ import subprocess
 import threading
 from pathlib import Path
 
-from tasks import secrets as S
-from tasks.filters import dotenv_quote
+from tasks.config import secrets as S
+from tasks.config.filters import dotenv_quote
 
 MIN_SECRET_LENGTH = 12
 SAMPLE_EVERY_S = 0.2

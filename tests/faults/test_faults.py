@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tasks.database import hash_key
+from tasks.gateway.database import hash_key
 from tests.e2e import gateway_http as api
 from tests.e2e import upgrade_probe
 from tests.e2e.conftest import ROOT, make_deployment

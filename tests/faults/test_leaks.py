@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import secrets as S
+from tasks.config import secrets as S
 from tests.e2e import gateway_http as api
 from tests.e2e.conftest import ROOT, make_deployment
 from tests.faults import leaks
@@ -120,7 +120,7 @@ def test_1_no_secret_in_any_runbooks_output(scanned):
 
 def test_2_no_secret_in_process_arguments_on_the_host_or_the_controller(scanned):
     """The proxy's start included: LiteLLM's schema check runs `prisma migrate diff --from-url $DATABASE_URL`,
-    and a bundled gateway's DATABASE_URL names Postgres' socket, with no password (tasks/render.py)."""
+    and a bundled gateway's DATABASE_URL names Postgres' socket, with no password (tasks/lib/render.py)."""
     secrets = scanned["secrets"]
     host_ps = "".join(scanned["host_ps"])
     assert all(scanned["host_ps"]) and scanned["controller_ps"], "the samplers saw nothing"

@@ -1,5 +1,5 @@
 """Data as LiteLLM itself would write it, whole-database snapshots, and the bootstrap run the way
-the deploy runs it (tasks.database's psql command, values on stdin)."""
+the deploy runs it (tasks.gateway.database's psql command, values on stdin)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import subprocess
 import uuid
 from collections import Counter
 
-from tasks import database
+from tasks.gateway import database
 from tests.integration.postgres import Db
 
 # One line per row ("table|md5"), plus "table|" for every table so that empty ones are seen too.
@@ -111,7 +111,7 @@ def values_for(master_key: str, admin_user_id: str = "admin", admin_email: str =
 
 
 def direct_command(db: Db, *psql_args: str) -> str:
-    """psql on this machine for the suite's database, with the flags tasks.database.psql gives it
+    """psql on this machine for the suite's database, with the flags tasks.gateway.database.psql gives it
     on a gateway; the bootstrap's operation and fact take it as their `psql` (the password comes
     from PGPASSFILE, Db.env)."""
     return " ".join(shlex.quote(arg) for arg in (*db.argv(), *psql_args))

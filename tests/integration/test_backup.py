@@ -1,6 +1,6 @@
 """Backup and restore (issue 7) against a real PostgreSQL and the real LiteLLM schema.
 
-The host script of tasks.backup and the restore command of tasks.restore run here exactly as on a
+The host script of tasks.gateway.backup and the restore command of tasks.gateway.restore run here exactly as on a
 gateway, with one difference: pg_dump / pg_restore talk to the suite's server over TCP instead of
 through `docker compose exec -T db` (the part the e2e tier covers)."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import backup, restore
+from tasks.gateway import backup, restore
 from tests.integration import litellm_data
 from tests.integration.conftest import create_database, drop_database
 
@@ -37,7 +37,7 @@ def run(db, command: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def restore_into(db, dump: Path) -> subprocess.CompletedProcess:
-    """tasks.restore's command, with psql talking to `db` over TCP."""
+    """tasks.gateway.restore's command, with psql talking to `db` over TCP."""
     return run(db, restore.restore_command("pg_restore", f"psql {target(db)}", str(dump), f"{dump}.restore.sql"))
 
 
@@ -198,7 +198,7 @@ def test_a_damaged_backup_is_refused_and_the_database_untouched(seeded, scratch,
 
 
 def restore_with_safety_dump(db, dump: Path, safety: Path, pg_dump: str, marker: Path) -> subprocess.CompletedProcess:
-    """tasks.restore's command with its safety dump, psql and pg_dump talking to `db` over TCP;
+    """tasks.gateway.restore's command with its safety dump, psql and pg_dump talking to `db` over TCP;
     `marker` is created where the deploy would start the proxy again."""
     first = restore.safety_dump_command(pg_dump, "pg_restore --file=/dev/null", str(safety), keep=2,
                                         restart=f"touch {shlex.quote(str(marker))}")

@@ -10,9 +10,8 @@ from collections import Counter
 
 import pytest
 
-from tasks import database
-from tasks.filters import url_component
-from tests.libpq_files import write_libpq_files
+from tasks.config.filters import url_component
+from tasks.gateway import database
 from tests.integration.litellm_data import (
     check_in_place,
     managed_rows,
@@ -21,6 +20,7 @@ from tests.integration.litellm_data import (
     snapshot,
     values_for,
 )
+from tests.libpq_files import write_libpq_files
 
 pytestmark = pytest.mark.integration
 
@@ -167,7 +167,7 @@ def test_bootstrap_input_carries_values_only_as_psql_variables():
 
 def test_external_mode_bootstraps_through_libpq_files_made_from_a_hostile_database_url(schema_db, tmp_path):
     """Acceptance 4 for mode "external": the service and password files the controller renders from
-    DATABASE_URL (tasks/pgservice.py; mounted into the one-shot Postgres container on a host, read by
+    DATABASE_URL (tasks/config/pgservice.py; mounted into the one-shot Postgres container on a host, read by
     the local psql here), hostile user and password and all, and no process's command line ever
     shows the password."""
     user = "li'te llm@x:y"

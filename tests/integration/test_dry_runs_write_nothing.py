@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import backup
-from tasks import secrets as S
+from tasks.config import secrets as S
+from tasks.gateway import backup
 
 pytestmark = pytest.mark.integration
 

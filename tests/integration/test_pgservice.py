@@ -1,4 +1,4 @@
-"""An external database reached through libpq's own files (tasks/pgservice.py), against the real
+"""An external database reached through libpq's own files (tasks/config/pgservice.py), against the real
 PostgreSQL: a hostile role name and password, written by the controller, read by psql as it is, and
 never on a command line."""
 
@@ -9,8 +9,9 @@ import subprocess
 
 import pytest
 
-from tasks import database, pgservice
-from tasks.filters import url_component
+from tasks.config import pgservice
+from tasks.config.filters import url_component
+from tasks.gateway import database
 
 pytestmark = pytest.mark.integration
 

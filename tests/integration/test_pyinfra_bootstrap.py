@@ -14,7 +14,7 @@ from pyinfra.api.facts import get_facts
 from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_ops
 
-from tasks import database
+from tasks.gateway import database
 from tests.integration.litellm_data import direct_command, values_for
 
 pytestmark = pytest.mark.integration

@@ -15,13 +15,13 @@ import subprocess
 
 import pytest
 from pyinfra.api import Config, HiddenValue, Inventory, State, output
-from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.operation import add_op
 from pyinfra.api.operations import run_ops
 
-from tasks import database
-from tasks.filters import dotenv_quote
+from tasks.config.filters import dotenv_quote
+from tasks.gateway import database
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """Master-key rotation's database side against the real LiteLLM schema, run the way the rotation
-runs it: the backup (tasks.backup's shell with the external-mode pg_dump script), the proof's
-virtual key (tasks.rotation.sql), the link move and its rollback (tasks.database.bootstrap), the
+runs it: the backup (tasks.gateway.backup's shell with the external-mode pg_dump script), the proof's
+virtual key (tasks.rotation.sql), the link move and its rollback (tasks.gateway.database.bootstrap), the
 restore of the backup into a scratch database, and a stored credential through all of it."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tasks import backup, database
+from tasks.config import secrets as S
+from tasks.gateway import backup, database
 from tasks.rotation import sql
-from tasks import secrets as S
 from tests.integration.conftest import create_database, drop_database
-from tests.libpq_files import write_libpq_files
 from tests.integration.litellm_data import direct_command, managed_rows, run_bootstrap, seed, snapshot, values_for
+from tests.libpq_files import write_libpq_files
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +29,7 @@ def client_env() -> dict[str, str]:
 
 
 def take_backup(db, tmp_path: Path, path: Path, url: str | None = None, damage: str = "") -> subprocess.CompletedProcess:
-    """tasks.backup's script, with the dump of mode "external" (run here with the local pg_dump
+    """tasks.gateway.backup's script, with the dump of mode "external" (run here with the local pg_dump
     instead of inside the Postgres image), reaching the database through libpq's files rendered
     from DATABASE_URL, as the gateway host has them."""
     libpq = write_libpq_files(tmp_path, url or db.url)
@@ -50,7 +50,7 @@ def restore(db, path: Path):
 
 
 def psql_stdin(db, script: str, *args: str) -> subprocess.CompletedProcess:
-    """Run `script` the way the rotation does: tasks.database's psql command, values on stdin."""
+    """Run `script` the way the rotation does: tasks.gateway.database's psql command, values on stdin."""
     return subprocess.run(direct_command(db, *args), shell=True, input=script, capture_output=True, text=True,
                           env=db.env())
 

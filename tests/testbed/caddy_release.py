@@ -14,7 +14,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from tasks.settings import DEFAULTS
+from tasks.config.settings import DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".tools"

@@ -22,8 +22,8 @@ from typing import Callable
 
 import docker.errors
 
-from tasks.docker import DISTRO_PACKAGES
-from tasks.settings import DEFAULTS
+from tasks.config.settings import DEFAULTS
+from tasks.lib.docker import DISTRO_PACKAGES
 
 from .images import LABEL, REPO, Timer, log
 
@@ -32,7 +32,7 @@ SEED_LABEL = "litellm-deploy.testbed.seed"
 PROVISIONED_REPO = f"{REPO}/host-provisioned"
 PACKAGES = (*DISTRO_PACKAGES["debian"], "ca-certificates")
 INSTALL_DIR = str(DEFAULTS["install_dir"])  # the suites' gateways keep the shipped install_dir
-ARCHIVE_DIR = f"{INSTALL_DIR}/images"  # where the deploy uploads the archives (tasks/stack.py)
+ARCHIVE_DIR = f"{INSTALL_DIR}/images"  # where the deploy uploads the archives (tasks/gateway/stack.py)
 MOUNTED_ARCHIVES = "/mnt/testbed-archives"
 
 
@@ -45,7 +45,7 @@ class Seed:
         self.archives = archives  # of every image a bed host may deploy (images.DEPLOYED)
         self.host_config = host_config  # (engine volume, extra binds) -> a bed host's container config
         # The archives by name (their image) and by size and time: the seed's copies must be the controller's
-        # files as the deploy would upload them, or its upload skip (tasks/stack.py archive_uploaded) would
+        # files as the deploy would upload them, or its upload skip (tasks/gateway/stack.py archive_uploaded) would
         # upload and load every archive again on a provisioned host. A new clone's archives are new files.
         parts = [client.images.get(host_image).id, SEED_RECIPE, *PACKAGES,
                  *sorted(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in archives)]

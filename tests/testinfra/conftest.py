@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.secrets import secrets_path
-from tasks.settings import GATEWAYS, HostInput, Settings, build_all
+from tasks.config.secrets import secrets_path
+from tasks.config.settings import GATEWAYS, HostInput, Settings, build_all
 
 ROOT = Path(__file__).resolve().parents[2]
 

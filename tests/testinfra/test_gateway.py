@@ -2,7 +2,7 @@
 
 import json
 
-from tasks.verify import ContainerChecks, assess, container_spec, route_checks
+from tasks.gateway.verify import ContainerChecks, assess, container_spec, route_checks
 
 FILES = {".env": 0o600, "docker-compose.yml": 0o644, "litellm-config.yaml": 0o644}
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.settings import HostInput, build_all
+from tasks.config.settings import HostInput, build_all
 
 # LiteLLM fetches a price list from the internet at import; the tests stay offline.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -47,7 +47,7 @@ def build(secrets_file):
     """build(**host_data) -> Settings of one gateway 'gw1' (shipped defaults underneath)."""
 
     def _build(hosts=None, host_envs=None, complete=True, host_key_values=None, **overrides):
-        """host_envs: what each gateway's .env holds (tasks/key_guard.py); default: every
+        """host_envs: what each gateway's .env holds (tasks/config/key_guard.py); default: every
         gateway read, none has a .env (a new deployment)."""
         base = {**group_data("all"), "models": example_models(), "ollama_nodes": OLLAMA_NODES}
         gateways = hosts or {"gw1": overrides}

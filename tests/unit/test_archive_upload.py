@@ -1,4 +1,4 @@
-"""An image archive is hashed and uploaded again unless nothing can have changed (tasks.stack.archive_uploaded):
+"""An image archive is hashed and uploaded again unless nothing can have changed (tasks.gateway.stack.archive_uploaded):
 a no-op run then skips hashing it on both ends, the largest part of its time."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tasks import stack
-from tasks.compose import ImageId
+from tasks.gateway import stack
+from tasks.lib.compose import ImageId
 
 IMAGES = ("litellm:pinned", "postgres:17")
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from tasks import backup, verify
+from tasks.gateway import backup, verify
 
 STAMPS = [f"202611{day:02d}T030000Z" for day in range(1, 7)]
 
@@ -82,7 +82,7 @@ def test_the_scheduled_script_prunes_only_scheduled_backups(tmp_path):
 
 def test_every_operation_that_takes_a_pre_change_backup_passes_backup_keep(build):
     """database_backup (rotation, upgrade) and the upgrade's quiet backup both prune."""
-    from tasks import upgrade
+    from tasks.gateway import upgrade
 
     settings = build(backup_keep=4)
     path = backup.pre_change_backup_path(settings, STAMPS[0], "before-upgrade")
@@ -148,7 +148,7 @@ def test_a_stale_backup_note_names_this_projects_timer(build):
 
 
 def test_the_interrupted_upgrade_record_is_written_only_after_the_backup_in_the_same_command(build):
-    from tasks import upgrade
+    from tasks.gateway import upgrade
 
     settings = build()
     path = backup.pre_change_backup_path(settings, STAMPS[0], "before-upgrade")

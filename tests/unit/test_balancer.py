@@ -10,10 +10,12 @@ import pytest
 import yaml
 from cryptography import x509
 
-from tasks import balancer, certificates, firewall
+from tasks import balancer
+from tasks.config import certificates
+from tasks.config.settings import ConfigError, HostInput
 from tasks.deploy_gateway import proxy_firewall_service
-from tasks.render import COMPOSE_FILE, render_files
-from tasks.settings import ConfigError, HostInput
+from tasks.lib import firewall
+from tasks.lib.render import COMPOSE_FILE, render_files
 from tests.testbed import caddy_release
 from tests.unit.conftest import group_data, lookup
 
@@ -149,7 +151,7 @@ def test_certificate_material_comes_from_the_controller_files(setup, certs):
 
 
 def test_the_deploy_validates_the_files_as_written_with_the_pinned_caddy_before_the_front_is_up(setup, monkeypatch):
-    """The gateways' front does the same (tasks/tls.py caddyfile_valid): a file Caddy refuses fails the
+    """The gateways' front does the same (tasks/gateway/tls.py caddyfile_valid): a file Caddy refuses fails the
     host before the only entry point is recreated with it. That `caddy validate` refuses such files:
     test_tls_front.py test_caddy_refuses_a_key_that_is_not_the_certificates."""
     from tests.unit.test_deploy_plan import plan, position

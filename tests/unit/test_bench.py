@@ -15,7 +15,7 @@ from bench import report
 from bench.__main__ import deployment_of
 from bench.load import guard_target, median_and_spread, run_load
 from bench.runs import TimedRun
-from tasks.settings import DEFAULTS
+from tasks.config.settings import DEFAULTS
 
 
 class Echo(BaseHTTPRequestHandler):

@@ -1,4 +1,4 @@
-"""backup_schedule is checked like systemd checks OnCalendar= (tasks/calendar.py, issue 15 defect 7).
+"""backup_schedule is checked like systemd checks OnCalendar= (tasks/config/calendar.py, issue 15 defect 7).
 
 SYSTEMD_VERDICTS was recorded from the real parser, not written by hand: each expression was given to
 `systemd-analyze calendar EXPR` (systemd 257.13-1~deb13u1, Debian 13) inside the test bed's host image,
@@ -10,8 +10,8 @@ The parser must agree on every verdict and print the same normalized form.
 
 import pytest
 
-from tasks import calendar
-from tasks.calendar import CalendarError, parse
+from tasks.config import calendar
+from tasks.config.calendar import CalendarError, parse
 
 SYSTEMD_VERDICTS = [
     ('daily', '*-*-* 00:00:00'),

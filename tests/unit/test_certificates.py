@@ -6,7 +6,7 @@ import stat
 import pytest
 from cryptography import x509
 
-from tasks import certificates as C
+from tasks.config import certificates as C
 
 NOW = datetime.datetime(2027, 1, 10, tzinfo=datetime.timezone.utc)
 

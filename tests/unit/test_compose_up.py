@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.compose import up_command
+from tasks.lib.compose import up_command
 
 FAKE_DOCKER = textwrap.dedent(r"""
     #!/usr/bin/env bash

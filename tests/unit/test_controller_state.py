@@ -15,10 +15,11 @@ import pytest
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all, disconnect_all
 
-from tasks import certificates, context, key_guard
-from tasks import secrets as S
-from tasks.settings import ConfigError
-from tasks.virtual_keys import default_key_env
+from tasks import context
+from tasks.config import certificates, key_guard
+from tasks.config import secrets as S
+from tasks.config.settings import ConfigError
+from tasks.config.virtual_keys import default_key_env
 from tests.unit.test_key_guard import IMAGE, run_cli
 
 KEY = {"alias": "ci", "models": "all"}

@@ -1,12 +1,13 @@
-"""The ALTER ROLE pieces of tasks/database.py that need no database (the role itself is proven
+"""The ALTER ROLE pieces of tasks/gateway/database.py that need no database (the role itself is proven
 against PostgreSQL in tests/integration/test_role_password.py)."""
 
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.facts import get_facts
 
-from tasks import database, envfile
-from tasks.render import render_files
+from tasks.gateway import database
+from tasks.lib import envfile
+from tasks.lib.render import render_files
 
 
 def test_ascii_password_travels_as_a_scram_verifier_only():
@@ -78,7 +79,7 @@ def run_gateway_guard(install_dir, password: str, db_host_in_run: bool, capfd, c
 
 
 def test_a_gateway_keeps_its_postgres_password_when_the_db_host_did_not_set_the_new_one(tmp_path, capfd, caplog):
-    from tasks.filters import dotenv_quote
+    from tasks.config.filters import dotenv_quote
 
     old, new = "the-password-the-database-has", "a-new-password-from-the-secrets-file"
     install_dir = tmp_path / "opt"

@@ -18,8 +18,9 @@ from pyinfra.api.deploy import add_deploy
 from pyinfra.api.host import Host
 from pyinfra.context import ctx_host, ctx_state
 
-from tasks import compose, docker, firewall, migrations, upgrade
 from tasks.deploy_gateway import deploy_gateway
+from tasks.gateway import migrations, upgrade
+from tasks.lib import compose, docker, firewall
 from tests.unit.conftest import IMAGE
 
 PREVIOUS = "ghcr.io/berriai/litellm-database:main-v1.108.6"
@@ -225,7 +226,7 @@ def test_a_state_hosts_port_is_firewalled_before_its_service_publishes_it(secret
 def test_every_archive_is_loaded_and_one_failed_load_fails_the_command(tmp_path):
     """The loads run in the background side by side: each must still be run and waited for (a stand-in
     `docker` on PATH records its calls and fails for the archive named 'bad')."""
-    from tasks.stack import archives_load_command
+    from tasks.gateway.stack import archives_load_command
 
     fake = tmp_path / "docker"
     fake.write_text('#!/bin/sh\necho "$3" >> "$CALLS"\ncase "$3" in *bad*) exit 1;; esac\n')

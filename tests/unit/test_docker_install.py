@@ -26,7 +26,7 @@ from pyinfra.facts.files import File
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
-from tasks import docker
+from tasks.lib import docker
 
 REAL_DPKG_QUERY = shutil.which("dpkg-query")
 needs_dpkg = pytest.mark.skipif(REAL_DPKG_QUERY is None, reason="dpkg-query not on this machine")

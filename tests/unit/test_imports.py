@@ -76,3 +76,33 @@ def test_no_import_inside_a_function_in_tasks():
                 inside += [f"{path.relative_to(ROOT)}:{sub.lineno} in {node.name}()" for sub in ast.walk(node)
                            if isinstance(sub, (ast.Import, ast.ImportFrom))]
     assert inside == []
+
+
+# The layers of tasks/ as docs/architecture.md draws them, lowest first: a module imports from its own
+# layer or a lower one, never from one above.
+LAYERS = (
+    ("config", ("tasks.config",)),
+    ("lib", ("tasks.lib", "tasks.remote")),
+    ("gateway", ("tasks.gateway",)),
+    ("components", ("tasks.balancer", "tasks.state_hosts", "tasks.key_converge")),
+    ("run", ("tasks.context",)),
+    ("uses the run", ("tasks.deploy_gateway", "tasks.rotation")),
+)
+
+
+def layer_of(module: str) -> int:
+    for index, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return index
+    raise AssertionError(f"{module}: in no layer of LAYERS (docs/architecture.md) — fix: place it in one")
+
+
+def test_every_module_is_in_a_layer_and_imports_none_above_it():
+    upward = [f"{name} ({LAYERS[layer_of(name)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
+              for name, path in MODULES.items() if name != "tasks"
+              for target in sorted(imported(path)) if target != "tasks" and layer_of(target) > layer_of(name)]
+    assert upward == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert layer_of("tasks.config.settings") < layer_of("tasks.gateway.stack") < layer_of("tasks.context")

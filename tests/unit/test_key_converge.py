@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from tasks.remote import key_agent
+from tasks.config.settings import ConfigError
 from tasks.key_converge import EXPIRY_SLACK_SECONDS, _in_container, key_checks, plan, table
-from tasks.settings import ConfigError
+from tasks.remote import key_agent
 
 NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.timezone.utc)
 TEAMS = [{"alias": "research", "models": ["upstream"], "max_budget": 100, "budget_duration": "30d",

@@ -1,4 +1,4 @@
-"""Issue 15, defect 4: no key ever changes by accident (tasks/key_guard.py, tasks/context.py).
+"""Issue 15, defect 4: no key ever changes by accident (tasks/config/key_guard.py, tasks/context.py).
 
 - a generated secret missing from the secrets file is never generated while a gateway that may
   hold the live value could not be read (down, unreachable; a gateway `--limit` left out is read too);
@@ -16,8 +16,8 @@ import pytest
 from pyinfra.api import Config, Inventory, State
 
 from tasks import context
-from tasks import secrets as S
-from tasks.settings import ConfigError
+from tasks.config import secrets as S
+from tasks.config.settings import ConfigError
 from tests.unit.conftest import ROOT, UPSTREAM_KEY
 from tests.unit.test_cli_refuses_bad_input import PYINFRA
 
@@ -66,7 +66,7 @@ def test_generated_only_when_every_gateway_was_read_and_none_has_it(build, secre
 def test_taken_from_the_gateway_that_has_it_even_when_another_is_unread(build, secrets_file):
     live = {name: make() for name, make in S.GENERATED.items()}
     settings = build(hosts=TWO, host_envs={"gw1": live, "gw2": None})["gw1"]
-    # REDIS_PASSWORD is wanted only with a redis host (tasks/topology.py).
+    # REDIS_PASSWORD is wanted only with a redis host (tasks/config/topology.py).
     assert all(settings.secrets[name] == value for name, value in live.items() if name != S.REDIS_PASSWORD)
 
 
@@ -167,7 +167,7 @@ def test_a_gateway_left_out_by_limit_is_connected_only_to_read_its_env(tmp_path,
     (gateway,) = state.inventory
     assert not gateway.connected and not state.is_host_in_limit(gateway)
     settings = context.all_settings(state)["@local"]
-    # REDIS_PASSWORD is wanted only with a redis host (tasks/topology.py).
+    # REDIS_PASSWORD is wanted only with a redis host (tasks/config/topology.py).
     assert all(settings.secrets[name] == value for name, value in live.items() if name != S.REDIS_PASSWORD)
     assert not gateway.connected
 

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from tasks.models import LOCAL_OLLAMA_URL, OLLAMA_PORT, parse_ollama_nodes
-from tasks.settings import ConfigError, HostInput, refuse_node_group
-from tasks.verify import route_checks
+from tasks.config.models import LOCAL_OLLAMA_URL, OLLAMA_PORT, parse_ollama_nodes
+from tasks.config.settings import ConfigError, HostInput, refuse_node_group
+from tasks.gateway.verify import route_checks
 from tests.unit.conftest import UPSTREAM_KEY, group_data, lookup
 from tests.unit.test_cli_refuses_bad_input import run_pyinfra
 

@@ -45,7 +45,7 @@ def test_a_users_edited_group_data_survives_a_package_update(tmp_path):
 
     effective = subprocess.run(
         [sys.executable, "-c",
-         "import runpy; from tasks.settings import DEFAULTS; "
+         "import runpy; from tasks.config.settings import DEFAULTS; "
          "mine = {k: v for k, v in runpy.run_path('group_data/all.py').items() if not k.startswith('_')}; "
          "print({**DEFAULTS, **mine}['litellm_image'], mine)"],
         cwd=repo, capture_output=True, text=True, check=True)

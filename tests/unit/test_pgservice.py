@@ -1,11 +1,11 @@
-"""tasks.pgservice: DATABASE_URL -> libpq service and password files, parsed once on the controller."""
+"""tasks.config.pgservice: DATABASE_URL -> libpq service and password files, parsed once on the controller."""
 
 from __future__ import annotations
 
 import pytest
 
-from tasks import pgservice
-from tasks.filters import url_component
+from tasks.config import pgservice
+from tasks.config.filters import url_component
 
 
 def service(url: str) -> dict[str, str]:

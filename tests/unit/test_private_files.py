@@ -1,4 +1,4 @@
-"""tasks/private_files.py: the one way the controller writes a file that holds a secret."""
+"""tasks/config/private_files.py: the one way the controller writes a file that holds a secret."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from tasks import private_files
-from tasks.private_files import write_private
+from tasks.config import private_files
+from tasks.config.private_files import write_private
 
 
 def test_written_whole_with_its_mode_whatever_the_umask(tmp_path):

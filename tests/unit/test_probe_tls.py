@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from tasks import certificates
+from tasks.config import certificates
 from tasks.remote import probe
 
 

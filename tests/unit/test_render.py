@@ -10,8 +10,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 
-from tasks.filters import dotenv_unquote
-from tasks.render import COMPOSE_FILE, render_files
+from tasks.config.filters import dotenv_unquote
+from tasks.lib.render import COMPOSE_FILE, render_files
 from tests.unit.conftest import ROOT, UPSTREAM_KEY
 
 MODES = ["bundled", "external", "none"]
@@ -78,7 +78,7 @@ def test_published_postgres_binds_loopback_only(build):
 def test_every_worker_keeps_a_key_for_key_cache_ttl_only(settings_for_mode, build, mode):
     """LiteLLM's default keeps a key 60 s in each worker, so a revoked key kept working that long on the
     workers and gateways that did not serve the revocation; the shipped setting keeps it under 1 s."""
-    from tasks.settings import DEFAULTS
+    from tasks.config.settings import DEFAULTS
 
     config = yaml.safe_load(render_files(settings_for_mode(mode))["litellm-config.yaml"])
     assert config["general_settings"]["user_api_key_cache_ttl"] == DEFAULTS["key_cache_ttl"] <= 0.5
@@ -217,7 +217,8 @@ def test_health_checks_give_a_starting_container_start_timeout(build):
 def test_only_an_external_database_gets_libpq_files_and_psql_reads_them_mounted(settings_for_mode, mode):
     """DATABASE_URL parsed once here into libpq's service and password files; psql and pg_dump on the
     host get them mounted read-only and never a value on their command line."""
-    from tasks import database, pgservice
+    from tasks.config import pgservice
+    from tasks.gateway import database
 
     settings = settings_for_mode(mode)
     rendered = render_files(settings)
@@ -236,7 +237,7 @@ def test_only_an_external_database_gets_libpq_files_and_psql_reads_them_mounted(
 
 
 def test_a_database_url_libpq_cannot_hold_is_refused_before_any_host(build, secrets_file):
-    from tasks.settings import ConfigError
+    from tasks.config.settings import ConfigError
 
     secrets_file.write_text(secrets_file.read_text() + 'DATABASE_URL="postgresql://u:a%0Ab@db.example.com/l"\n')
     with pytest.raises(ConfigError) as refused:
@@ -246,7 +247,7 @@ def test_a_database_url_libpq_cannot_hold_is_refused_before_any_host(build, secr
 
 @pytest.mark.parametrize("start_interval", [False, True])
 def test_the_proxy_is_checked_often_while_it_starts_only_where_the_engine_can(build, start_interval):
-    """start_interval (Docker Engine 25+, tasks/docker.py) makes `up --wait` see a started proxy within
+    """start_interval (Docker Engine 25+, tasks/lib/docker.py) makes `up --wait` see a started proxy within
     2 s instead of 10; on an older engine Compose would refuse the key, so it is left out there."""
     check = yaml.safe_load(render_files(build(), start_interval=start_interval)[COMPOSE_FILE])["services"]["litellm"]["healthcheck"]
     assert check["interval"] == "10s"
@@ -257,7 +258,7 @@ def test_the_proxy_is_checked_often_while_it_starts_only_where_the_engine_can(bu
 def test_the_bundled_postgres_is_checked_rarely_once_healthy_where_the_engine_can(build, start_interval):
     """A check is a process started in the container, about 60 ms of CPU: every 10 s once healthy and every
     second while starting where the engine takes start_interval, every 2 s where it cannot; 60 s of failed
-    checks before unhealthy either way (tasks/render.py DATA_HEALTH)."""
+    checks before unhealthy either way (tasks/lib/render.py DATA_HEALTH)."""
     rendered = render_files(build(database_mode="bundled"), start_interval=start_interval)[COMPOSE_FILE]
     check = yaml.safe_load(rendered)["services"]["db"]["healthcheck"]
     assert (check["interval"], check.get("start_interval")) == (("10s", "1s") if start_interval else ("2s", None))

@@ -6,9 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from tasks import render, reserved
-from tasks import secrets as S
-from tasks.settings import ConfigError
+from tasks.config import reserved
+from tasks.config import secrets as S
+from tasks.config.settings import ConfigError
+from tasks.lib import render
 from tests.unit.conftest import example_models
 
 

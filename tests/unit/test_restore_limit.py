@@ -8,7 +8,7 @@ import pytest
 from pyinfra.api import Config, Inventory, State
 from pyinfra.context import ctx_state
 
-from tasks import restore
+from tasks.gateway import restore
 from tests.unit.conftest import ROOT, UPSTREAM_KEY
 from tests.unit.test_cli_refuses_bad_input import PYINFRA
 from tests.unit.test_key_guard import IMAGE, full_secrets

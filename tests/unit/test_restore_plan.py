@@ -1,4 +1,4 @@
-"""The restore's plan (tasks/restore.py): the current database is dumped, as a backup of its own kind,
+"""The restore's plan (tasks/gateway/restore.py): the current database is dumped, as a backup of its own kind,
 after the proxy stops and before anything is dropped, and the run says where. The dump and its
 failure path run against PostgreSQL in tests/integration/test_backup.py."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from tasks import restore
+from tasks.gateway import restore
 from tests.unit.test_deploy_plan import plan, position
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gevent
 import pytest
 
-from tasks.roll import Roll, RollError
+from tasks.gateway.roll import Roll, RollError
 
 GATEWAYS = ["gw1", "gw2", "gw3", "gw4", "gw5"]
 

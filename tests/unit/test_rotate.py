@@ -17,19 +17,25 @@ from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.deploy import add_deploy
 
-from tasks import secrets as S
-from tasks.envfile import EnvLineHashes
-from tasks.envfile import line_hash as env_line_hash
+from tasks.config import secrets as S
+from tasks.config.pending_rotation import (
+    complete,
+    pending_key,
+    pending_rotation_problem,
+    record_pending_key,
+    rotation_guard,
+)
+from tasks.config.settings import ConfigError
+from tasks.lib.envfile import EnvLineHashes
+from tasks.lib.envfile import line_hash as env_line_hash
+from tasks.lib.render import render_files
 from tasks.rotation.facts import evaluate_proof
-from tasks.rotation.operations import KEY_LINES
 from tasks.rotation.interrupt import STOP_ENV
-from tasks.rotation.pending import complete, pending_key, pending_rotation_problem, record_pending_key, rotation_guard
+from tasks.rotation.operations import KEY_LINES
 from tasks.rotation.records import Rotation
 from tasks.rotation.sql import probe_key_for, probe_sql
 from tasks.rotation.stages import rotate_gateway
 from tasks.rotation.window import parse_poll_log, refusal_window
-from tasks.render import render_files
-from tasks.settings import ConfigError
 from tests.unit.conftest import UPSTREAM_KEY
 
 HOSTILE = "sk-" + "p$HOME'\"\\#x $$y ${HOME} `id`" + "k" * 20
@@ -291,7 +297,7 @@ def test_probe_key_is_stable_and_reveals_nothing():
 @pytest.mark.parametrize("mode_", ["bundled", "external"])
 def test_backup_commands_carry_no_value(build, secrets_file, mode_):
     """The dump and its check name files, services and images, never a password or key."""
-    from tasks import backup
+    from tasks.gateway import backup
 
     secrets_file.write_text(secrets_file.read_text() + 'DATABASE_URL="postgresql://u:p4ss@db.example:5432/l"\n')
     settings = build(database_mode=mode_)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import secrets as S
+from tasks.config import secrets as S
 from tasks.rotation.interrupt import STOP_ENV
 from tests.unit.conftest import ROOT
 
@@ -53,7 +53,7 @@ def pyinfra(bed: Path, runbook: str, *args: str) -> tuple[int, str]:
 
 
 def test_every_runbook_starts_with_the_guarded_settings_under_its_own_name():
-    from tasks.rotation.pending import DURING_ROTATION
+    from tasks.config.pending_rotation import DURING_ROTATION
 
     assert sorted(DURING_ROTATION) == RUNBOOKS, "a new runbook must say what it does during a rotation"
     for name in RUNBOOKS:

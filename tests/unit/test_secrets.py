@@ -6,10 +6,10 @@ import subprocess
 from pyinfra.api import Config, Inventory, State
 from pyinfra.api.connect import connect_all
 
-from tasks import secrets as S
+from tasks.config import secrets as S
+from tasks.config.filters import dotenv_quote
 from tasks.context import read_host_env
-from tasks.filters import dotenv_quote
-from tasks.render import render_files
+from tasks.lib.render import render_files
 from tests.unit.conftest import ROOT, UPSTREAM_KEY
 
 GENERATED = ["LITELLM_MASTER_KEY", "LITELLM_SALT_KEY", "POSTGRES_PASSWORD", "UI_PASSWORD"]  # a bundled deployment's

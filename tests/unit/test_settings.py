@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.settings import ConfigError
+from tasks.config.settings import ConfigError
 from tests.unit.conftest import OLLAMA_NODES, UPSTREAM_KEY, example_models, group_data, lookup
 
 
@@ -94,7 +94,7 @@ def test_bad_secret_names_the_field_and_is_never_printed(build, secrets_file, fi
 
 
 def test_published_values_are_refused(build, secrets_file, monkeypatch):
-    from tasks import secrets
+    from tasks.config import secrets
 
     # The real list holds only digests of the old guide's values; prove the mechanism with one of ours.
     planted = "sk-planted-guide-value"
@@ -154,7 +154,7 @@ def test_proxy_bind_accepts_ip_addresses(build, bind):
 @pytest.mark.parametrize("image", ["postgres:latest", "postgres:alpine", "postgres:bookworm", "postgres",
                                    "registry.example.com:5000/postgres", "postgres:stable"])
 def test_floating_postgres_image_is_refused_with_a_postgres_hint(build, secrets_file, mode, image):
-    """External mode runs psql and pg_dump from postgres_image too (tasks/stack.py required_images)."""
+    """External mode runs psql and pg_dump from postgres_image too (tasks/gateway/stack.py required_images)."""
     secrets_file.write_text(secrets_file.read_text() + 'DATABASE_URL="postgresql://u:p4ssword@db.example:5432/l"\n')
     with pytest.raises(ConfigError) as error:
         build(database_mode=mode, postgres_image=image)
@@ -220,7 +220,7 @@ def test_every_number_given_as_text_is_refused_with_the_same_fix(build, field, t
 
 
 def test_the_number_policy_covers_every_integer_setting():
-    from tasks.settings import DEFAULTS
+    from tasks.config.settings import DEFAULTS
 
     integers = {name for name, value in DEFAULTS.items() if isinstance(value, int) and not isinstance(value, bool)}
     assert integers == set(NUMBER_FIELDS)
@@ -289,7 +289,7 @@ def test_every_default_has_one_source_the_declared_fields():
     from dataclasses import MISSING, fields
 
     from tasks.config.fields import BY_NAME, REQUIRED
-    from tasks.settings import DEFAULTS, Settings
+    from tasks.config.settings import DEFAULTS, Settings
 
     assert set(DEFAULTS) <= set(BY_NAME), f"not declared: {set(DEFAULTS) - set(BY_NAME)}"
     assert set(BY_NAME) - set(DEFAULTS) == {"ollama_nodes", "private_address", "secrets_file"}
@@ -305,7 +305,7 @@ def test_the_shipped_group_data_sets_nothing_the_package_defaults():
 
 
 def test_a_gateway_without_group_data_gets_the_declared_defaults(secrets_file):
-    from tasks.settings import DEFAULTS, HostInput, build_all
+    from tasks.config.settings import DEFAULTS, HostInput, build_all
 
     data = {"models": example_models(), "ollama_nodes": OLLAMA_NODES}
     settings = build_all([HostInput("gw1", lookup(data))], secrets_file, {"gw1": {}})["gw1"]

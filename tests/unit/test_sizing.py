@@ -6,9 +6,9 @@ import pytest
 import yaml
 from pyinfra.facts.hardware import Cpus, Memory
 
-from tasks import sizing
-from tasks.render import COMPOSE_FILE, render_files
-from tasks.settings import ConfigError
+from tasks.config import sizing
+from tasks.config.settings import ConfigError
+from tasks.lib.render import COMPOSE_FILE, render_files
 
 
 @pytest.mark.parametrize("cpus, memory_mb, workers", [
@@ -55,7 +55,8 @@ def test_the_rendered_command_carries_the_hosts_worker_count_and_litellm_reads_i
 def test_the_deploy_writes_the_compose_file_of_the_sized_settings(build, monkeypatch):
     """stack.write_files, the one writer of docker-compose.yml (deploy and upgrade rollback), sizes
     from the host's facts: the whole deploy planned on a host with 2 CPUs and 8 GB."""
-    from tasks import docker, stack
+    from tasks.gateway import stack
+    from tasks.lib import docker
     from tests.unit.test_deploy_plan import plan
 
     rendered = []
@@ -66,7 +67,7 @@ def test_the_deploy_writes_the_compose_file_of_the_sized_settings(build, monkeyp
     (files,) = rendered
     proxy = yaml.safe_load(files[COMPOSE_FILE])["services"]["litellm"]
     assert proxy["command"][4:6] == ["--num_workers", "2"]
-    # The host's engine read too: 24 takes no start_interval (tasks/docker.py)
+    # The host's engine read too: 24 takes no start_interval (tasks/lib/docker.py)
     assert "start_interval" not in proxy["healthcheck"]
 
 

@@ -27,8 +27,9 @@ from pyinfra.api.operations import run_ops
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.files import File, Sha256File
 
-from tasks import backup, restore, uploads
 from tasks.context import read_host_env
+from tasks.gateway import backup, restore
+from tasks.lib import uploads
 
 SUDO_PASSWORD = "not-a-real-password-" + "x" * 8
 

@@ -7,14 +7,13 @@ import subprocess
 import pytest
 import yaml
 
-from tasks import certificates
-from tasks.render import render_files
-from tasks.settings import ConfigError
-from tasks.filters import caddy_quote
-from tasks.tls import CADDYFILE, CERT, KEY, MOUNT, https_checks, render_caddyfile
+from tasks.config import certificates
+from tasks.config.filters import caddy_quote
+from tasks.config.settings import ConfigError
+from tasks.gateway.tls import CADDYFILE, CERT, KEY, MOUNT, https_checks, render_caddyfile
+from tasks.lib.render import render_files
 from tests.testbed import caddy_release
 from tests.unit.test_render import compose_binary, parse_env
-
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""State in its own engines (tasks/topology.py, tasks/state_hosts.py, tasks/firewall.py): the
+"""State in its own engines (tasks/config/topology.py, tasks/state_hosts.py, tasks/lib/firewall.py): the
 inventory's db and redis hosts checked before any host is touched, and what they are given."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import subprocess
 import pytest
 import yaml
 
-from tasks import firewall, render
-from tasks.settings import ConfigError, HostInput, build_everything
+from tasks.config.settings import ConfigError, HostInput, build_everything
+from tasks.lib import firewall, render
 from tasks.state_hosts import render_service
 from tests.unit.conftest import example_models, group_data, lookup
 
@@ -271,7 +271,7 @@ def test_only_the_first_gateway_migrates_and_bootstraps_a_db_hosts_database(secr
 
 
 def test_backups_of_the_shared_database_are_taken_on_the_db_host(secrets_file):
-    from tasks import backup
+    from tasks.gateway import backup
 
     db = everything(secrets_file)[1]["db1"]
     view = db.backup
@@ -288,7 +288,7 @@ def test_backups_of_the_shared_database_are_taken_on_the_db_host(secrets_file):
 def password_plan(secrets_file, monkeypatch, host_line: str | None, name: str = "db1"):
     """The plan of the db host (or of gateway `name`) whose .env has `host_line` as the hash of its
     POSTGRES_PASSWORD line (None: no .env yet)."""
-    from tasks.envfile import EnvLineHashes
+    from tasks.lib.envfile import EnvLineHashes
     from tasks.state_hosts import deploy_state_host
     from tests.unit.test_deploy_plan import plan
 
@@ -300,7 +300,7 @@ def password_plan(secrets_file, monkeypatch, host_line: str | None, name: str = 
 
 
 def test_a_changed_postgres_password_is_set_on_the_db_hosts_role_before_its_env_is_written(secrets_file, monkeypatch):
-    from tasks.envfile import line_hash
+    from tasks.lib.envfile import line_hash
     from tests.unit.test_deploy_plan import position
 
     password = "the-new-password-in-the-secrets-file"
@@ -329,7 +329,7 @@ def test_a_gateway_takes_a_changed_postgres_password_only_after_the_db_host(secr
 
 @pytest.mark.parametrize("start_interval", [False, True])
 def test_the_db_and_redis_hosts_are_checked_rarely_once_healthy_where_the_engine_can(secrets_file, start_interval):
-    """Each check is a process in the container (tasks/render.py DATA_HEALTH): every 10 s once healthy and
+    """Each check is a process in the container (tasks/lib/render.py DATA_HEALTH): every 10 s once healthy and
     every second while starting where the engine takes start_interval, every 2 s where it cannot; 60 s of
     failed checks before unhealthy either way."""
     state = everything(secrets_file)[1]

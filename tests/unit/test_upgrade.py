@@ -2,11 +2,11 @@
 Its plan (order, held errors): tests/unit/test_deploy_plan.py. The whole path (attempt, rollback, data
 identical, a bad tag changing nothing) is proven on the test bed: tests/e2e/test_upgrade.py."""
 
-from tasks import upgrade
+from tasks.gateway import upgrade
 
 
 class Ran:
-    """Stands for an OperationMeta after execution (only what tasks.outcome asks)."""
+    """Stands for an OperationMeta after execution (only what tasks.lib.outcome asks)."""
 
     def __init__(self, ok: bool, stderr: tuple[str, ...] = ()):
         self.ok, self.stderr_lines = ok, list(stderr)

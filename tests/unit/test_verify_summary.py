@@ -1,6 +1,6 @@
 """The verify summary's backup lines (issue 7: the age of the newest backup is visible)."""
 
-from tasks import verify
+from tasks.gateway import verify
 
 
 def test_newest_backup_parsed_from_the_hosts_listing():

@@ -5,9 +5,9 @@ import datetime as dt
 
 import pytest
 
-from tasks import secrets as S
-from tasks.settings import ConfigError
-from tasks.virtual_keys import default_key_env, effective_models
+from tasks.config import secrets as S
+from tasks.config.settings import ConfigError
+from tasks.config.virtual_keys import default_key_env, effective_models
 
 TEAMS = [{"alias": "research", "models": ["upstream"], "max_budget": 100, "budget_duration": "30d",
           "members": ["alice"]}]

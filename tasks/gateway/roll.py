@@ -17,7 +17,7 @@ per host), and the next operation only when all hosts finished this one. Three m
     of the load balancers' configuration, and a stop flag a failure sets before its slot is released.
     The load balancers are other hosts of the same run: their connections (state.inventory) are used
     directly with run_shell_command. This is the mechanism used.
-Whether a gateway needs recreating at all is decided the way tasks.stack.start_proxy decides it (its
+Whether a gateway needs recreating at all is decided the way tasks.gateway.stack.start_proxy decides it (its
 files or images changed, or the proxy is not healthy), plus a marker left by an unfinished roll: the
 files of a gateway the roll stopped before are already new, so the next deploy must still roll it.
 
@@ -43,10 +43,11 @@ from pyinfra.api import Host, State, operation
 from pyinfra.api.command import FunctionCommand
 from pyinfra.facts.files import File
 
-from tasks import compose, verify
 from tasks.config.registry import run_get, run_value
-from tasks.settings import Settings
-from tasks.uploads import connector_arguments
+from tasks.config.settings import Settings
+from tasks.gateway import verify
+from tasks.lib import compose
+from tasks.lib.uploads import connector_arguments
 
 PENDING = ".state/roll-pending"  # in a gateway's install_dir: its new files are not running yet
 

@@ -28,7 +28,7 @@ those connections cross FORWARD too, with the same original port; without the ad
 meet the DROP. The db and redis hosts have none (their services dial nothing on their own port).
 
 IPv4 only (iptables): the settings refuse IPv6 addresses for the hosts whose ports this guards
-(tasks/topology.py, tasks/balancer.py), and the rules refuse them as a last guard.
+(tasks/config/topology.py, tasks/balancer.py), and the rules refuse them as a last guard.
 """
 
 from __future__ import annotations

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import jinja2
 
-from tasks import pgservice
-from tasks import secrets as S
-from tasks.filters import FILTERS, url_component
-from tasks.settings import AUTO_WORKERS, Settings
-from tasks.topology import REDIS_PORT
-from tasks.tls_config import FRONT_RANGES
-from tasks.tls_config import base_url as tls_base_url
+from tasks.config import pgservice
+from tasks.config import secrets as S
+from tasks.config.filters import FILTERS, url_component
+from tasks.config.settings import AUTO_WORKERS, Settings
+from tasks.config.tls_config import FRONT_RANGES
+from tasks.config.tls_config import base_url as tls_base_url
+from tasks.config.topology import REDIS_PORT
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 COMPOSE_FILE = "docker-compose.yml"
 CONFIG_FILE = "litellm-config.yaml"
 ENV_FILE = ".env"
@@ -31,7 +31,7 @@ POSTGRES_SOCKET_DIR = "/var/run/postgresql"
 
 def environment() -> jinja2.Environment:
     """The one Jinja environment of the package's templates: undefined names fail, quoting lives in the
-    filters (tasks/filters.py), blocks leave no blank lines."""
+    filters (tasks/config/filters.py), blocks leave no blank lines."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         undefined=jinja2.StrictUndefined,
@@ -87,9 +87,9 @@ def container_env(settings: Settings) -> dict[str, str]:
 
 
 def state_env(settings: Settings) -> dict[str, str]:
-    """Shared state in its own engines (tasks/topology.py): the Redis the proxy shares rate limits
+    """Shared state in its own engines (tasks/config/topology.py): the Redis the proxy shares rate limits
     and usage counters through, and, with a db host, its POSTGRES_PASSWORD too, so a lost secrets
-    file gets it back from any gateway's .env like the other generated secrets (tasks/key_guard.py)."""
+    file gets it back from any gateway's .env like the other generated secrets (tasks/config/key_guard.py)."""
     env = {}
     if settings.db_host:
         env["POSTGRES_PASSWORD"] = settings.secrets[S.POSTGRES_PASSWORD]
@@ -105,7 +105,7 @@ def state_env(settings: Settings) -> dict[str, str]:
 def proxy_command(settings: Settings) -> list[str]:
     """The proxy container's command: LiteLLM's CLI after the image's entry point."""
     command = ["--config", "/app/config.yaml", "--port", "4000"]
-    if settings.proxy_workers == AUTO_WORKERS:  # not sized for a host (tasks/sizing.py): LiteLLM's default
+    if settings.proxy_workers == AUTO_WORKERS:  # not sized for a host (tasks/config/sizing.py): LiteLLM's default
         return command
     command += ["--num_workers", str(settings.proxy_workers)]
     if settings.proxy_workers > 1:
@@ -120,7 +120,7 @@ def proxy_command(settings: Settings) -> list[str]:
 
 # The data services' health checks (Postgres, Valkey). Each check is a process started in the container:
 # about 60 ms of CPU (measured, pg_isready). Every 2 s that is 3% of a core for as long as the host runs.
-# Where the engine takes a start_interval (tasks/docker.py), the check runs every 10 s once healthy and
+# Where the engine takes a start_interval (tasks/lib/docker.py), the check runs every 10 s once healthy and
 # every second while the service starts, so `up --wait` sees it ready as soon as before. Unhealthy after
 # 60 s of failed checks either way.
 DATA_HEALTH = {True: {"interval": "10s", "retries": 6, "start_interval": "1s"},
@@ -133,7 +133,7 @@ def data_health(start_interval: bool) -> dict:
 
 def render_files(settings: Settings, start_interval: bool = False) -> dict[str, str]:
     """file name -> content, for the install directory. start_interval: the host's engine takes a health
-    check's start_interval (tasks/docker.py)."""
+    check's start_interval (tasks/lib/docker.py)."""
     env = environment()
     rendered = {
         COMPOSE_FILE: env.get_template("docker-compose.yml.j2").render(settings=settings,
@@ -146,7 +146,7 @@ def render_files(settings: Settings, start_interval: bool = False) -> dict[str, 
         ENV_FILE: env.get_template("env.j2").render(env=container_env(settings)),
     }
     if settings.database_mode == "external":
-        # For psql and pg_dump in one-shot containers (tasks/database.py psql): DATABASE_URL as libpq's
+        # For psql and pg_dump in one-shot containers (tasks/gateway/database.py psql): DATABASE_URL as libpq's
         # own files, parsed here once, so no shell on the host parses a URL or a dotenv line.
         url = settings.secrets[S.DATABASE_URL]
         rendered[pgservice.SERVICE_FILE] = pgservice.service_file(url)

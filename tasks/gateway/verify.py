@@ -15,14 +15,14 @@ from urllib.parse import quote
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, deploy, operation
 
-from tasks import tls
-from tasks.backup import local_dir, unit_name
-from tasks.compose import PROXY_SERVICE, compose_cmd
-from tasks.database import MASTER_KEY_ALIAS
-from tasks.models import Model
-from tasks.outcome import failing_command
+from tasks.config.models import Model
+from tasks.config.settings import Settings
+from tasks.gateway import tls
+from tasks.gateway.backup import local_dir, unit_name
+from tasks.gateway.database import MASTER_KEY_ALIAS
+from tasks.lib.compose import PROXY_SERVICE, compose_cmd
+from tasks.lib.outcome import failing_command
 from tasks.remote import probe, program
-from tasks.settings import Settings
 
 PROBE_SOURCE = program("probe")
 PROXY = "http://127.0.0.1:4000"

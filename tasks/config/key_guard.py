@@ -20,7 +20,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from tasks import secrets as S
+from tasks.config import secrets as S
 
 # Gateway name -> the generated secrets its .env holds ({} when it has no .env), or None when it
 # could not be read in this run. A gateway missing from the mapping was not read either.

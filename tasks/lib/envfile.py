@@ -9,14 +9,14 @@ import shlex
 
 from pyinfra.api import FactBase
 
-from tasks.filters import dotenv_quote
-from tasks.render import ENV_FILE
+from tasks.config.filters import dotenv_quote
+from tasks.lib.render import ENV_FILE
 
 VARIABLE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
 def line_hash(name: str, value: str) -> str:
-    """sha256 of the line tasks.render writes into .env for name=value (what EnvLineHashes reports)."""
+    """sha256 of the line tasks.lib.render writes into .env for name=value (what EnvLineHashes reports)."""
     return hashlib.sha256(f"{name}={dotenv_quote(value)}".encode()).hexdigest()
 
 

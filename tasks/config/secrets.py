@@ -2,7 +2,7 @@
 
 A dotenv file (python-dotenv syntax) beside the inventory, or at $LITELLM_DEPLOY_SECRETS. Values
 this package can make are taken from the gateways' `.env` or, on a new deployment only, generated
-(tasks/key_guard.py decides which, and refuses when a gateway that may hold the live value could
+(tasks/config/key_guard.py decides which, and refuses when a gateway that may hold the live value could
 not be read); they are written back when the run's operations start (never under --dry), so every
 later run sees the same ones. Provider keys are only ever read.
 """
@@ -21,7 +21,7 @@ from typing import Callable, Mapping
 from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 
-from tasks.private_files import write_private
+from tasks.config.private_files import write_private
 
 SECRETS_ENV_VAR = "LITELLM_DEPLOY_SECRETS"
 DEFAULT_SECRETS_NAME = "secrets.env"
@@ -31,7 +31,7 @@ SALT_KEY = "LITELLM_SALT_KEY"
 POSTGRES_PASSWORD = "POSTGRES_PASSWORD"
 UI_PASSWORD = "UI_PASSWORD"
 DATABASE_URL = "DATABASE_URL"
-# State hosts (tasks/topology.py): the redis host's password (generated), or an external Redis.
+# State hosts (tasks/config/topology.py): the redis host's password (generated), or an external Redis.
 REDIS_PASSWORD = "REDIS_PASSWORD"
 REDIS_URL = "REDIS_URL"
 

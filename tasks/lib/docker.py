@@ -10,8 +10,8 @@ from pyinfra.api import FactBase, deploy, operation
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, systemd
 
-from tasks.outcome import failing_command
-from tasks.settings import Settings
+from tasks.config.settings import Settings
+from tasks.lib.outcome import failing_command
 
 DOCKER_REPO_KEY_URL = "https://download.docker.com/linux/{distro}/gpg"
 DOCKER_REPO_KEYRING = "/etc/apt/keyrings/docker.asc"

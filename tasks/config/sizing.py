@@ -14,7 +14,7 @@ from dataclasses import replace
 from pyinfra import host
 from pyinfra.facts.hardware import Cpus, Memory
 
-from tasks.settings import AUTO_WORKERS, Settings
+from tasks.config.settings import AUTO_WORKERS, Settings
 
 MAX_AUTO_WORKERS = 8
 WORKER_MEMORY_MB = 1024

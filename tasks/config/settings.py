@@ -15,18 +15,18 @@ from typing import Callable, Mapping
 
 from pyinfra.api.exceptions import PyinfraError
 
-from tasks import calendar, key_guard, pgservice, reserved, tls_config, topology, virtual_keys
-from tasks import secrets as S
-from tasks.secrets import Secrets
+from tasks.config import calendar, key_guard, pgservice, reserved, tls_config, topology, virtual_keys
 from tasks.config import fields as declared
-from tasks.key_guard import Completion, HostEnvs
-from tasks.models import OLLAMA_PORT, Model, is_http_url, parse_models, parse_ollama_nodes
-from tasks.virtual_keys import Team, VirtualKey, default_key_env, key_value_problems, parse_keys, parse_teams
+from tasks.config import secrets as S
+from tasks.config.key_guard import Completion, HostEnvs
+from tasks.config.models import OLLAMA_PORT, Model, is_http_url, parse_models, parse_ollama_nodes
+from tasks.config.secrets import Secrets
+from tasks.config.virtual_keys import Team, VirtualKey, default_key_env, key_value_problems, parse_keys, parse_teams
 
 GATEWAYS = "litellm_hosts"
 OLLAMA_NODES = "ollama_nodes"  # the old inventory group of nodes, refused (refuse_node_group)
-AUTO_WORKERS = "auto"  # proxy_workers sized to the host (tasks/sizing.py)
-DATABASE_MODES = ("bundled", "external", "none", "db_host")  # db_host: tasks/topology.py
+AUTO_WORKERS = "auto"  # proxy_workers sized to the host (tasks/config/sizing.py)
+DATABASE_MODES = ("bundled", "external", "none", "db_host")  # db_host: tasks/config/topology.py
 DOCKER_INSTALLS = ("distro", "docker-repo", "skip")
 IMAGE_SOURCES = ("pull", "archives")
 TLS_SOURCES = ("off", "self-signed", "files", "acme")
@@ -94,19 +94,19 @@ class Settings:
     tls_image: str
     redis_image: str
     roll_width: int
-    proxy_workers: int | str  # "auto": tasks/sizing.py
+    proxy_workers: int | str  # "auto": tasks/config/sizing.py
     key_cache_ttl: float  # seconds a worker serves a key from memory: the revocation delay (docs/secrets-and-keys.md)
-    # TLS front (tasks/tls.py): the CA that issued tls_cert_file, when it is not a public one.
+    # TLS front (tasks/gateway/tls.py): the CA that issued tls_cert_file, when it is not a public one.
     tls_ca_file: str
     teams: tuple[Team, ...]
     virtual_keys: tuple[VirtualKey, ...]
     # Set by tasks.balancer when the inventory has lb_hosts: the proxy is then published on the address
-    # the load balancers reach (proxy_bind) and on localhost, and changes roll (tasks/roll.py).
+    # the load balancers reach (proxy_bind) and on localhost, and changes roll (tasks/gateway/roll.py).
     behind_load_balancer: bool
     # ...and the load balancers' addresses: the only sources the proxy's published port lets in
-    # (tasks/firewall.py), besides localhost.
+    # (tasks/lib/firewall.py), besides localhost.
     load_balancer_sources: tuple[str, ...]
-    # Shared state in its own engines (tasks/topology.py), derived from the inventory: the db host this
+    # Shared state in its own engines (tasks/config/topology.py), derived from the inventory: the db host this
     # gateway's DATABASE_URL points at ("" = none), and the Redis its proxy shares limits through.
     db_host: str
     redis_address: str  # the redis host's private address ("" = none)
@@ -127,7 +127,7 @@ class Settings:
     @property
     def proxy_publish_address(self) -> str:
         """Where the proxy's port is published: proxy_bind, but loopback only behind the TLS front
-        (tasks/tls_config.py refuses any other address with tls on)."""
+        (tasks/config/tls_config.py refuses any other address with tls on)."""
         if self.tls != "off" and self.proxy_bind in ("0.0.0.0", "::"):
             return "127.0.0.1"
         return self.proxy_bind
@@ -465,7 +465,7 @@ def build_everything(
 ) -> tuple[dict[str, Settings], dict[str, topology.StateHost]]:
     """Validate every gateway and the secrets file against what the gateways hold, then build Settings.
 
-    host_envs: the generated secrets each gateway's .env holds (tasks/key_guard.py: None = not read).
+    host_envs: the generated secrets each gateway's .env holds (tasks/config/key_guard.py: None = not read).
     host_key_values: the declared keys' values each gateway holds ({alias: value}; None = not read;
     default: as host_envs was read, none held).
     A missing generated secret is taken from the gateways, or generated on a new deployment, and
@@ -496,7 +496,7 @@ def build_everything(
     for gateway in gateways:
         raw = read_host_data(gateway.data)
         host_problems = data_problems(raw)
-        # The TLS front: its fields, and the names its certificate is for ([] = by source, tasks/tls_config.py).
+        # The TLS front: its fields, and the names its certificate is for ([] = by source, tasks/config/tls_config.py).
         address = tls_config.host_address(gateway.name, gateway.data)
         host_problems += tls_config.problems(gateway.name, address, raw)
         if raw["tls"] != "off" and not host_problems:
@@ -559,7 +559,7 @@ def build_everything(
         for name, (raw, nodes, models, (teams, keys)) in parsed.items()
     }
     def backup_view(name: str, data: dict, directory: str, project: str) -> Settings:
-        """The db host's database seen as a bundled one (tasks/backup.py: pg_dump through `compose exec`
+        """The db host's database seen as a bundled one (tasks/gateway/backup.py: pg_dump through `compose exec`
         in its project, backup_dir/backup_keep/backup_schedule of its own host data)."""
         some_gateway = next(iter(gateway_settings.values()))
         return replace(some_gateway, host_name=name, database_mode="bundled", install_dir=directory,

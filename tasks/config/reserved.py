@@ -5,15 +5,15 @@ master key hands that secret out as a virtual key; a provider key named like a v
 Postgres or the container's process replaces the package's value in `.env`; a `backup_dir` of /tmp
 becomes root-only at the first backup. So the classes are refused, not a list of the cases seen:
 
-- secrets-file entries: every name the package writes or reads itself (tasks/secrets.py) and every
+- secrets-file entries: every name the package writes or reads itself (tasks/config/secrets.py) and every
   name in the environment namespace of an engine it runs or a process the containers need;
-- aliases: what the bootstrap (tasks/database.py) and LiteLLM itself keep in the key and team tables;
+- aliases: what the bootstrap (tasks/gateway/database.py) and LiteLLM itself keep in the key and team tables;
 - directories: the system's own (the FHS top levels and their standard children).
 """
 
 from __future__ import annotations
 
-from tasks import secrets as S
+from tasks.config import secrets as S
 
 # LiteLLM, Postgres and libpq, Redis, Prisma, the package's own settings (UI_, PROXY_), the engines
 # that run the stack, the Python and Node processes in the containers, and TLS/proxy variables that

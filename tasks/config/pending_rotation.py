@@ -9,9 +9,9 @@ from pathlib import Path
 from pyinfra import logger
 from pyinfra.api import State
 
-from tasks import secrets as S
+from tasks.config import secrets as S
 from tasks.config.registry import first_time
-from tasks.settings import GATEWAYS, MIN_KEY_LENGTH, ConfigError
+from tasks.config.settings import GATEWAYS, MIN_KEY_LENGTH, ConfigError
 
 
 def next_key_problems(current: str, pending: str, salt: str | None) -> list[str]:
@@ -117,7 +117,7 @@ def rotation_guard(state: State, runbook: str) -> None:
     """Before any operation of `runbook` is added: refuse (ConfigError, the usual "nothing was changed"
     report) or report a pending rotation, as DURING_ROTATION says for it."""
     if runbook not in DURING_ROTATION:
-        raise ConfigError([f"{runbook}: not in tasks/rotation/pending.py DURING_ROTATION — "
+        raise ConfigError([f"{runbook}: not in tasks/config/pending_rotation.py DURING_ROTATION — "
                            "fix: say there what it does while a master-key rotation is pending"])
     if DURING_ROTATION[runbook] == "finish":
         return

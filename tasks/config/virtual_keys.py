@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from tasks import reserved
-from tasks.models import ENV_NAME
+from tasks.config import reserved
+from tasks.config.models import ENV_NAME
 
 ALL_MODELS = "all"
 STATES = ("present", "absent")

@@ -24,8 +24,9 @@ from pyinfra import host, state
 from pyinfra.api import deploy, operation
 from pyinfra.api.exceptions import PyinfraError
 
-from tasks import backup, compose, database, migrations, uploads, verify
-from tasks.settings import GATEWAYS, Settings
+from tasks.config.settings import GATEWAYS, Settings
+from tasks.gateway import backup, database, migrations, verify
+from tasks.lib import compose, uploads
 
 MAGIC = b"PGDMP"
 LATEST = "latest"
@@ -154,7 +155,7 @@ SAFETY_PURPOSE = "before-restore"
 
 def safety_dump_path(settings: Settings, stamp: str) -> str:
     """Where a restore dumps the database it is about to replace: the backup dir, named as a kind of
-    its own for retention (tasks/backup.py): scheduled backups never prune it, only a later restore's
+    its own for retention (tasks/gateway/backup.py): scheduled backups never prune it, only a later restore's
     safety dump beyond backup_keep of them does."""
     return backup.pre_change_backup_path(settings, stamp, SAFETY_PURPOSE)
 

@@ -9,7 +9,7 @@ again only when its names change, its CA changed, or fewer than RENEW_BEFORE day
 changes nothing, so nothing is uploaded or restarted.
 
 Nothing is written while a run is only planned: `CertificateStore.leaf` returns the material and
-keeps what is new in `pending`; `save()` writes it (tasks/tls.py calls it when the run's operations
+keeps what is new in `pending`; `save()` writes it (tasks/gateway/tls.py calls it when the run's operations
 start, so `--dry` writes nothing, as for the secrets file).
 """
 
@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tasks.private_files import write_private
+from tasks.config.private_files import write_private
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -464,7 +464,7 @@ def served_problems(directory: Path, served: dict[str, tuple[str, bytes | None]]
 def leaf_for(names: Iterable[str], label: str, directory: Path) -> TlsMaterial:
     """One host's material from the deployment CA in `directory`, written at once: for callers
     outside a pyinfra run's planning (tests, a load balancer's own tooling). Inside a run, use
-    tasks.tls.material, which writes only when the operations start."""
+    tasks.gateway.tls.material, which writes only when the operations start."""
     store = CertificateStore(directory)
     material = store.leaf(label, names)
     store.save()

@@ -10,7 +10,7 @@ and turned into what each host needs, before any host is touched.
     redis_hosts  one host; Valkey in its own compose project (`<compose_project>-redis`), requirepass
                  REDIS_PASSWORD (generated into the secrets file), reachable from the gateways only.
                  Or an external Redis: REDIS_URL in the secrets file. Either way every gateway's proxy
-                 shares rate limits and usage counters through it (tasks/render.py, coordination_redis).
+                 shares rate limits and usage counters through it (tasks/lib/render.py, coordination_redis).
 
 A host's private address (host data `private_address`; default its `ssh_hostname`) is where the
 others reach it: the db/redis host publishes its port there, and the gateways' addresses are the only
@@ -25,8 +25,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from tasks import secrets as S
-from tasks.filters import url_component, url_host
+from tasks.config import secrets as S
+from tasks.config.filters import url_component, url_host
 
 DB_HOSTS = "db_hosts"
 REDIS_HOSTS = "redis_hosts"
@@ -189,8 +189,8 @@ class StateHost:
     log_max_size: str
     log_max_file: int
     secrets: S.Secrets = field(repr=False)
-    # The db host's database as backup.py and the backup timer see a bundled one (tasks/backup.py):
-    # a tasks.settings.Settings whose compose project is the db host's. None on a redis-only host.
+    # The db host's database as backup.py and the backup timer see a bundled one (tasks/gateway/backup.py):
+    # a tasks.config.settings.Settings whose compose project is the db host's. None on a redis-only host.
     backup: object = field(default=None, repr=False)
 
     def service_dir(self, service: str) -> str:

@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from tasks import reserved
-from tasks.filters import url_host
+from tasks.config import reserved
+from tasks.config.filters import url_host
 
 # Provider prefixes this package knows how to route and verify. LiteLLM knows many more; add a
 # prefix here once its config shape is tested, rather than letting a typo reach the proxy.

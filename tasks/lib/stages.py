@@ -1,5 +1,5 @@
 """A runbook's stages: named steps that a caller may run under pyinfra global arguments and whose
-operations it may want to see afterwards (tasks.upgrade holds the errors of an upgrade's stages and
+operations it may want to see afterwards (tasks.gateway.upgrade holds the errors of an upgrade's stages and
 rolls back when one failed).
 
 A stage knows nothing of that: it is a function and its arguments, as the runbook would call it

@@ -12,7 +12,7 @@ import shlex
 from pyinfra import host
 from pyinfra.api import FactBase, operation
 
-from tasks.compose import ImageId, compose_cmd
+from tasks.lib.compose import ImageId, compose_cmd
 
 
 def marker_path(install_dir: str) -> str:
@@ -44,7 +44,7 @@ def schema_migrated(project: str, install_dir: str, image: str):
     )
 
 
-# --- a database shared by several gateways (a db host's, tasks/topology.py) --------------------------
+# --- a database shared by several gateways (a db host's, tasks/config/topology.py) --------------------------
 
 # The key `prisma migrate deploy` (and the bed's psql migration job) holds while it migrates.
 PRISMA_ADVISORY_LOCK = 72707369
@@ -58,7 +58,7 @@ SCHEMA_READY_SQL = f"""SELECT CASE WHEN to_regclass('public._prisma_migrations')
 
 class SchemaReady(FactBase):
     """True when the shared database's schema is migrated and no migration runs now (psql: the
-    gateway's own invocation for its database, tasks.database.psql; the SQL on its stdin)."""
+    gateway's own invocation for its database, tasks.gateway.database.psql; the SQL on its stdin)."""
 
     def command(self, psql: str) -> str:
         return f"echo {shlex.quote(SCHEMA_READY_SQL)} | {psql} -A -t 2>/dev/null || true"

@@ -9,7 +9,7 @@ than `litellm_image`. Which one comes from the host, read when the run is planne
   neither: a first deploy, no upgrade.
 
 On an upgrade, in deploy order (tasks.deploy_gateway, then run_stages here):
-  image     pulled or loaded and checked before anything else (tasks.stack.get_images): a mistyped
+  image     pulled or loaded and checked before anything else (tasks.gateway.stack.get_images): a mistyped
             tag or an unreachable registry fails the host with the proxy still serving on the
             previous image, its files unchanged and no backup taken
   backup    database modes: pg_dump before the new files are written, into backup_dir as
@@ -46,11 +46,11 @@ from pyinfra import host, logger, state
 from pyinfra.api import FactBase, deploy, operation
 from pyinfra.api.operation import OperationMeta
 
-from tasks import backup, restore, stack, verify
-from tasks.compose import PROXY_SERVICE, ImageId, compose_cmd
-from tasks.outcome import failed, failing_command, last_error
-from tasks.settings import Settings
-from tasks.stages import Stage, run_plainly
+from tasks.config.settings import Settings
+from tasks.gateway import backup, restore, stack, verify
+from tasks.lib.compose import PROXY_SERVICE, ImageId, compose_cmd
+from tasks.lib.outcome import failed, failing_command, last_error
+from tasks.lib.stages import Stage, run_plainly
 
 STATE_DIR = ".state"
 VERIFIED_MARKER = "verified-image"

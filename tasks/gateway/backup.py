@@ -3,7 +3,7 @@
 The dump runs where the database is reachable the way the proxy reaches it: inside the bundled
 Postgres service (local socket, no password), or, for an external database, in a one-shot
 container of the Postgres image with libpq's service and password files of the project (the same
-way the bootstrap's psql runs: tasks.database.psql). No value is ever on a command line. The file is written under a temporary name and renamed once pg_restore
+way the bootstrap's psql runs: tasks.gateway.database.psql). No value is ever on a command line. The file is written under a temporary name and renamed once pg_restore
 has read all of it back, so a file at the final path is a complete, readable dump.
 
 Restore (see docs/rotation.md):
@@ -26,10 +26,11 @@ from pyinfra.api import FunctionCommand, deploy, operation
 from pyinfra.facts.files import FindInFile
 from pyinfra.operations import files, systemd
 
-from tasks import database, uploads
-from tasks.compose import DB_SERVICE, changed, compose_cmd
-from tasks.render import environment
-from tasks.settings import Settings
+from tasks.config.settings import Settings
+from tasks.gateway import database
+from tasks.lib import uploads
+from tasks.lib.compose import DB_SERVICE, changed, compose_cmd
+from tasks.lib.render import environment
 
 STAMP_PATTERN = r"[0-9]{8}T[0-9]{6}Z"
 PRE_CHANGE_NAME = re.compile(rf"litellm-{STAMP_PATTERN}-([a-z-]+)\.dump")

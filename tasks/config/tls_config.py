@@ -2,7 +2,7 @@
 the tls fields, found with the rest of the settings (all at once, each naming the field and the
 fix) before any host is touched.
 
-Kept apart from tasks/settings.py so the load balancer can ask the same questions of its hosts.
+Kept apart from tasks/config/settings.py so the load balancer can ask the same questions of its hosts.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from tasks import certificates
-from tasks.filters import url_host
+from tasks.config import certificates
+from tasks.config.filters import url_host
 
 # An e-mail address as ACME servers take it (one @, a dotted domain, no spaces or quotes: it is
 # written into the Caddyfile as a bare token).

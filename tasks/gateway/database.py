@@ -22,12 +22,12 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.api import FactBase, HiddenValue, StringCommand, operation
 
-from tasks import pgservice
-from tasks.compose import DB_SERVICE, compose_cmd
-from tasks.envfile import EnvLineHashes, line_hash
-from tasks.render import ENV_FILE
+from tasks.config import pgservice
+from tasks.lib.compose import DB_SERVICE, compose_cmd
+from tasks.lib.envfile import EnvLineHashes, line_hash
+from tasks.lib.render import ENV_FILE
 
-BOOTSTRAP_SQL = Path(__file__).resolve().parent.parent / "templates" / "bootstrap.sql"
+BOOTSTRAP_SQL = Path(__file__).resolve().parents[2] / "templates" / "bootstrap.sql"
 MASTER_KEY_ALIAS = "master-key"
 # Lines the check query prints; anything else (including no output) means "not in place".
 IN_PLACE = "bootstrap: in place"
@@ -130,7 +130,7 @@ def check_input(values: dict[str, str]) -> StringIO:
 # --- where psql runs ----------------------------------------------------------------------------
 
 # Mode "external": libpq's own service and password files, made from DATABASE_URL on the controller
-# (tasks/pgservice.py) and written 0600 beside the project's .env, seen read-only by a one-shot
+# (tasks/config/pgservice.py) and written 0600 beside the project's .env, seen read-only by a one-shot
 # container of the Postgres image. psql takes a URL only as an argument, which `ps` would show.
 CONTAINER_PG_DIR = "/run/litellm-deploy"
 

@@ -18,10 +18,11 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import File
 from pyinfra.operations import files
 
-from tasks import compose, docker, pgservice, sizing
-from tasks.render import COMPOSE_FILE, CONFIG_FILE, ENV_FILE, render_files
-from tasks.settings import Settings
-from tasks.uploads import private_file
+from tasks.config import pgservice, sizing
+from tasks.config.settings import Settings
+from tasks.lib import compose, docker
+from tasks.lib.render import COMPOSE_FILE, CONFIG_FILE, ENV_FILE, render_files
+from tasks.lib.uploads import private_file
 
 
 @dataclass
@@ -62,8 +63,8 @@ def install_directory(settings: Settings):
 
 @deploy("Compose project files")
 def write_files(settings: Settings, changes: Changes) -> None:
-    # The worker count for this host's CPUs and memory, when proxy_workers is "auto" (tasks/sizing.py).
-    # The proxy's health checked every 2 s while it starts, when the host's engine can (tasks/docker.py).
+    # The worker count for this host's CPUs and memory, when proxy_workers is "auto" (tasks/config/sizing.py).
+    # The proxy's health checked every 2 s while it starts, when the host's engine can (tasks/lib/docker.py).
     rendered = render_files(sizing.sized(settings),
                             start_interval=docker.health_start_interval_supported(settings.docker_install))
     written = {
@@ -91,7 +92,7 @@ def required_images(settings: Settings) -> dict[str, str]:
         # external mode runs psql from the Postgres image as a one-shot container.
         images["postgres_image"] = settings.postgres_image
     if settings.tls != "off":
-        images["tls_image"] = settings.tls_image  # the TLS front (tasks/tls.py)
+        images["tls_image"] = settings.tls_image  # the TLS front (tasks/gateway/tls.py)
     return images
 
 

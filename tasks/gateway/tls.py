@@ -1,6 +1,6 @@
 """The TLS front: a Caddy service (`tls`) in the gateway's compose project, in front of the proxy.
 
-HTTPS on tls_port with the certificate of settings.tls (tasks/certificates.py: the deployment CA's
+HTTPS on tls_port with the certificate of settings.tls (tasks/config/certificates.py: the deployment CA's
 leaf, the user's files, or ACME by Caddy itself); plain HTTP on http_port answers only with a
 redirect to HTTPS; requests go to litellm:4000 over the compose network. The proxy's own port is then
 published on 127.0.0.1 only (templates/docker-compose.yml.j2), so host-local tools and checks keep it
@@ -25,16 +25,17 @@ from pyinfra.api.state import BaseStateCallback
 from pyinfra.facts.files import Directory
 from pyinfra.operations import files
 
-from tasks import certificates, compose
-from tasks import secrets as S
-from tasks.certificates import CertificateStore, TlsMaterial
+from tasks.config import certificates
+from tasks.config import secrets as S
+from tasks.config.certificates import CertificateStore, TlsMaterial
+from tasks.config.filters import url_host
 from tasks.config.registry import run_value
+from tasks.config.settings import Settings
+from tasks.config.tls_config import port_suffix
+from tasks.lib import compose
+from tasks.lib.render import environment
+from tasks.lib.uploads import private_file
 from tasks.remote import program
-from tasks.render import environment
-from tasks.settings import Settings
-from tasks.filters import url_host
-from tasks.tls_config import port_suffix
-from tasks.uploads import private_file
 
 SERVICE = "tls"
 # Where the front's files live on the host (a root-only directory of the install dir) and where the
