@@ -42,6 +42,8 @@ from pyinfra import host
 from pyinfra.api import FactBase, deploy, operation
 from pyinfra.operations import files, systemd
 
+from tasks.lib.render import environment
+
 DOCKER_USER = "DOCKER-USER"
 SCRIPT_DIR = "/usr/local/sbin"
 UNIT_DIR = "/etc/systemd/system"
@@ -166,22 +168,8 @@ def script(name: str, port: int, sources, destination: str = "") -> str:
 
 
 def unit(name: str, script_path: str) -> str:
-    return "\n".join([
-        "# Written by litellm-deploy: the firewall rules of a published port, in place before docker starts.",
-        "[Unit]",
-        f"Description=litellm-deploy firewall for {name}",
-        "Before=docker.service",
-        "PartOf=docker.service",
-        "",
-        "[Service]",
-        "Type=oneshot",
-        "RemainAfterExit=yes",
-        f"ExecStart={script_path}",
-        "",
-        "[Install]",
-        "WantedBy=multi-user.target docker.service",
-        "",
-    ])
+    """The systemd unit that runs the service's script before docker starts (templates/litellm-firewall.service.j2)."""
+    return environment().get_template("litellm-firewall.service.j2").render(name=name, script_path=script_path)
 
 
 class FirewallApplied(FactBase):
