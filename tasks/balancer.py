@@ -59,7 +59,7 @@ CADDYFILE = "caddy/Caddyfile"
 ROLL_CADDYFILE = "caddy/Caddyfile.roll"
 CERT_FILE = "certs/cert.pem"
 KEY_FILE = "certs/key.pem"
-IN_CONTAINER = {"caddy": "/etc/caddy", "certs": "/certs"}  # lb-compose.yml.j2's mounts
+IN_CONTAINER = {"caddy": "/etc/caddy", "certs": "/certs"}  # templates/balancer/docker-compose.yml.j2's mounts
 
 HEALTH_INTERVAL = 2
 HEALTH_TIMEOUT = 5
@@ -298,12 +298,12 @@ def build_load_balancers(lbs: list[HostInput], gateways: dict[str, Settings],
 def render_caddyfile(lb: LoadBalancer, drained: frozenset[str] | set[str] = frozenset()) -> str:
     """The Caddyfile with every gateway but the `drained` ones in the rotation."""
     upstreams = [u.dial for u in lb.upstreams if u.host_name not in drained]
-    return environment().get_template("lb-Caddyfile.j2").render(lb=lb, upstreams=upstreams,
+    return environment().get_template("balancer/Caddyfile.j2").render(lb=lb, upstreams=upstreams,
                                                               drained=sorted(drained))
 
 
 def render_compose(lb: LoadBalancer) -> str:
-    return environment().get_template("lb-compose.yml.j2").render(lb=lb)
+    return environment().get_template("balancer/docker-compose.yml.j2").render(lb=lb)
 
 
 def certificate_material(lb: LoadBalancer, store=None) -> tuple[str, str] | None:

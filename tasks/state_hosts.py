@@ -37,12 +37,12 @@ def render_service(host: StateHost, service: str, start_interval: bool = False) 
     the host's engine takes a health check's start_interval (tasks/lib/docker.py)."""
     env = environment()
     rendered = {
-        COMPOSE_FILE: env.get_template(f"state-{service}-compose.yml.j2").render(
+        COMPOSE_FILE: env.get_template(f"state_hosts/{service}-compose.yml.j2").render(
             host=host, port=PORTS[service], data_health=data_health(start_interval)),
         ENV_FILE: env.get_template("env.j2").render(env=service_env(host, service)),
     }
     if service == "db":
-        rendered[HBA_FILE] = env.get_template("state-pg_hba.conf.j2").render(host=host)
+        rendered[HBA_FILE] = env.get_template("state_hosts/pg_hba.conf.j2").render(host=host)
     return rendered
 
 

@@ -285,8 +285,8 @@ def unit_files(settings: Settings) -> dict[str, str]:
     return {
         script_path(settings): "#!/bin/sh\n# Written by litellm-deploy: database backup of the bundled Postgres "
                                f"of compose project {settings.compose_project}.\n" + gateway_script(settings),
-        f"{unit}.service": env.get_template(f"{LEGACY_UNIT}.service.j2").render(**values),
-        f"{unit}.timer": env.get_template(f"{LEGACY_UNIT}.timer.j2").render(**values),
+        f"{unit}.service": env.get_template(f"systemd/{LEGACY_UNIT}.service.j2").render(**values),
+        f"{unit}.timer": env.get_template(f"systemd/{LEGACY_UNIT}.timer.j2").render(**values),
     }
 
 

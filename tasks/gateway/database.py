@@ -1,6 +1,6 @@
 """The database stage: run psql where the database is, and put the LiteLLM bootstrap in place.
 
-Values reach psql only on its stdin, as `\\set` lines followed by templates/bootstrap.sql, so no
+Values reach psql only on its stdin, as `\\set` lines followed by templates/gateway/bootstrap.sql, so no
 value is ever part of a command line (visible in `ps` on the host and in pyinfra's -vv output)
 and none is ever spliced into SQL text (psql quotes `:'name'` itself).
 
@@ -27,7 +27,7 @@ from tasks.lib.compose import DB_SERVICE, compose_cmd
 from tasks.lib.envfile import EnvLineHashes, line_hash
 from tasks.lib.render import ENV_FILE
 
-BOOTSTRAP_SQL = Path(__file__).resolve().parents[2] / "templates" / "bootstrap.sql"
+BOOTSTRAP_SQL = Path(__file__).resolve().parents[2] / "templates" / "gateway" / "bootstrap.sql"
 MASTER_KEY_ALIAS = "master-key"
 # Lines the check query prints; anything else (including no output) means "not in place".
 IN_PLACE = "bootstrap: in place"
@@ -75,7 +75,7 @@ def psql_variables(values: dict[str, str]) -> str:
 def bootstrap_values(
     admin_user_id: str, admin_email: str, master_key_hash: str, master_key_name: str
 ) -> dict[str, str]:
-    """The variables templates/bootstrap.sql and the check query read, validated once."""
+    """The variables templates/gateway/bootstrap.sql and the check query read, validated once."""
     if not admin_user_id:
         raise ValueError("admin_user_id must not be empty")
     if not SHA256_HEX.match(master_key_hash):
@@ -98,7 +98,7 @@ def bootstrap_input(values: dict[str, str]) -> str:
     return PRELUDE + psql_variables(values) + BOOTSTRAP_SQL.read_text(encoding="utf-8")
 
 
-# The wanted state of templates/bootstrap.sql, read back. Missing tables (migrations not applied
+# The wanted state of templates/gateway/bootstrap.sql, read back. Missing tables (migrations not applied
 # yet) answer "not in place" instead of failing, so the fact can run before the schema exists.
 CHECK_SQL = f"""\\set ON_ERROR_STOP on
 SELECT to_regclass('"LiteLLM_UserTable"') IS NOT NULL
@@ -211,7 +211,7 @@ def bootstrap(
     master_key_hash: str,
     master_key_name: str,
 ):
-    """Admin user + master-key link in LiteLLM's tables (templates/bootstrap.sql), only when the
+    """Admin user + master-key link in LiteLLM's tables (templates/gateway/bootstrap.sql), only when the
     fact says they are not in place, so an unchanged deploy reports no change. `psql`: where psql
     runs (database.psql for a gateway).
 

@@ -3,7 +3,7 @@
 HTTPS on tls_port with the certificate of settings.tls (tasks/config/certificates.py: the deployment CA's
 leaf, the user's files, or ACME by Caddy itself); plain HTTP on http_port answers only with a
 redirect to HTTPS; requests go to litellm:4000 over the compose network. The proxy's own port is then
-published on 127.0.0.1 only (templates/docker-compose.yml.j2), so host-local tools and checks keep it
+published on 127.0.0.1 only (templates/gateway/docker-compose.yml.j2), so host-local tools and checks keep it
 and no other host reaches it in clear.
 
 Caddy reads its files only when it starts, so the service is recreated when the Caddyfile, the
@@ -59,7 +59,7 @@ def served_certificate(install_dir: str) -> str:
 
 def render_caddyfile(settings: Settings) -> str:
     env = environment()
-    return env.get_template("Caddyfile.j2").render(
+    return env.get_template("gateway/Caddyfile.j2").render(
         settings=settings, mount=MOUNT, cert=CERT, key=KEY, upstream="litellm:4000",
         https_suffix=port_suffix(settings.tls_port, 443),
     )

@@ -15,7 +15,7 @@ from pyinfra.api import FactBase, operation
 from pyinfra.api.operation import OperationMeta
 
 LOG_LINES = 40
-# The services of templates/docker-compose.yml.j2 that operations name.
+# The services of templates/gateway/docker-compose.yml.j2 that operations name.
 PROXY_SERVICE = "litellm"
 DB_SERVICE = "db"
 

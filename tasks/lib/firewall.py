@@ -168,8 +168,8 @@ def script(name: str, port: int, sources, destination: str = "") -> str:
 
 
 def unit(name: str, script_path: str) -> str:
-    """The systemd unit that runs the service's script before docker starts (templates/litellm-firewall.service.j2)."""
-    return environment().get_template("litellm-firewall.service.j2").render(name=name, script_path=script_path)
+    """The systemd unit that runs the service's script before docker starts (templates/systemd/litellm-firewall.service.j2)."""
+    return environment().get_template("systemd/litellm-firewall.service.j2").render(name=name, script_path=script_path)
 
 
 class FirewallApplied(FactBase):

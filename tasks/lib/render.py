@@ -136,12 +136,12 @@ def render_files(settings: Settings, start_interval: bool = False) -> dict[str, 
     check's start_interval (tasks/lib/docker.py)."""
     env = environment()
     rendered = {
-        COMPOSE_FILE: env.get_template("docker-compose.yml.j2").render(settings=settings,
+        COMPOSE_FILE: env.get_template("gateway/docker-compose.yml.j2").render(settings=settings,
                                                                        proxy_command=proxy_command(settings),
                                                                        start_interval=start_interval,
                                                                        data_health=data_health(start_interval),
                                                                        postgres_socket_dir=POSTGRES_SOCKET_DIR),
-        CONFIG_FILE: env.get_template("litellm-config.yaml.j2").render(settings=settings, models=settings.models,
+        CONFIG_FILE: env.get_template("gateway/litellm-config.yaml.j2").render(settings=settings, models=settings.models,
                                                                        front_ranges=list(FRONT_RANGES)),
         ENV_FILE: env.get_template("env.j2").render(env=container_env(settings)),
     }

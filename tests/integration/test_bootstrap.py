@@ -1,4 +1,4 @@
-"""templates/bootstrap.sql against the real LiteLLM schema, run as the deploy runs it."""
+"""templates/gateway/bootstrap.sql against the real LiteLLM schema, run as the deploy runs it."""
 
 from __future__ import annotations
 
