@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from tasks.config import secrets as S
+from tasks.config.fields import DEFAULTS
 from tasks.config.filters import url_component, url_host
 
 DB_HOSTS = "db_hosts"
@@ -65,7 +66,7 @@ class Topology:
 
 
 def private_address(host: StateInput) -> object:
-    return host.data("private_address", None) or host.data("ssh_hostname", None) or host.name
+    return host.data("private_address", DEFAULTS["private_address"]) or host.data("ssh_hostname", None) or host.name
 
 
 def _address_problems(host: StateInput, group: str) -> list[str]:
