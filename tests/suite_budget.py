@@ -39,6 +39,9 @@ HOST_READY = re.compile(r"\[testbed\] host (\S+) \(\w+\) ready")
 # waited for by a suite that asks before they are: counted apart, so a clean machine puts no suite over budget.
 BED_PREPARATION = re.compile(r"\[testbed\] (?:images and seed|images|archives) ready: ([0-9.]+)s")
 PREPARATION = "bed images, seed and archives (once per machine)"
+# Every pyinfra run a suite makes (tests/e2e/conftest.py Deployment.pyinfra): how much of a suite is the
+# package's own runs, the part issue 35's single state read makes cheaper, and the rest is the bed's.
+PYINFRA_RUN = re.compile(r"\[e2e\] pyinfra \S+ ran ([0-9.]+)s")
 
 
 def budget_of(unit: str, scale: float = 1.0) -> float:
@@ -53,6 +56,8 @@ class Suite:
     workers: set[str] = field(default_factory=set)
     hosts: set[str] = field(default_factory=set)
     tests: set[str] = field(default_factory=set)
+    pyinfra_runs: int = 0
+    pyinfra_seconds: float = 0.0
 
 
 def worker_of(report) -> str:
@@ -70,6 +75,9 @@ def suites(reports, unit_of) -> dict[str, Suite]:
         suite.tests.add(report.nodeid)
         for _, text in getattr(report, "sections", ()):
             suite.hosts.update(HOST_READY.findall(text))
+            runs = [float(seconds) for seconds in PYINFRA_RUN.findall(text)]
+            suite.pyinfra_runs += len(runs)
+            suite.pyinfra_seconds += sum(runs)
             preparation = sum(float(seconds) for seconds in BED_PREPARATION.findall(text))
             if preparation:
                 suite.seconds -= preparation
@@ -124,11 +132,12 @@ class SuiteBudget:
         found = self.found  # pytest's terminal summary comes after every pytest_sessionfinish
         if not found:
             return
-        terminalreporter.section("suites: seconds, budget, worker, bed hosts created, tests")
+        terminalreporter.section("suites: seconds, budget, worker, bed hosts created, tests, pyinfra runs")
         for unit, suite in sorted(found.items(), key=lambda item: -item[1].seconds):
+            runs = f"{suite.pyinfra_runs:4} runs {suite.pyinfra_seconds:6.0f} s" if suite.pyinfra_runs else " " * 18
             terminalreporter.write_line(
                 f"{suite.seconds:7.0f} s  {budget_of(unit, self.scale):6.0f} s  {','.join(sorted(suite.workers)):8}"
-                f"{len(suite.hosts):3} hosts {len(suite.tests):5} tests  {unit}")
+                f"{len(suite.hosts):3} hosts {len(suite.tests):5} tests  {runs}  {unit}")
         terminalreporter.write_line("workers: " + ", ".join(
             f"{worker} {seconds:.0f} s" for worker, seconds in sorted(worker_seconds(self.reports).items())))
         for problem in self.problems:

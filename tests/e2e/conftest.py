@@ -17,6 +17,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,6 +161,7 @@ class Deployment:
         if not inventory_as_written:
             self.write_inventory()
         command, env = self.command(script, *args, limit=limit)
+        started = time.monotonic()
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0 and BED_RUNC_FLAKE in result.stdout + result.stderr:
             # The bed's nested engine (runc in a container in a container) once failed to start a
@@ -168,6 +170,8 @@ class Deployment:
             print(f"\n[e2e] {script} on {self.prefix or 'main'}: the bed's engine failed to start an exec "
                   f"({BED_RUNC_FLAKE}); running it once more", file=sys.stderr)
             result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        # Read by the suite table (tests/suite_budget.py PYINFRA_RUN).
+        print(f"[e2e] pyinfra {script} ran {time.monotonic() - started:.1f}s", file=sys.stderr)
         return Run(result.returncode, result.stdout + result.stderr)
 
     def command(self, script: str, *args: str, limit: str | None = None) -> tuple[list[str], dict[str, str]]:

@@ -83,11 +83,13 @@ def test_the_beds_one_time_preparation_is_counted_apart_from_the_suite():
             self.nodeid, self.duration, self.sections = nodeid, duration, [("Captured stderr setup", text)]
 
     text = ("[testbed] images ready: 200.0s\n[testbed] archives ready: 100.0s\n[testbed] images and seed ready: 300.5s\n"
-            "[testbed] host b-gw (host) ready: 2.0s\n[testbed] host b-db (host) ready: 2.0s\n")
+            "[testbed] host b-gw (host) ready: 2.0s\n[testbed] host b-db (host) ready: 2.0s\n"
+            "[e2e] pyinfra deploy.py ran 30.5s\n[e2e] pyinfra backup.py ran 4.0s\n")
     found = suite_budget.suites([Report("tests/e2e/test_b.py::t", 650.5, text), Report("tests/e2e/test_b.py::u", 10, "")],
                                 lambda nodeid: nodeid.split("::")[0])
     assert found["tests/e2e/test_b.py"].seconds == pytest.approx(60)
     assert found["tests/e2e/test_b.py"].hosts == {"b-gw", "b-db"}
+    assert (found["tests/e2e/test_b.py"].pyinfra_runs, found["tests/e2e/test_b.py"].pyinfra_seconds) == (2, 34.5)
     assert found[suite_budget.PREPARATION].seconds == pytest.approx(600.5)
     assert suite_budget.over_budget(found) == []
 
