@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 from pyinfra.api import deploy
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import File, FindInFile
+from pyinfra.facts.hardware import Cpus, Memory
+from pyinfra.facts.server import Date, LinuxDistribution
+from pyinfra.operations.apt import APT_UPDATE_FILENAME
 
 from tasks import context, key_converge
+from tasks.config import sizing
 from tasks.config.settings import Settings
 from tasks.gateway import backup, database, migrations, roll, stack, tls, upgrade, verify
-from tasks.lib import docker, firewall
+from tasks.lib import compose, docker, envfile, fact_cache, firewall
+from tasks.lib.fact_cache import absent_reads, directory_reads, put_reads, service_reads
+from tasks.lib.render import COMPOSE_FILE, CONFIG_FILE, ENV_FILE
 from tasks.lib.stages import Stage, stage
+from tasks.lib.uploads import private_file_reads
 
 
 @deploy("LiteLLM gateway")
 def deploy_gateway(settings: Settings) -> None:
+    # What the stages below decide on, read in one command; served until something changes on the host.
+    fact_cache.read_at_once(facts_decided_on(settings))
     changes = stack.Changes()
     # Docker Engine + Compose v2, running and enabled.
     docker.install_docker(settings)
@@ -96,3 +107,54 @@ def proxy_firewall(settings: Settings) -> None:
 
 def proxy_firewall_service(settings: Settings) -> str:
     return f"{settings.compose_project}-proxy"
+
+
+def facts_decided_on(settings: Settings) -> list[fact_cache.Wanted]:
+    """[(fact, arguments)] that the gateway's stages read on a host where they have nothing to do, in
+    the order they read them: the no-op's host state, read in one command (tasks/lib/fact_cache.py).
+    A fact missing here is still read, on its own (tests/unit/test_fact_cache.py keeps this list and
+    the stages together). Not here: what is checked live (verification, the bootstrap, the keys)."""
+    install_dir, project = settings.install_dir, settings.compose_project
+    reads: list[fact_cache.Wanted] = [(LinuxDistribution, {}), (upgrade.DeployedImage, {"project": project,
+                                      "install_dir": install_dir}), (upgrade.PendingUpgrade, {"install_dir": install_dir})]
+    if settings.proxy_workers == sizing.AUTO_WORKERS:
+        reads += [(Cpus, {}), (Memory, {})]
+    reads += [(docker.EngineVersion, {})]
+    if settings.docker_install == "distro":
+        reads += [(docker.DockerPackageStates, {}), (File, {"path": APT_UPDATE_FILENAME}), (Date, {}), (DebPackages, {})]
+    if settings.docker_install != "skip":
+        reads += service_reads("docker.service")
+    reads += [(docker.ComposeVersion, {}), *directory_reads(install_dir),
+              firewall.presence_fact(proxy_firewall_service(settings))]
+    images = stack.required_images(settings)
+    if settings.image_source == "pull":
+        reads += [(compose.ImageId, {"image": image}) for image in images.values()]
+    else:
+        reads += directory_reads(stack.archive_dir(settings))
+        reads += [(File, {"path": stack.remote_archive(stack.archive_dir(settings), archive)})
+                  for archive in settings.image_archives]
+        reads += [(compose.ImageId, {"image": image}) for image in images.values()]
+    if settings.has_database:
+        reads += [(envfile.EnvLineHashes, {"install_dir": install_dir, "names": (database.POSTGRES_PASSWORD,)})]
+    for name in stack.FILE_MODES:
+        path = f"{install_dir}/{name}"
+        reads += private_file_reads(path) if name in (COMPOSE_FILE, CONFIG_FILE, ENV_FILE) or \
+            settings.database_mode == "external" else absent_reads(path)
+    reads += [(compose.ComposeServices, {"project": project, "install_dir": install_dir})]
+    if settings.has_database:
+        reads += [(migrations.MigratedImageId, {"install_dir": install_dir})]
+    if settings.database_mode == "bundled" and settings.backup_enabled:
+        for path in backup.unit_files(settings):
+            reads += put_reads(path)
+        reads += service_reads(f"{backup.unit_name(settings)}.timer")
+    elif settings.has_database:
+        reads += service_reads(f"{backup.unit_name(settings)}.timer")
+    if settings.has_database:
+        reads += [(FindInFile, {"path": backup.LEGACY_SCRIPT, "pattern": backup.legacy_owner_pattern(settings)})]
+    reads += tls.facts_read(settings)
+    if settings.database_mode == "bundled":
+        reads += [(verify.NewestBackup, {"directory": settings.backup_dir})]
+    reads += [(upgrade.VerifiedImage, {"install_dir": install_dir})]
+    if settings.teams or settings.virtual_keys:
+        reads += private_file_reads(key_converge.keys_file(settings))
+    return reads

@@ -161,6 +161,15 @@ def archives_load_command(archives: list[str]) -> str:
     return f'pids=""; {loads} status=0; for pid in $pids; do wait "$pid" || status=1; done; exit $status'
 
 
+def archive_dir(settings: Settings) -> str:
+    return f"{settings.install_dir}/images"
+
+
+def remote_archive(archive_dir: str, archive: str) -> str:
+    """Where an image archive of the controller is uploaded on the host."""
+    return f"{archive_dir}/{Path(archive).name}"
+
+
 def images_on_host(image_source: str, image_archives, archive_dir: str, images: dict[str, str]) -> list:
     """The image stage of every compose project (gateway, load balancer, db and redis host): `images`
     ({setting: image}) on the host and checked, pulled when missing or loaded from the uploaded
@@ -170,7 +179,7 @@ def images_on_host(image_source: str, image_archives, archive_dir: str, images: 
     files.directory(name=f"Image archive directory {archive_dir}", path=archive_dir, mode="700")
     uploads = {}
     for archive in image_archives:
-        remote = f"{archive_dir}/{Path(archive).name}"
+        remote = remote_archive(archive_dir, archive)
         uploads[remote] = archive_uploaded(name=f"Upload image archive {Path(archive).name}", src=archive, dest=remote,
                                            images=tuple(images.values()))
     return [archives_loaded(name="Load images from the archives", uploads=uploads, images=images)]
@@ -180,7 +189,7 @@ def images_on_host(image_source: str, image_archives, archive_dir: str, images: 
 def get_images(settings: Settings, changes: Changes) -> None:
     """The images on the host and checked, before any file of the project is written: on an upgrade a
     mistyped tag or an unreachable registry must fail the host while the old image still serves."""
-    changes.images = images_on_host(settings.image_source, settings.image_archives, f"{settings.install_dir}/images",
+    changes.images = images_on_host(settings.image_source, settings.image_archives, archive_dir(settings),
                                     required_images(settings))
 
 

@@ -33,8 +33,9 @@ from tasks.config.registry import run_value
 from tasks.config.settings import Settings
 from tasks.config.tls_config import port_suffix
 from tasks.lib import compose
+from tasks.lib.fact_cache import absent_reads, directory_reads
 from tasks.lib.render import environment
-from tasks.lib.uploads import private_file
+from tasks.lib.uploads import private_file, private_file_reads
 from tasks.remote import program
 
 SERVICE = "tls"
@@ -151,6 +152,21 @@ def front_absent(project: str, install_dir: str):
         yield f"docker rm --force {' '.join(shlex.quote(c) for c in containers)}"
     if present:
         yield f"rm -rf {shlex.quote(directory)}"
+
+
+def facts_read(settings: Settings) -> list:
+    """What tls_front reads when it has nothing to do: [(fact, arguments)] (tasks/lib/fact_cache.py)."""
+    if settings.tls == "off":
+        return [(Directory, {"path": remote_dir(settings)}), (FrontContainers, {"project": settings.compose_project})]
+    directory = remote_dir(settings)
+    tls = material(settings)
+    written = {CADDYFILE} | ({CERT, KEY} if tls is not None else set()) | \
+        ({CA} if tls is not None and tls.ca_pem is not None else set())
+    reads = directory_reads(directory)
+    for name in (CADDYFILE, CERT, KEY, CA):
+        path = f"{directory}/{name}"
+        reads += private_file_reads(path) if name in written else absent_reads(path)
+    return reads
 
 
 @deploy("TLS front")

@@ -232,13 +232,20 @@ def paths(service: str) -> tuple[str, str, str]:
     return f"{SCRIPT_DIR}/litellm-firewall-{service}", unit_name, f"{UNIT_DIR}/{unit_name}"
 
 
+def presence_fact(service: str) -> tuple[type[FactBase], dict]:
+    """The fact rules_absent decides on, and its arguments."""
+    script_path, _, unit_path = paths(service)
+    return FirewallPresent, {"chain_name": chain(service), "unit_path": unit_path, "script_path": script_path,
+                             "mark_prefix": _mark_prefix(service)}
+
+
 @operation()
 def rules_absent(service: str):
     """No firewall for `service` (a gateway no longer behind load balancers publishes its proxy to
     everyone again): the unit disabled and gone, the jumps and the chain deleted."""
     script_path, unit_name, unit_path = paths(service)
-    if not host.get_fact(FirewallPresent, chain_name=chain(service), unit_path=unit_path, script_path=script_path,
-                         mark_prefix=_mark_prefix(service)):
+    fact, arguments = presence_fact(service)
+    if not host.get_fact(fact, **arguments):
         host.noop(f"no firewall for {service}")
         return
     yield f"systemctl disable {shlex.quote(unit_name)} >/dev/null 2>&1 || true"

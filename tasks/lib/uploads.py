@@ -54,6 +54,11 @@ def installed_upload(src, dest: str, mode: str = "600", user: str = "root", grou
            f"installed=$?; rm -rf {quoted}; exit $installed")
 
 
+def private_file_reads(dest: str) -> list:
+    """What private_file reads of a file that is up to date: [(fact, arguments)] (tasks/lib/fact_cache.py)."""
+    return [(File, {"path": dest}), (Sha256File, {"path": dest})]
+
+
 @operation()
 def private_file(content: str, dest: str, staging_dir: str, mode: str = "600", user: str = "root", group: str = "root"):
     """Ensure dest holds content with mode/owner; report a change only when something differs.
