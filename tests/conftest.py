@@ -47,6 +47,20 @@ BEDLESS_TIERS = ("tests/unit/", "tests/integration/")
 BED_TIERS = ("tests/e2e", "tests/faults", "tests/testbed")
 
 
+# The checks a user runs against their own gateways (`pytest tests/testinfra --hosts=...`). In a run of
+# the whole suite they run against the bed, from tests/e2e/test_verify_faults.py; collected here without
+# --hosts they could only be skipped, so they are not collected unless named.
+USER_CHECKS = REPO_ROOT / "tests" / "testinfra"
+
+
+def pytest_ignore_collect(collection_path, config):
+    if collection_path != USER_CHECKS or config.getoption("hosts", None):
+        return None
+    named = any((config.invocation_params.dir / arg.split("::", 1)[0]).resolve().is_relative_to(USER_CHECKS)
+                for arg in config.args)
+    return None if named else True
+
+
 def work_unit(nodeid: str) -> str:
     """The unit a test is scheduled in: its shared-fixture unit, or else its module."""
     module = nodeid.split("::", 1)[0]

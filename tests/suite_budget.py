@@ -73,7 +73,11 @@ def suites(reports, unit_of) -> dict[str, Suite]:
         suite.seconds += report.duration
         suite.workers.add(worker_of(report))
         suite.tests.add(report.nodeid)
-        for _, text in getattr(report, "sections", ()):
+        for heading, text in getattr(report, "sections", ()):
+            # A report carries the captured output of the phases before its own too ("Captured stderr
+            # setup" in the call's report): each phase's own is counted once, in its own report.
+            if not heading.endswith(f" {getattr(report, 'when', '')}"):
+                continue
             suite.hosts.update(HOST_READY.findall(text))
             runs = [float(seconds) for seconds in PYINFRA_RUN.findall(text)]
             suite.pyinfra_runs += len(runs)

@@ -31,8 +31,15 @@ CONFTEST = """
 SLOW = """
     import sys, time
 
-    def test_slow():
+    import pytest
+
+    @pytest.fixture
+    def converged():
+        print("[e2e] pyinfra deploy.py ran 1.5s", file=sys.stderr)
+
+    def test_slow(converged):
         print("[testbed] host sb-gw (host) ready: 0.1s", file=sys.stderr)
+        print("[e2e] pyinfra verify.py ran 0.5s", file=sys.stderr)
         time.sleep(0.4)
         assert True
 """
@@ -59,6 +66,8 @@ def test_a_suite_within_its_budget_passes_and_is_listed_with_its_hosts(tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     [row] = [line for line in run.stdout.splitlines() if line.endswith("test_slow.py")]
     assert row.split()[2:4] == ["60", "s"] and "  1 hosts     1 tests" in row, row
+    # The setup's run is in the setup's report and again in the call's: counted once.
+    assert "   2 runs      2 s" in row, row
 
 
 def test_the_scale_stretches_every_budget_and_is_checked(tmp_path):
@@ -81,6 +90,7 @@ def test_the_beds_one_time_preparation_is_counted_apart_from_the_suite():
     class Report:
         def __init__(self, nodeid, duration, text):
             self.nodeid, self.duration, self.sections = nodeid, duration, [("Captured stderr setup", text)]
+            self.when = "setup"
 
     text = ("[testbed] images ready: 200.0s\n[testbed] archives ready: 100.0s\n[testbed] images and seed ready: 300.5s\n"
             "[testbed] host b-gw (host) ready: 2.0s\n[testbed] host b-db (host) ready: 2.0s\n"
@@ -97,7 +107,7 @@ def test_the_beds_one_time_preparation_is_counted_apart_from_the_suite():
 def test_time_is_summed_per_suite_and_per_worker():
     def report(nodeid, duration, worker=None):
         node = SimpleNamespace(gateway=SimpleNamespace(id=worker)) if worker else None
-        return SimpleNamespace(nodeid=nodeid, duration=duration, node=node, sections=[])
+        return SimpleNamespace(nodeid=nodeid, duration=duration, node=node, sections=[], when="call")
 
     reports = [
         report("tests/e2e/test_db_gateway.py::test_1", 10.0, "gw0"),
@@ -110,3 +120,16 @@ def test_time_is_summed_per_suite_and_per_worker():
         "main-bed": (15.0, {"gw0"}), "tests/e2e/test_rotation.py": (7.0, {"gw1"}),
         "tests/unit/test_settings.py": (0.5, {"main"})}
     assert suite_budget.worker_seconds(reports) == {"gw0": 15.0, "gw1": 7.0, "main": 0.5}
+
+
+def collected(*args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120).stdout
+
+
+def test_the_user_checks_are_collected_when_named_never_to_be_skipped_in_a_whole_run():
+    """tests/testinfra checks a user's gateways (--hosts); `make test` runs them against the bed from
+    tests/e2e/test_verify_faults.py. Collected in a run of `tests`, they could only be skipped."""
+    others = [f"--ignore=tests/{tier}" for tier in ("unit", "integration", "e2e", "faults", "testbed")]
+    assert "tests/testinfra/" not in collected("tests", *others)
+    assert "tests/testinfra/test_gateway.py::" in collected("tests/testinfra")
