@@ -29,6 +29,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shlex
 import statistics
 import subprocess
@@ -67,6 +68,7 @@ class Plan:
         self.gateways = gateways or ([1, 2] if quick else [1, 4, 8])
         self.runs = runs or (1 if quick else 3)           # fresh converges, changes, rotations, upgrades, backups
         self.repeats = 3                                  # no-op runs, floor runs, load runs
+        self.noop_repeats = 3 if quick else 5             # the demo no-op beside Ansible, alternated
         self.load_seconds = 4 if quick else 15
         self.load_max_requests = 4000 if quick else 20000
         self.spend_rows = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
@@ -145,6 +147,7 @@ def measure(bed: Testbed, plan: Plan, workdir: Path, results: dict) -> None:
         finally:
             bed.down(d.hosts)
     rolled_change(bed, workdir, plan, results)
+    noop_beside_ansible(bed, workdir, plan, results)
     one = results["converge"].get("1", {}).get("total_s", {}).get("median")
     for n in plan.gateways:
         if n > 1 and one:
@@ -480,6 +483,87 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (/proc/stat): the bed's hosts included."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / ticks, sum(fields) / ticks
+
+
+def cpu_measured(run):
+    """run() with what it cost: (its result, controller CPU s of its processes, machine busy fraction)."""
+    before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0, total0 = machine_cpu_seconds()
+    result = run()
+    after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy1, total1 = machine_cpu_seconds()
+    controller = (after_children.ru_utime - before_children.ru_utime) + (after_children.ru_stime - before_children.ru_stime)
+    return result, controller, (busy1 - busy0) / max(total1 - total0, 1e-9)
+
+
+def demo_like(bed: Testbed, workdir: Path, gateways: int) -> Deployment:
+    """N gateways of the demo's configuration (tests/demo.py): the TLS front with a certificate of the
+    deployment's CA, a declared key, the shipped verification with a chat; booted provisioned (their
+    install is not what this measures)."""
+    from tests.demo import DECLARED_KEY
+
+    hosts = tuple(f"gw{i}" for i in range(1, gateways + 1)) + ("ollama1",)
+    d = Deployment(bed, workdir, f"{PREFIX}noop{gateways}-", hosts)
+    d.proxy_workers = None
+    d.provisioned = tuple(h for h in hosts if h.startswith("gw"))
+    archives = bed.archives(("litellm", "postgres", "caddy"))
+    for gw in d.provisioned:
+        d.overrides[gw] = {"tls": "self-signed", "tls_image": bed.caddy_image(), "virtual_keys": [DECLARED_KEY],
+                           "image_archives": [str(archives[k]) for k in ("litellm", "postgres", "caddy")]}
+    return with_shared_cpu_bounds(d)
+
+
+def noop_beside_ansible(bed: Testbed, workdir: Path, plan: Plan, results: dict) -> None:
+    """The demo configuration's no-op on 1, 4 and 8 gateways, beside pyinfra's floor and the Ansible
+    playbook (bench/ansible.py) on the same hosts, the three alternated run by run; with the CPU each
+    took on the controller and the machine's busy share while it ran (the bed's hosts share its CPUs)."""
+    from bench.ansible import Playbook, ansible_playbook
+
+    program = ansible_playbook(bed.state_dir)  # before any host: a failed install wastes no converge
+    figures = results.setdefault("noop_demo", {})
+    for n in plan.gateways:
+        d = demo_like(bed, workdir / f"noop{n}", n)
+        d.workdir.mkdir(parents=True, exist_ok=True)
+        playbook = None
+        try:
+            fresh_converge(d, f"{n} demo gateway(s)")
+            playbook = Playbook(bed, [bed.host(d.name(gw)) for gw in gateways_of(d)], program)
+            playbook.run()  # first contact (host keys, ControlPersist): not measured, as our first run is not
+            timed(d)
+            runs = {"deploy": [], "floor": [], "ansible": [], "deploy_cpu": [], "deploy_busy": [], "ansible_cpu": []}
+            for _ in range(plan.noop_repeats):
+                r, cpu, busy = cpu_measured(lambda: timed(d))
+                changed = {gw: Run(r.returncode, r.output).changed(d.name(gw)) for gw in gateways_of(d)}
+                if r.returncode != 0 or any(changed.values()):
+                    raise run_failed(f"no-op of {n} demo gateway(s) failed or changed something", r.output)
+                runs["deploy"].append(r.seconds)
+                runs["deploy_cpu"].append(cpu)
+                runs["deploy_busy"].append(busy)
+                runs["floor"].append(timed(d, str(HERE / "floor.py")).seconds)
+                (seconds, output, changed_tasks), cpu, _ = cpu_measured(playbook.run)
+                if any(changed_tasks.values()):
+                    raise SystemExit(f"[bench] the Ansible playbook changed something: {changed_tasks}\n{output[-3000:]}")
+                runs["ansible"].append(seconds)
+                runs["ansible_cpu"].append(cpu)
+            figure = {name: median_and_spread(values) for name, values in runs.items()}
+            figure["ansible_vs_deploy"] = round(statistics.median(runs["ansible"]) / statistics.median(runs["deploy"]), 2)
+            figures[str(n)] = figure
+            print(f"[bench] demo no-op, {n} gateway(s): {figure['deploy']['median']:.1f} s "
+                  f"(controller CPU {figure['deploy_cpu']['median']:.1f} s, machine busy "
+                  f"{100 * figure['deploy_busy']['median']:.0f}%); pyinfra floor {figure['floor']['median']:.1f} s; "
+                  f"Ansible {figure['ansible']['median']:.1f} s ({figure['ansible_vs_deploy']:.1f}x)", flush=True)
+        finally:
+            if playbook is not None:
+                playbook.close()
+            bed.down(d.hosts)
+
+
 def one_gateway(bed: Testbed, workdir: Path, plan: Plan, results: dict) -> None:
     """changing_figures on a gateway of its own, converged first."""
     d = deployment_of(bed, workdir / "gw1", 1)
@@ -498,7 +582,7 @@ def changing_figures(bed: Testbed, d: Deployment, plan: Plan, results: dict) -> 
     backup_and_restore(d, plan, results)
 
 
-ONLY = {"roll": rolled_change, "one-gateway": one_gateway}
+ONLY = {"roll": rolled_change, "one-gateway": one_gateway, "noop": noop_beside_ansible}
 
 
 def only(part: str, bed: Testbed, plan: Plan, out: Path) -> int:

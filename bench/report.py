@@ -29,6 +29,17 @@ def targets(results: dict) -> list[dict]:
     if largest and largest != "1" and one_noop and largest in results["noop"]:
         target(f"no-op re-run, {largest} gateways vs 1", _median(results["noop"][largest]["deploy_s"]) / one_noop,
                1.5, "x")
+    demo = results.get("noop_demo") or {}
+    demo_sizes = sorted(int(n) for n in demo)
+    if demo_sizes:
+        one = _median(demo.get("1", {}).get("deploy"))
+        target("no-op, demo configuration, 1 gateway", one, 2.5, "s")
+        if "1" in demo:
+            target("Ansible playbook vs the no-op, 1 gateway", demo["1"]["ansible_vs_deploy"], 2.5, "x",
+                   higher_is_better=True)
+        most = str(demo_sizes[-1])
+        if most != "1" and one:
+            target(f"no-op, demo configuration, {most} gateways vs 1", _median(demo[most]["deploy"]) / one, 1.5, "x")
     one_fresh = _median(results["converge"].get("1", {}).get("total_s"))
     target("fresh converge, 1 gateway", one_fresh, 120, "s")
     if largest and largest != "1" and one_fresh:
@@ -64,6 +75,13 @@ def table(results: dict) -> str:
         row(f"no-op re-run, {n} gateway(s)", c["deploy_s"])
         row(f"  pyinfra floor (2 no-op operations), {n} gateway(s)", c["pyinfra_floor_s"])
         lines.append(f"{'  ratio':58} {c['ratio']:>8.2f}x")
+    for n, c in sorted((results.get("noop_demo") or {}).items(), key=lambda kv: int(kv[0])):
+        row(f"no-op, demo configuration (TLS, a key, a chat), {n} gateway(s)", c["deploy"])
+        row("  controller CPU of it", c["deploy_cpu"])
+        lines.append(f"{'  the machine busy while it ran':58} {100 * c['deploy_busy']['median']:>8.0f}%")
+        row("  pyinfra floor (2 no-op operations)", c["floor"])
+        row("  Ansible playbook, same hosts and stack (bench/ansible.py)", c["ansible"])
+        lines.append(f"{'  Ansible / no-op':58} {c['ansible_vs_deploy']:>8.2f}x")
     for n, figure in sorted(results["change"].items(), key=lambda kv: int(kv[0])):
         row(f"model change until verified, {n} gateway(s)", figure)
     if results.get("roll"):
