@@ -19,7 +19,7 @@ from tasks.config import secrets as S
 from tasks.config.filters import dotenv_unquote
 from tasks.config.key_guard import Completion
 from tasks.config.pending_rotation import rotation_guard
-from tasks.config.registry import run_value
+from tasks.config.registry import run_get, run_value
 from tasks.config.settings import (
     GATEWAYS,
     OLLAMA_NODES,
@@ -217,6 +217,12 @@ class _RecordWhenOperationsStart(BaseStateCallback):
 def all_settings(state: State, complete: bool = True) -> dict[str, Settings]:
     with _building:
         return _everything(state, complete)[0]
+
+
+def settings_built(state: State) -> dict[str, Settings]:
+    """The gateways' Settings this run has built so far ({} before any runbook asked for them)."""
+    built = run_get(state, ("settings", True))
+    return built[0] if built else {}
 
 
 def _everything(state: State, complete: bool) -> tuple[dict[str, Settings], dict[str, StateHost]]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from pyinfra import state
 from pyinfra.api import deploy
+from pyinfra.context import ctx_host
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File, FindInFile
 from pyinfra.facts.hardware import Cpus, Memory
@@ -11,6 +13,7 @@ from pyinfra.operations.apt import APT_UPDATE_FILENAME
 
 from tasks import context, key_converge
 from tasks.config import sizing
+from tasks.config.registry import first_time, the_run
 from tasks.config.settings import Settings
 from tasks.gateway import backup, database, migrations, roll, stack, tls, upgrade, verify
 from tasks.lib import compose, docker, envfile, fact_cache, firewall
@@ -23,7 +26,7 @@ from tasks.lib.uploads import private_file_reads
 @deploy("LiteLLM gateway")
 def deploy_gateway(settings: Settings) -> None:
     # What the stages below decide on, read in one command; served until something changes on the host.
-    fact_cache.read_at_once(facts_decided_on(settings))
+    host_state_read(settings)
     changes = stack.Changes()
     # Docker Engine + Compose v2, running and enabled.
     docker.install_docker(settings)
@@ -107,6 +110,21 @@ def proxy_firewall(settings: Settings) -> None:
 
 def proxy_firewall_service(settings: Settings) -> str:
     return f"{settings.compose_project}-proxy"
+
+
+def host_state_read(settings: Settings) -> None:
+    """facts_decided_on, read on every gateway of the run at once when the first one is planned."""
+    run = the_run(state)
+    if not first_time(run, "gateway host state read"):
+        return
+    planned = fact_cache.the_host()
+    wanted = {planned: facts_decided_on(settings)}
+    everyone = context.settings_built(run)
+    for gateway in run.inventory.get_active_hosts():
+        if gateway is not planned and gateway.name in everyone:
+            with ctx_host.use(gateway):  # a host's TLS material is made in its own context
+                wanted[gateway] = facts_decided_on(everyone[gateway.name])
+    fact_cache.read_everywhere(run, wanted)
 
 
 def facts_decided_on(settings: Settings) -> list[fact_cache.Wanted]:

@@ -1,0 +1,198 @@
+"""A host's state read in one command per run, for every operation that decides on it.
+
+pyinfra 3 reads a fact each time an operation asks for it, one SSH command each (0.1-0.2 s on a
+gateway): a converged gateway's no-op asked 75 times, most of them for the same few files, images and
+services, some of them five times over. Here a runbook names the facts it will decide on up front
+(`read_at_once`); they are read in one shell command, each one's command in its own subshell between
+markers and parsed by its own class, so every fact keeps its own semantics; and the host's get_fact
+serves them for the rest of the run while they are still true:
+  - until the first operation that changes something on the host has run: after a change the host's
+    state is no longer what was read, so every fact is read again, as before (the runs that change
+    something pay one command more than before; the no-op, the run people repeat most, pays ~1 of ~75);
+  - never a fact given global arguments (`_sudo`, `_stdin`, ...): those are read as asked;
+  - never a fact whose command failed or printed what its class could not parse: read again on its own,
+    so its error is reported the way pyinfra reports it.
+Checks that must look at the host as it is now (verification, key checks) are simply not named.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import posixpath
+from typing import Any, Iterable
+
+import gevent
+from pyinfra import host as current_host
+from pyinfra.api import FactBase, StringCommand
+from pyinfra.api.host import Host
+from pyinfra.api.state import StateStage
+from pyinfra.context import ctx_host
+from pyinfra.facts.files import Directory, File, Sha1File
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
+
+from tasks.config.registry import run_get, run_value
+
+# pyinfra's own sentinel for "the command a fact requires is not installed" (pyinfra/api/facts.py).
+NO_COMMAND = "##PYINFRA_NOCMD##"
+MARK = "##litellm-deploy-fact##"
+
+Wanted = tuple[type[FactBase], dict[str, Any]]
+
+
+def fact_key(cls: type[FactBase], kwargs: dict[str, Any]) -> tuple[type[FactBase], str]:
+    """One key for one fact however it is asked for: its arguments bound to its command's signature,
+    defaults filled in (as pyinfra binds them), in a stable text form."""
+    bound = inspect.signature(cls().command).bind(**kwargs)
+    bound.apply_defaults()
+    return cls, json.dumps(bound.arguments, sort_keys=True, default=repr)
+
+
+def batchable(cls: type[FactBase]) -> bool:
+    return (isinstance(cls, type) and issubclass(cls, FactBase) and callable(getattr(cls, "command", None))
+            and cls.check_preconditions is FactBase.check_preconditions and cls.shell_executable is None)
+
+
+def _command_of(fact: FactBase, kwargs: dict[str, Any]) -> list:
+    command = fact.command(**kwargs)
+    required = fact.requires_command(**kwargs)
+    if not required:
+        return ["(", command, ")"]
+    return ["if command -v", required, ">/dev/null 2>&1; then (", command, f"); else echo '{NO_COMMAND}'; fi"]
+
+
+class FactBatch(FactBase):
+    """Several facts' commands in one: each one's output between two marker lines, the second with its
+    exit status. The whole command always succeeds; a fact that failed is the caller's to read again."""
+
+    def command(self, facts: tuple[Wanted, ...]) -> StringCommand:
+        bits: list = []
+        for index, (cls, kwargs) in enumerate(facts):
+            bits += [f"echo '{MARK} {index}';", *_command_of(cls(), kwargs), f"</dev/null 2>/dev/null; echo \"{MARK} {index} $?\";"]
+        return StringCommand(*bits, "true")
+
+    def process(self, output: list[str]) -> dict[int, tuple[int, list[str]]]:
+        found: dict[int, tuple[int, list[str]]] = {}
+        lines: list[str] = []
+        for line in output:
+            if line.startswith(MARK):
+                words = line.split()
+                if len(words) == 2:
+                    lines = []
+                elif len(words) == 3:
+                    found[int(words[1])] = (int(words[2]), lines)
+                continue
+            lines.append(line)
+        return found
+
+
+def _parsed(cls: type[FactBase], kwargs: dict[str, Any], status: int, lines: list[str]) -> tuple[bool, Any]:
+    """(whether the fact's value is known, the value), as pyinfra's get_fact would make it."""
+    fact = cls()
+    fact.command(**kwargs)  # some of pyinfra's facts keep their arguments for process() (the hash facts' path)
+    if status != 0:
+        return False, None
+    if lines == [NO_COMMAND]:
+        return True, fact.default()
+    if not lines:
+        return True, fact.default()
+    try:
+        return True, fact.process(lines)
+    except Exception:  # the class's own error, reported when it is read on its own
+        return False, None
+
+
+def changed_yet(state, host: Host) -> bool:
+    """Whether an operation of this run may have changed something on the host: one that ran a command,
+    succeeded or not (an attempt whose errors are ignored, as an upgrade's, may have changed half)."""
+    if state.current_stage != StateStage.Execute:
+        return False
+    for data in state.ops.get(host, {}).values():
+        meta = data.operation_meta
+        if meta.is_complete() and meta.executed:
+            return True
+    return False
+
+
+def the_host() -> Host:
+    """The Host object itself, also when given pyinfra's context proxy for it."""
+    found = current_host
+    return found._get_module() if hasattr(found, "_get_module") else found
+
+
+def read_at_once(facts: Iterable[Wanted], host: Host | None = None) -> int:
+    """Read `facts` on `host` (the current host by default) in one command, and serve them to its
+    get_fact for the rest of the run while nothing has changed on it. Returns how many are served."""
+    host = host or the_host()
+    state = host.state
+    wanted: dict[tuple, Wanted] = {}
+    for cls, kwargs in facts:
+        if batchable(cls):
+            wanted.setdefault(fact_key(cls, kwargs), (cls, kwargs))
+    if not wanted:
+        return 0
+    order = list(wanted.values())
+    results = Host.get_fact(host, FactBatch, facts=tuple(order)) or {}
+    served = run_value(state, ("fact cache", host.name), dict)
+    for index, (key, (cls, kwargs)) in enumerate(wanted.items()):
+        known, value = _parsed(cls, kwargs, *results.get(index, (1, [])))
+        if known:
+            served[key] = value
+    if "get_fact" not in vars(host):
+        host.get_fact = _serving(host)  # this host object only, for this run's State
+    return len(served)
+
+
+def read_everywhere(state, facts: dict[Host, list[Wanted]]) -> None:
+    """read_at_once on every host at once: pyinfra runs a deploy file host after host while it plans,
+    so each host's one read, made as it is planned, would add up with the hosts; read side by side
+    (as pyinfra's own get_facts does), N gateways cost about what one does. A host whose read fails is
+    left to its stages' own reads, which report the failure as pyinfra does."""
+
+    def read(host: Host, wanted: list[Wanted]) -> None:
+        with ctx_host.use(host):
+            try:
+                read_at_once(wanted, host)
+            except Exception:  # noqa: BLE001 (reported by the stages' own reads of the same facts)
+                pass
+
+    greenlets = [state.pool.spawn(read, host, wanted) for host, wanted in facts.items()]
+    gevent.joinall(greenlets)
+
+
+def _serving(host: Host):
+    def get_fact(cls, *args, **kwargs):
+        served = run_get(host.state, ("fact cache", host.name)) or {}
+        if served and not args and not any(name.startswith("_") for name in kwargs) and batchable(cls):
+            try:
+                key = fact_key(cls, kwargs)
+            except TypeError:
+                key = None
+            if key in served and not changed_yet(host.state, host):
+                return served[key]
+        return Host.get_fact(host, cls, *args, **kwargs)
+
+    return get_fact
+
+
+
+# What pyinfra's own operations read on a host where they have nothing to do (pyinfra 3.10's
+# operations/files.py and systemd.py), for the runbooks' lists.
+def directory_reads(path: str) -> list[Wanted]:
+    """files.directory"""
+    return [(Directory, {"path": path})]
+
+
+def put_reads(dest: str) -> list[Wanted]:
+    """files.put: the file, its directory, its SHA-1 (compared with the local file's)."""
+    return [(File, {"path": dest}), (Directory, {"path": posixpath.dirname(dest)}), (Sha1File, {"path": dest})]
+
+
+def absent_reads(path: str) -> list[Wanted]:
+    """files.file(present=False)"""
+    return [(File, {"path": path})]
+
+
+def service_reads(service: str) -> list[Wanted]:
+    """systemd.service"""
+    return [(SystemdStatus, {"services": [service]}), (SystemdEnabled, {"services": [service]})]

@@ -1,0 +1,147 @@
+"""A gateway's host state read in one command (tasks/lib/fact_cache.py, issue 35): the batch's command
+and parsing, and the runbook's list of facts (tasks/deploy_gateway.py facts_decided_on) held to what
+its stages really read on a converged host, through the deploy plan's harness (test_deploy_plan.py).
+That the batch serves a real no-op, and how many commands the no-op sends: tests/e2e/test_db_gateway.py."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from datetime import datetime, timedelta
+
+import pytest
+from pyinfra.api.host import Host
+from pyinfra.facts.files import Directory, File, Md5File, Sha256File
+from pyinfra.facts.server import TmpDir
+
+from tasks.gateway import verify
+from tasks.lib import compose, docker, fact_cache
+from tasks.lib.fact_cache import FactBatch, batchable, fact_key
+from tests.unit import test_deploy_plan as deploy_plan
+from tests.unit.conftest import IMAGE
+from tests.unit.test_deploy_plan import archives  # noqa: F401 (a fixture)
+
+
+def run_batch(facts) -> dict:
+    command = FactBatch().command(facts=tuple(facts)).get_raw_value()
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return FactBatch().process(result.stdout.splitlines())
+
+
+def test_each_fact_of_a_batch_keeps_its_own_output_status_and_parser(tmp_path):
+    present = tmp_path / "present"
+    present.write_text("x")
+    facts = [(File, {"path": str(present)}), (File, {"path": str(tmp_path / "absent")}),
+             (docker.ComposeVersion, {}), (Directory, {"path": str(tmp_path)}), (Sha256File, {"path": str(present)})]
+    found = run_batch(facts)
+    assert sorted(found) == [0, 1, 2, 3, 4] and all(status == 0 for status, _ in found.values())
+    known, value = fact_cache._parsed(File, facts[0][1], *found[0])
+    assert known and value["size"] == 1
+    assert fact_cache._parsed(File, facts[1][1], *found[1]) == (True, None)  # absent: the fact's default
+    assert fact_cache._parsed(Directory, facts[3][1], *found[3])[1]["mode"] == int(oct(tmp_path.stat().st_mode & 0o777)[2:])
+    # A fact that keeps its arguments for parsing (pyinfra's hash facts) gets them.
+    assert fact_cache._parsed(Sha256File, facts[4][1], *found[4]) == (True, hashlib.sha256(b"x").hexdigest())
+
+
+def test_a_failed_fact_is_left_to_be_read_on_its_own_and_a_missing_program_gives_the_default():
+    class Fails(docker.EngineVersion):
+        def command(self) -> str:
+            return "echo half; exit 3"
+
+    class NeedsMissing(docker.DockerPackageStates):
+        def requires_command(self) -> str:
+            return "litellm-deploy-no-such-program"
+
+    found = run_batch([(Fails, {}), (NeedsMissing, {})])
+    assert found[0] == (3, ["half"]) and fact_cache._parsed(Fails, {}, *found[0]) == (False, None)
+    assert fact_cache._parsed(NeedsMissing, {}, *found[1]) == (True, {})
+
+
+def test_a_fact_is_one_key_however_it_is_asked_for():
+    assert fact_key(File, {"path": "/a"}) == fact_key(File, {"path": "/a"}) != fact_key(File, {"path": "/b"})
+    from pyinfra.facts.systemd import SystemdStatus
+    assert fact_key(SystemdStatus, {"services": ["docker.service"]}) == \
+        fact_key(SystemdStatus, {"user_mode": False, "machine": None, "user_name": None, "services": ["docker.service"]})
+
+
+# Read only where the canned host differs from a converged one: files.put hashing on (the canned SHA-1
+# is no file's), its temp directory, an archive the canned host holds in another size.
+CHANGE_ONLY = (Md5File, Sha256File, TmpDir)
+# Read by the verification, which runs its checks only when the deploy executes (not in this harness).
+EXECUTE_ONLY = (verify.NewestBackup,)
+
+
+@pytest.mark.parametrize("extra", [
+    {}, {"tls": "self-signed", "virtual_keys": [{"alias": "demo", "models": "all"}]}, {"database_mode": "none"},
+    {"docker_install": "distro", "proxy_workers": "auto"}, {"image_source": "pull"}])
+def test_the_list_is_what_the_stages_read_on_a_converged_gateway(build, monkeypatch, archives, extra):  # noqa: F811
+    extra = {"docker_install": "skip", "image_source": "archives", "image_archives": archives, **extra}
+    settings = build(postgres_image=deploy_plan.POSTGRES, **extra)
+    local = {os.path.basename(a): os.stat(a).st_size for a in archives}
+    later = datetime.now() + timedelta(days=1)
+
+    def file(path, **_):
+        return {"mode": 600, "user": "root", "group": "root", "mtime": later,
+                "size": local.get(os.path.basename(path), 10)}
+
+    read, listed = [], []
+    monkeypatch.setattr(fact_cache, "read_everywhere", lambda state, facts: [listed.extend(f) for f in facts.values()])
+    canned = {File: file, Directory: lambda **_: {"mode": 700, "user": "root", "group": "root"},
+              compose.ImageId: lambda image, **_: f"sha256:{image}"}
+    real_setattr = monkeypatch.setattr
+
+    def recording(target, name, value, *args):
+        if target is Host and name == "get_fact":
+            def get_fact(self, cls, *a, **kwargs):
+                read.append((cls, kwargs))
+                return value(self, cls, *a, **kwargs)
+            return real_setattr(target, name, get_fact, *args)
+        return real_setattr(target, name, value, *args)
+
+    monkeypatch.setattr = recording
+    deploy_plan.plan(settings, monkeypatch, previous=IMAGE, facts=canned)
+    listed_keys = {fact_key(cls, kwargs) for cls, kwargs in listed}
+    read_keys = {fact_key(cls, kwargs) for cls, kwargs in read
+                 if batchable(cls) and not any(name.startswith("_") for name in kwargs)}
+    unlisted = [key for key in read_keys - listed_keys if not issubclass(key[0], CHANGE_ONLY)]
+    assert unlisted == [], "read by the stages, not in facts_decided_on"
+    unread = [key for key in listed_keys - read_keys if not issubclass(key[0], EXECUTE_ONLY)]
+    assert unread == [], "in facts_decided_on, read by no stage"
+
+
+class FakeMeta:
+    def __init__(self, commands: int):
+        self.executed = commands > 0
+
+    def is_complete(self) -> bool:
+        return True
+
+
+def test_served_until_an_operation_runs_a_command_on_the_host_then_read_again(monkeypatch):
+    from types import SimpleNamespace
+
+    from pyinfra.api import State
+    from pyinfra.api.state import StateStage
+
+    asked = []
+    monkeypatch.setattr(Host, "get_fact", lambda self, cls, *a, **kw: asked.append(cls) or f"read {cls.__name__}")
+    state = State()
+    class FakeHost(SimpleNamespace):
+        __hash__ = object.__hash__
+
+    host = FakeHost(name="gw1", state=state)
+    fact_cache.run_value(state, ("fact cache", "gw1"), dict)[fact_key(File, {"path": "/a"})] = {"size": 1}
+    state.ops = {host: {}}
+    served = fact_cache._serving(host)
+    state.current_stage = StateStage.Prepare
+    assert served(File, path="/a") == {"size": 1} and asked == []
+    assert served(File, path="/b") == "read File" and asked == [File]  # not in the batch
+    assert served(File, path="/a", _sudo=True) == "read File"  # global arguments: read as asked
+    state.current_stage = StateStage.Execute
+    state.ops[host]["op1"] = SimpleNamespace(operation_meta=FakeMeta(commands=0))
+    assert served(File, path="/a") == {"size": 1}
+    # An operation that ran a command, even one that failed with its errors ignored (an upgrade's attempt).
+    state.ops[host]["op2"] = SimpleNamespace(operation_meta=FakeMeta(commands=1))
+    assert served(File, path="/a") == "read File"
