@@ -124,7 +124,7 @@ def host_state_read(settings: Settings) -> None:
         if gateway is not planned and gateway.name in everyone:
             with ctx_host.use(gateway):  # a host's TLS material is made in its own context
                 wanted[gateway] = facts_decided_on(everyone[gateway.name])
-    fact_cache.read_everywhere(run, wanted)
+    fact_cache.read_everywhere(wanted)
 
 
 def facts_decided_on(settings: Settings) -> list[fact_cache.Wanted]:

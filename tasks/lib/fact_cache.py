@@ -143,7 +143,7 @@ def read_at_once(facts: Iterable[Wanted], host: Host | None = None) -> int:
     return len(served)
 
 
-def read_everywhere(state, facts: dict[Host, list[Wanted]]) -> None:
+def read_everywhere(facts: dict[Host, list[Wanted]]) -> None:
     """read_at_once on every host at once: pyinfra runs a deploy file host after host while it plans,
     so each host's one read, made as it is planned, would add up with the hosts; read side by side
     (as pyinfra's own get_facts does), N gateways cost about what one does. A host whose read fails is
@@ -156,7 +156,7 @@ def read_everywhere(state, facts: dict[Host, list[Wanted]]) -> None:
             except Exception:  # noqa: BLE001 (reported by the stages' own reads of the same facts)
                 pass
 
-    greenlets = [state.pool.spawn(read, host, wanted) for host, wanted in facts.items()]
+    greenlets = [gevent.spawn(read, host, wanted) for host, wanted in facts.items()]
     gevent.joinall(greenlets)
 
 

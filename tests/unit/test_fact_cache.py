@@ -87,7 +87,7 @@ def test_the_list_is_what_the_stages_read_on_a_converged_gateway(build, monkeypa
                 "size": local.get(os.path.basename(path), 10)}
 
     read, listed = [], []
-    monkeypatch.setattr(fact_cache, "read_everywhere", lambda state, facts: [listed.extend(f) for f in facts.values()])
+    monkeypatch.setattr(fact_cache, "read_everywhere", lambda facts: [listed.extend(f) for f in facts.values()])
     canned = {File: file, Directory: lambda **_: {"mode": 700, "user": "root", "group": "root"},
               compose.ImageId: lambda image, **_: f"sha256:{image}"}
     real_setattr = monkeypatch.setattr
