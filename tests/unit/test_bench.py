@@ -237,6 +237,7 @@ def test_a_run_stopped_part_way_reads_as_a_table_with_the_targets_it_measured():
         results[figure] = {size: v for size, v in results[figure].items() if size == "1"}
     results["converge"].pop("8", None)
     results["roll"] = {}
+    results.pop("noop_demo", None)  # measured after the roll, so never reached
     checked = {t["target"]: t["met"] for t in report.targets(results)}
     assert checked["no-op re-run, 1 gateway"] in (True, False)  # measured, so checked
     assert not any("gateways vs 1" in name and "no-op" in name for name in checked)
