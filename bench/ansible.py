@@ -6,10 +6,11 @@ Its tasks: the distro's Docker packages present, the install directory, the thre
 (docker-compose.yml, litellm-config.yaml, .env 0600), `community.docker.docker_compose_v2` (state
 present), and a `uri` liveliness check from the host. The templates' content is what the package
 rendered on each host, byte for byte, so on a converged gateway the playbook changes nothing and both
-tools do a true no-op of the same stack. (Its first run after the package's deploy recreates the proxy,
-measured: the module's `compose up` sees another config hash than the package's `up --no-deps`; it is
-not measured, and the liveliness task waits for the proxy as the peers' roles do, 2 s apart.) It does less than the package's no-op (no TLS front, no
-database bootstrap check, no chat through every route, no key check).
+tools do a true no-op of the same stack. (Its first run after the package's deploy recreates the proxy:
+the module's `compose up` sees another config hash than the package's `up --no-deps`. That run is not
+measured, and the liveliness task waits for the proxy as the peers' roles do, 2 s apart.) It does less
+than the package's no-op (no TLS front, no database bootstrap check, no chat through every route, no
+key check).
 
 Ansible comes from PyPI into a virtualenv of the bench's own, next to the bed's state (never into the
 package's environment); its settings are its defaults (SSH multiplexing with ControlPersist, which

@@ -133,13 +133,15 @@ def facts_decided_on(settings: Settings) -> list[fact_cache.Wanted]:
     A fact missing here is still read, on its own (tests/unit/test_fact_cache.py keeps this list and
     the stages together). Not here: what is checked live (verification, the bootstrap, the keys)."""
     install_dir, project = settings.install_dir, settings.compose_project
-    reads: list[fact_cache.Wanted] = [(LinuxDistribution, {}), (upgrade.DeployedImage, {"project": project,
-                                      "install_dir": install_dir}), (upgrade.PendingUpgrade, {"install_dir": install_dir})]
+    reads: list[fact_cache.Wanted] = [
+        (LinuxDistribution, {}), (upgrade.DeployedImage, {"project": project, "install_dir": install_dir}),
+        (upgrade.PendingUpgrade, {"install_dir": install_dir})]
     if settings.proxy_workers == sizing.AUTO_WORKERS:
         reads += [(Cpus, {}), (Memory, {})]
     reads += [(docker.EngineVersion, {})]
     if settings.docker_install == "distro":
-        reads += [(docker.DockerPackageStates, {}), (File, {"path": APT_UPDATE_FILENAME}), (Date, {}), (DebPackages, {})]
+        reads += [(docker.DockerPackageStates, {}), (File, {"path": APT_UPDATE_FILENAME}), (Date, {}),
+                  (DebPackages, {})]
     if settings.docker_install != "skip":
         reads += service_reads("docker.service")
     reads += [(docker.ComposeVersion, {}), *directory_reads(install_dir),

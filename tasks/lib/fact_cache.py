@@ -6,9 +6,9 @@ services, some of them five times over. Here a runbook names the facts it will d
 (`read_at_once`); they are read in one shell command, each one's command in its own subshell between
 markers and parsed by its own class, so every fact keeps its own semantics; and the host's get_fact
 serves them for the rest of the run while they are still true:
-  - until the first operation that changes something on the host has run: after a change the host's
-    state is no longer what was read, so every fact is read again, as before (the runs that change
-    something pay one command more than before; the no-op, the run people repeat most, pays ~1 of ~75);
+  - until an operation has run a command on the host, succeeded or not: the host's state may then no
+    longer be what was read, so every fact is read again, as before (the runs that change something
+    pay one command more than before; the no-op, the run people repeat most, sends one command for the ~70 it sent);
   - never a fact given global arguments (`_sudo`, `_stdin`, ...): those are read as asked;
   - never a fact whose command failed or printed what its class could not parse: read again on its own,
     so its error is reported the way pyinfra reports it.
@@ -68,7 +68,8 @@ class FactBatch(FactBase):
     def command(self, facts: tuple[Wanted, ...]) -> StringCommand:
         bits: list = []
         for index, (cls, kwargs) in enumerate(facts):
-            bits += [f"echo '{MARK} {index}';", *_command_of(cls(), kwargs), f"</dev/null 2>/dev/null; echo \"{MARK} {index} $?\";"]
+            bits += [f"echo '{MARK} {index}';", *_command_of(cls(), kwargs),
+                     f"</dev/null 2>/dev/null; echo \"{MARK} {index} $?\";"]
         return StringCommand(*bits, "true")
 
     def process(self, output: list[str]) -> dict[int, tuple[int, list[str]]]:

@@ -40,7 +40,8 @@ def test_each_fact_of_a_batch_keeps_its_own_output_status_and_parser(tmp_path):
     known, value = fact_cache._parsed(File, facts[0][1], *found[0])
     assert known and value["size"] == 1
     assert fact_cache._parsed(File, facts[1][1], *found[1]) == (True, None)  # absent: the fact's default
-    assert fact_cache._parsed(Directory, facts[3][1], *found[3])[1]["mode"] == int(oct(tmp_path.stat().st_mode & 0o777)[2:])
+    mode = int(oct(tmp_path.stat().st_mode & 0o777)[2:])
+    assert fact_cache._parsed(Directory, facts[3][1], *found[3])[1]["mode"] == mode
     # A fact that keeps its arguments for parsing (pyinfra's hash facts) gets them.
     assert fact_cache._parsed(Sha256File, facts[4][1], *found[4]) == (True, hashlib.sha256(b"x").hexdigest())
 
@@ -63,7 +64,8 @@ def test_a_fact_is_one_key_however_it_is_asked_for():
     assert fact_key(File, {"path": "/a"}) == fact_key(File, {"path": "/a"}) != fact_key(File, {"path": "/b"})
     from pyinfra.facts.systemd import SystemdStatus
     assert fact_key(SystemdStatus, {"services": ["docker.service"]}) == \
-        fact_key(SystemdStatus, {"user_mode": False, "machine": None, "user_name": None, "services": ["docker.service"]})
+        fact_key(SystemdStatus, {"user_mode": False, "machine": None, "user_name": None,
+                                 "services": ["docker.service"]})
 
 
 # Read only where the canned host differs from a converged one: files.put hashing on (the canned SHA-1
