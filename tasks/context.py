@@ -221,13 +221,17 @@ def all_settings(state: State, complete: bool = True) -> dict[str, Settings]:
 
 def settings_built(state: State) -> dict[str, Settings]:
     """The gateways' Settings this run has built so far ({} before any runbook asked for them)."""
-    built = run_get(state, ("settings", True))
+    built = run_get(state, _settings_key(complete=True))
     return built[0] if built else {}
+
+
+def _settings_key(complete: bool) -> tuple[str, bool]:
+    return "settings", complete
 
 
 def _everything(state: State, complete: bool) -> tuple[dict[str, Settings], dict[str, StateHost]]:
     """The gateways' Settings and the db and redis hosts' (tasks/config/topology.py), built once per run."""
-    return run_value(state, ("settings", complete), lambda: _build_everything(state, complete))
+    return run_value(state, _settings_key(complete), lambda: _build_everything(state, complete))
 
 
 def _build_everything(state: State, complete: bool) -> tuple[dict[str, Settings], dict[str, StateHost]]:

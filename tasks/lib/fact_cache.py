@@ -93,9 +93,7 @@ def _parsed(cls: type[FactBase], kwargs: dict[str, Any], status: int, lines: lis
     fact.command(**kwargs)  # some of pyinfra's facts keep their arguments for process() (the hash facts' path)
     if status != 0:
         return False, None
-    if lines == [NO_COMMAND]:
-        return True, fact.default()
-    if not lines:
+    if not lines or lines == [NO_COMMAND]:  # no output, or the program it needs is not installed
         return True, fact.default()
     try:
         return True, fact.process(lines)
@@ -121,9 +119,9 @@ def the_host() -> Host:
     return found._get_module() if hasattr(found, "_get_module") else found
 
 
-def read_at_once(facts: Iterable[Wanted], host: Host | None = None) -> int:
+def read_at_once(facts: Iterable[Wanted], host: Host | None = None) -> None:
     """Read `facts` on `host` (the current host by default) in one command, and serve them to its
-    get_fact for the rest of the run while nothing has changed on it. Returns how many are served."""
+    get_fact for the rest of the run while nothing has changed on it."""
     host = host or the_host()
     state = host.state
     wanted: dict[tuple, Wanted] = {}
@@ -131,7 +129,7 @@ def read_at_once(facts: Iterable[Wanted], host: Host | None = None) -> int:
         if batchable(cls):
             wanted.setdefault(fact_key(cls, kwargs), (cls, kwargs))
     if not wanted:
-        return 0
+        return
     order = list(wanted.values())
     results = Host.get_fact(host, FactBatch, facts=tuple(order)) or {}
     served = run_value(state, ("fact cache", host.name), dict)
@@ -141,7 +139,6 @@ def read_at_once(facts: Iterable[Wanted], host: Host | None = None) -> int:
             served[key] = value
     if "get_fact" not in vars(host):
         host.get_fact = _serving(host)  # this host object only, for this run's State
-    return len(served)
 
 
 def read_everywhere(facts: dict[Host, list[Wanted]]) -> None:
@@ -174,7 +171,6 @@ def _serving(host: Host):
         return Host.get_fact(host, cls, *args, **kwargs)
 
     return get_fact
-
 
 
 # What pyinfra's own operations read on a host where they have nothing to do (pyinfra 3.10's
