@@ -1,4 +1,4 @@
-"""A host's state read in one command per run, for every operation that decides on it.
+"""A host's state read in one command, for every operation that decides on it.
 
 pyinfra 3 reads a fact each time an operation asks for it, one SSH command each (0.1-0.2 s on a
 gateway): a converged gateway's no-op asked 75 times, most of them for the same few files, images and
@@ -6,9 +6,11 @@ services, some of them five times over. Here a runbook names the facts it will d
 (`read_at_once`); they are read in one shell command, each one's command in its own subshell between
 markers and parsed by its own class, so every fact keeps its own semantics; and the host's get_fact
 serves them for the rest of the run while they are still true:
-  - until an operation has run a command on the host, succeeded or not: the host's state may then no
-    longer be what was read, so every fact is read again, as before (the runs that change something
-    pay one command more than before; the no-op, the run people repeat most, sends one command for the ~70 it sent);
+  - until something has changed on the host since they were read: a command or an upload run on it
+    other than a fact's read, or an operation that ran one (succeeded or not). The first fact of the
+    list asked for after that is read again together with the ones no stage has asked for yet, in one
+    command: a run that changes something pays one command per change the stages look past, not one
+    per fact (a model change: 34 commands before, see tests/unit/test_fact_cache.py for the rule);
   - never a fact given global arguments (`_sudo`, `_stdin`, ...): those are read as asked;
   - never a fact whose command failed or printed what its class could not parse: read again on its own,
     so its error is reported the way pyinfra reports it.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import inspect
 import json
 import posixpath
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import gevent
@@ -31,7 +34,7 @@ from pyinfra.context import ctx_host
 from pyinfra.facts.files import Directory, File, Sha1File
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
-from tasks.config.registry import run_get, run_value
+from tasks.config.registry import run_value
 
 # pyinfra's own sentinel for "the command a fact requires is not installed" (pyinfra/api/facts.py).
 NO_COMMAND = "##PYINFRA_NOCMD##"
@@ -101,16 +104,34 @@ def _parsed(cls: type[FactBase], kwargs: dict[str, Any], status: int, lines: lis
         return False, None
 
 
-def changed_yet(state, host: Host) -> bool:
-    """Whether an operation of this run may have changed something on the host: one that ran a command,
-    succeeded or not (an attempt whose errors are ignored, as an upgrade's, may have changed half)."""
+@dataclass
+class _HostCache:
+    """One host's listed facts and what was read of them, for one run."""
+    listed: dict[tuple, Wanted] = field(default_factory=dict)  # the runbook's list, in its order
+    served: dict[tuple, Any] = field(default_factory=dict)  # the values read at `read_at`
+    read_at: tuple[int, int] = (0, 0)
+    asked: set[tuple] = field(default_factory=set)  # the listed facts a stage has asked for
+    commands: int = 0  # commands and uploads run on the host while it executes, fact reads apart
+    reading: int = 0  # > 0 while a fact is being read
+
+
+def _cache(host: Host) -> _HostCache:
+    return run_value(host.state, ("fact cache", host.name), _HostCache)
+
+
+def executed_operations(state, host: Host) -> int:
+    """How many operations of this run have run a command on the host, succeeded or not (an attempt
+    whose errors are ignored, as an upgrade's, may have changed half)."""
     if state.current_stage != StateStage.Execute:
-        return False
-    for data in state.ops.get(host, {}).values():
-        meta = data.operation_meta
-        if meta.is_complete() and meta.executed:
-            return True
-    return False
+        return 0
+    return sum(1 for data in state.ops.get(host, {}).values()
+               if data.operation_meta.is_complete() and data.operation_meta.executed)
+
+
+def changes(host: Host) -> tuple[int, int]:
+    """What has run on the host that may have changed it: (commands and uploads outside fact reads,
+    operations that ran a command). A callback's own commands count the moment they run."""
+    return _cache(host).commands, executed_operations(host.state, host)
 
 
 def the_host() -> Host:
@@ -123,22 +144,28 @@ def read_at_once(facts: Iterable[Wanted], host: Host | None = None) -> None:
     """Read `facts` on `host` (the current host by default) in one command, and serve them to its
     get_fact for the rest of the run while nothing has changed on it."""
     host = host or the_host()
-    state = host.state
-    wanted: dict[tuple, Wanted] = {}
+    cache = _cache(host)
     for cls, kwargs in facts:
         if batchable(cls):
-            wanted.setdefault(fact_key(cls, kwargs), (cls, kwargs))
-    if not wanted:
+            cache.listed.setdefault(fact_key(cls, kwargs), (cls, kwargs))
+    if not cache.listed:
         return
-    order = list(wanted.values())
-    results = Host.get_fact(host, FactBatch, facts=tuple(order)) or {}
-    served = run_value(state, ("fact cache", host.name), dict)
-    for index, (key, (cls, kwargs)) in enumerate(wanted.items()):
+    _watching(host)
+    _read(host, cache, list(cache.listed))
+
+
+def _read(host: Host, cache: _HostCache, keys: list[tuple]) -> None:
+    cache.served, cache.read_at = {}, changes(host)
+    order = [cache.listed[key] for key in keys]
+    cache.reading += 1
+    try:
+        results = Host.get_fact(host, FactBatch, facts=tuple(order)) or {}
+    finally:
+        cache.reading -= 1
+    for index, (key, (cls, kwargs)) in enumerate(zip(keys, order)):
         known, value = _parsed(cls, kwargs, *results.get(index, (1, [])))
         if known:
-            served[key] = value
-    if "get_fact" not in vars(host):
-        host.get_fact = _serving(host)  # this host object only, for this run's State
+            cache.served[key] = value
 
 
 def read_everywhere(facts: dict[Host, list[Wanted]]) -> None:
@@ -158,19 +185,49 @@ def read_everywhere(facts: dict[Host, list[Wanted]]) -> None:
     gevent.joinall(greenlets)
 
 
-def _serving(host: Host):
+def _watching(host: Host) -> None:
+    """This host object (this run's State only) serving the cache and counting what may change it."""
+    if "get_fact" in vars(host):
+        return
+    cache = _cache(host)
+
     def get_fact(cls, *args, **kwargs):
-        served = run_get(host.state, ("fact cache", host.name)) or {}
-        if served and not args and not any(name.startswith("_") for name in kwargs) and batchable(cls):
+        key = None
+        if cache.listed and not args and not any(name.startswith("_") for name in kwargs) and batchable(cls):
             try:
                 key = fact_key(cls, kwargs)
             except TypeError:
-                key = None
-            if key in served and not changed_yet(host.state, host):
-                return served[key]
-        return Host.get_fact(host, cls, *args, **kwargs)
+                pass
+        if key not in cache.listed:
+            return _reading(cache, Host.get_fact, host, cls, *args, **kwargs)
+        if cache.read_at != changes(host):
+            try:  # this fact and those still to be asked for, as the host is now
+                _read(host, cache, [key, *(k for k in cache.listed if k not in cache.asked and k != key)])
+            except Exception:  # noqa: BLE001 (the fact's own read below reports it)
+                cache.served = {}
+        cache.asked.add(key)
+        if key in cache.served:
+            return cache.served[key]
+        return _reading(cache, Host.get_fact, host, cls, *args, **kwargs)
 
-    return get_fact
+    def counted(method):
+        def run(*args, **kwargs):
+            if not cache.reading and host.state.current_stage == StateStage.Execute:
+                cache.commands += 1
+            return method(host, *args, **kwargs)
+        return run
+
+    host.get_fact = get_fact
+    host.run_shell_command = counted(Host.run_shell_command)
+    host.put_file = counted(Host.put_file)
+
+
+def _reading(cache: _HostCache, read, *args, **kwargs):
+    cache.reading += 1
+    try:
+        return read(*args, **kwargs)
+    finally:
+        cache.reading -= 1
 
 
 # What pyinfra's own operations read on a host where they have nothing to do (pyinfra 3.10's

@@ -11,6 +11,7 @@ import subprocess
 from datetime import datetime, timedelta
 
 import pytest
+from pyinfra.api import FactBase
 from pyinfra.api.host import Host
 from pyinfra.facts.files import Directory, File, Md5File, Sha256File
 from pyinfra.facts.server import TmpDir
@@ -121,29 +122,66 @@ class FakeMeta:
         return True
 
 
-def test_served_until_an_operation_runs_a_command_on_the_host_then_read_again(monkeypatch):
+class Word(FactBase):
+    """A fact for the rule below: its value is what its command prints."""
+
+    def command(self, word):
+        return f"echo {word}"
+
+    def process(self, output):
+        return output[0]
+
+
+def test_served_until_something_changes_then_read_again_with_what_is_still_to_be_asked(monkeypatch):
+    """The serving rule, step by step, on a host whose reads are recorded: a batch after a change holds
+    the fact asked for and those no stage has asked for yet; a fact's own read is no change."""
     from types import SimpleNamespace
 
     from pyinfra.api import State
     from pyinfra.api.state import StateStage
 
-    asked = []
-    monkeypatch.setattr(Host, "get_fact", lambda self, cls, *a, **kw: asked.append(cls) or f"read {cls.__name__}")
+    reads, changes_seen = [], []
+
+    def get_fact(self, cls, *a, **kw):
+        self.run_shell_command("the fact's command")  # as pyinfra reads a fact: not a change
+        if cls is FactBatch:
+            names = [arguments["word"] for _, arguments in kw["facts"]]
+            reads.append(names)
+            return {i: (0, [f"{name}@{len(changes_seen)}"]) for i, name in enumerate(names)}
+        reads.append(f"alone {kw['word']}")
+        return f"{kw['word']} alone"
+
+    monkeypatch.setattr(Host, "get_fact", get_fact)
+    monkeypatch.setattr(Host, "run_shell_command", lambda self, command, **kw: (True, None))
+    monkeypatch.setattr(Host, "put_file", lambda self, source, dest, **kw: True)
     state = State()
+
     class FakeHost(SimpleNamespace):
         __hash__ = object.__hash__
 
     host = FakeHost(name="gw1", state=state)
-    fact_cache.run_value(state, ("fact cache", "gw1"), dict)[fact_key(File, {"path": "/a"})] = {"size": 1}
     state.ops = {host: {}}
-    served = fact_cache._serving(host)
     state.current_stage = StateStage.Prepare
-    assert served(File, path="/a") == {"size": 1} and asked == []
-    assert served(File, path="/b") == "read File" and asked == [File]  # not in the batch
-    assert served(File, path="/a", _sudo=True) == "read File"  # global arguments: read as asked
+    fact_cache.read_at_once([(Word, {"word": n}) for n in "abcd"], host)
+    assert reads == [["a", "b", "c", "d"]]
+    host.run_shell_command("while planned: not counted")
+    assert host.get_fact(Word, word="a") == "a@0" and len(reads) == 1
+    assert host.get_fact(Word, word="z") == "z alone"  # not listed
+    assert host.get_fact(Word, word="a", _sudo=True) == "a alone"  # global arguments: read as asked
     state.current_stage = StateStage.Execute
     state.ops[host]["op1"] = SimpleNamespace(operation_meta=FakeMeta(commands=0))
-    assert served(File, path="/a") == {"size": 1}
+    assert host.get_fact(Word, word="b") == "b@0"
+    reads.clear()
+    changes_seen.append(host.run_shell_command("a callback's own command"))
+    assert host.get_fact(Word, word="c") == "c@1" and reads == [["c", "d"]]  # a and b were asked already
+    assert host.get_fact(Word, word="d") == "d@1" and reads == [["c", "d"]]
+    assert host.get_fact(Word, word="a") == "a alone"  # asked before the change: read on its own
+    reads.clear()
     # An operation that ran a command, even one that failed with its errors ignored (an upgrade's attempt).
     state.ops[host]["op2"] = SimpleNamespace(operation_meta=FakeMeta(commands=1))
-    assert served(File, path="/a") == "read File"
+    changes_seen.append("op2")
+    assert host.get_fact(Word, word="d") == "d@2" and reads == [["d"]]
+    reads.clear()
+    host.put_file("a file", "/x")  # an upload
+    changes_seen.append("upload")
+    assert host.get_fact(Word, word="b") == "b@3" and reads == [["b"]]
