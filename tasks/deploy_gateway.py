@@ -118,13 +118,19 @@ def host_state_read(settings: Settings) -> None:
     if not first_time(run, "gateway host state read"):
         return
     planned = fact_cache.the_host()
-    wanted = {planned: facts_decided_on(settings)}
+    wanted = {planned: (facts_decided_on(settings), checks_made(settings))}
     everyone = context.settings_built(run)
     for gateway in run.inventory.get_active_hosts():
         if gateway is not planned and gateway.name in everyone:
             with ctx_host.use(gateway):  # a host's TLS material is made in its own context
-                wanted[gateway] = facts_decided_on(everyone[gateway.name])
+                wanted[gateway] = (facts_decided_on(everyone[gateway.name]), checks_made(everyone[gateway.name]))
     fact_cache.read_everywhere(wanted)
+
+
+def checks_made(settings: Settings) -> list[fact_cache.Wanted]:
+    """What the last stages check live through the proxy, in the order they ask: in a run that has
+    changed nothing by then, read side by side when the first is asked (tasks/lib/fact_cache.py)."""
+    return [verify.container_read(settings), *tls.host_checks_read(settings), *key_converge.checks_read(settings)]
 
 
 def facts_decided_on(settings: Settings) -> list[fact_cache.Wanted]:

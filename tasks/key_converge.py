@@ -110,9 +110,29 @@ def read_spec(settings: Settings) -> dict:
 
 
 def read_access(settings: Settings, moment: str = "before") -> dict:
-    return host.get_fact(DeclaredAccess, project=settings.compose_project, install_dir=settings.install_dir,
-                         agent_command=_in_container(settings, AGENT_SOURCE, "read", json.dumps(read_spec(settings))),
-                         moment=moment)
+    fact, arguments = access_read(settings, moment)
+    return host.get_fact(fact, **arguments)
+
+
+def access_read(settings: Settings, moment: str = "before") -> tuple[type[FactBase], dict]:
+    return DeclaredAccess, {"project": settings.compose_project, "install_dir": settings.install_dir,
+                            "agent_command": _in_container(settings, AGENT_SOURCE, "read", json.dumps(read_spec(settings))),
+                            "moment": moment}
+
+
+def checks_read(settings: Settings) -> list[tuple[type[FactBase], dict]]:
+    """What access_converged and keys_verified ask the proxy on a gateway that converges keys, in that
+    order, as [(fact, arguments)] (tasks/lib/fact_cache.py checks)."""
+    if not (settings.teams or settings.virtual_keys) or dry_run():
+        return []
+    reads = [access_read(settings)] if owner(settings) == settings.host_name else []
+    checks = key_checks(settings)
+    return reads + ([key_checks_read(settings, checks)] if checks else [])
+
+
+def key_checks_read(settings: Settings, checks: list[dict]) -> tuple[type[FactBase], dict]:
+    return KeyChecks, {"project": settings.compose_project, "install_dir": settings.install_dir,
+                       "probe_command": checks_command(settings, checks, settings.verify_timeout)}
 
 
 # --- comparing -----------------------------------------------------------------------------------
@@ -365,8 +385,8 @@ def keys_verified(settings: Settings):
     if not state.is_executing or not checks:
         host.noop("checked when the deploy executes" if checks else "no key value to check with")
         return
-    results = host.get_fact(KeyChecks, project=settings.compose_project, install_dir=settings.install_dir,
-                            probe_command=checks_command(settings, checks, settings.verify_timeout))
+    fact, arguments = key_checks_read(settings, checks)
+    results = host.get_fact(fact, **arguments)
     failures = [f"{r['name']}: {r['problem']} — fix: {r['fix']}" for r in results if not r["ok"]]
     if not failures:
         host.noop(f"{len(results)} virtual key check(s) passed")

@@ -265,7 +265,12 @@ def probe_source() -> str:
 
 def host_results(settings: Settings) -> list[dict]:
     """The front's checks, run on the host (empty with tls off)."""
+    return [result for fact, arguments in host_checks_read(settings) for result in host.get_fact(fact, **arguments)]
+
+
+def host_checks_read(settings: Settings) -> list[tuple[type[FactBase], dict]]:
+    """The front's checks from the host as [(fact, arguments)], none with tls off (tasks/lib/fact_cache.py checks)."""
     if settings.tls == "off":
         return []
     spec = json.dumps({"checks": https_checks(settings), "seconds": settings.verify_timeout})
-    return host.get_fact(HostChecks, install_dir=settings.install_dir, image=settings.litellm_image, spec=spec)
+    return [(HostChecks, {"install_dir": settings.install_dir, "image": settings.litellm_image, "spec": spec})]

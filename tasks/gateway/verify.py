@@ -264,13 +264,19 @@ def backup_notes(settings: Settings) -> list[str]:
     return notes
 
 
+def container_read(settings: Settings) -> tuple[type[FactBase], dict]:
+    """The verification inside the proxy container, as (fact, arguments) (tasks/lib/fact_cache.py checks)."""
+    return ContainerChecks, {"project": settings.compose_project, "install_dir": settings.install_dir,
+                             "spec": container_spec(settings)}
+
+
 @operation(is_idempotent=True)
 def gateway_verified(settings: Settings):
     if not state.is_executing:
         host.noop("checks run when the deploy executes")
         return
-    inside = host.get_fact(ContainerChecks, project=settings.compose_project,
-                           install_dir=settings.install_dir, spec=container_spec(settings))
+    fact, arguments = container_read(settings)
+    inside = host.get_fact(fact, **arguments)
     results, failures = assess(route_checks(settings), inside)
     # The TLS front as clients see it, from the host: HTTPS with its certificate checked, HTTP redirected.
     on_host = tls.host_results(settings)

@@ -68,12 +68,24 @@ class FactBatch(FactBase):
     """Several facts' commands in one: each one's output between two marker lines, the second with its
     exit status. The whole command always succeeds; a fact that failed is the caller's to read again."""
 
-    def command(self, facts: tuple[Wanted, ...]) -> StringCommand:
+    def command(self, facts: tuple[Wanted, ...], side_by_side: bool = False) -> StringCommand:
+        """side_by_side: every fact's command started at once, each one's output kept in a private
+        (0700) directory until all have ended, then printed in order (checks that each wait on the proxy)."""
         bits: list = []
+        if not side_by_side:
+            for index, (cls, kwargs) in enumerate(facts):
+                bits += [f"echo '{MARK} {index}';", *_command_of(cls(), kwargs),
+                         f"</dev/null 2>/dev/null; echo \"{MARK} {index} $?\";"]
+            return StringCommand(*bits, "true")
+        bits += ['facts="$(mktemp -d)" || exit 0;']
         for index, (cls, kwargs) in enumerate(facts):
-            bits += [f"echo '{MARK} {index}';", *_command_of(cls(), kwargs),
-                     f"</dev/null 2>/dev/null; echo \"{MARK} {index} $?\";"]
-        return StringCommand(*bits, "true")
+            bits += ["{", *_command_of(cls(), kwargs),
+                     f'</dev/null >"$facts/{index}" 2>/dev/null; echo $? >"$facts/{index}.status"; }} &']
+        bits += ["wait;"]
+        for index in range(len(facts)):
+            bits += [f"echo '{MARK} {index}'; cat \"$facts/{index}\"; "
+                     f"echo \"{MARK} {index} $(cat \"$facts/{index}.status\")\";"]
+        return StringCommand(*bits, 'rm -rf "$facts"; true')
 
     def process(self, output: list[str]) -> dict[int, tuple[int, list[str]]]:
         found: dict[int, tuple[int, list[str]]] = {}
@@ -110,7 +122,9 @@ class _HostCache:
     listed: dict[tuple, Wanted] = field(default_factory=dict)  # the runbook's list, in its order
     served: dict[tuple, Any] = field(default_factory=dict)  # the values read at `read_at`
     read_at: tuple[int, int] = (0, 0)
-    asked: set[tuple] = field(default_factory=set)  # the listed facts a stage has asked for
+    asked: set[tuple] = field(default_factory=set)  # the listed facts and checks a stage has asked for
+    checks: dict[tuple, Wanted] = field(default_factory=dict)  # read side by side, see read_at_once
+    checked: dict[tuple, Any] = field(default_factory=dict)  # their values, each served once
     commands: int = 0  # commands and uploads run on the host while it executes, fact reads apart
     reading: int = 0  # > 0 while a fact is being read
 
@@ -140,48 +154,63 @@ def the_host() -> Host:
     return found._get_module() if hasattr(found, "_get_module") else found
 
 
-def read_at_once(facts: Iterable[Wanted], host: Host | None = None) -> None:
+def read_at_once(facts: Iterable[Wanted], host: Host | None = None, checks: Iterable[Wanted] = ()) -> None:
     """Read `facts` on `host` (the current host by default) in one command, and serve them to its
-    get_fact for the rest of the run while nothing has changed on it."""
+    get_fact for the rest of the run while nothing has changed on it.
+
+    `checks`: what the run's last stages check live through the proxy (verification, the keys), in
+    the order they ask. Not read now: in a run that has changed nothing on the host when the first of
+    them is asked for, it is read together with the others, side by side, and each is served once
+    (asked again, it is checked again); once anything has changed, each is read as asked."""
     host = host or the_host()
     cache = _cache(host)
     for cls, kwargs in facts:
         if batchable(cls):
             cache.listed.setdefault(fact_key(cls, kwargs), (cls, kwargs))
-    if not cache.listed:
+    for cls, kwargs in checks:
+        if batchable(cls):
+            cache.checks.setdefault(fact_key(cls, kwargs), (cls, kwargs))
+    if not (cache.listed or cache.checks):
         return
     _watching(host)
-    _read(host, cache, list(cache.listed))
+    if cache.listed:
+        _read(host, cache, list(cache.listed))
 
 
 def _read(host: Host, cache: _HostCache, keys: list[tuple]) -> None:
     cache.served, cache.read_at = {}, changes(host)
-    order = [cache.listed[key] for key in keys]
+    cache.served = _batch(host, cache, [cache.listed[key] for key in keys], keys)
+
+
+def _batch(host: Host, cache: _HostCache, order: list[Wanted], keys: list[tuple], side_by_side: bool = False) -> dict:
+    """{key: value} of the facts in `order` read in one command, those whose value is known."""
     cache.reading += 1
     try:
-        results = Host.get_fact(host, FactBatch, facts=tuple(order)) or {}
+        results = Host.get_fact(host, FactBatch, facts=tuple(order), side_by_side=side_by_side) or {}
     finally:
         cache.reading -= 1
+    values = {}
     for index, (key, (cls, kwargs)) in enumerate(zip(keys, order)):
         known, value = _parsed(cls, kwargs, *results.get(index, (1, [])))
         if known:
-            cache.served[key] = value
+            values[key] = value
+    return values
 
 
-def read_everywhere(facts: dict[Host, list[Wanted]]) -> None:
-    """read_at_once on every host at once: pyinfra runs a deploy file host after host while it plans,
-    so each host's one read, made as it is planned, would add up with the hosts; read side by side
-    (as pyinfra's own get_facts does), N gateways cost about what one does. A host whose read fails is
-    left to its stages' own reads, which report the failure as pyinfra does."""
+def read_everywhere(facts: dict[Host, tuple[list[Wanted], list[Wanted]]]) -> None:
+    """read_at_once on every host at once ({host: (facts, checks)}): pyinfra runs a deploy file host
+    after host while it plans, so each host's one read, made as it is planned, would add up with the
+    hosts; read side by side (as pyinfra's own get_facts does), N gateways cost about what one does.
+    A host whose read fails is left to its stages' own reads, which report the failure as pyinfra does."""
 
-    def read(host: Host, wanted: list[Wanted]) -> None:
+    def read(host: Host, wanted: list[Wanted], checks: list[Wanted]) -> None:
         with ctx_host.use(host):
             try:
-                read_at_once(wanted, host)
+                read_at_once(wanted, host, checks)
             except Exception:  # noqa: BLE001 (reported by the stages' own reads of the same facts)
                 pass
 
-    greenlets = [gevent.spawn(read, host, wanted) for host, wanted in facts.items()]
+    greenlets = [gevent.spawn(read, host, wanted, checks) for host, (wanted, checks) in facts.items()]
     gevent.joinall(greenlets)
 
 
@@ -193,11 +222,13 @@ def _watching(host: Host) -> None:
 
     def get_fact(cls, *args, **kwargs):
         key = None
-        if cache.listed and not args and not any(name.startswith("_") for name in kwargs) and batchable(cls):
+        if (cache.listed or cache.checks) and not args and not any(name.startswith("_") for name in kwargs) and batchable(cls):
             try:
                 key = fact_key(cls, kwargs)
             except TypeError:
                 pass
+        if key in cache.checks:
+            return checked(key, cls, kwargs)
         if key not in cache.listed:
             return _reading(cache, Host.get_fact, host, cls, *args, **kwargs)
         if cache.read_at != changes(host):
@@ -209,6 +240,18 @@ def _watching(host: Host) -> None:
         if key in cache.served:
             return cache.served[key]
         return _reading(cache, Host.get_fact, host, cls, *args, **kwargs)
+
+    def checked(key, cls, kwargs):
+        if changes(host) == (0, 0) and key not in cache.asked and key not in cache.checked:
+            keys = [key, *(k for k in cache.checks if k not in cache.asked and k != key)]
+            try:
+                cache.checked = _batch(host, cache, [cache.checks[k] for k in keys], keys, side_by_side=True)
+            except Exception:  # noqa: BLE001 (the fact's own read below reports it)
+                cache.checked = {}
+        cache.asked.add(key)
+        if changes(host) == (0, 0) and key in cache.checked:
+            return cache.checked.pop(key)
+        return _reading(cache, Host.get_fact, host, cls, **kwargs)
 
     def counted(method):
         def run(*args, **kwargs):

@@ -16,7 +16,7 @@ from pyinfra.api.host import Host
 from pyinfra.facts.files import Directory, File, Md5File, Sha256File
 from pyinfra.facts.server import TmpDir
 
-from tasks.gateway import verify
+from tasks.gateway import tls, verify
 from tasks.lib import compose, docker, fact_cache
 from tasks.lib.fact_cache import FactBatch, batchable, fact_key
 from tests.unit import test_deploy_plan as deploy_plan
@@ -90,7 +90,7 @@ def test_the_list_is_what_the_stages_read_on_a_converged_gateway(build, monkeypa
                 "size": local.get(os.path.basename(path), 10)}
 
     read, listed = [], []
-    monkeypatch.setattr(fact_cache, "read_everywhere", lambda facts: [listed.extend(f) for f in facts.values()])
+    monkeypatch.setattr(fact_cache, "read_everywhere", lambda facts: [listed.extend(f) for f, _ in facts.values()])
     canned = {File: file, Directory: lambda **_: {"mode": 700, "user": "root", "group": "root"},
               compose.ImageId: lambda image, **_: f"sha256:{image}"}
     real_setattr = monkeypatch.setattr
@@ -185,3 +185,86 @@ def test_served_until_something_changes_then_read_again_with_what_is_still_to_be
     host.put_file("a file", "/x")  # an upload
     changes_seen.append("upload")
     assert host.get_fact(Word, word="b") == "b@3" and reads == [["b"]]
+
+
+class Meeting(FactBase):
+    """Says `mine` is there, then waits (bounded) for `theirs`: two of them end well only side by side."""
+
+    def command(self, place, mine, theirs):
+        return (f"touch {place}/{mine}; i=0; while [ ! -e {place}/{theirs} ] && [ $i -lt 20 ]; do sleep 0.1; "
+                f"i=$((i+1)); done; [ -e {place}/{theirs} ] && echo met {mine}")
+
+    def process(self, output):
+        return output[0]
+
+
+def test_side_by_side_the_facts_run_at_once_and_each_keeps_its_own_output_and_status(tmp_path):
+    def pair(where):
+        where.mkdir()
+        return tuple((Meeting, {"place": str(where), "mine": a, "theirs": b}) for a, b in (("a", "b"), ("b", "a")))
+
+    command = FactBatch().command(facts=pair(tmp_path / "side"), side_by_side=True).get_raw_value()
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert FactBatch().process(result.stdout.splitlines()) == {0: (0, ["met a"]), 1: (0, ["met b"])}
+    one_after_the_other = run_batch(pair(tmp_path / "serial"))  # the first gives up waiting: it ran alone
+    assert one_after_the_other[0][0] != 0 and one_after_the_other[1] == (0, ["met b"])
+
+
+def test_checks_are_read_side_by_side_when_the_first_is_asked_in_a_run_that_changed_nothing(monkeypatch):
+    from types import SimpleNamespace
+
+    from pyinfra.api import State
+    from pyinfra.api.state import StateStage
+
+    reads = []
+
+    def get_fact(self, cls, *a, **kw):
+        if cls is FactBatch:
+            words = [arguments["word"] for _, arguments in kw["facts"]]
+            reads.append((words, kw["side_by_side"]))
+            return {i: (0, [f"{word} together"]) for i, word in enumerate(words)}
+        reads.append(kw["word"])
+        return f"{kw['word']} alone"
+
+    monkeypatch.setattr(Host, "get_fact", get_fact)
+    monkeypatch.setattr(Host, "run_shell_command", lambda self, command, **kw: (True, None))
+
+    class FakeHost(SimpleNamespace):
+        __hash__ = object.__hash__
+
+    def host_with(checks):
+        state = State()
+        host = FakeHost(name="gw1", state=state)
+        state.ops = {host: {}}
+        state.current_stage = StateStage.Prepare
+        fact_cache.read_at_once([], host, checks=[(Word, {"word": w}) for w in checks])
+        state.current_stage = StateStage.Execute
+        return host
+
+    host = host_with("xyz")
+    assert reads == []  # nothing read while planned
+    assert host.get_fact(Word, word="y") == "y together" and reads == [(["y", "x", "z"], True)]
+    assert host.get_fact(Word, word="x") == "x together" and host.get_fact(Word, word="z") == "z together"
+    assert host.get_fact(Word, word="x") == "x alone"  # asked again: checked again
+    reads.clear()
+    host = host_with("xyz")
+    host.run_shell_command("a change before the checks")
+    assert [host.get_fact(Word, word=w) for w in "xyz"] == ["x alone", "y alone", "z alone"]
+    assert reads == ["x", "y", "z"]
+    reads.clear()
+    host = host_with("xyz")
+    assert host.get_fact(Word, word="x") == "x together"
+    host.run_shell_command("a change between two checks (the keys applied)")
+    assert host.get_fact(Word, word="y") == "y alone" and reads == [(["x", "y", "z"], True), "y"]
+
+
+def test_the_checks_listed_are_the_verification_the_front_and_the_keys_of_the_demo(build):
+    from tasks import deploy_gateway, key_converge
+
+    plain = build()
+    assert [fact for fact, _ in deploy_gateway.checks_made(plain)] == [verify.ContainerChecks]
+    demo = build(tls="self-signed", virtual_keys=[{"alias": "demo", "models": "all"}])
+    assert key_converge.key_checks(demo), "the demo's key has a value to check with"
+    assert [fact for fact, _ in deploy_gateway.checks_made(demo)] == [
+        verify.ContainerChecks, tls.HostChecks, key_converge.DeclaredAccess, key_converge.KeyChecks]
