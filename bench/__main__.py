@@ -66,27 +66,34 @@ class Plan:
     def __init__(self, quick: bool, gateways: list[int] | None, runs: int | None):
         self.quick = quick
         self.gateways = gateways or ([1, 2] if quick else [1, 4, 8])
-        self.runs = runs or (1 if quick else 3)           # fresh converges, changes, rotations, upgrades, backups
-        self.repeats = 3                                  # no-op runs, floor runs, load runs
-        self.noop_repeats = 3 if quick else 5             # the demo no-op beside Ansible, alternated
+        self.runs = runs or (1 if quick else 3)  # fresh converges, changes, rotations, upgrades, backups
+        self.repeats = 3  # no-op runs, floor runs, load runs
+        self.noop_repeats = 3 if quick else 5  # the demo no-op beside Ansible, alternated
         self.load_seconds = 4 if quick else 15
         self.load_max_requests = 4000 if quick else 20000
         self.spend_rows = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
 
 
 def machine() -> dict:
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-    docker_version = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
-                                    capture_output=True, text=True).stdout.strip()
-    return {"cpus": os.cpu_count(), "memory_gb": round(mem_kb / 1024 / 1024, 1),
-            "kernel": platform.release(), "python": platform.python_version(), "docker_engine": docker_version}
+    mem_kb = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
+    docker_version = subprocess.run(
+        ["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "docker_engine": docker_version,
+    }
 
 
 def versions(bed: Testbed) -> dict:
     from importlib.metadata import version
-    return {"pyinfra": version("pyinfra"), "litellm_image": bed.litellm_image(),
-            "postgres_image": bed.postgres_image()}
+
+    return {"pyinfra": version("pyinfra"), "litellm_image": bed.litellm_image(), "postgres_image": bed.postgres_image()}
 
 
 def deployment_of(bed: Testbed, workdir: Path, gateways: int) -> Deployment:
@@ -108,8 +115,9 @@ def with_shared_cpu_bounds(d: Deployment) -> Deployment:
     and the run failed. A real fleet's hosts each have their own CPUs."""
     share = max(1, math.ceil(len(gateways_of(d)) / (os.cpu_count() or 1)))
     for gw in gateways_of(d):
-        d.overrides.setdefault(gw, {}).update(start_timeout=share * DEFAULTS["start_timeout"],
-                                              verify_timeout=share * DEFAULTS["verify_timeout"])
+        d.overrides.setdefault(gw, {}).update(
+            start_timeout=share * DEFAULTS["start_timeout"], verify_timeout=share * DEFAULTS["verify_timeout"]
+        )
         if share > 1:
             d.overrides[gw]["proxy_workers"] = 1
     return d
@@ -120,10 +128,16 @@ def run_failed(what: str, output: str) -> SystemExit:
     (a host's error, a failed verification) with the output's end in the message."""
     kept = Path(tempfile.gettempdir()) / "litellm-deploy-bench.failed-run.log"
     kept.write_text(output)
-    why = [line for line in output.splitlines() if re.search(r"\b(Error|error|failed|FAIL)", line)
-           and not re.match(r"\s*(Operation|Grand total|-->)", line)]
-    return SystemExit(f"{what}; whole output in {kept}. Lines that say why:\n" + "\n".join(why[-40:])
-                      + f"\n... the output's end:\n{output[-3000:]}")
+    why = [
+        line
+        for line in output.splitlines()
+        if re.search(r"\b(Error|error|failed|FAIL)", line) and not re.match(r"\s*(Operation|Grand total|-->)", line)
+    ]
+    return SystemExit(
+        f"{what}; whole output in {kept}. Lines that say why:\n"
+        + "\n".join(why[-40:])
+        + f"\n... the output's end:\n{output[-3000:]}"
+    )
 
 
 def gateways_of(d: Deployment) -> list[str]:
@@ -152,7 +166,8 @@ def measure(bed: Testbed, plan: Plan, workdir: Path, results: dict) -> None:
     for n in plan.gateways:
         if n > 1 and one:
             results["converge"][str(n)]["per_added_host_s"] = round(
-                (results["converge"][str(n)]["total_s"]["median"] - one) / (n - 1), 1)
+                (results["converge"][str(n)]["total_s"]["median"] - one) / (n - 1), 1
+            )
 
 
 def fresh_converge(d: Deployment, what: str) -> TimedRun:
@@ -173,8 +188,10 @@ def converge(d: Deployment, n: int, plan: Plan, results: dict) -> None:
         for stage, seconds in r.stages().items():
             stages.setdefault(stage, []).append(seconds)
         print(f"[bench] fresh converge, {n} gateway(s), run {run + 1}: {r.seconds:.1f} s", flush=True)
-    results["converge"][str(n)] = {"total_s": median_and_spread(totals),
-                                    "stages_s": {s: median_and_spread(v) for s, v in stages.items()}}
+    results["converge"][str(n)] = {
+        "total_s": median_and_spread(totals),
+        "stages_s": {s: median_and_spread(v) for s, v in stages.items()},
+    }
 
 
 def noop(d: Deployment, n: int, plan: Plan, results: dict) -> None:
@@ -189,10 +206,16 @@ def noop(d: Deployment, n: int, plan: Plan, results: dict) -> None:
         if f.returncode != 0:
             raise run_failed("pyinfra floor run failed", f.output)
         floors.append(f.seconds)
-    results["noop"][str(n)] = {"deploy_s": median_and_spread(noops), "pyinfra_floor_s": median_and_spread(floors),
-                               "ratio": round(statistics.median(noops) / statistics.median(floors), 2)}
-    print(f"[bench] no-op, {n} gateway(s): {statistics.median(noops):.1f} s "
-          f"(pyinfra floor {statistics.median(floors):.1f} s)", flush=True)
+    results["noop"][str(n)] = {
+        "deploy_s": median_and_spread(noops),
+        "pyinfra_floor_s": median_and_spread(floors),
+        "ratio": round(statistics.median(noops) / statistics.median(floors), 2),
+    }
+    print(
+        f"[bench] no-op, {n} gateway(s): {statistics.median(noops):.1f} s "
+        f"(pyinfra floor {statistics.median(floors):.1f} s)",
+        flush=True,
+    )
 
 
 def model_change(d: Deployment, run: int) -> float:
@@ -217,14 +240,21 @@ def rolled_change(bed: Testbed, workdir: Path, plan: Plan, results: dict) -> Non
     d.workdir.mkdir(parents=True, exist_ok=True)
     try:
         r = fresh_converge(d, "the load-balanced topology")
-        print(f"[bench] load-balanced topology ({len(gateways_of(d))} gateways) converged: {r.seconds:.1f} s", flush=True)
+        print(
+            f"[bench] load-balanced topology ({len(gateways_of(d))} gateways) converged: {r.seconds:.1f} s", flush=True
+        )
         changes = [model_change(d, run) for run in range(plan.runs)]
     finally:
         bed.down(d.hosts)
-    results["roll"] = {"gateways": len(gateways_of(d)), "converge_s": round(r.seconds, 1),
-                       "change_s": median_and_spread(changes)}
-    print(f"[bench] model change rolled across {len(gateways_of(d))} gateways: {results['roll']['change_s']['median']:.1f} s",
-          flush=True)
+    results["roll"] = {
+        "gateways": len(gateways_of(d)),
+        "converge_s": round(r.seconds, 1),
+        "change_s": median_and_spread(changes),
+    }
+    print(
+        f"[bench] model change rolled across {len(gateways_of(d))} gateways: {results['roll']['change_s']['median']:.1f} s",
+        flush=True,
+    )
 
 
 def virtual_key(d: Deployment, gw: str, alias: str) -> str:
@@ -237,8 +267,9 @@ def virtual_key(d: Deployment, gw: str, alias: str) -> str:
 
 def rotation(d: Deployment, plan: Plan, results: dict) -> None:
     """rotate.py while a virtual key is polled, plan.runs times: total time and the longest refusal."""
-    results["rotation"] = polled_runs(d, plan, "rotation", lambda: timed(d, "rotate.py"),
-                                      lambda r: r.returncode == 0, "rotate.py failed", "total_s")
+    results["rotation"] = polled_runs(
+        d, plan, "rotation", lambda: timed(d, "rotate.py"), lambda r: r.returncode == 0, "rotate.py failed", "total_s"
+    )
 
 
 def polled_runs(d: Deployment, plan: Plan, what: str, run_once, succeeded, failure: str, seconds_as: str) -> dict:
@@ -255,10 +286,17 @@ def polled_runs(d: Deployment, plan: Plan, what: str, run_once, succeeded, failu
         seconds.append(r.seconds)
         windows.append(poller.longest_refusal)
         polls, refused = polls + poller.polls, refused + poller.refused
-        print(f"[bench] {what}, run {run + 1}: {r.seconds:.1f} s, longest refusal {poller.longest_refusal:.2f} s "
-              f"({poller.refused} of {poller.polls} polls refused)", flush=True)
-    return {seconds_as: median_and_spread(seconds), "refusal_window_s": median_and_spread(windows),
-            "polls": polls, "refused": refused}
+        print(
+            f"[bench] {what}, run {run + 1}: {r.seconds:.1f} s, longest refusal {poller.longest_refusal:.2f} s "
+            f"({poller.refused} of {poller.polls} polls refused)",
+            flush=True,
+        )
+    return {
+        seconds_as: median_and_spread(seconds),
+        "refusal_window_s": median_and_spread(windows),
+        "polls": polls,
+        "refused": refused,
+    }
 
 
 class Poller:
@@ -322,9 +360,15 @@ def upgrade_rollback(bed: Testbed, d: Deployment, plan: Plan, results: dict) -> 
             del d.overrides[gw]["litellm_image"]
             d.write_inventory()
 
-    results["upgrade"] = polled_runs(d, plan, "failed upgrade rolled back", attempt,
-                                     lambda r: r.returncode != 0 and "Rollback to the previous image" in r.output,
-                                     "the failing upgrade did not fail and roll back", "attempt_s")
+    results["upgrade"] = polled_runs(
+        d,
+        plan,
+        "failed upgrade rolled back",
+        attempt,
+        lambda r: r.returncode != 0 and "Rollback to the previous image" in r.output,
+        "the failing upgrade did not fail and roll back",
+        "attempt_s",
+    )
 
 
 SPEND_ROWS = """INSERT INTO "LiteLLM_SpendLogs" (request_id, call_type, api_key, spend, total_tokens, prompt_tokens,
@@ -357,14 +401,20 @@ def backup_and_restore(d: Deployment, plan: Plan, results: dict) -> None:
             r = timed(d, "restore.py", "--data", "restore_from=latest")
             if r.returncode != 0:
                 raise run_failed("restore.py failed", r.output)
-            count = database.psql(d, gw, 'SELECT count(*) FROM "LiteLLM_SpendLogs" WHERE request_id LIKE \'bench-%\';')
+            count = database.psql(d, gw, "SELECT count(*) FROM \"LiteLLM_SpendLogs\" WHERE request_id LIKE 'bench-%';")
             assert int(count) == rows, (count, rows)
             backups.append(b.seconds)
             restores.append(r.seconds)
-        results["backup"][str(rows)] = {"backup_s": median_and_spread(backups), "restore_s": median_and_spread(restores),
-                                        "dump_mb": round(dump.stat().st_size / 1e6, 1)}
-        print(f"[bench] {rows} spend-log rows: backup {statistics.median(backups):.1f} s, "
-              f"restore {statistics.median(restores):.1f} s, dump {dump.stat().st_size / 1e6:.1f} MB", flush=True)
+        results["backup"][str(rows)] = {
+            "backup_s": median_and_spread(backups),
+            "restore_s": median_and_spread(restores),
+            "dump_mb": round(dump.stat().st_size / 1e6, 1),
+        }
+        print(
+            f"[bench] {rows} spend-log rows: backup {statistics.median(backups):.1f} s, "
+            f"restore {statistics.median(restores):.1f} s, dump {dump.stat().st_size / 1e6:.1f} MB",
+            flush=True,
+        )
 
 
 def throughput(bed: Testbed, d: Deployment, plan: Plan, results: dict) -> None:
@@ -377,8 +427,11 @@ def throughput(bed: Testbed, d: Deployment, plan: Plan, results: dict) -> None:
     targets = {
         "deployed": (f"http://{host['address']}:4000/v1/chat/completions", chat, auth),
         "bare": (f"http://{host['address']}:{BARE_PORT}/v1/chat/completions", chat, auth),
-        "upstream": (f"{node['api_base']}/api/chat",
-                     {"model": OLLAMA_MODEL, "messages": chat["messages"], "stream": False}, {}),
+        "upstream": (
+            f"{node['api_base']}/api/chat",
+            {"model": OLLAMA_MODEL, "messages": chat["messages"], "stream": False},
+            {},
+        ),
     }
     bare_up(d, gw, host["address"])
     try:
@@ -386,19 +439,28 @@ def throughput(bed: Testbed, d: Deployment, plan: Plan, results: dict) -> None:
             run_load(url, body, headers, 4, 2, 50, allowed)  # warm-up: connections, caches, the key
             points = []
             for c in CONCURRENCY:
-                runs = [run_load(url, body, headers, c, plan.load_seconds, plan.load_max_requests, allowed)
-                        for _ in range(plan.repeats)]
+                runs = [
+                    run_load(url, body, headers, c, plan.load_seconds, plan.load_max_requests, allowed)
+                    for _ in range(plan.repeats)
+                ]
                 failed = sum(r.failed for r in runs)
-                point = {"concurrency": c, "rps": median_and_spread([r.rps for r in runs]),
-                         "p50_ms": median_and_spread([r.percentile(50) for r in runs]),
-                         "p99_ms": median_and_spread([r.percentile(99) for r in runs]),
-                         "requests_ok": sum(r.ok for r in runs), "requests_failed": failed}
+                point = {
+                    "concurrency": c,
+                    "rps": median_and_spread([r.rps for r in runs]),
+                    "p50_ms": median_and_spread([r.percentile(50) for r in runs]),
+                    "p99_ms": median_and_spread([r.percentile(99) for r in runs]),
+                    "requests_ok": sum(r.ok for r in runs),
+                    "requests_failed": failed,
+                }
                 if failed:
                     point["first_error"] = next(r.first_error for r in runs if r.first_error)
                 points.append(point)
-                print(f"[bench] {target:9} c={c:<3} {point['rps']['median']:8.1f} req/s  "
-                      f"p50 {point['p50_ms']['median']:7.1f} ms  p99 {point['p99_ms']['median']:7.1f} ms"
-                      + (f"  {failed} failed" if failed else ""), flush=True)
+                print(
+                    f"[bench] {target:9} c={c:<3} {point['rps']['median']:8.1f} req/s  "
+                    f"p50 {point['p50_ms']['median']:7.1f} ms  p99 {point['p99_ms']['median']:7.1f} ms"
+                    + (f"  {failed} failed" if failed else ""),
+                    flush=True,
+                )
             results["throughput"][target] = points
     finally:
         d.ssh(gw, "docker rm -f bench-bare >/dev/null 2>&1 || true")
@@ -426,16 +488,22 @@ def proxy_start(bed: Testbed, d: Deployment, plan: Plan, results: dict) -> None:
                 d.ssh(gw, "docker rm -f bench-bare >/dev/null 2>&1 || true")
     workers = command[command.index("--num_workers") + 1]
     results["proxy_start"] = {"workers": int(workers), **{n: median_and_spread(v) for n, v in seconds.items()}}
-    print(f"[bench] proxy start, {workers} workers: " + ", ".join(
-        f"{n} {statistics.median(v):.1f} s" for n, v in seconds.items()), flush=True)
+    print(
+        f"[bench] proxy start, {workers} workers: "
+        + ", ".join(f"{n} {statistics.median(v):.1f} s" for n, v in seconds.items()),
+        flush=True,
+    )
 
 
 def started_beside(d: Deployment, gw: str, address: str, args: list[str]) -> None:
     """The litellm service's image, files and network, run as another container with these arguments
     on BARE_PORT, until it is ready."""
-    d.ssh(gw, f"cd {INSTALL_DIR} && docker rm -f bench-bare >/dev/null 2>&1; "
-              f"docker compose run -d --name bench-bare --no-deps -p {BARE_PORT}:4000 litellm "
-              + " ".join(shlex.quote(a) for a in args))
+    d.ssh(
+        gw,
+        f"cd {INSTALL_DIR} && docker rm -f bench-bare >/dev/null 2>&1; "
+        f"docker compose run -d --name bench-bare --no-deps -p {BARE_PORT}:4000 litellm "
+        + " ".join(shlex.quote(a) for a in args),
+    )
     api.wait_ready(f"http://{address}:{BARE_PORT}", timeout=240)
 
 
@@ -447,14 +515,23 @@ def bare_up(d: Deployment, gw: str, address: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer hosts and runs (~25 min on 2 cores); said in the results")
+    p.add_argument(
+        "--quick", action="store_true", help="fewer hosts and runs (~25 min on 2 cores); said in the results"
+    )
     p.add_argument("--gateways", type=lambda s: [int(x) for x in s.split(",")], help="sizes, e.g. 1,4,8")
-    p.add_argument("--runs", type=int, help="runs of each fresh converge, model change, rotation, failed upgrade "
-                                                  "and backup/restore (default 3, quick 1)")
+    p.add_argument(
+        "--runs",
+        type=int,
+        help="runs of each fresh converge, model change, rotation, failed upgrade "
+        "and backup/restore (default 3, quick 1)",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results.json")
-    p.add_argument("--only", choices=sorted(ONLY),
-                   help="measure only some figures and write them into the results already in --out: "
-                        "roll, the rolled change; one-gateway, rotation, the failed upgrade, backup and restore")
+    p.add_argument(
+        "--only",
+        choices=sorted(ONLY),
+        help="measure only some figures and write them into the results already in --out: "
+        "roll, the rolled change; one-gateway, rotation, the failed upgrade, backup and restore",
+    )
     args = p.parse_args(argv)
     plan = Plan(args.quick, args.gateways, args.runs)
     bed = Testbed()
@@ -462,12 +539,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         return only(args.only, bed, plan, args.out)
     started = time.monotonic()
-    results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": plan.quick,
-                     "plan": {"gateways": plan.gateways, "fresh_runs": plan.runs, "repeats": plan.repeats,
-                              "load_seconds": plan.load_seconds, "load_max_requests": plan.load_max_requests},
-                     "machine": machine(), "versions": versions(bed),
-                     "converge": {}, "noop": {}, "change": {}, "throughput": {}, "rotation": {}, "upgrade": {},
-                     "backup": {}, "proxy_start": {}, "roll": {}}
+    results: dict = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": plan.quick,
+        "plan": {
+            "gateways": plan.gateways,
+            "fresh_runs": plan.runs,
+            "repeats": plan.repeats,
+            "load_seconds": plan.load_seconds,
+            "load_max_requests": plan.load_max_requests,
+        },
+        "machine": machine(),
+        "versions": versions(bed),
+        "converge": {},
+        "noop": {},
+        "change": {},
+        "throughput": {},
+        "rotation": {},
+        "upgrade": {},
+        "backup": {},
+        "proxy_start": {},
+        "roll": {},
+    }
     try:
         with tempfile.TemporaryDirectory(prefix="litellm-deploy-bench-") as tmp:
             measure(bed, plan, Path(tmp), results)
@@ -498,7 +591,9 @@ def cpu_measured(run):
     result = run()
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy1, total1 = machine_cpu_seconds()
-    controller = (after_children.ru_utime - before_children.ru_utime) + (after_children.ru_stime - before_children.ru_stime)
+    controller = (after_children.ru_utime - before_children.ru_utime) + (
+        after_children.ru_stime - before_children.ru_stime
+    )
     return result, controller, (busy1 - busy0) / max(total1 - total0, 1e-9)
 
 
@@ -514,8 +609,12 @@ def demo_like(bed: Testbed, workdir: Path, gateways: int) -> Deployment:
     d.provisioned = tuple(h for h in hosts if h.startswith("gw"))
     archives = bed.archives(("litellm", "postgres", "caddy"))
     for gw in d.provisioned:
-        d.overrides[gw] = {"tls": "self-signed", "tls_image": bed.caddy_image(), "virtual_keys": [DECLARED_KEY],
-                           "image_archives": [str(archives[k]) for k in ("litellm", "postgres", "caddy")]}
+        d.overrides[gw] = {
+            "tls": "self-signed",
+            "tls_image": bed.caddy_image(),
+            "virtual_keys": [DECLARED_KEY],
+            "image_archives": [str(archives[k]) for k in ("litellm", "postgres", "caddy")],
+        }
     return with_shared_cpu_bounds(d)
 
 
@@ -548,16 +647,23 @@ def noop_beside_ansible(bed: Testbed, workdir: Path, plan: Plan, results: dict) 
                 runs["floor"].append(timed(d, str(HERE / "floor.py")).seconds)
                 (seconds, output, changed_tasks), cpu, _ = cpu_measured(playbook.run)
                 if any(changed_tasks.values()):
-                    raise SystemExit(f"[bench] the Ansible playbook changed something: {changed_tasks}\n{output[-3000:]}")
+                    raise SystemExit(
+                        f"[bench] the Ansible playbook changed something: {changed_tasks}\n{output[-3000:]}"
+                    )
                 runs["ansible"].append(seconds)
                 runs["ansible_cpu"].append(cpu)
             figure = {name: median_and_spread(values) for name, values in runs.items()}
-            figure["ansible_vs_deploy"] = round(statistics.median(runs["ansible"]) / statistics.median(runs["deploy"]), 2)
+            figure["ansible_vs_deploy"] = round(
+                statistics.median(runs["ansible"]) / statistics.median(runs["deploy"]), 2
+            )
             figures[str(n)] = figure
-            print(f"[bench] demo no-op, {n} gateway(s): {figure['deploy']['median']:.1f} s "
-                  f"(controller CPU {figure['deploy_cpu']['median']:.1f} s, machine busy "
-                  f"{100 * figure['deploy_busy']['median']:.0f}%); pyinfra floor {figure['floor']['median']:.1f} s; "
-                  f"Ansible {figure['ansible']['median']:.1f} s ({figure['ansible_vs_deploy']:.1f}x)", flush=True)
+            print(
+                f"[bench] demo no-op, {n} gateway(s): {figure['deploy']['median']:.1f} s "
+                f"(controller CPU {figure['deploy_cpu']['median']:.1f} s, machine busy "
+                f"{100 * figure['deploy_busy']['median']:.0f}%); pyinfra floor {figure['floor']['median']:.1f} s; "
+                f"Ansible {figure['ansible']['median']:.1f} s ({figure['ansible_vs_deploy']:.1f}x)",
+                flush=True,
+            )
         finally:
             if playbook is not None:
                 playbook.close()

@@ -32,7 +32,8 @@ ANSIBLE = "ansible==12.3.0"  # the community package (ansible-core, community.do
 FILES = {"docker-compose.yml": "0644", "litellm-config.yaml": "0644", ".env": "0600"}
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
-PLAYBOOK = """\
+PLAYBOOK = (
+    """\
 - name: LiteLLM gateway (docker compose), the way the best roles deploy it
   hosts: gateways
   gather_facts: false
@@ -43,7 +44,9 @@ PLAYBOOK = """\
         state: present
     - name: Install directory
       ansible.builtin.file: {path: /opt/litellm, state: directory, owner: root, group: root, mode: "0700"}
-""" + "".join(f"""\
+"""
+    + "".join(
+        f"""\
     - name: {name}
       ansible.builtin.template:
         src: "{{{{ inventory_hostname }}}}/{name}"
@@ -51,7 +54,10 @@ PLAYBOOK = """\
         owner: root
         group: root
         mode: "{mode}"
-{"      no_log: true" + chr(10) if name == ".env" else ""}""" for name, mode in FILES.items()) + """\
+{"      no_log: true" + chr(10) if name == ".env" else ""}"""
+        for name, mode in FILES.items()
+    )
+    + """\
     - name: The compose project's services up
       community.docker.docker_compose_v2:
         project_src: /opt/litellm
@@ -68,6 +74,7 @@ PLAYBOOK = """\
       retries: 60
       delay: 2
 """
+)
 
 CONFIG = """\
 [defaults]
@@ -103,9 +110,11 @@ class Playbook:
         (self.dir / "ansible.cfg").write_text(CONFIG)
         lines = ["[gateways]"]
         for h in hosts:
-            lines.append(f"{h['name']} ansible_host={h['address']} ansible_user=root "
-                         f"ansible_ssh_private_key_file={h['ssh_key']} "
-                         "ansible_ssh_common_args='-o UserKnownHostsFile=/dev/null'")
+            lines.append(
+                f"{h['name']} ansible_host={h['address']} ansible_user=root "
+                f"ansible_ssh_private_key_file={h['ssh_key']} "
+                "ansible_ssh_common_args='-o UserKnownHostsFile=/dev/null'"
+            )
             own = self.dir / h["name"]
             own.mkdir(mode=0o700)
             for name in FILES:
@@ -122,12 +131,20 @@ class Playbook:
         """(seconds, output, {host: tasks changed}); a failed or unreachable host stops the bench."""
         env = {**os.environ, "ANSIBLE_CONFIG": str(self.dir / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
         started = time.monotonic()
-        result = subprocess.run([str(self.program), "-i", "inventory.ini", "playbook.yml"], cwd=self.dir, env=env,
-                                capture_output=True, text=True, timeout=900)
+        result = subprocess.run(
+            [str(self.program), "-i", "inventory.ini", "playbook.yml"],
+            cwd=self.dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         seconds = time.monotonic() - started
         output = result.stdout + result.stderr
-        recap = {host: (int(changed), int(unreachable) + int(failed)) for host, changed, unreachable, failed
-                 in RECAP.findall(output)}
+        recap = {
+            host: (int(changed), int(unreachable) + int(failed))
+            for host, changed, unreachable, failed in RECAP.findall(output)
+        }
         if result.returncode != 0 or not recap or any(bad for _, bad in recap.values()):
             raise SystemExit(f"[bench] the Ansible playbook failed:\n{output[-4000:]}")
         return seconds, output, {host: changed for host, (changed, _) in recap.items()}

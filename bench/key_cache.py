@@ -15,7 +15,7 @@ import argparse
 import json
 
 # Run on the gateway host after revocation.py's helpers (the master key read there, the proxy's loopback port).
-PROBE = r'''
+PROBE = r"""
 SECONDS = __SECONDS__
 BASE = "http://127.0.0.1:4000"
 def transactions():
@@ -43,7 +43,7 @@ ttl = next(line.split(":", 1)[1].strip() for line in config.splitlines() if "use
 print(json.dumps({"key_cache_ttl": ttl, "requests_per_s": round(requests / busy_s, 1),
                   "db_transactions_per_s_above_idle": round(busy - idle, 1),
                   "per_request": round((busy - idle) / (requests / busy_s), 3)}))
-'''
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="each spell, idle and busy (at most 120)")
     args = parser.parse_args(argv)
     seconds = min(max(args.seconds, 1.0), 120.0)
-    program = ("import json, subprocess, time, urllib.error, urllib.request\n\n" + revocation.host_helpers()
-               + PROBE.replace("__SECONDS__", repr(seconds))).encode()
+    program = (
+        "import json, subprocess, time, urllib.error, urllib.request\n\n"
+        + revocation.host_helpers()
+        + PROBE.replace("__SECONDS__", repr(seconds))
+    ).encode()
     result = Testbed().ssh(demo.GATEWAY, "python3 -", input=program, timeout=2 * seconds + 120)
     if not result.ok:
         print(result.output[-3000:])

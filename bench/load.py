@@ -49,8 +49,16 @@ def guard_target(url: str, allowed: set[str]) -> None:
     raise ValueError(f"load target {url!r} is not loopback or a test bed host ({sorted(allowed)})")
 
 
-def run_load(url: str, body: dict, headers: dict[str, str], concurrency: int, seconds: float,
-             max_requests: int, allowed: set[str], timeout: float = 30) -> LoadResult:
+def run_load(
+    url: str,
+    body: dict,
+    headers: dict[str, str],
+    concurrency: int,
+    seconds: float,
+    max_requests: int,
+    allowed: set[str],
+    timeout: float = 30,
+) -> LoadResult:
     guard_target(url, allowed)
     parts = urlsplit(url)
     payload = json.dumps(body).encode()
@@ -97,11 +105,13 @@ def run_load(url: str, body: dict, headers: dict[str, str], concurrency: int, se
     for t in threads:
         t.join(seconds + timeout + 5)
     took = time.monotonic() - start
-    return LoadResult(concurrency, took, len(latencies), len(failures), latencies,
-                      failures[0] if failures else "")
+    return LoadResult(concurrency, took, len(latencies), len(failures), latencies, failures[0] if failures else "")
 
 
 def median_and_spread(values: list[float]) -> dict:
     """A figure as the benchmark reports it: the median of its runs and their spread (max - min)."""
-    return {"median": round(statistics.median(values), 2), "spread": round(max(values) - min(values), 2),
-            "runs": [round(v, 2) for v in values]}
+    return {
+        "median": round(statistics.median(values), 2),
+        "spread": round(max(values) - min(values), 2),
+        "runs": [round(v, 2) for v in values],
+    }

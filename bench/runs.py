@@ -51,8 +51,9 @@ def timed(deployment: Deployment, script: str = "deploy.py", *args: str, timeout
     t0 = time.monotonic()
     starts: list[tuple[str, float]] = [("connect", 0.0)]
     lines: list[str] = []
-    with subprocess.Popen(command, cwd=ROOT, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    ) as proc:
         # The deadline holds even when pyinfra goes silent (a line never comes to check it on).
         deadline = threading.Timer(timeout, proc.kill)
         deadline.start()

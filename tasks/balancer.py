@@ -161,19 +161,24 @@ def gateway_address(gateway: Settings, address: str) -> tuple[str | None, str | 
     """
     bind = gateway.proxy_bind
     if bind in ("127.0.0.1", "::1"):
-        return None, (f"proxy_bind: {bind} behind load balancers ({LB_HOSTS}) — they could not reach the "
-                      "proxy — fix: set proxy_bind to this gateway's private IP address")
+        return None, (
+            f"proxy_bind: {bind} behind load balancers ({LB_HOSTS}) — they could not reach the "
+            "proxy — fix: set proxy_bind to this gateway's private IP address"
+        )
     if bind not in ("0.0.0.0", "::"):
         return bind, None
     if certificates.is_ip(address):
         return address, None
-    return None, (f"proxy_bind: {bind} behind load balancers ({LB_HOSTS}) would publish the proxy to every "
-                  f"network, and the inventory address {address!r} is a name, not an IP to bind to — fix: set "
-                  "proxy_bind to this gateway's private IP address (the one the load balancers reach)")
+    return None, (
+        f"proxy_bind: {bind} behind load balancers ({LB_HOSTS}) would publish the proxy to every "
+        f"network, and the inventory address {address!r} is a name, not an IP to bind to — fix: set "
+        "proxy_bind to this gateway's private IP address (the one the load balancers reach)"
+    )
 
 
-def placed_behind(gateways: dict[str, Settings], addresses: dict[str, str],
-                  lb_sources: dict[str, object] | None = None) -> dict[str, Settings]:
+def placed_behind(
+    gateways: dict[str, Settings], addresses: dict[str, str], lb_sources: dict[str, object] | None = None
+) -> dict[str, Settings]:
     """The gateways' Settings with their proxy published only for the load balancers (and localhost):
     on one address, and behind a firewall letting in the load balancers' addresses (`lb_sources`:
     each lb host's private_address, else its ssh_hostname) only."""
@@ -181,26 +186,33 @@ def placed_behind(gateways: dict[str, Settings], addresses: dict[str, str],
     sources = []
     for name, value in (lb_sources or {}).items():
         if not isinstance(value, str) or not certificates.is_ip(value):
-            problems.append(f"host {name} ({LB_HOSTS}): private_address {value!r} is not an IP address (the gateways' "
-                            "firewall lets in the load balancers by address) — fix: set \"private_address\": "
-                            "\"10.0.0.2\" (the address it reaches the gateways from) in its host data")
+            problems.append(
+                f"host {name} ({LB_HOSTS}): private_address {value!r} is not an IP address (the gateways' "
+                'firewall lets in the load balancers by address) — fix: set "private_address": '
+                '"10.0.0.2" (the address it reaches the gateways from) in its host data'
+            )
         elif firewall.is_ipv6(value):
-            problems.append(f"host {name} ({LB_HOSTS}): private_address {value!r} is an IPv6 address; the gateways' "
-                            "firewall lets the load balancers in by IPv4 address only (iptables) — fix: set "
-                            "\"private_address\": \"10.0.0.2\" (its IPv4 address the gateways see) in its host data")
+            problems.append(
+                f"host {name} ({LB_HOSTS}): private_address {value!r} is an IPv6 address; the gateways' "
+                "firewall lets the load balancers in by IPv4 address only (iptables) — fix: set "
+                '"private_address": "10.0.0.2" (its IPv4 address the gateways see) in its host data'
+            )
         else:
             sources.append(value)
     for name, gateway in gateways.items():
         address, problem = gateway_address(gateway, addresses[name])
         if not problem and firewall.is_ipv6(address):
-            problem = (f"proxy_bind: the proxy would be published on {address!r} behind load balancers ({LB_HOSTS}); "
-                       f"{address!r} is an IPv6 address and the firewall letting in only the load balancers is IPv4 "
-                       "only (iptables) — fix: set proxy_bind to this gateway's private IPv4 address")
+            problem = (
+                f"proxy_bind: the proxy would be published on {address!r} behind load balancers ({LB_HOSTS}); "
+                f"{address!r} is an IPv6 address and the firewall letting in only the load balancers is IPv4 "
+                "only (iptables) — fix: set proxy_bind to this gateway's private IPv4 address"
+            )
         if problem:
             problems.append(f"host {name}: {problem}")
             continue
-        placed[name] = dataclasses.replace(gateway, proxy_bind=address, behind_load_balancer=True,
-                                           load_balancer_sources=tuple(sorted(set(sources))))
+        placed[name] = dataclasses.replace(
+            gateway, proxy_bind=address, behind_load_balancer=True, load_balancer_sources=tuple(sorted(set(sources)))
+        )
     if problems:
         raise ConfigError(problems)
     return placed
@@ -217,15 +229,18 @@ def lb_problems(raw: dict[str, object]) -> list[str]:
     problems += _directory_problems("install_dir", raw["install_dir"])
     problems += log_problems(raw)
     if raw["tls"] not in LB_TLS_SOURCES:
-        problems.append(f"tls: {raw['tls']!r} on a load balancer, which always terminates TLS — fix: tls = "
-                        "'self-signed' (a certificate from the deployment CA), 'files' (tls_cert_file "
-                        "and tls_key_file) or 'acme' (acme_email, public DNS names in tls_names)")
+        problems.append(
+            f"tls: {raw['tls']!r} on a load balancer, which always terminates TLS — fix: tls = "
+            "'self-signed' (a certificate from the deployment CA), 'files' (tls_cert_file "
+            "and tls_key_file) or 'acme' (acme_email, public DNS names in tls_names)"
+        )
     elif raw["tls"] == "files":
         # As a gateway's front (tasks/config/tls_config.py): readable PEM, the key the certificate's, in date,
         # valid for the tls_names given; a load balancer is the only entry point.
         given = raw["tls_names"] if isinstance(raw["tls_names"], (list, tuple)) else ()
-        problems += certificates.files_problems(raw["tls_cert_file"], raw["tls_key_file"],
-                                                [n for n in given if isinstance(n, str) and n.strip()])
+        problems += certificates.files_problems(
+            raw["tls_cert_file"], raw["tls_key_file"], [n for n in given if isinstance(n, str) and n.strip()]
+        )
     elif raw["tls"] == "acme":
         problems += _acme_problems(raw)
     names = raw["tls_names"]
@@ -233,17 +248,28 @@ def lb_problems(raw: dict[str, object]) -> list[str]:
         problems.append("tls_names: must be a list of DNS names or IP addresses, e.g. ['llm.example.com']")
     problems += _choice("image_source", raw["image_source"], IMAGE_SOURCES)
     archives = raw["image_archives"]
-    if raw["image_source"] == "archives" and (not isinstance(archives, (list, tuple)) or not archives
-                                              or not all(isinstance(a, str) and Path(a).is_file() for a in archives)):
-        problems.append("image_archives: image_source is 'archives' — fix: list existing archives, one holding tls_image")
+    if raw["image_source"] == "archives" and (
+        not isinstance(archives, (list, tuple))
+        or not archives
+        or not all(isinstance(a, str) and Path(a).is_file() for a in archives)
+    ):
+        problems.append(
+            "image_archives: image_source is 'archives' — fix: list existing archives, one holding tls_image"
+        )
     return problems
 
 
 def _acme_problems(raw: dict[str, object]) -> list[str]:
     """tls = "acme" on a load balancer: its tls_names are the certificate's (no default name)."""
     names = [n for n in raw["tls_names"] if isinstance(n, str)] if isinstance(raw["tls_names"], (list, tuple)) else []
-    none = [] if names else ["tls_names: none with tls = 'acme' — fix: the public DNS names clients use, e.g. "
-                             "['llm.example.com'] (ACME issues for names that resolve to this load balancer)"]
+    none = (
+        []
+        if names
+        else [
+            "tls_names: none with tls = 'acme' — fix: the public DNS names clients use, e.g. "
+            "['llm.example.com'] (ACME issues for names that resolve to this load balancer)"
+        ]
+    )
     return none + acme_problems(names, raw)
 
 
@@ -257,15 +283,18 @@ def certificate_names(lb_name: str, address: str, raw: dict[str, object]) -> tup
     return certificates.unique_names((lb_name, address))
 
 
-def build_load_balancers(lbs: list[HostInput], gateways: dict[str, Settings],
-                         addresses: dict[str, str]) -> dict[str, LoadBalancer]:
+def build_load_balancers(
+    lbs: list[HostInput], gateways: dict[str, Settings], addresses: dict[str, str]
+) -> dict[str, LoadBalancer]:
     """Every load balancer validated (all problems at once, before any host is touched), each with
     every gateway as an upstream, in inventory order."""
     problems: list[str] = []
     both = sorted({lb.name for lb in lbs} & set(gateways))
     if both:
-        problems.append(f"inventory: {', '.join(both)} in both {GATEWAYS} and {LB_HOSTS} — fix: a host is a "
-                        "gateway or a load balancer, not both")
+        problems.append(
+            f"inventory: {', '.join(both)} in both {GATEWAYS} and {LB_HOSTS} — fix: a host is a "
+            "gateway or a load balancer, not both"
+        )
     upstreams = tuple(Upstream(name, g.proxy_bind, g.proxy_port) for name, g in gateways.items())
     widths = [g.roll_width for g in gateways.values()]
     built = {}
@@ -277,14 +306,25 @@ def build_load_balancers(lbs: list[HostInput], gateways: dict[str, Settings],
             continue
         address = tls_config.host_address(lb.name, lb.data)
         built[lb.name] = LoadBalancer(
-            host_name=lb.name, address=address,
-            install_dir=lb_install_dir(str(raw["install_dir"])), compose_project=f"{raw['compose_project']}-lb",
-            tls_image=raw["tls_image"], tls=raw["tls"], tls_cert_file=raw["tls_cert_file"],
-            tls_key_file=raw["tls_key_file"], tls_names=certificate_names(lb.name, address, raw),
-            tls_port=raw["tls_port"], acme_email=str(raw["acme_email"] or ""),
-            http_port=raw["http_port"], docker_install=raw["docker_install"], image_source=raw["image_source"],
-            image_archives=tuple(raw["image_archives"]), log_max_size=raw["log_max_size"],
-            log_max_file=raw["log_max_file"], start_timeout=raw["start_timeout"], upstreams=upstreams,
+            host_name=lb.name,
+            address=address,
+            install_dir=lb_install_dir(str(raw["install_dir"])),
+            compose_project=f"{raw['compose_project']}-lb",
+            tls_image=raw["tls_image"],
+            tls=raw["tls"],
+            tls_cert_file=raw["tls_cert_file"],
+            tls_key_file=raw["tls_key_file"],
+            tls_names=certificate_names(lb.name, address, raw),
+            tls_port=raw["tls_port"],
+            acme_email=str(raw["acme_email"] or ""),
+            http_port=raw["http_port"],
+            docker_install=raw["docker_install"],
+            image_source=raw["image_source"],
+            image_archives=tuple(raw["image_archives"]),
+            log_max_size=raw["log_max_size"],
+            log_max_file=raw["log_max_file"],
+            start_timeout=raw["start_timeout"],
+            upstreams=upstreams,
             roll_width=min(widths) if widths else 1,
         )
     if problems:
@@ -298,8 +338,9 @@ def build_load_balancers(lbs: list[HostInput], gateways: dict[str, Settings],
 def render_caddyfile(lb: LoadBalancer, drained: frozenset[str] | set[str] = frozenset()) -> str:
     """The Caddyfile with every gateway but the `drained` ones in the rotation."""
     upstreams = [u.dial for u in lb.upstreams if u.host_name not in drained]
-    return environment().get_template("balancer/Caddyfile.j2").render(lb=lb, upstreams=upstreams,
-                                                              drained=sorted(drained))
+    return (
+        environment().get_template("balancer/Caddyfile.j2").render(lb=lb, upstreams=upstreams, drained=sorted(drained))
+    )
 
 
 def render_compose(lb: LoadBalancer) -> str:
@@ -316,7 +357,6 @@ def certificate_material(lb: LoadBalancer, store=None) -> tuple[str, str] | None
         return Path(lb.tls_cert_file).read_text(), Path(lb.tls_key_file).read_text()
     if lb.tls == "self-signed":
         if store is None:
-
             store = tls.store_for(S.secrets_path(host.data.get("secrets_file")))
         material = store.leaf(lb.host_name, lb.tls_names)
         return material.cert_pem.decode(), material.key_pem.decode()
@@ -330,14 +370,17 @@ def reload_command(lb: LoadBalancer, caddyfile: str) -> str:
     """A graceful reload through Caddy's admin API (caddy reload checks the file first and keeps the
     running configuration when it is refused); nothing to do when the container is not running."""
     base = compose.compose_cmd(lb.compose_project, lb.install_dir)
-    return (f"if [ -n \"$({base} ps --status running --quiet {SERVICE} 2>/dev/null)\" ]; then "
-            f"{base} exec -T {SERVICE} caddy reload --config {lb.container_path(caddyfile)} --adapter caddyfile; "
-            "else echo 'load balancer not running: nothing to reload'; fi")
+    return (
+        f'if [ -n "$({base} ps --status running --quiet {SERVICE} 2>/dev/null)" ]; then '
+        f"{base} exec -T {SERVICE} caddy reload --config {lb.container_path(caddyfile)} --adapter caddyfile; "
+        "else echo 'load balancer not running: nothing to reload'; fi"
+    )
 
 
 def _images(lb: LoadBalancer):
-    return stack.images_on_host(lb.image_source, lb.image_archives, f"{lb.install_dir}/images",
-                                {"tls_image": lb.tls_image})
+    return stack.images_on_host(
+        lb.image_source, lb.image_archives, f"{lb.install_dir}/images", {"tls_image": lb.tls_image}
+    )
 
 
 # --- the load balancers' side of a roll (tasks/gateway/roll.py) -------------------------------------------
@@ -354,21 +397,26 @@ def apply_to_load_balancers(st: State, lb_hosts: list[tuple[Host, LoadBalancer]]
     health checks still route around a gateway being recreated."""
     for lb_host, lb in lb_hosts:
         if not lb_host.connected:
-            logger.warning(f"{lb_host.print_prefix}load balancer not connected: it relies on its health checks "
-                           "while gateways are recreated")
+            logger.warning(
+                f"{lb_host.print_prefix}load balancer not connected: it relies on its health checks "
+                "while gateways are recreated"
+            )
             continue
         roll_file = shlex.quote(lb.path(ROLL_CADDYFILE))
         if out:
             content = render_caddyfile(lb, out)
-            command = (f"umask 022 && printf %s {shlex.quote(content)} > {roll_file}.new && mv -f {roll_file}.new "
-                       f"{roll_file} && {reload_command(lb, ROLL_CADDYFILE)}")
+            command = (
+                f"umask 022 && printf %s {shlex.quote(content)} > {roll_file}.new && mv -f {roll_file}.new "
+                f"{roll_file} && {reload_command(lb, ROLL_CADDYFILE)}"
+            )
         else:
-            command = (f"{reload_command(lb, CADDYFILE)} && rm -f {roll_file}")
+            command = f"{reload_command(lb, CADDYFILE)} && rm -f {roll_file}"
         # A load balancer not deployed yet (the first deploy: its stage runs after the gateways') has
         # nothing to drain.
         command = f"if [ -e {shlex.quote(lb.path(CADDYFILE))} ]; then {command}; fi"
-        ok, output = lb_host.run_shell_command(command, print_output=False, print_input=False,
-                                               **connector_arguments(st, lb_host))
+        ok, output = lb_host.run_shell_command(
+            command, print_output=False, print_input=False, **connector_arguments(st, lb_host)
+        )
         if not ok:
             raise roll.RollError(f"{lb_host.name}: " + " / ".join(output.stderr_lines[-3:]))
         lb_host.log(f"rotation: {', '.join(sorted(out)) + ' out' if out else 'every gateway in'}", logger.info)
@@ -381,11 +429,15 @@ def balancer_configured(lb: LoadBalancer, caddyfile):
     held = roll.held_out(state)
     leftover = bool(host.get_fact(File, path=lb.path(ROLL_CADDYFILE)))
     if held:
-        host.log(f"keeps {', '.join(sorted(held))} out of the rotation: failed mid-roll (the next deploy "
-                 "rolls it again)", logger.warning)
+        host.log(
+            f"keeps {', '.join(sorted(held))} out of the rotation: failed mid-roll (the next deploy rolls it again)",
+            logger.warning,
+        )
         content = render_caddyfile(lb, held)
-        yield (f"printf %s {shlex.quote(content)} > {shlex.quote(lb.path(ROLL_CADDYFILE))} && "
-               f"{reload_command(lb, ROLL_CADDYFILE)}")
+        yield (
+            f"printf %s {shlex.quote(content)} > {shlex.quote(lb.path(ROLL_CADDYFILE))} && "
+            f"{reload_command(lb, ROLL_CADDYFILE)}"
+        )
         return
     if not leftover and not compose.changed([caddyfile]):
         host.noop("the Caddyfile is running, every gateway in the rotation")
@@ -397,35 +449,63 @@ def balancer_configured(lb: LoadBalancer, caddyfile):
 @deploy("Load balancer")
 def deploy_load_balancer(lb: LoadBalancer) -> None:
     docker.install_docker(lb)
-    files.directory(name=f"Install directory {lb.install_dir} (root only)", path=lb.install_dir,
-                    user="root", group="root", mode="700")
+    files.directory(
+        name=f"Install directory {lb.install_dir} (root only)",
+        path=lb.install_dir,
+        user="root",
+        group="root",
+        mode="700",
+    )
     images = _images(lb)
     staging = f"{lb.install_dir}/.staging"
     for directory in ("caddy", "certs"):
-        files.directory(name=f"Directory {lb.path(directory)}", path=lb.path(directory), user="root",
-                        group="root", mode="700")
-    compose_file = private_file(name=f"Write {COMPOSE_FILE}", content=render_compose(lb),
-                                dest=lb.path(COMPOSE_FILE), staging_dir=staging, mode="644")
-    caddyfile = private_file(name="Write the Caddyfile", content=render_caddyfile(lb), dest=lb.path(CADDYFILE),
-                             staging_dir=staging, mode="644")
+        files.directory(
+            name=f"Directory {lb.path(directory)}", path=lb.path(directory), user="root", group="root", mode="700"
+        )
+    compose_file = private_file(
+        name=f"Write {COMPOSE_FILE}",
+        content=render_compose(lb),
+        dest=lb.path(COMPOSE_FILE),
+        staging_dir=staging,
+        mode="644",
+    )
+    caddyfile = private_file(
+        name="Write the Caddyfile",
+        content=render_caddyfile(lb),
+        dest=lb.path(CADDYFILE),
+        staging_dir=staging,
+        mode="644",
+    )
     material = certificate_material(lb)
     if material is not None:
         cert, key = material
         certificates = [
-            private_file(name="Write the TLS certificate", content=cert, dest=lb.path(CERT_FILE), staging_dir=staging,
-                         mode="644"),
-            private_file(name="Write the TLS private key (mode 0600)", content=key, dest=lb.path(KEY_FILE),
-                         staging_dir=staging, mode="600"),
+            private_file(
+                name="Write the TLS certificate", content=cert, dest=lb.path(CERT_FILE), staging_dir=staging, mode="644"
+            ),
+            private_file(
+                name="Write the TLS private key (mode 0600)",
+                content=key,
+                dest=lb.path(KEY_FILE),
+                staging_dir=staging,
+                mode="600",
+            ),
         ]
     else:
         # acme: Caddy keeps what it obtains in its data volume; files of an earlier source go.
-        certificates = [files.file(name=f"No {name} (tls is acme)", path=lb.path(name), present=False)
-                        for name in (CERT_FILE, KEY_FILE)]
+        certificates = [
+            files.file(name=f"No {name} (tls is acme)", path=lb.path(name), present=False)
+            for name in (CERT_FILE, KEY_FILE)
+        ]
     # Checked by the pinned Caddy before the only entry point is (re)created or reloaded with them.
-    tls.caddyfile_valid(name=f"Caddyfile accepted by {lb.tls_image}", image=lb.tls_image,
-                        mounts={lb.path(directory): target for directory, target in IN_CONTAINER.items()},
-                        caddyfile=lb.container_path(CADDYFILE), front="the load balancer",
-                        changed=[compose_file, caddyfile, *certificates, *images])
+    tls.caddyfile_valid(
+        name=f"Caddyfile accepted by {lb.tls_image}",
+        image=lb.tls_image,
+        mounts={lb.path(directory): target for directory, target in IN_CONTAINER.items()},
+        caddyfile=lb.container_path(CADDYFILE),
+        front="the load balancer",
+        changed=[compose_file, caddyfile, *certificates, *images],
+    )
     # A new certificate recreates the container (Caddy may keep a loaded certificate across reloads);
     # a new Caddyfile is only reloaded, gracefully (balancer_configured).
     compose.service_up(

@@ -69,8 +69,11 @@ def read_host(host: Host, install_dir: str | None, names: list[str], paths: tupl
         env = shlex.quote(f"{install_dir.rstrip('/')}/.env")
         steps += [f"{{ [ ! -e {env} ] || cat {env}; }}", "echo"]
     for path in paths:
-        steps += [f"echo {shlex.quote(_FILE_MARK + path)}", f"{{ [ ! -e {shlex.quote(path)} ] || cat {shlex.quote(path)}; }}",
-                  "echo"]
+        steps += [
+            f"echo {shlex.quote(_FILE_MARK + path)}",
+            f"{{ [ ! -e {shlex.quote(path)} ] || cat {shlex.quote(path)}; }}",
+            "echo",
+        ]
     # The host's own privilege settings (_sudo in its data, --sudo, a sudo password), as a fact gets them.
     ok, output = host.run_shell_command(
         f"if [ -x {directory} ] || [ ! -e {directory} ]; then {' && '.join(steps)}; else exit 1; fi",
@@ -83,7 +86,7 @@ def read_host(host: Host, install_dir: str | None, names: list[str], paths: tupl
     found, files, current = {}, {}, None
     for line in output.stdout_lines:
         if line.startswith(_FILE_MARK):
-            current = line[len(_FILE_MARK):]
+            current = line[len(_FILE_MARK) :]
             files[current] = []
         elif current is not None:
             files[current].append(line)
@@ -112,7 +115,11 @@ def _declared_key_aliases(gateway: Host) -> dict[str, str]:
     """{key_env: alias} of the present keys the gateway's data declares (validated later, with the rest)."""
     found = {}
     for entry in gateway.data.get("virtual_keys") or []:
-        if isinstance(entry, dict) and isinstance(entry.get("alias"), str) and entry.get("state", "present") == "present":
+        if (
+            isinstance(entry, dict)
+            and isinstance(entry.get("alias"), str)
+            and entry.get("state", "present") == "present"
+        ):
             key_env = entry.get("key_env", default_key_env(entry["alias"]))
             if isinstance(key_env, str):
                 found[key_env] = entry["alias"]
@@ -243,12 +250,15 @@ def _build_everything(state: State, complete: bool) -> tuple[dict[str, Settings]
     secrets_file = S.secrets_path(configured)
 
     def record(path: Path, completion: Completion) -> None:
-        logger.warning(f"--> Secrets file {path}: {completion.describe()}; written there when the "
-                       "operations start (not with --dry)")
+        logger.warning(
+            f"--> Secrets file {path}: {completion.describe()}; written there when the "
+            "operations start (not with --dry)"
+        )
         state.add_callback_handler(_RecordWhenOperationsStart(path, completion))
 
-    held = read_controller_state(state, secrets_file,
-                                 tuple(wanted_secrets(_hosts(state, DB_HOSTS), _hosts(state, REDIS_HOSTS))))
+    held = read_controller_state(
+        state, secrets_file, tuple(wanted_secrets(_hosts(state, DB_HOSTS), _hosts(state, REDIS_HOSTS)))
+    )
     # Before anything else is made: a run never issues from a CA other than the one the hosts trust.
     if problems := certificates.served_problems(certificates.tls_dir(secrets_file), held.served):
         raise ConfigError(problems)
@@ -274,7 +284,6 @@ def state_host_for(state: State, host: Host, complete: bool = True) -> StateHost
 # --- load balancers (lb_hosts) ------------------------------------------------------------------
 
 
-
 def _addresses(state: State, group: str) -> dict[str, str]:
     return {h.name: tls_config.host_address(h.name, h.data.get) for h in _hosts(state, group)}
 
@@ -283,24 +292,35 @@ def _behind_load_balancers(state: State, gateways: dict[str, Settings]) -> dict[
     """With lb_hosts in the inventory, every gateway's proxy is published for them (and localhost) only."""
     if not _hosts(state, balancer.LB_HOSTS):
         return gateways
-    lb_sources = {h.name: topology.private_address(topology.StateInput(h.name, h.data.get))
-                  for h in _hosts(state, balancer.LB_HOSTS)}
+    lb_sources = {
+        h.name: topology.private_address(topology.StateInput(h.name, h.data.get))
+        for h in _hosts(state, balancer.LB_HOSTS)
+    }
     return balancer.placed_behind(gateways, _addresses(state, GATEWAYS), lb_sources)
 
 
 def load_balancers(state: State) -> dict[str, LoadBalancer]:
     """Every load balancer of the inventory, validated with the gateways they front."""
     with _building:
-        return run_value(state, LoadBalancer, lambda: balancer.build_load_balancers(
-            [HostInput(h.name, h.data.get) for h in _hosts(state, balancer.LB_HOSTS)],
-            all_settings(state), _addresses(state, balancer.LB_HOSTS)))
+        return run_value(
+            state,
+            LoadBalancer,
+            lambda: balancer.build_load_balancers(
+                [HostInput(h.name, h.data.get) for h in _hosts(state, balancer.LB_HOSTS)],
+                all_settings(state),
+                _addresses(state, balancer.LB_HOSTS),
+            ),
+        )
 
 
 def gateway_roll(state: State) -> roll.Roll:
     """The run's roll of the gateways behind this inventory's load balancers (tasks/gateway/roll.py)."""
     lb_hosts = [(state.inventory.get_host(name), lb) for name, lb in load_balancers(state).items()]
-    return roll.run_roll(state, width=lambda: balancer.roll_width([lb for _, lb in lb_hosts]),
-                         apply=lambda out: balancer.apply_to_load_balancers(state, lb_hosts, out))
+    return roll.run_roll(
+        state,
+        width=lambda: balancer.roll_width([lb for _, lb in lb_hosts]),
+        apply=lambda out: balancer.apply_to_load_balancers(state, lb_hosts, out),
+    )
 
 
 def load_balancer_for(state: State, host: Host) -> LoadBalancer | None:

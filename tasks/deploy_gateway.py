@@ -37,34 +37,39 @@ def deploy_gateway(settings: Settings) -> None:
     if settings.behind_load_balancer:
         proxy_firewall(settings)
     else:  # none, or the one left by lb_hosts removed from the inventory
-        firewall.rules_absent(name="No firewall on the proxy's port (no load balancers)",
-                              service=proxy_firewall_service(settings))
+        firewall.rules_absent(
+            name="No firewall on the proxy's port (no load balancers)", service=proxy_firewall_service(settings)
+        )
     # Pinned images pulled, or uploaded as archives and loaded (air-gapped hosts), and checked, before
     # anything is stopped, backed up or written: a mistyped tag fails the host with the gateway untouched.
     stack.get_images(settings, changes)
     # Another image than the one running makes these stages an upgrade (tasks/gateway/upgrade.py): a backup
     # first, and the previous image and data put back if one fails. Otherwise they simply run in order.
-    upgrade.run_stages(settings, [
-        # A POSTGRES_PASSWORD changed in the secrets file set on the existing role first, while the
-        # host's .env still holds the old one (the Postgres image applies it only to a new database).
-        stage("the database password", database.role_password_for, settings),
-        # docker-compose.yml, litellm-config.yaml and .env (0600).
-        stage("writing the files", stack.write_files, settings, changes),
-        # Postgres healthy (bundled mode).
-        stage("starting the database", stack.start_database, settings, changes),
-        # Database modes: migrations, bootstrap, scheduled backups (below).
-        *database_stages(settings),
-        # The proxy, recreated only when its files or image changed; behind load balancers, rolled:
-        # roll_width gateways at a time drained, recreated, verified, re-admitted (tasks/gateway/roll.py).
-        stage("starting the proxy", roll.rolling(stack.start_proxy, context.gateway_roll), settings, changes),
-        # HTTPS in front of it (tls on), recreated only when its files or image changed; none with tls off.
-        stage("the TLS front", tls.tls_front, settings, changes),
-        # Along the request path: proxy, Ollama nodes, upstreams.
-        stage("verification", verify.verify_gateway, settings),
-    ])
+    upgrade.run_stages(
+        settings,
+        [
+            # A POSTGRES_PASSWORD changed in the secrets file set on the existing role first, while the
+            # host's .env still holds the old one (the Postgres image applies it only to a new database).
+            stage("the database password", database.role_password_for, settings),
+            # docker-compose.yml, litellm-config.yaml and .env (0600).
+            stage("writing the files", stack.write_files, settings, changes),
+            # Postgres healthy (bundled mode).
+            stage("starting the database", stack.start_database, settings, changes),
+            # Database modes: migrations, bootstrap, scheduled backups (below).
+            *database_stages(settings),
+            # The proxy, recreated only when its files or image changed; behind load balancers, rolled:
+            # roll_width gateways at a time drained, recreated, verified, re-admitted (tasks/gateway/roll.py).
+            stage("starting the proxy", roll.rolling(stack.start_proxy, context.gateway_roll), settings, changes),
+            # HTTPS in front of it (tls on), recreated only when its files or image changed; none with tls off.
+            stage("the TLS front", tls.tls_front, settings, changes),
+            # Along the request path: proxy, Ollama nodes, upstreams.
+            stage("verification", verify.verify_gateway, settings),
+        ],
+    )
     # Remembered as verified, so the next image change is known as an upgrade.
-    upgrade.verified_image_recorded(name="Verified image recorded", install_dir=settings.install_dir,
-                                    image=settings.litellm_image)
+    upgrade.verified_image_recorded(
+        name="Verified image recorded", install_dir=settings.install_dir, image=settings.litellm_image
+    )
     # Declared teams and virtual keys, through the verified proxy's API (database modes).
     key_converge.converge_access(settings)
 
@@ -78,8 +83,11 @@ def database_stages(settings: Settings) -> list[Stage]:
         stage("the database migration", shared_migration, settings),
         # Admin user and master-key link, insert-or-update (values on psql's stdin only); on a shared
         # database by its owner only (shared_migration below), never two gateways at once.
-        *([stage("the bootstrap", database.bootstrap_current_key, settings)]
-          if key_converge.owner(settings) == settings.host_name else []),
+        *(
+            [stage("the bootstrap", database.bootstrap_current_key, settings)]
+            if key_converge.owner(settings) == settings.host_name
+            else []
+        ),
         # Scheduled pg_dump backups on the host (systemd timer; off with backup_enabled = False).
         stage("the backup schedule", backup.scheduled_backup, settings),
     ]
@@ -93,19 +101,31 @@ def shared_migration(settings: Settings) -> None:
     before the next operation, and the others wait for the schema instead of racing it."""
     owner = key_converge.owner(settings)
     if owner == settings.host_name:
-        migrations.schema_migrated(name="Database schema migrated", project=settings.compose_project,
-                                   install_dir=settings.install_dir, image=settings.litellm_image)
+        migrations.schema_migrated(
+            name="Database schema migrated",
+            project=settings.compose_project,
+            install_dir=settings.install_dir,
+            image=settings.litellm_image,
+        )
     else:
-        migrations.schema_waited(name=f"Database schema migrated (by {owner}, the shared database's first gateway)",
-                                 psql=database.psql(settings), owner=owner, timeout=settings.start_timeout)
+        migrations.schema_waited(
+            name=f"Database schema migrated (by {owner}, the shared database's first gateway)",
+            psql=database.psql(settings),
+            owner=owner,
+            timeout=settings.start_timeout,
+        )
 
 
 def proxy_firewall(settings: Settings) -> None:
     """tasks/lib/firewall.py's DOCKER-USER rules for the published proxy: to proxy_bind (the address the
     load balancers dial) only from their addresses. Narrowed to that destination so the proxy's own
     connections to port 4000 elsewhere (an upstream LiteLLM) are untouched."""
-    firewall.port_only_from(service=proxy_firewall_service(settings), port=settings.proxy_port,
-                            sources=settings.load_balancer_sources, destination=settings.proxy_bind)
+    firewall.port_only_from(
+        service=proxy_firewall_service(settings),
+        port=settings.proxy_port,
+        sources=settings.load_balancer_sources,
+        destination=settings.proxy_bind,
+    )
 
 
 def proxy_firewall_service(settings: Settings) -> str:
@@ -140,32 +160,46 @@ def facts_decided_on(settings: Settings) -> list[fact_cache.Wanted]:
     the stages together). Not here: what is checked live (verification, the bootstrap, the keys)."""
     install_dir, project = settings.install_dir, settings.compose_project
     reads: list[fact_cache.Wanted] = [
-        (LinuxDistribution, {}), (upgrade.DeployedImage, {"project": project, "install_dir": install_dir}),
-        (upgrade.PendingUpgrade, {"install_dir": install_dir})]
+        (LinuxDistribution, {}),
+        (upgrade.DeployedImage, {"project": project, "install_dir": install_dir}),
+        (upgrade.PendingUpgrade, {"install_dir": install_dir}),
+    ]
     if settings.proxy_workers == sizing.AUTO_WORKERS:
         reads += [(Cpus, {}), (Memory, {})]
     reads += [(docker.EngineVersion, {})]
     if settings.docker_install == "distro":
-        reads += [(docker.DockerPackageStates, {}), (File, {"path": APT_UPDATE_FILENAME}), (Date, {}),
-                  (DebPackages, {})]
+        reads += [
+            (docker.DockerPackageStates, {}),
+            (File, {"path": APT_UPDATE_FILENAME}),
+            (Date, {}),
+            (DebPackages, {}),
+        ]
     if settings.docker_install != "skip":
         reads += service_reads("docker.service")
-    reads += [(docker.ComposeVersion, {}), *directory_reads(install_dir),
-              firewall.presence_fact(proxy_firewall_service(settings))]
+    reads += [
+        (docker.ComposeVersion, {}),
+        *directory_reads(install_dir),
+        firewall.presence_fact(proxy_firewall_service(settings)),
+    ]
     images = stack.required_images(settings)
     if settings.image_source == "pull":
         reads += [(compose.ImageId, {"image": image}) for image in images.values()]
     else:
         reads += directory_reads(stack.archive_dir(settings))
-        reads += [(File, {"path": stack.remote_archive(stack.archive_dir(settings), archive)})
-                  for archive in settings.image_archives]
+        reads += [
+            (File, {"path": stack.remote_archive(stack.archive_dir(settings), archive)})
+            for archive in settings.image_archives
+        ]
         reads += [(compose.ImageId, {"image": image}) for image in images.values()]
     if settings.has_database:
         reads += [(envfile.EnvLineHashes, {"install_dir": install_dir, "names": (database.POSTGRES_PASSWORD,)})]
     for name in stack.FILE_MODES:
         path = f"{install_dir}/{name}"
-        reads += private_file_reads(path) if name in (COMPOSE_FILE, CONFIG_FILE, ENV_FILE) or \
-            settings.database_mode == "external" else absent_reads(path)
+        reads += (
+            private_file_reads(path)
+            if name in (COMPOSE_FILE, CONFIG_FILE, ENV_FILE) or settings.database_mode == "external"
+            else absent_reads(path)
+        )
     reads += [(compose.ComposeServices, {"project": project, "install_dir": install_dir})]
     if settings.has_database:
         reads += [(migrations.MigratedImageId, {"install_dir": install_dir})]

@@ -37,8 +37,17 @@ KEYS_FILE = VALUES_FILE
 PROXY = key_agent.PROXY
 # A fixed expiry is sent as seconds from now; this much drift is the request's own latency, not a change.
 EXPIRY_SLACK_SECONDS = 300
-KEY_SETTINGS = ("models", "team", "max_budget", "budget_duration", "tpm_limit", "rpm_limit", "metadata",
-                "expires", "blocked")
+KEY_SETTINGS = (
+    "models",
+    "team",
+    "max_budget",
+    "budget_duration",
+    "tpm_limit",
+    "rpm_limit",
+    "metadata",
+    "expires",
+    "blocked",
+)
 # Keys named in a refused team deletion; the rest are counted.
 KEYS_NAMED = 20
 TEAM_SETTINGS = ("models", "max_budget", "budget_duration", "tpm_limit", "rpm_limit", "metadata", "blocked")
@@ -99,14 +108,19 @@ class DeclaredAccess(FactBase):
             return json.loads(output[-1])
         except (IndexError, ValueError):
             # Not the agent's JSON (which it scrubs itself): quoted, anything key-like cut out.
-            return {"error": f"cannot ask the proxy (is the {PROXY_SERVICE} container running?): "
-                             + key_agent.scrub(" ".join(output), values=())[-300:]}
+            return {
+                "error": f"cannot ask the proxy (is the {PROXY_SERVICE} container running?): "
+                + key_agent.scrub(" ".join(output), values=())[-300:]
+            }
 
 
 def read_spec(settings: Settings) -> dict:
     """What key_agent.read is asked: the declared teams and keys, and the keys of each team to delete."""
-    return {"teams": [t.alias for t in settings.teams], "keys": [k.alias for k in settings.virtual_keys],
-            "team_keys": [t.alias for t in settings.teams if t.state == "absent"]}
+    return {
+        "teams": [t.alias for t in settings.teams],
+        "keys": [k.alias for k in settings.virtual_keys],
+        "team_keys": [t.alias for t in settings.teams if t.state == "absent"],
+    }
 
 
 def read_access(settings: Settings, moment: str = "before") -> dict:
@@ -115,9 +129,12 @@ def read_access(settings: Settings, moment: str = "before") -> dict:
 
 
 def access_read(settings: Settings, moment: str = "before") -> tuple[type[FactBase], dict]:
-    return DeclaredAccess, {"project": settings.compose_project, "install_dir": settings.install_dir,
-                            "agent_command": _in_container(settings, AGENT_SOURCE, "read", json.dumps(read_spec(settings))),
-                            "moment": moment}
+    return DeclaredAccess, {
+        "project": settings.compose_project,
+        "install_dir": settings.install_dir,
+        "agent_command": _in_container(settings, AGENT_SOURCE, "read", json.dumps(read_spec(settings))),
+        "moment": moment,
+    }
 
 
 def checks_read(settings: Settings) -> list[tuple[type[FactBase], dict]]:
@@ -131,8 +148,11 @@ def checks_read(settings: Settings) -> list[tuple[type[FactBase], dict]]:
 
 
 def key_checks_read(settings: Settings, checks: list[dict]) -> tuple[type[FactBase], dict]:
-    return KeyChecks, {"project": settings.compose_project, "install_dir": settings.install_dir,
-                       "probe_command": checks_command(settings, checks, settings.verify_timeout)}
+    return KeyChecks, {
+        "project": settings.compose_project,
+        "install_dir": settings.install_dir,
+        "probe_command": checks_command(settings, checks, settings.verify_timeout),
+    }
 
 
 # --- comparing -----------------------------------------------------------------------------------
@@ -174,8 +194,13 @@ def _same(name: str, wanted: object, stored: object, now: dt.datetime) -> bool:
         return all((stored or {}).get(k) == v for k, v in wanted.items())
     if name == "expires":
         held = _parse_time(stored)
-        return wanted is None and held is None or (
-            wanted is not None and held is not None and abs((held - wanted).total_seconds()) <= EXPIRY_SLACK_SECONDS)
+        return (
+            wanted is None
+            and held is None
+            or (
+                wanted is not None and held is not None and abs((held - wanted).total_seconds()) <= EXPIRY_SLACK_SECONDS
+            )
+        )
     if name == "max_budget" and wanted is not None and stored is not None:
         return abs(float(wanted) - float(stored)) < 1e-9
     return wanted == stored
@@ -219,8 +244,9 @@ def _members(user_ids) -> list[dict]:
     return [{"role": "user", "user_id": user_id} for user_id in user_ids]
 
 
-def plan(teams: tuple[Team, ...], keys: tuple[VirtualKey, ...], current: dict,
-         now: dt.datetime) -> tuple[list[dict], list[str]]:
+def plan(
+    teams: tuple[Team, ...], keys: tuple[VirtualKey, ...], current: dict, now: dt.datetime
+) -> tuple[list[dict], list[str]]:
     """(actions for key_agent.apply, problems that stop the host before any action)."""
     actions: list[dict] = []
     problems: list[str] = []
@@ -234,63 +260,103 @@ def plan(teams: tuple[Team, ...], keys: tuple[VirtualKey, ...], current: dict,
             actions.append({"do": "team_new", "body": body, "describe": f"team {team.alias}: created"})
             continue
         if drift := _drift(team, row, TEAM_SETTINGS, now):
-            actions.append({"do": "team_update", "body": {"team_id": team.alias, **drift},
-                            "describe": f"team {team.alias}: {', '.join(sorted(drift))} updated"})
+            actions.append(
+                {
+                    "do": "team_update",
+                    "body": {"team_id": team.alias, **drift},
+                    "describe": f"team {team.alias}: {', '.join(sorted(drift))} updated",
+                }
+            )
         if "members" in team.declared:
             held = set(row.get("members") or [])
             if added := [u for u in team.members if u not in held]:
-                actions.append({"do": "member_add", "body": {"team_id": team.alias, "member": _members(added)},
-                                "describe": f"team {team.alias}: member(s) {', '.join(added)} added"})
+                actions.append(
+                    {
+                        "do": "member_add",
+                        "body": {"team_id": team.alias, "member": _members(added)},
+                        "describe": f"team {team.alias}: member(s) {', '.join(added)} added",
+                    }
+                )
             for user_id in sorted(held - set(team.members)):
-                actions.append({"do": "member_delete", "body": {"team_id": team.alias, "user_id": user_id},
-                                "describe": f"team {team.alias}: member {user_id} removed"})
+                actions.append(
+                    {
+                        "do": "member_delete",
+                        "body": {"team_id": team.alias, "user_id": user_id},
+                        "describe": f"team {team.alias}: member {user_id} removed",
+                    }
+                )
     for key in keys:
         row = held_keys.get(key.alias)
         if key.state == "absent":
             if row is not None:
-                actions.append({"do": "key_delete", "body": {"key_aliases": [key.alias]},
-                                "describe": f"key {key.alias}: deleted"})
+                actions.append(
+                    {"do": "key_delete", "body": {"key_aliases": [key.alias]}, "describe": f"key {key.alias}: deleted"}
+                )
             continue
         if row is None:
             if key.expires is not None and key.expires <= now:
-                problems.append(f"virtual_keys[{key.alias!r}].expires: {key.expires:%Y-%m-%d %H:%M} UTC has passed, so the "
-                                "key would be made expired — fix: a later date, or state 'absent'")
+                problems.append(
+                    f"virtual_keys[{key.alias!r}].expires: {key.expires:%Y-%m-%d %H:%M} UTC has passed, so the "
+                    "key would be made expired — fix: a later date, or state 'absent'"
+                )
                 continue
             body = {"key_alias": key.alias, **_new_body(key, KEY_SETTINGS, now)}
-            actions.append({"do": "key_generate", "alias": key.alias, "body": body,
-                            "describe": f"key {key.alias}: created"})
+            actions.append(
+                {"do": "key_generate", "alias": key.alias, "body": body, "describe": f"key {key.alias}: created"}
+            )
             continue
         if row.get("count", 1) > 1:
-            problems.append(f"virtual key {key.alias!r}: {row['count']} keys in the database have this alias — fix: "
-                            "delete the extra ones in the admin UI (LiteLLM > Virtual Keys) so one is left")
+            problems.append(
+                f"virtual key {key.alias!r}: {row['count']} keys in the database have this alias — fix: "
+                "delete the extra ones in the admin UI (LiteLLM > Virtual Keys) so one is left"
+            )
         elif row.get("value_matches") is False:
             problems.append(
                 f"virtual key {key.alias!r}: the database holds a key with this alias whose value is not the "
                 f"secrets file's {key.key_env} — fix: put that key's value back into the secrets file as "
                 f"{key.key_env}=..., or, to replace the key (its spend history stays with the old one), first "
-                f"declare it state 'absent', deploy, then declare it present again")
+                f"declare it state 'absent', deploy, then declare it present again"
+            )
         elif row.get("key_alias") != key.alias:  # an imported key, found by its value
-            actions.append({"do": "key_update", "alias": key.alias,
-                            "body": {"key_alias": key.alias, **_drift(key, row, KEY_SETTINGS, now)},
-                            "describe": f"key {key.alias}: adopted (was {row.get('key_alias') or 'without alias'})"})
+            actions.append(
+                {
+                    "do": "key_update",
+                    "alias": key.alias,
+                    "body": {"key_alias": key.alias, **_drift(key, row, KEY_SETTINGS, now)},
+                    "describe": f"key {key.alias}: adopted (was {row.get('key_alias') or 'without alias'})",
+                }
+            )
         elif drift := _drift(key, row, KEY_SETTINGS, now):
-            actions.append({"do": "key_update", "alias": key.alias, "body": {"key_alias": key.alias, **drift},
-                            "describe": f"key {key.alias}: {', '.join(sorted(drift))} updated"})
+            actions.append(
+                {
+                    "do": "key_update",
+                    "alias": key.alias,
+                    "body": {"key_alias": key.alias, **drift},
+                    "describe": f"key {key.alias}: {', '.join(sorted(drift))} updated",
+                }
+            )
     for team in (t for t in teams if t.state == "absent"):
         row = held_teams.get(team.alias)
         if row is None:
             continue
         if row.get("keys") is None:
-            problems.append(f"teams[{team.alias!r}]: state 'absent', but the team's keys could not be listed, and "
-                            "LiteLLM deletes them with the team — fix: run again once the proxy answers /key/list")
+            problems.append(
+                f"teams[{team.alias!r}]: state 'absent', but the team's keys could not be listed, and "
+                "LiteLLM deletes them with the team — fix: run again once the proxy answers /key/list"
+            )
             continue
         taken = _keys_taken(team, keys, row["keys"])
         if taken and not team.delete_keys:
             problems.append(_refused_deletion(team, taken))
             continue
         with_keys = f", with its {len(taken)} key(s)" if taken else ""
-        actions.append({"do": "team_delete", "body": {"team_ids": [team.alias]},
-                        "describe": f"team {team.alias}: deleted{with_keys}"})
+        actions.append(
+            {
+                "do": "team_delete",
+                "body": {"team_ids": [team.alias]},
+                "describe": f"team {team.alias}: deleted{with_keys}",
+            }
+        )
     return actions, problems
 
 
@@ -304,10 +370,12 @@ def _keys_taken(team: Team, keys: tuple[VirtualKey, ...], held: list[dict]) -> l
 def _refused_deletion(team: Team, taken: list[dict]) -> str:
     names = [row.get("key_alias") or f"key {row.get('token') or '?'}... (no alias)" for row in taken]
     shown = ", ".join(names[:KEYS_NAMED]) + (f" and {len(names) - KEYS_NAMED} more" if len(names) > KEYS_NAMED else "")
-    return (f"teams[{team.alias!r}]: state 'absent' would delete {len(taken)} key(s) with the team that the "
-            f"declarations do not delete or move: {shown} (LiteLLM deletes every key of a deleted team) — fix: "
-            "move or delete them in the admin UI (LiteLLM > Virtual Keys), or declare them, or set "
-            f"'delete_keys': True on team {team.alias!r} to delete them with it")
+    return (
+        f"teams[{team.alias!r}]: state 'absent' would delete {len(taken)} key(s) with the team that the "
+        f"declarations do not delete or move: {shown} (LiteLLM deletes every key of a deleted team) — fix: "
+        "move or delete them in the admin UI (LiteLLM > Virtual Keys), or declare them, or set "
+        f"'delete_keys': True on team {team.alias!r} to delete them with it"
+    )
 
 
 # --- checking ------------------------------------------------------------------------------------
@@ -327,14 +395,28 @@ def key_checks(settings: Settings, now: dt.datetime | None = None) -> list[dict]
         live = key.state == "present" and not key.blocked and not (key.expires and key.expires <= now)
         if live:
             models = effective_models(key, settings.teams, routed)
-            checks.append({"name": f"virtual key {key.alias}: sees its models", "kind": "models", "url": url,
-                           "key_alias": key.alias, "expect": list(models), "exact": not settings.store_model_in_db,
-                           "fix": "run `pyinfra inventory keys.py` to converge the declared keys"})
+            checks.append(
+                {
+                    "name": f"virtual key {key.alias}: sees its models",
+                    "kind": "models",
+                    "url": url,
+                    "key_alias": key.alias,
+                    "expect": list(models),
+                    "exact": not settings.store_model_in_db,
+                    "fix": "run `pyinfra inventory keys.py` to converge the declared keys",
+                }
+            )
         else:
             why = "absent" if key.state == "absent" else "blocked" if key.blocked else "expired"
-            checks.append({"name": f"virtual key {key.alias} ({why}): refused", "kind": "refused", "url": url,
-                           "key_alias": key.alias,
-                           "fix": "run `pyinfra inventory keys.py` to converge the declared keys"})
+            checks.append(
+                {
+                    "name": f"virtual key {key.alias} ({why}): refused",
+                    "kind": "refused",
+                    "url": url,
+                    "key_alias": key.alias,
+                    "fix": "run `pyinfra inventory keys.py` to converge the declared keys",
+                }
+            )
     return checks
 
 
@@ -401,19 +483,34 @@ def table(settings: Settings, current: dict) -> str:
     for key in settings.virtual_keys:
         row = current.get("keys", {}).get(key.alias)
         if row is None:
-            rows.append((key.alias, key.team or "-", "-", "-", "-", "-", "absent" if key.state == "absent" else "MISSING"))
+            rows.append(
+                (key.alias, key.team or "-", "-", "-", "-", "-", "absent" if key.state == "absent" else "MISSING")
+            )
             continue
         budget = "-" if row.get("max_budget") is None else f"{float(row['max_budget']):.2f}"
         if row.get("budget_duration"):
             budget += f" / {row['budget_duration']}"
         expires = _parse_time(row.get("expires"))
-        state_text = ("blocked" if row.get("blocked") else
-                      "expired" if expires and expires <= dt.datetime.now(dt.timezone.utc) else "active")
+        state_text = (
+            "blocked"
+            if row.get("blocked")
+            else "expired"
+            if expires and expires <= dt.datetime.now(dt.timezone.utc)
+            else "active"
+        )
         if key.state == "absent":
             state_text = "DELETE PENDING"
-        rows.append((key.alias, row.get("team_id") or "-", ", ".join(row.get("models") or []) or "all",
-                     budget, f"{float(row.get('spend') or 0):.4f}", f"{expires:%Y-%m-%d %H:%M}" if expires else "never",
-                     state_text))
+        rows.append(
+            (
+                key.alias,
+                row.get("team_id") or "-",
+                ", ".join(row.get("models") or []) or "all",
+                budget,
+                f"{float(row.get('spend') or 0):.4f}",
+                f"{expires:%Y-%m-%d %H:%M}" if expires else "never",
+                state_text,
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     return "\n".join("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -443,22 +540,34 @@ def dry_run() -> bool:
     return "--dry" in sys.argv[1:]
 
 
-def preview_lines(host_name: str, proxy_running: bool, current: dict | None, settings: Settings,
-                  now: dt.datetime) -> list[str]:
+def preview_lines(
+    host_name: str, proxy_running: bool, current: dict | None, settings: Settings, now: dt.datetime
+) -> list[str]:
     """What a --dry run prints for the key converge: the plan against what the proxy holds now."""
     if not proxy_running:
-        return [f"virtual keys on {host_name}: the plan is made when the deploy executes (the {PROXY_SERVICE} "
-                "container is not running yet)"]
+        return [
+            f"virtual keys on {host_name}: the plan is made when the deploy executes (the {PROXY_SERVICE} "
+            "container is not running yet)"
+        ]
     if current.get("error"):
-        return [scrubbed(settings, f"virtual keys on {host_name}: cannot read what the proxy holds "
-                                   f"({current['error']}); the plan is made when the deploy executes")]
+        return [
+            scrubbed(
+                settings,
+                f"virtual keys on {host_name}: cannot read what the proxy holds "
+                f"({current['error']}); the plan is made when the deploy executes",
+            )
+        ]
     actions, problems = plan(settings.teams, settings.virtual_keys, current, now)
     if problems:
-        return [f"virtual keys on {host_name}: the deploy would refuse, changing nothing:"
-                + "".join(f"\n  {p}" for p in problems)]
+        return [
+            f"virtual keys on {host_name}: the deploy would refuse, changing nothing:"
+            + "".join(f"\n  {p}" for p in problems)
+        ]
     if not actions:
-        return [f"virtual keys on {host_name}: {len(settings.teams)} team(s) and {len(settings.virtual_keys)} "
-                "key(s) as declared, nothing to do"]
+        return [
+            f"virtual keys on {host_name}: {len(settings.teams)} team(s) and {len(settings.virtual_keys)} "
+            "key(s) as declared, nothing to do"
+        ]
     return [f"will do: {action['describe']}" for action in actions]
 
 
@@ -483,10 +592,16 @@ def converge_access(settings: Settings) -> None:
     if dry_run():
         preview(settings)
     # The values of the declared keys, root-only: the agent and the checks read them on stdin.
-    private_file(name=f"Write {KEYS_FILE} (virtual key values, mode 0600)",
-                 content=json.dumps(key_values(settings), sort_keys=True, indent=1) + "\n",
-                 dest=keys_file(settings), staging_dir=staging_dir(settings))
+    private_file(
+        name=f"Write {KEYS_FILE} (virtual key values, mode 0600)",
+        content=json.dumps(key_values(settings), sort_keys=True, indent=1) + "\n",
+        dest=keys_file(settings),
+        staging_dir=staging_dir(settings),
+    )
     converged = access_converged(name="Teams and virtual keys as declared", settings=settings)
     keys_verified(name="Virtual keys authenticate as declared", settings=settings)
-    access_reported(name="Virtual keys listed", settings=settings,
-                    _if=lambda: converged.did_change() or owner(settings) != settings.host_name)
+    access_reported(
+        name="Virtual keys listed",
+        settings=settings,
+        _if=lambda: converged.did_change() or owner(settings) != settings.host_name,
+    )

@@ -27,8 +27,11 @@ HBA_FILE = "pg_hba.conf"
 
 def service_env(host: StateHost, service: str) -> dict[str, str]:
     if service == "db":
-        return {"POSTGRES_USER": host.postgres_user, "POSTGRES_PASSWORD": host.secrets[S.POSTGRES_PASSWORD],
-                "POSTGRES_DB": host.postgres_db}
+        return {
+            "POSTGRES_USER": host.postgres_user,
+            "POSTGRES_PASSWORD": host.secrets[S.POSTGRES_PASSWORD],
+            "POSTGRES_DB": host.postgres_db,
+        }
     return {S.REDIS_PASSWORD: host.secrets[S.REDIS_PASSWORD]}
 
 
@@ -38,7 +41,8 @@ def render_service(host: StateHost, service: str, start_interval: bool = False) 
     env = environment()
     rendered = {
         COMPOSE_FILE: env.get_template(f"state_hosts/{service}-compose.yml.j2").render(
-            host=host, port=PORTS[service], data_health=data_health(start_interval)),
+            host=host, port=PORTS[service], data_health=data_health(start_interval)
+        ),
         ENV_FILE: env.get_template("env.j2").render(env=service_env(host, service)),
     }
     if service == "db":
@@ -69,30 +73,37 @@ def deploy_state_host(host: StateHost) -> None:
 def _images(host: StateHost) -> list:
     first = host.service_dir(host.services[0])
     if host.image_source == "archives":  # the archives' directory is inside the first service's
-        files.directory(name=f"Install directory {first} (root only)", path=first, user="root", group="root",
-                        mode="700")
+        files.directory(
+            name=f"Install directory {first} (root only)", path=first, user="root", group="root", mode="700"
+        )
     return stack.images_on_host(host.image_source, host.image_archives, f"{first}/images", images(host))
 
 
 def _service(host: StateHost, service: str, loaded: list) -> None:
     directory = host.service_dir(service)
     project = host.service_project(service)
-    files.directory(name=f"Install directory {directory} (root only)", path=directory, user="root", group="root",
-                    mode="700")
+    files.directory(
+        name=f"Install directory {directory} (root only)", path=directory, user="root", group="root", mode="700"
+    )
     if service == "db":
         # Postgres applies POSTGRES_PASSWORD only when it initialises a database: a changed one goes to
         # the role first, while the .env still holds the old one (a failure here leaves both as they were).
         database.role_password(
             name=f"Database role {host.postgres_user}: {S.POSTGRES_PASSWORD} from the secrets file",
             psql=database.compose_psql(project, directory, host.postgres_user, host.postgres_db),
-            install_dir=directory, compose_project=project, role=host.postgres_user,
+            install_dir=directory,
+            compose_project=project,
+            role=host.postgres_user,
             password=HiddenValue(host.secrets[S.POSTGRES_PASSWORD]),
         )
     start_interval = docker.health_start_interval_supported(host.docker_install)
     written = {
         name: private_file(
             name=f"Write {directory}/{name}" + (" (secrets, mode 0600)" if FILE_MODES[name] == "600" else ""),
-            content=content, dest=f"{directory}/{name}", staging_dir=f"{directory}/.staging", mode=FILE_MODES[name],
+            content=content,
+            dest=f"{directory}/{name}",
+            staging_dir=f"{directory}/.staging",
+            mode=FILE_MODES[name],
         )
         for name, content in render_service(host, service, start_interval).items()
     }

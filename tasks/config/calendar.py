@@ -33,9 +33,22 @@ ALL_WEEKDAYS = 127  # seven bits, Monday = bit 0
 MAX_NESTING = 240  # calendarspec.c's CALENDARSPEC_COMPONENTS_MAX: at most 241 items in one list
 
 # Longer names first: "Monday" must win over "Mon" (same order as calendarspec.c's day_nr table).
-WEEKDAY_NAMES = [("Monday", 0), ("Mon", 0), ("Tuesday", 1), ("Tue", 1), ("Wednesday", 2), ("Wed", 2),
-                 ("Thursday", 3), ("Thu", 3), ("Friday", 4), ("Fri", 4), ("Saturday", 5), ("Sat", 5),
-                 ("Sunday", 6), ("Sun", 6)]
+WEEKDAY_NAMES = [
+    ("Monday", 0),
+    ("Mon", 0),
+    ("Tuesday", 1),
+    ("Tue", 1),
+    ("Wednesday", 2),
+    ("Wed", 2),
+    ("Thursday", 3),
+    ("Thu", 3),
+    ("Friday", 4),
+    ("Fri", 4),
+    ("Saturday", 5),
+    ("Sat", 5),
+    ("Sunday", 6),
+    ("Sun", 6),
+]
 SHORT_WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 
 # Shorthand -> the fields it fixes (every other field is "*"); values as calendarspec.c sets them.
@@ -90,9 +103,11 @@ class Spec:
         text = ""
         if 0 < self.weekdays < ALL_WEEKDAYS:
             text = _format_weekdays(self.weekdays) + " "
-        text += (f"{_format_items(self.year, 4)}-{_format_items(self.month, 2)}"
-                 f"{'~' if self.end_of_month else '-'}{_format_items(self.day, 2)} "
-                 f"{_format_items(self.hour, 2)}:{_format_items(self.minute, 2)}:{_format_items(self.usec, 2, True)}")
+        text += (
+            f"{_format_items(self.year, 4)}-{_format_items(self.month, 2)}"
+            f"{'~' if self.end_of_month else '-'}{_format_items(self.day, 2)} "
+            f"{_format_items(self.hour, 2)}:{_format_items(self.minute, 2)}:{_format_items(self.usec, 2, True)}"
+        )
         return text + (" UTC" if self.utc else "")
 
 
@@ -118,8 +133,10 @@ def parse(expression: str) -> Spec:
         spec.utc = True
         text = text[:-4]
     elif " " in text and _looks_like_zone(text.rsplit(" ", 1)[1]):
-        raise CalendarError(f"time zone {text.rsplit(' ', 1)[1]!r}: only UTC can be checked here — "
-                            "write the time in UTC (ending in ' UTC') or in the host's local time (no zone)")
+        raise CalendarError(
+            f"time zone {text.rsplit(' ', 1)[1]!r}: only UTC can be checked here — "
+            "write the time in UTC (ending in ' UTC') or in the host's local time (no zone)"
+        )
     if not text:
         raise CalendarError("empty expression")
     shorthand = SHORTHANDS.get(text.lower())
@@ -154,7 +171,7 @@ class _Parser:
 
     @property
     def rest(self) -> str:
-        return self.text[self.pos:]
+        return self.text[self.pos :]
 
     def _char(self, offset: int = 0) -> str:
         index = self.pos + offset
@@ -168,14 +185,15 @@ class _Parser:
         first, range_from = True, -1
         while True:
             for name, number in WEEKDAY_NAMES:
-                if self.rest[:len(name)].lower() == name.lower():
+                if self.rest[: len(name)].lower() == name.lower():
                     if self._char(len(name)) not in ("", "-", ".", ",", " "):
                         raise CalendarError(f"weekday {self.rest.split(' ')[0]!r}: use Mon..Sun or the full name")
                     self.spec.weekdays |= 1 << number
                     if range_from >= 0:
                         if range_from > number:
-                            raise CalendarError(f"weekday range ends before it starts ({self.text!r}): "
-                                                "ranges run Mon..Sun")
+                            raise CalendarError(
+                                f"weekday range ends before it starts ({self.text!r}): ranges run Mon..Sun"
+                            )
                         for between in range(range_from + 1, number):
                             self.spec.weekdays |= 1 << between
                     self.pos += len(name)
@@ -335,7 +353,7 @@ class _Parser:
         start = self.pos
         while self._char().isascii() and self._char().isdigit():
             self.pos += 1
-        return self.text[start:self.pos]
+        return self.text[start : self.pos]
 
     def _fraction(self, what: str) -> int:
         """Microseconds of a fraction: six digits, the seventh rounds (parse_fractional_part_u)."""
@@ -377,8 +395,14 @@ def _normalize_item(item: Item) -> Item:
     return Item(start, stop, repeat)
 
 
-FIELD_RANGES = {"year": (MIN_YEAR, MAX_YEAR), "month": (1, 12), "day": (1, 31), "hour": (0, 23),
-                "minute": (0, 59), "usec": (0, 60 * USEC_PER_SEC - 1)}
+FIELD_RANGES = {
+    "year": (MIN_YEAR, MAX_YEAR),
+    "month": (1, 12),
+    "day": (1, 31),
+    "hour": (0, 23),
+    "minute": (0, 59),
+    "usec": (0, 60 * USEC_PER_SEC - 1),
+}
 
 
 def _check(spec: Spec) -> None:

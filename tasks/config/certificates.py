@@ -101,8 +101,7 @@ def unique_names(names: Iterable[str]) -> tuple[str, ...]:
 
 
 def _general_names(names: Iterable[str]) -> list[x509.GeneralName]:
-    return [x509.IPAddress(ipaddress.ip_address(n)) if is_ip(n) else x509.DNSName(n.rstrip("."))
-            for n in names]
+    return [x509.IPAddress(ipaddress.ip_address(n)) if is_ip(n) else x509.DNSName(n.rstrip(".")) for n in names]
 
 
 def san_names(cert: x509.Certificate) -> tuple[str, ...]:
@@ -175,26 +174,37 @@ def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
         return False
 
 
-def files_problems(cert_file: str, key_file: str, names: Iterable[str] = (),
-                   cert_field: str = "tls_cert_file", key_field: str = "tls_key_file",
-                   now: datetime.datetime | None = None) -> list[str]:
+def files_problems(
+    cert_file: str,
+    key_file: str,
+    names: Iterable[str] = (),
+    cert_field: str = "tls_cert_file",
+    key_field: str = "tls_key_file",
+    now: datetime.datetime | None = None,
+) -> list[str]:
     """Everything wrong with a certificate and key brought as files, each naming its field and the
     fix: missing or unreadable, not PEM, key encrypted or not the certificate's, expired or not yet
     valid, or not valid for one of `names`."""
     problems = []
     cert = key = None
     for field_name, path, loader in ((cert_field, cert_file, load_chain), (key_field, key_file, load_key)):
-        wanted = ("certificate (PEM, the server's first, then its intermediates)" if loader is load_chain
-                  else "certificate's private key (PEM, unencrypted)")
+        wanted = (
+            "certificate (PEM, the server's first, then its intermediates)"
+            if loader is load_chain
+            else "certificate's private key (PEM, unencrypted)"
+        )
         if not isinstance(path, str) or not path:
-            problems.append(f"{field_name}: tls is 'files' but no file is given — fix: the controller path of the "
-                            + wanted)
+            problems.append(
+                f"{field_name}: tls is 'files' but no file is given — fix: the controller path of the " + wanted
+            )
             continue
         try:
             data = Path(path).read_bytes()
         except OSError as error:
-            problems.append(f"{field_name}: {path} cannot be read on the controller ({error.strerror or error}) — "
-                            f"fix: the controller path of the {wanted}")
+            problems.append(
+                f"{field_name}: {path} cannot be read on the controller ({error.strerror or error}) — "
+                f"fix: the controller path of the {wanted}"
+            )
             continue
         try:
             loaded = loader(data)
@@ -211,33 +221,43 @@ def files_problems(cert_file: str, key_file: str, names: Iterable[str] = (),
     if _not_after(cert) <= moment:
         problems.append(f"{cert_field}: {cert_file} expired on {_not_after(cert):%Y-%m-%d} — fix: renew it")
     elif cert.not_valid_before_utc > moment:
-        problems.append(f"{cert_field}: {cert_file} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC "
-                        "— fix: check the clock of the machine that made it, or wait")
+        problems.append(
+            f"{cert_field}: {cert_file} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC "
+            "— fix: check the clock of the machine that made it, or wait"
+        )
     if key is not None and not key_matches(cert, key):
-        problems.append(f"{key_field}: {key_file} is not the private key of {cert_file} — fix: give the key the "
-                        "certificate was made for")
+        problems.append(
+            f"{key_field}: {key_file} is not the private key of {cert_file} — fix: give the key the "
+            "certificate was made for"
+        )
     cert_names = san_names(cert)
     for name in names:
         if not covers(cert_names, name):
-            problems.append(f"tls_names: {name!r} is not in {cert_file} (it is valid for {', '.join(cert_names) or 'no name'}) "
-                            "— fix: list only names the certificate has, or bring one made for these names")
+            problems.append(
+                f"tls_names: {name!r} is not in {cert_file} (it is valid for {', '.join(cert_names) or 'no name'}) "
+                "— fix: list only names the certificate has, or bring one made for these names"
+            )
     return problems
 
 
 def read_files(cert_file: str, key_file: str, ca_file: str = "") -> TlsMaterial:
     """Certificate files a user brings (checked before by files_problems), as material."""
     cert_pem = Path(cert_file).read_bytes()
-    return TlsMaterial(cert_pem=cert_pem, key_pem=Path(key_file).read_bytes(),
-                       ca_pem=Path(ca_file).read_bytes() if ca_file else None,
-                       names=san_names(load_chain(cert_pem)[0]))
+    return TlsMaterial(
+        cert_pem=cert_pem,
+        key_pem=Path(key_file).read_bytes(),
+        ca_pem=Path(ca_file).read_bytes() if ca_file else None,
+        names=san_names(load_chain(cert_pem)[0]),
+    )
 
 
 # --- issuing ---------------------------------------------------------------------------------
 
 
 def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _pem_cert(cert: x509.Certificate) -> bytes:
@@ -249,29 +269,48 @@ def new_ca(now: datetime.datetime | None = None) -> tuple[bytes, bytes]:
     now = now or _now()
     key = ec.generate_private_key(ec.SECP256R1())
     # A random serial in the name: two deployments' CAs never look alike in a trust store.
-    name = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "litellm-deploy"),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"litellm-deploy CA {x509.random_serial_number() % 10**8:08d}"),
-    ])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "litellm-deploy"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"litellm-deploy CA {x509.random_serial_number() % 10**8:08d}"),
+        ]
+    )
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name)
+        .subject_name(name)
+        .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=365 * CA_YEARS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return _pem_cert(cert), _pem_key(key)
 
 
-def new_leaf(names: tuple[str, ...], ca_cert_pem: bytes, ca_key_pem: bytes,
-             now: datetime.datetime | None = None, days: int = LEAF_DAYS) -> tuple[bytes, bytes]:
+def new_leaf(
+    names: tuple[str, ...],
+    ca_cert_pem: bytes,
+    ca_key_pem: bytes,
+    now: datetime.datetime | None = None,
+    days: int = LEAF_DAYS,
+) -> tuple[bytes, bytes]:
     """(certificate PEM, key PEM) of a server certificate for `names`, signed by the CA."""
     if not names:
         raise ValueError("a certificate needs at least one name")
@@ -289,9 +328,20 @@ def new_leaf(names: tuple[str, ...], ca_cert_pem: bytes, ca_key_pem: bytes,
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(_general_names(names)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
@@ -299,8 +349,13 @@ def new_leaf(names: tuple[str, ...], ca_cert_pem: bytes, ca_key_pem: bytes,
     return _pem_cert(cert), _pem_key(key)
 
 
-def reissue_reason(cert_pem: bytes | None, key_pem: bytes | None, names: tuple[str, ...], ca_pem: bytes,
-                   now: datetime.datetime | None = None) -> str | None:
+def reissue_reason(
+    cert_pem: bytes | None,
+    key_pem: bytes | None,
+    names: tuple[str, ...],
+    ca_pem: bytes,
+    now: datetime.datetime | None = None,
+) -> str | None:
     """Why a kept leaf must be issued again (None: keep it): missing, unreadable, another key, another
     CA, other names, or fewer than RENEW_BEFORE left."""
     if cert_pem is None or key_pem is None:
@@ -371,9 +426,11 @@ class CertificateStore:
             return cert, key
         if cert is not None or key is not None:
             missing = CA_KEY if key is None else CA_CERT
-            raise CertificateError(f"{self.directory}: {missing} is missing but its pair is there — restore it from "
-                                   "a backup (every host's certificate was issued by it); only to start over, delete "
-                                   "both and deploy again (clients must then trust the new ca.crt)")
+            raise CertificateError(
+                f"{self.directory}: {missing} is missing but its pair is there — restore it from "
+                "a backup (every host's certificate was issued by it); only to start over, delete "
+                "both and deploy again (clients must then trust the new ca.crt)"
+            )
         cert, key = new_ca()
         self.pending[CA_CERT] = (cert, 0o644)
         self.pending[CA_KEY] = (key, 0o600)
@@ -403,8 +460,9 @@ class CertificateStore:
         with self._locked():
             for name in (CA_CERT, CA_KEY):  # another run may have made the CA meanwhile: never replace it
                 if name in self.pending and (self.directory / name).exists():
-                    raise CertificateError(f"{self.directory / name} appeared while this run was planned (another "
-                                           "run?) — fix: run again")
+                    raise CertificateError(
+                        f"{self.directory / name} appeared while this run was planned (another run?) — fix: run again"
+                    )
             for name, (data, mode) in self.pending.items():
                 write_private(self.directory / name, data, mode)
         written, self.pending, self.reasons = self.reasons, {}, []
@@ -435,12 +493,14 @@ def served_problems(directory: Path, served: dict[str, tuple[str, bytes | None]]
     where = ", ".join(f"{name}:{path}" for name, (path, _) in serving.items())
     cert, key = _read(directory / CA_CERT), _read(directory / CA_KEY)
     if cert is None or key is None:
-        return [f"tls: {where} serve(s) a certificate of the deployment CA, but this controller has no "
-                f"{directory / CA_CERT} and {CA_KEY}: a new CA would lock out every client that trusts the "
-                f"deployment's — fix: put the deployment's tls/ directory back at {directory} (it lives beside the "
-                "secrets file: from a backup, or from the controller the deployment was made on), or point "
-                "LITELLM_DEPLOY_SECRETS at the deployment's own secrets file; only to start over with a new CA on "
-                "purpose, delete those certificates on the hosts first (every client must then trust the new ca.crt)"]
+        return [
+            f"tls: {where} serve(s) a certificate of the deployment CA, but this controller has no "
+            f"{directory / CA_CERT} and {CA_KEY}: a new CA would lock out every client that trusts the "
+            f"deployment's — fix: put the deployment's tls/ directory back at {directory} (it lives beside the "
+            "secrets file: from a backup, or from the controller the deployment was made on), or point "
+            "LITELLM_DEPLOY_SECRETS at the deployment's own secrets file; only to start over with a new CA on "
+            "purpose, delete those certificates on the hosts first (every client must then trust the new ca.crt)"
+        ]
     try:
         ca = load_chain(cert)[0]
     except CertificateError as error:
@@ -457,7 +517,8 @@ def served_problems(directory: Path, served: dict[str, tuple[str, bytes | None]]
                 f"{directory / CA_CERT} ({ca.subject.rfc4514_string()}): this tls/ directory is not the deployment's "
                 "— fix: point LITELLM_DEPLOY_SECRETS at the deployment's secrets file (tls/ is read beside it); only "
                 f"to move {name} to this CA on purpose, delete {path} on it first (its clients must then trust "
-                f"{directory / CA_CERT})")
+                f"{directory / CA_CERT})"
+            )
     return problems
 
 
@@ -471,5 +532,14 @@ def leaf_for(names: Iterable[str], label: str, directory: Path) -> TlsMaterial:
     return material
 
 
-__all__ = ["TlsMaterial", "CertificateStore", "CertificateError", "leaf_for", "files_problems", "read_files",
-           "name_problem", "covers", "tls_dir"]
+__all__ = [
+    "TlsMaterial",
+    "CertificateStore",
+    "CertificateError",
+    "leaf_for",
+    "files_problems",
+    "read_files",
+    "name_problem",
+    "covers",
+    "tls_dir",
+]

@@ -21,12 +21,7 @@ def dotenv_quote(value: str) -> str:
     """
     if "\x00" in value or "\r" in value:
         raise ValueError("NUL and carriage return cannot be stored in a .env file")
-    escaped = (
-        value.replace("\\", "\\\\")
-        .replace('"', '\\"')
-        .replace("\n", "\\n")
-        .replace("$", "$$")
-    )
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("$", "$$")
     return f'"{escaped}"'
 
 

@@ -114,8 +114,11 @@ def mismatch_problems(values: Mapping[str, str], host_envs: HostEnvs, install_di
             if name == S.MASTER_KEY and rotating:
                 continue  # a rotation moves it on purpose; rotate.py checks each gateway's key itself
             path = f"{host}:{env_path(install_dirs[host])}"
-            why = ("it encrypts the credentials stored in the database; a new one makes them unreadable"
-                   if name == S.SALT_KEY else "every client and the admin UI use it; change it only with rotate.py")
+            why = (
+                "it encrypts the credentials stored in the database; a new one makes them unreadable"
+                if name == S.SALT_KEY
+                else "every client and the admin UI use it; change it only with rotate.py"
+            )
             problems.append(
                 f"host {host}: {name} differs: {path} has {fingerprint(theirs)}, the secrets file has "
                 f"{fingerprint(ours)} (sha256 prefixes) — refusing to change it ({why}) — fix: if the host's "

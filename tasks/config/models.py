@@ -71,15 +71,19 @@ def parse_ollama_nodes(raw: object, problems: list[str]) -> dict[str, str]:
     talks to it, over HTTP, so an Ollama box nobody can log into (an appliance) works as any other.
     """
     if not isinstance(raw, dict):
-        problems.append(f"ollama_nodes: must be a dict of node name -> {{'address': ...}} or {{'url': ...}} "
-                        f"— fix: ollama_nodes = {NODE_EXAMPLE!r}")
+        problems.append(
+            f"ollama_nodes: must be a dict of node name -> {{'address': ...}} or {{'url': ...}} "
+            f"— fix: ollama_nodes = {NODE_EXAMPLE!r}"
+        )
         return {}
     urls = {}
     for name, entry in raw.items():
         field = f"ollama_nodes[{name!r}]"
         if not isinstance(name, str) or not NODE_NAME.match(name) or name == LOCAL_OLLAMA:
-            problems.append(f"{field}: a node name is letters, digits, '.', '_' and '-', and not {LOCAL_OLLAMA!r} "
-                            "(which means Ollama on the gateway host itself)")
+            problems.append(
+                f"{field}: a node name is letters, digits, '.', '_' and '-', and not {LOCAL_OLLAMA!r} "
+                "(which means Ollama on the gateway host itself)"
+            )
             continue
         url = _node_url(field, entry, problems)
         if url is not None:
@@ -94,13 +98,14 @@ def _node_url(field: str, entry: object, problems: list[str]) -> str | None:
         return None
     unknown = sorted(set(entry) - NODE_FIELDS, key=str)
     if unknown:
-        problems.append(f"{field}: unknown key(s) {', '.join(map(str, unknown))} — fix: use url, "
-                        "or address (and port)")
+        problems.append(f"{field}: unknown key(s) {', '.join(map(str, unknown))} — fix: use url, or address (and port)")
         return None
     url, address, port = entry.get("url"), entry.get("address"), entry.get("port", OLLAMA_PORT)
     if (url is None) == (address is None):
-        problems.append(f"{field}: give either url (http://host:{OLLAMA_PORT}) or address (host name or IP, "
-                        f"port {OLLAMA_PORT} unless port says otherwise), exactly one of them")
+        problems.append(
+            f"{field}: give either url (http://host:{OLLAMA_PORT}) or address (host name or IP, "
+            f"port {OLLAMA_PORT} unless port says otherwise), exactly one of them"
+        )
         return None
     if url is not None:
         parts = urlsplit(url) if isinstance(url, str) else None
@@ -108,14 +113,17 @@ def _node_url(field: str, entry: object, problems: list[str]) -> str | None:
             problems.append(f"{field}.url: {url!r} is not a base URL — fix: http://host:{OLLAMA_PORT}")
             return None
         if "port" in entry:
-            problems.append(f"{field}.port: the url already holds the port — fix: drop port, "
-                            "or give address instead of url")
+            problems.append(
+                f"{field}.port: the url already holds the port — fix: drop port, or give address instead of url"
+            )
             return None
         return url.rstrip("/")
     host = _url_host(address)
     if host is None:
-        problems.append(f"{field}.address: {address!r} must be a host name or IP address (no scheme, no port) "
-                        "— fix: give the port as port, or the whole URL as url")
+        problems.append(
+            f"{field}.address: {address!r} must be a host name or IP address (no scheme, no port) "
+            "— fix: give the port as port, or the whole URL as url"
+        )
         return None
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         problems.append(f"{field}.port: {port!r} is not a port (1-65535; Ollama's own is {OLLAMA_PORT})")
@@ -162,7 +170,9 @@ def _parse_model(field: str, entry: dict, ollama_nodes: dict[str, str], problems
     before = len(problems)
     unknown = sorted(set(entry) - MODEL_FIELDS)
     if unknown:
-        problems.append(f"{field}: unknown key(s) {', '.join(unknown)} — fix: use only {', '.join(sorted(MODEL_FIELDS))}")
+        problems.append(
+            f"{field}: unknown key(s) {', '.join(unknown)} — fix: use only {', '.join(sorted(MODEL_FIELDS))}"
+        )
     name, model = entry.get("name"), entry.get("model")
     if not isinstance(name, str) or not name.strip() or name != name.strip():
         problems.append(f"{field}.name: must be a non-empty string without surrounding spaces")

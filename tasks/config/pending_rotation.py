@@ -51,14 +51,18 @@ def record_pending_key(path: Path, key: str) -> None:
         return
     if existing:
         # Raised while the run executes (python.call fails this host), so not a ConfigError.
-        raise RuntimeError(f"{S.MASTER_KEY_NEXT} appeared in {path} after this run was planned, so it is not "
-                           f"this run's new key — no gateway was changed; fix: run rotate.py again")
+        raise RuntimeError(
+            f"{S.MASTER_KEY_NEXT} appeared in {path} after this run was planned, so it is not "
+            f"this run's new key — no gateway was changed; fix: run rotate.py again"
+        )
     S.rewrite_secrets(path, {S.MASTER_KEY_NEXT: key}, {S.MASTER_KEY_NEXT: pending_comment()})
 
 
 def pending_comment() -> str:
-    return (f"pending master-key rotation, started {_utc_now()}; becomes {S.MASTER_KEY} once every gateway "
-            f"has it — until then {S.MASTER_KEY} is the previous key. Finish with: pyinfra inventory rotate.py")
+    return (
+        f"pending master-key rotation, started {_utc_now()}; becomes {S.MASTER_KEY} once every gateway "
+        f"has it — until then {S.MASTER_KEY} is the previous key. Finish with: pyinfra inventory rotate.py"
+    )
 
 
 def complete(path: Path, new_key: str) -> bool:
@@ -70,7 +74,8 @@ def complete(path: Path, new_key: str) -> bool:
     if values.get(S.MASTER_KEY_NEXT) != new_key:
         return False
     S.rewrite_secrets(
-        path, {S.MASTER_KEY: new_key, S.MASTER_KEY_NEXT: None},
+        path,
+        {S.MASTER_KEY: new_key, S.MASTER_KEY_NEXT: None},
         {S.MASTER_KEY: f"rotated by litellm-deploy on {_utc_now()} (pyinfra inventory rotate.py)"},
     )
     return True
@@ -78,8 +83,10 @@ def complete(path: Path, new_key: str) -> bool:
 
 def pending_rotation_problem(path: Path, runbook: str) -> str | None:
     if S.read_secrets(path).get(S.MASTER_KEY_NEXT):
-        return (f"{S.MASTER_KEY_NEXT} is set in {path}: a master-key rotation is pending — finish it with "
-                f"`pyinfra inventory rotate.py` before running {runbook} (see docs/rotation.md)")
+        return (
+            f"{S.MASTER_KEY_NEXT} is set in {path}: a master-key rotation is pending — finish it with "
+            f"`pyinfra inventory rotate.py` before running {runbook} (see docs/rotation.md)"
+        )
     return None
 
 
@@ -117,8 +124,12 @@ def rotation_guard(state: State, runbook: str) -> None:
     """Before any operation of `runbook` is added: refuse (ConfigError, the usual "nothing was changed"
     report) or report a pending rotation, as DURING_ROTATION says for it."""
     if runbook not in DURING_ROTATION:
-        raise ConfigError([f"{runbook}: not in tasks/config/pending_rotation.py DURING_ROTATION — "
-                           "fix: say there what it does while a master-key rotation is pending"])
+        raise ConfigError(
+            [
+                f"{runbook}: not in tasks/config/pending_rotation.py DURING_ROTATION — "
+                "fix: say there what it does while a master-key rotation is pending"
+            ]
+        )
     if DURING_ROTATION[runbook] == "finish":
         return
     problem = pending_rotation_problem(secrets_file_of(state), runbook)
@@ -127,10 +138,11 @@ def rotation_guard(state: State, runbook: str) -> None:
     if DURING_ROTATION[runbook] == "refuse":
         raise ConfigError([problem])
     if first_time(state, "pending rotation reported"):  # once per run, not once per host
-        logger.warning(f"--> {problem}; {runbook} runs meanwhile. Gateways the rotation already reached refuse "
-                       f"{S.MASTER_KEY} (the previous key) and accept {S.MASTER_KEY_NEXT}.")
+        logger.warning(
+            f"--> {problem}; {runbook} runs meanwhile. Gateways the rotation already reached refuse "
+            f"{S.MASTER_KEY} (the previous key) and accept {S.MASTER_KEY_NEXT}."
+        )
 
 
 def _utc_now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-

@@ -71,8 +71,10 @@ def parse(url: str) -> Connection:
         if port and not port.isdigit():
             # Not quoted: an unencoded '/', '?' or '@' in the password ends the host part early, and
             # what follows the ':' is then the rest of the password.
-            raise UrlError("has a port that is not a number (a '/', '?' or '@' in the user or password "
-                           "must be written percent-encoded: %2F, %3F, %40)")
+            raise UrlError(
+                "has a port that is not a number (a '/', '?' or '@' in the user or password "
+                "must be written percent-encoded: %2F, %3F, %40)"
+            )
         hosts.append(unquote(host))
         ports.append(port or DEFAULT_PORT)
     if not hosts:
@@ -84,8 +86,12 @@ def parse(url: str) -> Connection:
         elif name == "schema":  # Prisma's schema: psql must see the same tables
             parameters.append(("options", "-c search_path=" + value.replace("\\", "\\\\").replace(" ", "\\ ")))
     return Connection(
-        hosts=tuple(hosts), ports=tuple(ports), dbname=unquote(path), user=unquote(user),
-        password=unquote(password) if colon else None, parameters=tuple(parameters),
+        hosts=tuple(hosts),
+        ports=tuple(ports),
+        dbname=unquote(path),
+        user=unquote(user),
+        password=unquote(password) if colon else None,
+        parameters=tuple(parameters),
     )
 
 
@@ -103,11 +109,15 @@ def problems(url: str) -> list[str]:
         found.append("names no user — fix: postgresql://user:password@host:5432/dbname")
     for name, value in _service_values(connection):
         if "\n" in value or "\r" in value or value != value.rstrip() or "\x00" in value:
-            found.append(f"the {name} holds a line break or ends in a blank, which libpq's service file "
-                         "cannot hold — fix: rename it")
+            found.append(
+                f"the {name} holds a line break or ends in a blank, which libpq's service file "
+                "cannot hold — fix: rename it"
+            )
     if connection.password is not None and any(c in connection.password for c in "\n\r\x00"):
-        found.append("the password holds a line break, which libpq's password file cannot hold — fix: "
-                     "give the database role a password without one")
+        found.append(
+            "the password holds a line break, which libpq's password file cannot hold — fix: "
+            "give the database role a password without one"
+        )
     return found
 
 

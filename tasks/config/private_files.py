@@ -38,7 +38,7 @@ def _write_all(fd: int, data: bytes) -> None:
     # os.write may write less than it is given
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _new_temporary(path: Path, mode: int) -> tuple[int, str]:

@@ -18,30 +18,116 @@ from tasks.config import secrets as S
 # LiteLLM, Postgres and libpq, Redis, Prisma, the package's own settings (UI_, PROXY_), the engines
 # that run the stack, the Python and Node processes in the containers, and TLS/proxy variables that
 # every HTTP client in them honours.
-ENTRY_PREFIXES = ("LITELLM_", "POSTGRES_", "PG", "REDIS_", "DATABASE_", "PRISMA_", "UI_", "PROXY_", "DOCKER_",
-                  "COMPOSE_", "PYTHON", "LD_", "NODE_", "NPM_", "SSL_", "REQUESTS_", "CURL_", "HTTP_", "HTTPS_",
-                  "NO_PROXY", "ALL_PROXY", "GUNICORN_", "UVICORN_", "PROMETHEUS_")
+ENTRY_PREFIXES = (
+    "LITELLM_",
+    "POSTGRES_",
+    "PG",
+    "REDIS_",
+    "DATABASE_",
+    "PRISMA_",
+    "UI_",
+    "PROXY_",
+    "DOCKER_",
+    "COMPOSE_",
+    "PYTHON",
+    "LD_",
+    "NODE_",
+    "NPM_",
+    "SSL_",
+    "REQUESTS_",
+    "CURL_",
+    "HTTP_",
+    "HTTPS_",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "GUNICORN_",
+    "UVICORN_",
+    "PROMETHEUS_",
+)
 # Names the package writes into .env or reads from the secrets file outside those prefixes, and the
 # process environment every container relies on.
-ENTRY_NAMES = frozenset({
-    *S.GENERATED, S.DATABASE_URL, S.REDIS_URL, S.MASTER_KEY_NEXT, S.SECRETS_ENV_VAR,
-    "STORE_MODEL_IN_DB", "DISABLE_SCHEMA_UPDATE", "CONFIG_FILE_PATH", "DEBUG", "DETAILED_DEBUG",
-    "PATH", "HOME", "HOSTNAME", "USER", "SHELL", "TERM", "LANG", "TZ", "PWD", "TMPDIR",
-})
+ENTRY_NAMES = frozenset(
+    {
+        *S.GENERATED,
+        S.DATABASE_URL,
+        S.REDIS_URL,
+        S.MASTER_KEY_NEXT,
+        S.SECRETS_ENV_VAR,
+        "STORE_MODEL_IN_DB",
+        "DISABLE_SCHEMA_UPDATE",
+        "CONFIG_FILE_PATH",
+        "DEBUG",
+        "DETAILED_DEBUG",
+        "PATH",
+        "HOME",
+        "HOSTNAME",
+        "USER",
+        "SHELL",
+        "TERM",
+        "LANG",
+        "TZ",
+        "PWD",
+        "TMPDIR",
+    }
+)
 
 # The bootstrap's master-key link and LiteLLM's own rows (its UI's team, its global admin).
 ALIASES = frozenset({"master-key", "litellm-dashboard", "default_user_id"})
 
 # Top-level directories of the system, and the standard ones below them: an install or backup
 # directory there would be made root-only, filled or pruned by the package.
-SYSTEM_DIRECTORIES = frozenset({
-    "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt",
-    "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
-    "/usr/bin", "/usr/include", "/usr/lib", "/usr/lib64", "/usr/libexec", "/usr/local", "/usr/sbin", "/usr/share",
-    "/usr/src", "/usr/local/bin", "/usr/local/lib", "/usr/local/sbin", "/usr/local/share",
-    "/var/backups", "/var/cache", "/var/lib", "/var/local", "/var/lock", "/var/log", "/var/mail", "/var/opt",
-    "/var/run", "/var/spool", "/var/tmp", "/var/lib/docker", "/var/lib/postgresql", "/etc/systemd",
-})
+SYSTEM_DIRECTORIES = frozenset(
+    {
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
+        "/media",
+        "/mnt",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/var",
+        "/usr/bin",
+        "/usr/include",
+        "/usr/lib",
+        "/usr/lib64",
+        "/usr/libexec",
+        "/usr/local",
+        "/usr/sbin",
+        "/usr/share",
+        "/usr/src",
+        "/usr/local/bin",
+        "/usr/local/lib",
+        "/usr/local/sbin",
+        "/usr/local/share",
+        "/var/backups",
+        "/var/cache",
+        "/var/lib",
+        "/var/local",
+        "/var/lock",
+        "/var/log",
+        "/var/mail",
+        "/var/opt",
+        "/var/run",
+        "/var/spool",
+        "/var/tmp",
+        "/var/lib/docker",
+        "/var/lib/postgresql",
+        "/etc/systemd",
+    }
+)
 
 
 def entry_owner(name: str) -> str | None:
@@ -61,14 +147,18 @@ def entry_problem(field: str, name: object, example: str) -> str | None:
     why = entry_owner(name)
     if why is None:
         return None
-    return (f"{field}: {name} is reserved ({why}): a value under it would be the package's, not yours — "
-            f"fix: name the entry for what it holds, e.g. {example}")
+    return (
+        f"{field}: {name} is reserved ({why}): a value under it would be the package's, not yours — "
+        f"fix: name the entry for what it holds, e.g. {example}"
+    )
 
 
 def alias_problem(field: str, alias: object) -> str | None:
     if alias in ALIASES:
-        return (f"{field}: {alias!r} is reserved (LiteLLM or the bootstrap keep a row under it: "
-                f"{', '.join(sorted(ALIASES))}) — fix: choose another alias")
+        return (
+            f"{field}: {alias!r} is reserved (LiteLLM or the bootstrap keep a row under it: "
+            f"{', '.join(sorted(ALIASES))}) — fix: choose another alias"
+        )
     return None
 
 

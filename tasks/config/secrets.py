@@ -105,8 +105,12 @@ def duplicate_problems(path: Path) -> list[str]:
             lead = len(text) - len(text.lstrip("\n"))  # blank lines the parser hands to the entry
             lines.setdefault(binding.key, []).append(line + lead)
         line += text.count("\n")
-    return [f"secrets file {path}: {name} is written {len(at)} times (lines {', '.join(map(str, at))}) — fix: keep "
-            "the one the deployment uses and delete the others" for name, at in lines.items() if len(at) > 1]
+    return [
+        f"secrets file {path}: {name} is written {len(at)} times (lines {', '.join(map(str, at))}) — fix: keep "
+        "the one the deployment uses and delete the others"
+        for name, at in lines.items()
+        if len(at) > 1
+    ]
 
 
 def loose_mode_problem(path: Path) -> str | None:
@@ -179,7 +183,9 @@ def rewrite_secrets(path: Path, changes: Mapping[str, str | None], comments: Map
         lead, _ = _split_lead(pieces[index])
         previous = index - 1
         ours = (
-            previous >= 0 and bindings[previous].key is None and not bindings[previous].error
+            previous >= 0
+            and bindings[previous].key is None
+            and not bindings[previous].error
             and _split_lead(pieces[previous])[1].startswith(f"# {name}:")
         )
         value = changes[name]

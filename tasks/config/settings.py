@@ -40,15 +40,16 @@ MIN_PASSWORD_LENGTH = 12
 KEY_CACHE_TTL_MAX = 60  # LiteLLM's default user_api_key_cache_ttl (proxy_server.py UserAPIKeyCacheTTLEnum)
 
 
-
 class ConfigError(PyinfraError):
     """Raised before any operation exists; its message lists every problem found."""
 
     def __init__(self, problems: list[str]):
         self.problems = problems
         listing = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{len(problems)} problem(s) in the inventory, group data or secrets file; "
-                         f"nothing was changed on any host:\n{listing}")
+        super().__init__(
+            f"{len(problems)} problem(s) in the inventory, group data or secrets file; "
+            f"nothing was changed on any host:\n{listing}"
+        )
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,15 @@ class Settings:
 # tasks/config/fields.py, the one source; `models` has none on purpose: a gateway that routes nothing is
 # an error, not a default.
 _DERIVED = ("host_name", "ollama_nodes", "secrets", "db_host", "redis_address", "redis_url")
-_DERIVED += ("behind_load_balancer", "load_balancer_sources")  # from the inventory's lb_hosts (tasks.balancer.placed_behind)
-DEFAULTS = {f.name: None if declared.DEFAULTS[f.name] is declared.REQUIRED else declared.DEFAULTS[f.name]
-            for f in fields(Settings) if f.name not in _DERIVED}
+_DERIVED += (
+    "behind_load_balancer",
+    "load_balancer_sources",
+)  # from the inventory's lb_hosts (tasks.balancer.placed_behind)
+DEFAULTS = {
+    f.name: None if declared.DEFAULTS[f.name] is declared.REQUIRED else declared.DEFAULTS[f.name]
+    for f in fields(Settings)
+    if f.name not in _DERIVED
+}
 
 
 def needed_secrets(mode: str) -> list[str]:
@@ -167,12 +174,14 @@ def refuse_node_group(nodes: list[HostInput]) -> None:
     if not nodes:
         return
     declared = {node.name: _node_declaration(node) for node in nodes}
-    raise ConfigError([
-        f"inventory: the {OLLAMA_NODES} group lists {', '.join(declared)} as hosts, so pyinfra would log into them "
-        f"over SSH; Ollama nodes are data now and need no SSH — fix: delete the {OLLAMA_NODES} group from the "
-        f"inventory and declare the nodes in the gateways' data (group_data/litellm_hosts.py): "
-        f"ollama_nodes = {declared!r}"
-    ])
+    raise ConfigError(
+        [
+            f"inventory: the {OLLAMA_NODES} group lists {', '.join(declared)} as hosts, so pyinfra would log into them "
+            f"over SSH; Ollama nodes are data now and need no SSH — fix: delete the {OLLAMA_NODES} group from the "
+            f"inventory and declare the nodes in the gateways' data (group_data/litellm_hosts.py): "
+            f"ollama_nodes = {declared!r}"
+        ]
+    )
 
 
 def _node_declaration(node: HostInput) -> dict[str, object]:
@@ -209,8 +218,10 @@ def _postgres_image_problems(image: object) -> list[str]:
         return problems
     tag = str(image).rsplit("/", 1)[-1].split(":", 1)[1]
     if not tag[:1].isdigit():
-        return [f"postgres_image: {image!r} uses a floating tag (no version number) — "
-                f"fix: pin a version tag such as {example}"]
+        return [
+            f"postgres_image: {image!r} uses a floating tag (no version number) — "
+            f"fix: pin a version tag such as {example}"
+        ]
     return []
 
 
@@ -251,13 +262,23 @@ def _flag_problems(field_name: str, value: object) -> list[str]:
 def _directory_problems(field_name: str, value: object) -> list[str]:
     """An absolute directory other than /, shell-safe: it goes into scripts and unit files."""
     parts = value.strip("/").split("/") if isinstance(value, str) else []
-    if not isinstance(value, str) or not value.startswith("/") or value.rstrip("/") in ("", "/") \
-            or not re.fullmatch(PATH_CHARACTERS, value) or "." in parts or ".." in parts:
-        return [f"{field_name}: {value!r} must be an absolute directory other than /, of letters, digits and "
-                "_ . - / only, without . or .. parts — fix: e.g. /opt/litellm"]
+    if (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or value.rstrip("/") in ("", "/")
+        or not re.fullmatch(PATH_CHARACTERS, value)
+        or "." in parts
+        or ".." in parts
+    ):
+        return [
+            f"{field_name}: {value!r} must be an absolute directory other than /, of letters, digits and "
+            "_ . - / only, without . or .. parts — fix: e.g. /opt/litellm"
+        ]
     if why := reserved.directory_owner(value):
-        return [f"{field_name}: {value!r} is {why}; the package makes its directory root-only and fills it "
-                "— fix: a directory of its own, e.g. /opt/litellm or /var/backups/litellm"]
+        return [
+            f"{field_name}: {value!r} is {why}; the package makes its directory root-only and fills it "
+            "— fix: a directory of its own, e.g. /opt/litellm or /var/backups/litellm"
+        ]
     return []
 
 
@@ -267,8 +288,10 @@ def _bind_problems(value: object) -> list[str]:
             raise ValueError(value)
         ipaddress.ip_address(value)
     except ValueError:
-        return [f"proxy_bind: {value!r} is not an IP address — fix: 0.0.0.0 (every interface), 127.0.0.1 "
-                "(behind a local reverse proxy) or one of the host's addresses"]
+        return [
+            f"proxy_bind: {value!r} is not an IP address — fix: 0.0.0.0 (every interface), 127.0.0.1 "
+            "(behind a local reverse proxy) or one of the host's addresses"
+        ]
     return []
 
 
@@ -341,14 +364,18 @@ def topology_problems(raw: dict[str, object]) -> list[str]:
     problems += _port_problems("tls_port", raw["tls_port"])
     problems += _port_problems("http_port", raw["http_port"])
     if raw["tls"] != "off" and len({raw["tls_port"], raw["http_port"], raw["proxy_port"]}) < 3:
-        problems.append(f"tls_port/http_port: {raw['tls_port']}, {raw['http_port']} and proxy_port {raw['proxy_port']} "
-                        "must all differ — fix: e.g. tls_port 443, http_port 80, proxy_port 4000")
+        problems.append(
+            f"tls_port/http_port: {raw['tls_port']}, {raw['http_port']} and proxy_port {raw['proxy_port']} "
+            "must all differ — fix: e.g. tls_port 443, http_port 80, proxy_port 4000"
+        )
     problems += _image_problems("tls_image", raw["tls_image"], "2.11.7")
     problems += _image_problems("redis_image", raw["redis_image"], "8.1")
     problems += _number_problems("roll_width", raw["roll_width"], 1, None, "a whole number of gateways")
     if raw["proxy_workers"] != AUTO_WORKERS:
-        problems += [p if "fix:" in p else p + " — fix: 'auto' (one per CPU of the host) or a number"
-                     for p in _number_problems("proxy_workers", raw["proxy_workers"], 1, 64, "a number of workers")]
+        problems += [
+            p if "fix:" in p else p + " — fix: 'auto' (one per CPU of the host) or a number"
+            for p in _number_problems("proxy_workers", raw["proxy_workers"], 1, 64, "a number of workers")
+        ]
     return problems
 
 
@@ -366,16 +393,20 @@ def backup_problems(raw: dict[str, object]) -> list[str]:
     problems = []
     problems += _directory_problems("backup_dir", raw["backup_dir"])
     if str(raw["backup_dir"]).rstrip("/") == str(raw["install_dir"]).rstrip("/"):
-        problems.append(f"backup_dir: {raw['backup_dir']!r} is also install_dir, whose files the backups' pruning "
-                        "would meet — fix: a directory of its own, e.g. /var/backups/litellm")
+        problems.append(
+            f"backup_dir: {raw['backup_dir']!r} is also install_dir, whose files the backups' pruning "
+            "would meet — fix: a directory of its own, e.g. /var/backups/litellm"
+        )
     problems += _number_problems("backup_keep", raw["backup_keep"], 1, None, "a whole number of backups")
     if not isinstance(raw["backup_local_dir"], str) or not raw["backup_local_dir"].strip():
         problems.append("backup_local_dir: must be a directory on the controller, such as 'backups'")
     problems += _flag_problems("backup_enabled", raw["backup_enabled"])
     schedule = raw["backup_schedule"]
     if reason := calendar.problem(schedule):
-        problems.append(f"backup_schedule: {schedule!r} is not a systemd OnCalendar expression ({reason}) — "
-                        f"fix: e.g. {calendar.EXAMPLES}")
+        problems.append(
+            f"backup_schedule: {schedule!r} is not a systemd OnCalendar expression ({reason}) — "
+            f"fix: e.g. {calendar.EXAMPLES}"
+        )
     return problems
 
 
@@ -389,7 +420,9 @@ def secret_problems(values: Mapping[str, str], mode: str, provider_keys: set[str
         if not master.startswith("sk-"):
             problems.append(f"{S.MASTER_KEY}: must start with 'sk-' — fix: delete it to have one generated")
         if len(master) < MIN_KEY_LENGTH:
-            problems.append(f"{S.MASTER_KEY}: shorter than {MIN_KEY_LENGTH} characters — fix: delete it to have one generated")
+            problems.append(
+                f"{S.MASTER_KEY}: shorter than {MIN_KEY_LENGTH} characters — fix: delete it to have one generated"
+            )
     salt = values.get(S.SALT_KEY)
     if salt is not None and salt in (master, values.get(S.MASTER_KEY_NEXT)):
         problems.append(
@@ -405,7 +438,9 @@ def secret_problems(values: Mapping[str, str], mode: str, provider_keys: set[str
     for name in (S.POSTGRES_PASSWORD, S.UI_PASSWORD):
         value = values.get(name)
         if value is not None and len(value) < MIN_PASSWORD_LENGTH:
-            problems.append(f"{name}: shorter than {MIN_PASSWORD_LENGTH} characters — fix: delete it to have one generated")
+            problems.append(
+                f"{name}: shorter than {MIN_PASSWORD_LENGTH} characters — fix: delete it to have one generated"
+            )
     for name, value in values.items():
         if S.is_published(value):
             problems.append(
@@ -417,7 +452,9 @@ def secret_problems(values: Mapping[str, str], mode: str, provider_keys: set[str
     if mode == "external":
         url = values.get(S.DATABASE_URL)
         if not url:
-            problems.append(f"{S.DATABASE_URL}: database_mode is 'external' — fix: add DATABASE_URL=postgresql://... to the secrets file")
+            problems.append(
+                f"{S.DATABASE_URL}: database_mode is 'external' — fix: add DATABASE_URL=postgresql://... to the secrets file"
+            )
         else:
             problems += [f"{S.DATABASE_URL}: {problem}" for problem in pgservice.problems(url)]
     for name in sorted(provider_keys):
@@ -449,8 +486,7 @@ def build_all(
     host_key_values: KeyValues | None = None,
 ) -> dict[str, Settings]:
     """build_everything's gateways, for an inventory without state hosts."""
-    return build_everything(gateways, secrets_file, host_envs, complete, record,
-                            host_key_values=host_key_values)[0]
+    return build_everything(gateways, secrets_file, host_envs, complete, record, host_key_values=host_key_values)[0]
 
 
 def build_everything(
@@ -513,8 +549,10 @@ def build_everything(
         provider_keys |= {m.api_key_env for m in models if m.api_key_env}
 
     # Missing generated secrets: from the gateways, or new on a new deployment (never a live key).
-    wanted = sorted({name for mode in modes & set(DATABASE_MODES) for name in needed_secrets(mode)}
-                    | set(topology.wanted_secrets(db_hosts, redis_hosts)))
+    wanted = sorted(
+        {name for mode in modes & set(DATABASE_MODES) for name in needed_secrets(mode)}
+        | set(topology.wanted_secrets(db_hosts, redis_hosts))
+    )
     install_dirs = {name: str(raw["install_dir"]) for name, (raw, _, _, _) in parsed.items()}
     completion = key_guard.complete(present, wanted, host_envs, install_dirs, generate=complete)
     declared_keys = tuple(key for *_, (_, keys) in parsed.values() for key in keys)
@@ -525,8 +563,9 @@ def build_everything(
     values = {**present, **completion.additions}
     if shape.db_host and values.get(S.POSTGRES_PASSWORD):
         db_raw = state_raw[shape.db_host]
-        values[S.DATABASE_URL] = topology.db_host_url(shape, str(db_raw["postgres_user"]),
-                                                      values[S.POSTGRES_PASSWORD], str(db_raw["postgres_db"]))
+        values[S.DATABASE_URL] = topology.db_host_url(
+            shape, str(db_raw["postgres_user"]), values[S.POSTGRES_PASSWORD], str(db_raw["postgres_db"])
+        )
     for mode in modes & set(DATABASE_MODES):
         problems += secret_problems(values, mode, provider_keys)
     problems += key_value_problems(declared_keys, values)
@@ -541,8 +580,11 @@ def build_everything(
     gateway_settings = {
         name: Settings(
             host_name=name,
-            **{k: v for k, v in raw.items()
-               if k not in ("models", "image_archives", "tls_names", "teams", "virtual_keys")},
+            **{
+                k: v
+                for k, v in raw.items()
+                if k not in ("models", "image_archives", "tls_names", "teams", "virtual_keys")
+            },
             image_archives=tuple(raw["image_archives"]),
             tls_names=tuple(raw["tls_names"]),
             models=models,
@@ -558,14 +600,34 @@ def build_everything(
         )
         for name, (raw, nodes, models, (teams, keys)) in parsed.items()
     }
+
     def backup_view(name: str, data: dict, directory: str, project: str) -> Settings:
         """The db host's database seen as a bundled one (tasks/gateway/backup.py: pg_dump through `compose exec`
         in its project, backup_dir/backup_keep/backup_schedule of its own host data)."""
         some_gateway = next(iter(gateway_settings.values()))
-        return replace(some_gateway, host_name=name, database_mode="bundled", install_dir=directory,
-                       compose_project=project, db_host="", redis_address="", redis_url=False,
-                       **{k: data[k] for k in ("postgres_user", "postgres_db", "postgres_image", "backup_dir",
-                                                "backup_keep", "backup_local_dir", "backup_enabled", "backup_schedule")})
+        return replace(
+            some_gateway,
+            host_name=name,
+            database_mode="bundled",
+            install_dir=directory,
+            compose_project=project,
+            db_host="",
+            redis_address="",
+            redis_url=False,
+            **{
+                k: data[k]
+                for k in (
+                    "postgres_user",
+                    "postgres_db",
+                    "postgres_image",
+                    "backup_dir",
+                    "backup_keep",
+                    "backup_local_dir",
+                    "backup_enabled",
+                    "backup_schedule",
+                )
+            },
+        )
 
     return gateway_settings, topology.state_hosts(shape, state_raw, secrets, backup_view if gateway_settings else None)
 
@@ -582,12 +644,16 @@ def access_declared(raw: dict[str, object], models: tuple[Model, ...], problems:
     provider_entries = {m.api_key_env: m.name for m in models if m.api_key_env}
     for key in keys:
         if key.key_env in provider_entries:
-            problems.append(f"virtual_keys[{key.alias!r}].key_env: {key.key_env} is also the api_key_env of model "
-                            f"{provider_entries[key.key_env]!r}: the provider's key would be handed out as a virtual key "
-                            f"— fix: give the key an entry of its own, e.g. {default_key_env(key.alias)!r}")
+            problems.append(
+                f"virtual_keys[{key.alias!r}].key_env: {key.key_env} is also the api_key_env of model "
+                f"{provider_entries[key.key_env]!r}: the provider's key would be handed out as a virtual key "
+                f"— fix: give the key an entry of its own, e.g. {default_key_env(key.alias)!r}"
+            )
     if (teams or keys) and raw["database_mode"] == "none":
-        problems.append("virtual_keys/teams: declared on a gateway without a database (database_mode 'none'), "
-                        "where LiteLLM keeps no keys — fix: database_mode 'bundled' or 'external', or remove them")
+        problems.append(
+            "virtual_keys/teams: declared on a gateway without a database (database_mode 'none'), "
+            "where LiteLLM keeps no keys — fix: database_mode 'bundled' or 'external', or remove them"
+        )
     return teams, keys
 
 
@@ -595,8 +661,14 @@ def access_declared(raw: dict[str, object], models: tuple[Model, ...], problems:
 KeyValues = Mapping[str, "Mapping[str, str] | None"]
 
 
-def _complete_key_values(present: Mapping[str, str], keys: tuple[VirtualKey, ...], completion: Completion,
-                         host_values: KeyValues, install_dirs: Mapping[str, str], generate: bool) -> None:
+def _complete_key_values(
+    present: Mapping[str, str],
+    keys: tuple[VirtualKey, ...],
+    completion: Completion,
+    host_values: KeyValues,
+    install_dirs: Mapping[str, str],
+    generate: bool,
+) -> None:
     """A value for each present key the secrets file has none for: the one the gateways hold (a new
     controller, a lost file), else, only when every gateway was read and none holds one, a new one.
     Never a replacement: a key already in the database under its alias with another value is refused
@@ -605,14 +677,20 @@ def _complete_key_values(present: Mapping[str, str], keys: tuple[VirtualKey, ...
     for key in keys:
         if key.state != "present" or present.get(key.key_env) or key.key_env in completion.additions:
             continue
-        held = {name: values[key.alias] for name, values in sorted(host_values.items())
-                if values and isinstance(values.get(key.alias), str) and values[key.alias]}
+        held = {
+            name: values[key.alias]
+            for name, values in sorted(host_values.items())
+            if values and isinstance(values.get(key.alias), str) and values[key.alias]
+        }
         where = {name: virtual_keys.values_file(install_dirs.get(name, "?")) for name in (*held, *unread)}
         if len(set(held.values())) > 1:
-            listing = ", ".join(f"{name}:{where[name]} ({key_guard.fingerprint(value)})" for name, value in held.items())
+            listing = ", ".join(
+                f"{name}:{where[name]} ({key_guard.fingerprint(value)})" for name, value in held.items()
+            )
             completion.problems.append(
                 f"{key.key_env}: the value of virtual key {key.alias!r} is missing from the secrets file and the gateways "
-                f"disagree: {listing} — fix: copy the value the key should keep into the secrets file ({key.key_env}=...)")
+                f"disagree: {listing} — fix: copy the value the key should keep into the secrets file ({key.key_env}=...)"
+            )
         elif held:
             name, value = next(iter(held.items()))
             completion.additions[key.key_env] = value
@@ -622,7 +700,8 @@ def _complete_key_values(present: Mapping[str, str], keys: tuple[VirtualKey, ...
                 f"{key.key_env}: the value of virtual key {key.alias!r} is missing from the secrets file, and "
                 f"{', '.join(unread)} could not be read in this run, so may hold it — fix: make "
                 f"{', '.join(unread)} reachable and run again, or copy the key's value from "
-                f"{' or '.join(f'{n}:{where[n]}' for n in unread)} into the secrets file as {key.key_env}=...")
+                f"{' or '.join(f'{n}:{where[n]}' for n in unread)} into the secrets file as {key.key_env}=..."
+            )
         elif generate:
             completion.additions[key.key_env] = S.new_virtual_key()
             completion.origin[key.key_env] = f"generated by litellm-deploy for virtual key {key.alias!r}"

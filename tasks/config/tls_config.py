@@ -78,24 +78,35 @@ def problems(host_name: str, address: str, raw: dict[str, object]) -> list[str]:
     names = effective_names(host_name, address, raw)
     ports = {raw.get("tls_port"), raw.get("http_port")}
     if raw.get("postgres_publish_port") and raw.get("postgres_publish_port") in ports:
-        found.append(f"postgres_publish_port: {raw['postgres_publish_port']} collides with tls_port/http_port — "
-                     "fix: pick another port")
+        found.append(
+            f"postgres_publish_port: {raw['postgres_publish_port']} collides with tls_port/http_port — "
+            "fix: pick another port"
+        )
     # With TLS on, the proxy's own port is published on loopback only (host-local tools and checks keep
     # it); any other address would let clients bypass the TLS front in clear.
     bind = raw.get("proxy_bind")
     if bind not in ("0.0.0.0", "::") and not _is_loopback(bind):
-        found.append(f"proxy_bind: {bind!r} would publish the proxy in plain HTTP beside the TLS front — fix: "
-                     "remove proxy_bind (with tls on the proxy is published on 127.0.0.1 only) or set 127.0.0.1")
+        found.append(
+            f"proxy_bind: {bind!r} would publish the proxy in plain HTTP beside the TLS front — fix: "
+            "remove proxy_bind (with tls on the proxy is published on 127.0.0.1 only) or set 127.0.0.1"
+        )
     if source == "files":
-        found += certificates.files_problems(str(raw.get("tls_cert_file") or ""), str(raw.get("tls_key_file") or ""),
-                                             names if raw.get("tls_names") else ())
+        found += certificates.files_problems(
+            str(raw.get("tls_cert_file") or ""),
+            str(raw.get("tls_key_file") or ""),
+            names if raw.get("tls_names") else (),
+        )
         ca_file = raw.get("tls_ca_file", "")
         if ca_file and not Path(str(ca_file)).is_file():
-            found.append(f"tls_ca_file: {ca_file} does not exist on the controller — fix: the CA certificate (PEM) "
-                         "that issued tls_cert_file, or '' when it chains to a public CA")
+            found.append(
+                f"tls_ca_file: {ca_file} does not exist on the controller — fix: the CA certificate (PEM) "
+                "that issued tls_cert_file, or '' when it chains to a public CA"
+            )
     elif raw.get("tls_cert_file") or raw.get("tls_key_file"):
-        found.append(f"tls_cert_file/tls_key_file: given, but tls is {source!r}, which does not use them — fix: "
-                     "tls = 'files', or remove them")
+        found.append(
+            f"tls_cert_file/tls_key_file: given, but tls is {source!r}, which does not use them — fix: "
+            "tls = 'files', or remove them"
+        )
     if source == "acme":
         found += acme_problems(names, raw)
     elif raw.get("acme_email") and source != "acme":
@@ -111,14 +122,20 @@ def acme_problems(names, raw: dict[str, object]) -> list[str]:
     found = []
     email = raw.get("acme_email")
     if not isinstance(email, str) or not EMAIL.fullmatch(email):
-        found.append(f"acme_email: {email!r} — fix: the e-mail address the ACME server (Let's Encrypt) sends "
-                     "expiry notices to, e.g. ops@example.com")
+        found.append(
+            f"acme_email: {email!r} — fix: the e-mail address the ACME server (Let's Encrypt) sends "
+            "expiry notices to, e.g. ops@example.com"
+        )
     for name in names:
         if certificates.is_ip(name) or "." not in name.strip(".") or name.startswith("*."):
-            found.append(f"tls_names: {name!r} cannot be issued by ACME's HTTP challenge (it needs public DNS "
-                         "names that resolve to this host, no IP address or wildcard) — fix: tls_names = "
-                         "['gateway.example.com'], or tls = 'files' / 'self-signed'")
+            found.append(
+                f"tls_names: {name!r} cannot be issued by ACME's HTTP challenge (it needs public DNS "
+                "names that resolve to this host, no IP address or wildcard) — fix: tls_names = "
+                "['gateway.example.com'], or tls = 'files' / 'self-signed'"
+            )
     if raw.get("http_port") != 80 and raw.get("tls_port") != 443:
-        found.append("http_port/tls_port: ACME servers validate on port 80 (HTTP) or 443 (TLS-ALPN) — fix: "
-                     "http_port = 80 or tls_port = 443")
+        found.append(
+            "http_port/tls_port: ACME servers validate on port 80 (HTTP) or 443 (TLS-ALPN) — fix: "
+            "http_port = 80 or tls_port = 443"
+        )
     return found

@@ -76,59 +76,84 @@ def _address_problems(host: StateInput, group: str) -> list[str]:
             raise ValueError(value)
         version = ipaddress.ip_address(value).version
     except ValueError:
-        return [f"host {host.name} ({group}): private_address {value!r} is not an IP address (it goes into firewall "
-                "rules and pg_hba.conf) — fix: set \"private_address\": \"10.0.0.5\" (the address the other hosts "
-                "reach it at) in its host data"]
+        return [
+            f"host {host.name} ({group}): private_address {value!r} is not an IP address (it goes into firewall "
+            'rules and pg_hba.conf) — fix: set "private_address": "10.0.0.5" (the address the other hosts '
+            "reach it at) in its host data"
+        ]
     if version == 6:
-        return [f"host {host.name} ({group}): private_address {value!r} is an IPv6 address; the firewall letting only "
-                "the gateways reach the db and redis hosts is IPv4 only (iptables) — fix: set \"private_address\": "
-                "\"10.0.0.5\" (its IPv4 address, the one the other hosts reach it at) in its host data"]
+        return [
+            f"host {host.name} ({group}): private_address {value!r} is an IPv6 address; the firewall letting only "
+            'the gateways reach the db and redis hosts is IPv4 only (iptables) — fix: set "private_address": '
+            '"10.0.0.5" (its IPv4 address, the one the other hosts reach it at) in its host data'
+        ]
     return []
 
 
-def problems(gateways: list[StateInput], db_hosts: list[StateInput], redis_hosts: list[StateInput],
-             modes: Mapping[str, object], values: Mapping[str, str]) -> list[str]:
+def problems(
+    gateways: list[StateInput],
+    db_hosts: list[StateInput],
+    redis_hosts: list[StateInput],
+    modes: Mapping[str, object],
+    values: Mapping[str, str],
+) -> list[str]:
     """Every topology problem at once. `modes`: each gateway's database_mode as written;
     `values`: the secrets file."""
     found: list[str] = []
     gateway_names = {g.name for g in gateways}
-    for group, hosts, what, drop in ((DB_HOSTS, db_hosts, "PostgreSQL", "the bundled database on each gateway"),
-                                     (REDIS_HOSTS, redis_hosts, "Valkey", "no shared Redis")):
+    for group, hosts, what, drop in (
+        (DB_HOSTS, db_hosts, "PostgreSQL", "the bundled database on each gateway"),
+        (REDIS_HOSTS, redis_hosts, "Valkey", "no shared Redis"),
+    ):
         if len(hosts) > 1:
-            found.append(f"inventory: {group} lists {', '.join(h.name for h in hosts)}; one {group[:-1].replace('_', ' ')} "
-                         f"is supported — fix: keep one host in {group}")
+            found.append(
+                f"inventory: {group} lists {', '.join(h.name for h in hosts)}; one {group[:-1].replace('_', ' ')} "
+                f"is supported — fix: keep one host in {group}"
+            )
         for h in hosts:
             if h.name in gateway_names:
-                found.append(f"inventory: host {h.name} is in both litellm_hosts and {group}; a {group[:-1].replace('_', ' ')} "
-                             f"runs only {what}, never a gateway — fix: use another host in {group}, or remove the "
-                             f"{group} group for {drop}")
+                found.append(
+                    f"inventory: host {h.name} is in both litellm_hosts and {group}; a {group[:-1].replace('_', ' ')} "
+                    f"runs only {what}, never a gateway — fix: use another host in {group}, or remove the "
+                    f"{group} group for {drop}"
+                )
             found += _address_problems(h, group)
     if db_hosts or redis_hosts:
         for g in gateways:
             found += _address_problems(g, "litellm_hosts")
     if db_hosts:
         if values.get(S.DATABASE_URL):
-            found.append(f"{S.DATABASE_URL}: set in the secrets file while the inventory has {DB_HOSTS}; the gateways use "
-                         f"the db host's database — fix: remove {S.DATABASE_URL} from the secrets file, or the {DB_HOSTS} group")
+            found.append(
+                f"{S.DATABASE_URL}: set in the secrets file while the inventory has {DB_HOSTS}; the gateways use "
+                f"the db host's database — fix: remove {S.DATABASE_URL} from the secrets file, or the {DB_HOSTS} group"
+            )
         for g in gateways:
             if modes.get(g.name) == "external":
-                found.append(f"host {g.name}: database_mode 'external' while the inventory has {DB_HOSTS} — fix: "
-                             f"database_mode '{DB_HOST_MODE}' (or the default) to use the db host, or remove {DB_HOSTS}")
+                found.append(
+                    f"host {g.name}: database_mode 'external' while the inventory has {DB_HOSTS} — fix: "
+                    f"database_mode '{DB_HOST_MODE}' (or the default) to use the db host, or remove {DB_HOSTS}"
+                )
     else:
         for g in gateways:
             if modes.get(g.name) == DB_HOST_MODE:
-                found.append(f"host {g.name}: database_mode '{DB_HOST_MODE}' but the inventory has no {DB_HOSTS} group — "
-                             f"fix: add db_hosts = [(\"db1\", {{...}})] to the inventory, or database_mode 'bundled'")
+                found.append(
+                    f"host {g.name}: database_mode '{DB_HOST_MODE}' but the inventory has no {DB_HOSTS} group — "
+                    f"fix: add db_hosts = [(\"db1\", {{...}})] to the inventory, or database_mode 'bundled'"
+                )
     url = values.get(S.REDIS_URL)
     if redis_hosts and url:
-        found.append(f"{S.REDIS_URL}: set in the secrets file while the inventory has {REDIS_HOSTS} — fix: remove "
-                     f"{S.REDIS_URL} to use the redis host, or remove the {REDIS_HOSTS} group to use that Redis")
+        found.append(
+            f"{S.REDIS_URL}: set in the secrets file while the inventory has {REDIS_HOSTS} — fix: remove "
+            f"{S.REDIS_URL} to use the redis host, or remove the {REDIS_HOSTS} group to use that Redis"
+        )
     if url and not re.match(r"rediss?://[^\s]+$", url):
         found.append(f"{S.REDIS_URL}: not a Redis URL — fix: redis://:PASSWORD@HOST:6379/0 (rediss:// for TLS)")
     password = values.get(S.REDIS_PASSWORD)
     if redis_hosts and password is not None and not re.fullmatch(REDIS_PASSWORD_CHARACTERS, password):
-        found.append(f"{S.REDIS_PASSWORD}: 16-512 characters of letters, digits and _ . ~ + / = - only (it is a Valkey "
-                     "config value) — fix: delete it from the secrets file to have one generated")
+        found.append(
+            f"{S.REDIS_PASSWORD}: 16-512 characters of letters, digits and _ . ~ + / = - only (it is a Valkey "
+            "config value) — fix: delete it from the secrets file to have one generated"
+        )
     if redis_hosts and password is not None and S.is_published(password):
         found.append(f"{S.REDIS_PASSWORD}: a published value — fix: delete it to have one generated")
     return found
@@ -144,8 +169,9 @@ def wanted_secrets(db_hosts: list[StateInput], redis_hosts: list[StateInput]) ->
     return wanted
 
 
-def resolve(gateways: list[StateInput], db_hosts: list[StateInput], redis_hosts: list[StateInput],
-            values: Mapping[str, str]) -> Topology:
+def resolve(
+    gateways: list[StateInput], db_hosts: list[StateInput], redis_hosts: list[StateInput], values: Mapping[str, str]
+) -> Topology:
     """The topology of a valid inventory (problems() found nothing)."""
     return Topology(
         db_host=db_hosts[0].name if db_hosts else "",
@@ -154,7 +180,8 @@ def resolve(gateways: list[StateInput], db_hosts: list[StateInput], redis_hosts:
         redis_address=str(private_address(redis_hosts[0])) if redis_hosts else "",
         redis_url=bool(values.get(S.REDIS_URL)),
         gateway_addresses=tuple(sorted({str(private_address(g)) for g in gateways}))
-        if (db_hosts or redis_hosts) else (),
+        if (db_hosts or redis_hosts)
+        else (),
         state_hosts=tuple(dict.fromkeys(h.name for h in (*db_hosts, *redis_hosts))),
     )
 
@@ -165,8 +192,10 @@ def uses_db_host(topology: Topology, mode: object) -> bool:
 
 def db_host_url(topology: Topology, user: str, password: str, db: str) -> str:
     """The gateways' DATABASE_URL for the db host's database (never written to the secrets file)."""
-    return (f"postgresql://{url_component(user)}:{url_component(password)}@{url_host(topology.db_address)}:{DB_PORT}"
-            f"/{url_component(db)}")
+    return (
+        f"postgresql://{url_component(user)}:{url_component(password)}@{url_host(topology.db_address)}:{DB_PORT}"
+        f"/{url_component(db)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -201,8 +230,9 @@ class StateHost:
         return f"{self.compose_project}-{service}"
 
 
-def state_hosts(shape: Topology, raw: Mapping[str, Mapping[str, object]], secrets: object,
-                backup_view=None) -> dict[str, StateHost]:
+def state_hosts(
+    shape: Topology, raw: Mapping[str, Mapping[str, object]], secrets: object, backup_view=None
+) -> dict[str, StateHost]:
     """{name: StateHost} of the run's db and redis hosts (raw: each one's host data, validated).
     backup_view(name, data, directory, project): the db host's database as a bundled one, for backups."""
     found = {}
@@ -227,7 +257,10 @@ def state_hosts(shape: Topology, raw: Mapping[str, Mapping[str, object]], secret
             log_max_size=str(data["log_max_size"]),
             log_max_file=int(data["log_max_file"]),
             secrets=secrets,
-            backup=backup_view(name, data, f"{str(data['install_dir']).rstrip('/')}-db", f"{data['compose_project']}-db")
-            if "db" in services and backup_view else None,
+            backup=backup_view(
+                name, data, f"{str(data['install_dir']).rstrip('/')}-db", f"{data['compose_project']}-db"
+            )
+            if "db" in services and backup_view
+            else None,
         )
     return found

@@ -27,10 +27,34 @@ DURATION_EXAMPLE = "'30d' (a number, then s, m, h, d, w or mo)"
 VALUES_FILE = "virtual-keys.json"
 KEY_PREFIX = "sk-"  # LiteLLM accepts a given key value only with this prefix
 MIN_KEY_LENGTH = 20
-TEAM_FIELDS = {"alias", "models", "max_budget", "budget_duration", "tpm_limit", "rpm_limit", "members",
-               "metadata", "blocked", "state", "delete_keys"}
-KEY_FIELDS = {"alias", "models", "team", "max_budget", "budget_duration", "tpm_limit", "rpm_limit", "metadata",
-              "duration", "expires", "blocked", "state", "key_env"}
+TEAM_FIELDS = {
+    "alias",
+    "models",
+    "max_budget",
+    "budget_duration",
+    "tpm_limit",
+    "rpm_limit",
+    "members",
+    "metadata",
+    "blocked",
+    "state",
+    "delete_keys",
+}
+KEY_FIELDS = {
+    "alias",
+    "models",
+    "team",
+    "max_budget",
+    "budget_duration",
+    "tpm_limit",
+    "rpm_limit",
+    "metadata",
+    "duration",
+    "expires",
+    "blocked",
+    "state",
+    "key_env",
+}
 KEY_EXAMPLE = {"alias": "everything-30d", "models": ALL_MODELS, "max_budget": 50, "budget_duration": "30d"}
 TEAM_EXAMPLE = {"alias": "research", "models": ["gpt-4o"], "members": ["alice"]}
 
@@ -95,8 +119,10 @@ def _entries(raw: object, name: str, example: dict, allowed: set[str], problems:
             continue
         alias = entry.get("alias")
         if not isinstance(alias, str) or not ALIAS.match(alias):
-            problems.append(f"{field}.alias: {alias!r} must be 1-63 letters, digits, '.', '_' or '-', "
-                            "starting with a letter or digit — it identifies the entry on every run")
+            problems.append(
+                f"{field}.alias: {alias!r} must be 1-63 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit — it identifies the entry on every run"
+            )
             continue
         field = f"{name}[{alias!r}]"
         if problem := reserved.alias_problem(f"{field}.alias", alias):
@@ -113,8 +139,9 @@ def _entries(raw: object, name: str, example: dict, allowed: set[str], problems:
 def _unknown(field: str, entry: dict, allowed: set[str], problems: list[str]) -> None:
     unknown = sorted(set(entry) - allowed)
     if unknown:
-        problems.append(f"{field}: unknown field(s) {', '.join(map(str, unknown))} — fix: use only "
-                        f"{', '.join(sorted(allowed))}")
+        problems.append(
+            f"{field}: unknown field(s) {', '.join(map(str, unknown))} — fix: use only {', '.join(sorted(allowed))}"
+        )
 
 
 def _number(field: str, value: object, problems: list[str], whole: bool = False) -> float | int | None:
@@ -168,7 +195,7 @@ def _metadata(field: str, value: object, problems: list[str]) -> Mapping[str, ob
 
 
 def _models(field: str, value: object, routed: set[str] | None, problems: list[str]) -> tuple[str, ...] | None:
-    """"all" (or left out) -> None; else the listed model names, each one the gateway routes
+    """ "all" (or left out) -> None; else the listed model names, each one the gateway routes
     (routed=None: models kept in the database may be added later, so any name goes)."""
     if value is None or value == ALL_MODELS:
         return None
@@ -177,8 +204,10 @@ def _models(field: str, value: object, routed: set[str] | None, problems: list[s
         return None
     unknown = [m for m in value if routed is not None and m not in routed]
     if unknown:
-        problems.append(f"{field}: {', '.join(map(repr, unknown))} not routed by this gateway — fix: use model "
-                        f"names from `models` ({', '.join(sorted(routed or ()))}) or {ALL_MODELS!r}")
+        problems.append(
+            f"{field}: {', '.join(map(repr, unknown))} not routed by this gateway — fix: use model "
+            f"names from `models` ({', '.join(sorted(routed or ()))}) or {ALL_MODELS!r}"
+        )
     return tuple(dict.fromkeys(value))
 
 
@@ -222,8 +251,9 @@ def parse_teams(raw: object, routed: set[str] | None, problems: list[str]) -> tu
     return tuple(teams.values())
 
 
-def parse_keys(raw: object, teams: tuple[Team, ...], routed: set[str] | None,
-               problems: list[str]) -> tuple[VirtualKey, ...]:
+def parse_keys(
+    raw: object, teams: tuple[Team, ...], routed: set[str] | None, problems: list[str]
+) -> tuple[VirtualKey, ...]:
     by_alias = {t.alias: t for t in teams}
     keys: dict[str, VirtualKey] = {}
     envs: dict[str, str] = {}
@@ -232,27 +262,37 @@ def parse_keys(raw: object, teams: tuple[Team, ...], routed: set[str] | None,
         state = _state(f"{field}.state", entry.get("state", "present"), problems)
         key_env = entry.get("key_env", default_key_env(alias))
         if not isinstance(key_env, str) or not ENV_NAME.match(key_env):
-            problems.append(f"{field}.key_env: {key_env!r} must be a secrets-file entry name such as "
-                            f"{default_key_env(alias)!r} (capitals, digits, _)")
+            problems.append(
+                f"{field}.key_env: {key_env!r} must be a secrets-file entry name such as "
+                f"{default_key_env(alias)!r} (capitals, digits, _)"
+            )
         elif problem := reserved.entry_problem(f"{field}.key_env", key_env, default_key_env(alias)):
             problems.append(problem)
         elif key_env in envs:
-            problems.append(f"{field}.key_env: {key_env} is also the entry of key {envs[key_env]!r} — fix: give "
-                            "each key its own key_env (aliases differing only in case or '-' vs '_' share the default)")
+            problems.append(
+                f"{field}.key_env: {key_env} is also the entry of key {envs[key_env]!r} — fix: give "
+                "each key its own key_env (aliases differing only in case or '-' vs '_' share the default)"
+            )
         else:
             envs[key_env] = alias
         team = entry.get("team")
         if team is not None and (team not in by_alias or (by_alias[team].state == "absent" and state == "present")):
-            problems.append(f"{field}.team: {team!r} is not a declared, present team — fix: declare it in `teams` "
-                            f"(declared: {', '.join(sorted(by_alias)) or 'none'})")
+            problems.append(
+                f"{field}.team: {team!r} is not a declared, present team — fix: declare it in `teams` "
+                f"(declared: {', '.join(sorted(by_alias)) or 'none'})"
+            )
         models = _models(f"{field}.models", entry.get("models"), routed, problems)
         team_models = by_alias[team].models if team in by_alias else None
         if models and team_models is not None and not set(models) <= set(team_models):
-            problems.append(f"{field}.models: {', '.join(sorted(set(models) - set(team_models)))} not among team "
-                            f"{team!r}'s models ({', '.join(team_models)}) — fix: add them to the team, or narrow the key")
+            problems.append(
+                f"{field}.models: {', '.join(sorted(set(models) - set(team_models)))} not among team "
+                f"{team!r}'s models ({', '.join(team_models)}) — fix: add them to the team, or narrow the key"
+            )
         if entry.get("duration") is not None and entry.get("expires") is not None:
-            problems.append(f"{field}: both duration and expires — fix: keep one (duration counts from the key's "
-                            "creation; expires is a fixed date)")
+            problems.append(
+                f"{field}: both duration and expires — fix: keep one (duration counts from the key's "
+                "creation; expires is a fixed date)"
+            )
         keys[alias] = VirtualKey(
             alias=alias,
             key_env=key_env if isinstance(key_env, str) else default_key_env(alias),
@@ -278,9 +318,11 @@ def key_value_problems(keys: tuple[VirtualKey, ...], values: Mapping[str, str]) 
     for key in keys:
         value = values.get(key.key_env)
         if value is not None and (not value.startswith(KEY_PREFIX) or len(value) < MIN_KEY_LENGTH):
-            problems.append(f"{key.key_env}: the value of virtual key {key.alias!r} must start with {KEY_PREFIX!r} "
-                            f"and have {MIN_KEY_LENGTH} characters or more (LiteLLM's rule for a given key) — fix: "
-                            "delete the entry to have one generated")
+            problems.append(
+                f"{key.key_env}: the value of virtual key {key.alias!r} must start with {KEY_PREFIX!r} "
+                f"and have {MIN_KEY_LENGTH} characters or more (LiteLLM's rule for a given key) — fix: "
+                "delete the entry to have one generated"
+            )
     return problems
 
 

@@ -94,7 +94,6 @@ def database_backup(settings: Settings, path: str, needed: bool | None = None):
     yield backup_script(dump_command(settings), read_back_command(settings), path, settings.backup_keep)
 
 
-
 # === `pyinfra inventory backup.py` and the scheduled backup (issue 7) =============================
 #
 # Host side: one shell script (below) does dump -> full read-back check -> 0600 file + sha256 ->
@@ -126,8 +125,10 @@ def prune_shell(directory: str, pattern: str, keep: int) -> str:
     """POSIX sh: in `directory` (a shell word), of the files whose names match the extended regex
     `pattern` (one kind: their names sort by UTC stamp), delete all but the newest `keep`, each
     with its .sha256. Exits 0 when nothing matches."""
-    return (f"ls -1 {directory} | grep -E {shlex.quote(pattern)} | sort -r | tail -n +{int(keep) + 1} | "
-            f"while read -r old; do rm -f {directory}/\"$old\" {directory}/\"$old.sha256\"; done")
+    return (
+        f"ls -1 {directory} | grep -E {shlex.quote(pattern)} | sort -r | tail -n +{int(keep) + 1} | "
+        f'while read -r old; do rm -f {directory}/"$old" {directory}/"$old.sha256"; done'
+    )
 
 
 def utc_stamp(now: datetime | None = None) -> str:
@@ -167,8 +168,7 @@ echo "database backup written: $final sha256 $sum"
 
 
 def gateway_script(settings: Settings) -> str:
-    return host_script(dump_command(settings), read_back_command(settings), settings.backup_dir,
-                       settings.backup_keep)
+    return host_script(dump_command(settings), read_back_command(settings), settings.backup_dir, settings.backup_keep)
 
 
 def local_dir(settings: Settings) -> Path:
@@ -217,8 +217,12 @@ def fetch_and_verify(state, host, remote: str, directory: str, keep: int) -> boo
     name = remote.rsplit("/", 1)[-1]
     final = target_dir / name
     part = target_dir / f".{name}.part"
-    ok, output = host.run_shell_command(f"cat {shlex.quote(remote + '.sha256')}", print_output=False,
-                                        print_input=False, **uploads.connector_arguments(state, host))
+    ok, output = host.run_shell_command(
+        f"cat {shlex.quote(remote + '.sha256')}",
+        print_output=False,
+        print_input=False,
+        **uploads.connector_arguments(state, host),
+    )
     recorded = output.stdout_lines[0].split()[0] if ok and output.stdout_lines else ""
     if not re.fullmatch(r"[0-9a-f]{64}", recorded):
         host.log_styled(f"backup copy failed: no checksum recorded next to {remote}", fg="red", log_func=logger.error)
@@ -230,8 +234,11 @@ def fetch_and_verify(state, host, remote: str, directory: str, keep: int) -> boo
                 raise OSError(f"download of {remote} failed")
         copied = sha256_of(part)
         if copied != recorded:
-            host.log_styled(f"backup copy failed: checksum of the copy ({copied}) differs from the host's ({recorded})",
-                            fg="red", log_func=logger.error)
+            host.log_styled(
+                f"backup copy failed: checksum of the copy ({copied}) differs from the host's ({recorded})",
+                fg="red",
+                log_func=logger.error,
+            )
             part.unlink(missing_ok=True)
             return False
         os.chmod(part, 0o600)
@@ -270,7 +277,9 @@ def backup_gateway(settings: Settings, stamp: str) -> None:
     database_backup_taken(name=f"Database backup on the host: {remote}", script=gateway_script(settings), stamp=stamp)
     backup_copied(
         name=f"Backup copied to the controller and checksum verified: {local_dir(settings)}/{stamp}.dump",
-        remote=remote, directory=str(local_dir(settings)), keep=settings.backup_keep,
+        remote=remote,
+        directory=str(local_dir(settings)),
+        keep=settings.backup_keep,
     )
 
 
@@ -284,7 +293,7 @@ def unit_files(settings: Settings) -> dict[str, str]:
     unit = f"{UNIT_DIR}/{unit_name(settings)}"
     return {
         script_path(settings): "#!/bin/sh\n# Written by litellm-deploy: database backup of the bundled Postgres "
-                               f"of compose project {settings.compose_project}.\n" + gateway_script(settings),
+        f"of compose project {settings.compose_project}.\n" + gateway_script(settings),
         f"{unit}.service": env.get_template(f"systemd/{LEGACY_UNIT}.service.j2").render(**values),
         f"{unit}.timer": env.get_template(f"systemd/{LEGACY_UNIT}.timer.j2").render(**values),
     }
@@ -297,22 +306,32 @@ def scheduled_backup(settings: Settings) -> None:
     wanted = settings.database_mode == "bundled" and settings.backup_enabled
     if not wanted:
         systemd.service(name=f"Backup timer {timer} disabled", service=timer, running=False, enabled=False)
-        legacy_units_retired(name=f"Backup units of the old name {LEGACY_UNIT}.* removed (if this project's)",
-                             settings=settings)
+        legacy_units_retired(
+            name=f"Backup units of the old name {LEGACY_UNIT}.* removed (if this project's)", settings=settings
+        )
         return
     written = []
     for path, content in unit_files(settings).items():
-        written.append(files.put(
-            name=f"Backup unit file {path}", src=BytesIO(content.encode()), dest=path,
-            mode="700" if path == script_path(settings) else "644", user="root", group="root",
-        ))
+        written.append(
+            files.put(
+                name=f"Backup unit file {path}",
+                src=BytesIO(content.encode()),
+                dest=path,
+                mode="700" if path == script_path(settings) else "644",
+                user="root",
+                group="root",
+            )
+        )
     units_reloaded(name="systemd reloaded for changed backup units", written=written, timer=timer)
     systemd.service(
         name=f"Backup timer {timer} enabled and active ({settings.backup_schedule})",
-        service=timer, running=True, enabled=True,
+        service=timer,
+        running=True,
+        enabled=True,
     )
-    legacy_units_retired(name=f"Backup units of the old name {LEGACY_UNIT}.* removed (if this project's)",
-                         settings=settings)
+    legacy_units_retired(
+        name=f"Backup units of the old name {LEGACY_UNIT}.* removed (if this project's)", settings=settings
+    )
 
 
 @operation()
@@ -332,8 +351,10 @@ def legacy_owner_pattern(settings: Settings) -> str:
 
 def legacy_removal_command() -> str:
     old = f"{UNIT_DIR}/{LEGACY_UNIT}"
-    return (f"systemctl disable --now {LEGACY_UNIT}.timer; "
-            f"rm -f {old}.timer {old}.service {LEGACY_SCRIPT} && systemctl daemon-reload")
+    return (
+        f"systemctl disable --now {LEGACY_UNIT}.timer; "
+        f"rm -f {old}.timer {old}.service {LEGACY_SCRIPT} && systemctl daemon-reload"
+    )
 
 
 @operation()

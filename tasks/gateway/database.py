@@ -147,8 +147,14 @@ def psql(settings, *psql_args: str, program: str = "psql") -> str:
     """
     args = " ".join(shlex.quote(arg) for arg in psql_args)
     if settings.database_mode == "bundled":
-        return compose_psql(settings.compose_project, settings.install_dir, settings.postgres_user,
-                            settings.postgres_db, *psql_args, program=program)
+        return compose_psql(
+            settings.compose_project,
+            settings.install_dir,
+            settings.postgres_user,
+            settings.postgres_db,
+            *psql_args,
+            program=program,
+        )
     if settings.database_mode == "external":
         install_dir = settings.install_dir.rstrip("/")
         mounts = " ".join(
@@ -170,8 +176,10 @@ def compose_psql(project: str, install_dir: str, user: str, db: str, *psql_args:
     the db host's (tasks/state_hosts.py). Its local socket is trusted: no password involved."""
     args = " ".join(shlex.quote(arg) for arg in psql_args)
     flags = "-X -q -v ON_ERROR_STOP=1 " if program == "psql" else ""
-    return (f"{compose_cmd(project, install_dir)} exec -T {DB_SERVICE} {program} "
-            f"-U {shlex.quote(user)} -d {shlex.quote(db)} {flags}{args}").rstrip()
+    return (
+        f"{compose_cmd(project, install_dir)} exec -T {DB_SERVICE} {program} "
+        f"-U {shlex.quote(user)} -d {shlex.quote(db)} {flags}{args}"
+    ).rstrip()
 
 
 # --- fact and operation -------------------------------------------------------------------------
@@ -303,8 +311,9 @@ def role_password(psql: str, install_dir: str, compose_project: str, role: str, 
         f"({compose_cmd(compose_project, install_dir)} up -d {DB_SERVICE}) and deploy again; or put the previous "
         f"{POSTGRES_PASSWORD} (the one in {install_dir.rstrip('/')}/{ENV_FILE} on this host) back into the secrets file"
     )
-    yield StringCommand(psql, "||", f"{{ echo {shlex.quote(refusal)} >&2; exit 1; }}",
-                        _stdin=role_password_input(role, value))
+    yield StringCommand(
+        psql, "||", f"{{ echo {shlex.quote(refusal)} >&2; exit 1; }}", _stdin=role_password_input(role, value)
+    )
 
 
 def _password_line(install_dir: str) -> str | None:
@@ -338,9 +347,11 @@ def db_host_password_applied(install_dir: str, db_host: str, password: HiddenVal
         return
     failed = host.state.inventory.get_host(db_host, None) in host.state.failed_hosts
     why = "failed in this run (its error is above)" if failed else "is not in this run"
-    refusal = (f"{POSTGRES_PASSWORD} changed in the secrets file, but the db host {db_host} {why}: its database "
-               "role still has the previous password, so this gateway keeps it (nothing was written). fix: deploy "
-               f"with {db_host} in the run (no --limit that leaves it out), after fixing what failed there")
+    refusal = (
+        f"{POSTGRES_PASSWORD} changed in the secrets file, but the db host {db_host} {why}: its database "
+        "role still has the previous password, so this gateway keeps it (nothing was written). fix: deploy "
+        f"with {db_host} in the run (no --limit that leaves it out), after fixing what failed there"
+    )
     yield f"echo {shlex.quote(refusal)} >&2; exit 1"
 
 

@@ -39,7 +39,7 @@ def schema_migrated(project: str, install_dir: str, image: str):
         "{ echo 'database migration failed (output above); the proxy was not started' >&2; exit 1; }"
     )
     yield (
-        f"mkdir -p \"$(dirname {marker})\" && "
+        f'mkdir -p "$(dirname {marker})" && '
         f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(image)} > {marker}"
     )
 
@@ -75,6 +75,8 @@ def schema_waited(psql: str, owner: str, timeout: int):
         host.noop(f"the shared schema is migrated (by {owner})")
         return
     check = f"echo {shlex.quote(SCHEMA_READY_SQL)} | {psql} -A -t 2>/dev/null | grep -qx schema-0"
-    yield (f"deadline=$(( $(date +%s) + {int(timeout)} )); until {check}; do "
-           f"if [ $(date +%s) -ge $deadline ]; then echo 'the shared database schema is not migrated after {int(timeout)} s: "
-           f"{owner} migrates it (run the deploy on {owner} too, or see its output)' >&2; exit 1; fi; sleep 1; done")
+    yield (
+        f"deadline=$(( $(date +%s) + {int(timeout)} )); until {check}; do "
+        f"if [ $(date +%s) -ge $deadline ]; then echo 'the shared database schema is not migrated after {int(timeout)} s: "
+        f"{owner} migrates it (run the deploy on {owner} too, or see its output)' >&2; exit 1; fi; sleep 1; done"
+    )

@@ -45,13 +45,17 @@ class Plan:
 
 def choose(settings: Settings, restore_from: str | None) -> Path:
     if not restore_from:
-        raise RestoreRefused(f"host {settings.host_name}: say which backup: --data restore_from=latest "
-                             "or --data restore_from=PATH/TO/FILE.dump")
+        raise RestoreRefused(
+            f"host {settings.host_name}: say which backup: --data restore_from=latest "
+            "or --data restore_from=PATH/TO/FILE.dump"
+        )
     if restore_from == LATEST:
         found = backup.dumps_in(backup.local_dir(settings))
         if not found:
-            raise RestoreRefused(f"host {settings.host_name}: no backup under {backup.local_dir(settings)} — "
-                                 "run backup.py first or pass restore_from=PATH")
+            raise RestoreRefused(
+                f"host {settings.host_name}: no backup under {backup.local_dir(settings)} — "
+                "run backup.py first or pass restore_from=PATH"
+            )
         return found[-1]
     return Path(restore_from).expanduser().absolute()
 
@@ -62,10 +66,14 @@ def controller_check(path: Path) -> tuple[list[str], str]:
         return [f"{path}: no such file"], ""
     recorded = backup.recorded_sum(Path(f"{path}.sha256"))
     if recorded is None:
-        return [f"{path}: no recorded checksum ({path}.sha256 missing or unreadable) — refusing an unverifiable backup"], ""
+        return [
+            f"{path}: no recorded checksum ({path}.sha256 missing or unreadable) — refusing an unverifiable backup"
+        ], ""
     actual = backup.sha256_of(path)
     if actual != recorded:
-        return [f"{path}: checksum mismatch (file {actual}, recorded {recorded}) — the backup is corrupted or truncated"], ""
+        return [
+            f"{path}: checksum mismatch (file {actual}, recorded {recorded}) — the backup is corrupted or truncated"
+        ], ""
     with open(path, "rb") as handle:
         if handle.read(len(MAGIC)) != MAGIC:
             return [f"{path}: not a pg_dump custom-format archive (no PGDMP signature)"], ""
@@ -96,17 +104,23 @@ def plan_for(settings: Settings, restore_from: str | None, targeted: list[str] |
             f"with --limit HOST (restore_from=latest picks each host's own latest backup)"
         )
     if settings.db_host:
-        raise RestoreRefused(f"host {settings.host_name}: its database is the db host {settings.db_host}'s, which "
-                             "restore.py does not restore yet; nothing was changed on any host — fix: restore it by "
-                             f"hand on {settings.db_host} (docs/backup.md) with every gateway's proxy stopped")
+        raise RestoreRefused(
+            f"host {settings.host_name}: its database is the db host {settings.db_host}'s, which "
+            "restore.py does not restore yet; nothing was changed on any host — fix: restore it by "
+            f"hand on {settings.db_host} (docs/backup.md) with every gateway's proxy stopped"
+        )
     if settings.database_mode != "bundled":
-        raise RestoreRefused(f"host {settings.host_name}: restore.py handles database_mode 'bundled' only "
-                             f"(this host: {settings.database_mode!r})")
+        raise RestoreRefused(
+            f"host {settings.host_name}: restore.py handles database_mode 'bundled' only "
+            f"(this host: {settings.database_mode!r})"
+        )
     path = choose(settings, restore_from)
     problems, note = controller_check(path)
     if problems:
-        raise RestoreRefused("restore refused, nothing was changed on any host:\n"
-                             + "\n".join(f"  - host {settings.host_name}: {p}" for p in problems))
+        raise RestoreRefused(
+            "restore refused, nothing was changed on any host:\n"
+            + "\n".join(f"  - host {settings.host_name}: {p}" for p in problems)
+        )
     return Plan(path, backup.sha256_of(path), note)
 
 
@@ -146,8 +160,11 @@ def proxy_stopped(settings: Settings):
 # Replaces the public schema, not only the tables the dump has: a restore after a newer image's
 # migrations (an upgrade rolled back) must not keep that image's extra tables, or its next
 # migration run finds them and fails.
-SCHEMA_RESET = ("DROP SCHEMA IF EXISTS public CASCADE;", "CREATE SCHEMA public AUTHORIZATION pg_database_owner;",
-                "GRANT USAGE ON SCHEMA public TO PUBLIC;")
+SCHEMA_RESET = (
+    "DROP SCHEMA IF EXISTS public CASCADE;",
+    "CREATE SCHEMA public AUTHORIZATION pg_database_owner;",
+    "GRANT USAGE ON SCHEMA public TO PUBLIC;",
+)
 
 
 SAFETY_PURPOSE = "before-restore"
@@ -199,10 +216,20 @@ def database_restored(settings: Settings, path: str, safety_path: str | None = N
     safety = ""
     if safety_path:
         restart = f"{compose.compose_cmd(settings.compose_project, settings.install_dir)} start {compose.PROXY_SERVICE}"
-        safety = safety_dump_command(backup.dump_command(settings), backup.read_back_command(settings), safety_path,
-                                     settings.backup_keep, restart)
-    yield restore_command(f"{backup.db_exec(settings)} pg_restore", f"{backup.db_exec(settings)} psql {target}",
-                          path, f"{path}.restore.sql", safety)
+        safety = safety_dump_command(
+            backup.dump_command(settings),
+            backup.read_back_command(settings),
+            safety_path,
+            settings.backup_keep,
+            restart,
+        )
+    yield restore_command(
+        f"{backup.db_exec(settings)} pg_restore",
+        f"{backup.db_exec(settings)} psql {target}",
+        path,
+        f"{path}.restore.sql",
+        safety,
+    )
 
 
 @operation(is_idempotent=False)
@@ -220,13 +247,19 @@ def database_replaced(settings: Settings, path: str, label: str = "the backup", 
     # No writer while the tables are replaced, nor while the safety dump is taken.
     stopped = proxy_stopped(name="LiteLLM proxy stopped for the restore", settings=settings)
     saved = f", after a safety dump of the current one to {safety_path}" if safety_path else ""
-    restored = database_restored(name=f"Database restored from {label} (single transaction){saved}",
-                                 settings=settings, path=path, safety_path=safety_path)
+    restored = database_restored(
+        name=f"Database restored from {label} (single transaction){saved}",
+        settings=settings,
+        path=path,
+        safety_path=safety_path,
+    )
     # Schema for the image now configured, then the admin user and current master-key link.
     migration_marker_removed(name="Migration marker cleared after the restore", install_dir=settings.install_dir)
     migrations.schema_migrated(
-        name=f"Database schema migrated for {settings.litellm_image}", project=settings.compose_project,
-        install_dir=settings.install_dir, image=settings.litellm_image,
+        name=f"Database schema migrated for {settings.litellm_image}",
+        project=settings.compose_project,
+        install_dir=settings.install_dir,
+        image=settings.litellm_image,
     )
     database.bootstrap_current_key(settings)
     return [stopped, restored]
@@ -236,18 +269,26 @@ def database_replaced(settings: Settings, path: str, label: str = "the backup", 
 def restore_gateway(settings: Settings, plan: Plan) -> None:
     remote = remote_path(settings, plan)
     safety = safety_dump_path(settings, backup.utc_stamp())
-    host.log(f"restoring {plan.dump} ({plan.note}); the current database is dumped first to {safety} on the host "
-             f"(kept until {settings.backup_keep} later restores; to undo this one, copy it and its .sha256 to "
-             "the controller and restore_from=that file)")
+    host.log(
+        f"restoring {plan.dump} ({plan.note}); the current database is dumped first to {safety} on the host "
+        f"(kept until {settings.backup_keep} later restores; to undo this one, copy it and its .sha256 to "
+        "the controller and restore_from=that file)"
+    )
     # 1. Nothing touched yet: the copy on the host is verified twice before anything stops.
-    dump_uploaded(name=f"Backup uploaded to {remote}, checksum verified", src=str(plan.dump), dest=remote,
-                  sha256=plan.sha256)
-    dump_readable(name="Backup read back whole by the database's pg_restore (nothing changed yet)",
-                  settings=settings, path=remote)
+    dump_uploaded(
+        name=f"Backup uploaded to {remote}, checksum verified", src=str(plan.dump), dest=remote, sha256=plan.sha256
+    )
+    dump_readable(
+        name="Backup read back whole by the database's pg_restore (nothing changed yet)", settings=settings, path=remote
+    )
     # 2. Restored, migrated, bootstrapped; the proxy back (it was stopped, so this always starts it).
     replaced = database_replaced(settings, remote, safety_path=safety)
     compose.service_up(
-        name="LiteLLM proxy up and healthy", project=settings.compose_project, install_dir=settings.install_dir,
-        service=compose.PROXY_SERVICE, depends_on=replaced, timeout=settings.start_timeout,
+        name="LiteLLM proxy up and healthy",
+        project=settings.compose_project,
+        install_dir=settings.install_dir,
+        service=compose.PROXY_SERVICE,
+        depends_on=replaced,
+        timeout=settings.start_timeout,
     )
     verify.verify_gateway(settings)

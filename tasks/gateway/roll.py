@@ -74,18 +74,29 @@ class Roll:
         self.slots = gevent.lock.BoundedSemaphore(self.width)
         self.lock = gevent.lock.RLock()
 
-    def run(self, gateway: str, recreate: Callable[[], str | None], verified: Callable[[], str | None],
-            pending: Callable[[bool], None], serving: bool = True) -> str | None:
+    def run(
+        self,
+        gateway: str,
+        recreate: Callable[[], str | None],
+        verified: Callable[[], str | None],
+        pending: Callable[[bool], None],
+        serving: bool = True,
+    ) -> str | None:
         """One gateway's turn: None when it rolled, else why it failed. recreate/verified return a
         problem or None; pending(True/False) sets or clears the gateway's unfinished-roll marker.
         serving: its proxy is running. One that is not (a first deploy, a crashed proxy) takes no slot:
         taking it out of the rotation costs no capacity, so it need not wait for the others."""
         with self.slots if serving else contextlib.nullcontext():
             if self.stopped_by is not None:
-                left = ("this gateway keeps serving its running proxy with the previous configuration"
-                        if serving else "this gateway's proxy, not running, was not started")
-                why = (f"not rolled: the roll stopped when {self.stopped_by} failed; {left} (its new files are "
-                       "in place, and the next deploy rolls it)")
+                left = (
+                    "this gateway keeps serving its running proxy with the previous configuration"
+                    if serving
+                    else "this gateway's proxy, not running, was not started"
+                )
+                why = (
+                    f"not rolled: the roll stopped when {self.stopped_by} failed; {left} (its new files are "
+                    "in place, and the next deploy rolls it)"
+                )
                 self.not_rolled[gateway] = why
                 pending(True)
                 return why
@@ -102,8 +113,10 @@ class Roll:
                 self.failed[gateway] = problem
                 self._event(gateway, "failed")
                 # It stays out of the rotation: its proxy is new and unverified.
-                return f"{problem}; the roll stopped here: it stays out of the load balancers' rotation, and " \
-                       "the gateways not rolled yet keep serving the previous configuration"
+                return (
+                    f"{problem}; the roll stopped here: it stays out of the load balancers' rotation, and "
+                    "the gateways not rolled yet keep serving the previous configuration"
+                )
             problem = self._change(gateway, drain=False)
             if problem is not None:
                 self.stopped_by = self.stopped_by or gateway
@@ -138,6 +151,7 @@ class RollError(RuntimeError):
 
 # --- the run's roll, on real hosts -----------------------------------------------------------------
 
+
 def run_roll(st: State, width: Callable[[], int], apply: Callable[[frozenset[str]], None]) -> Roll:
     """The run's roll, made while the deploy is planned (never by the callbacks themselves, which run
     side by side). The load-balancer side comes from the caller (tasks/context.py gateway_roll):
@@ -152,8 +166,7 @@ def held_out(st: State) -> frozenset[str]:
 
 
 def _shell(st: State, hst: Host, command: str) -> tuple[bool, list[str], list[str]]:
-    ok, output = hst.run_shell_command(command, print_output=False, print_input=False,
-                                       **connector_arguments(st, hst))
+    ok, output = hst.run_shell_command(command, print_output=False, print_input=False, **connector_arguments(st, hst))
     return ok, output.stdout_lines, output.stderr_lines
 
 
@@ -162,11 +175,12 @@ def roll_gateway(state: State, host: Host, roll: Roll, settings: Settings, force
     marker = shlex.quote(pending_path(settings.install_dir))
 
     def pending(on: bool) -> None:
-        _shell(state, host, f"mkdir -p \"$(dirname {marker})\" && touch {marker}" if on else f"rm -f {marker}")
+        _shell(state, host, f'mkdir -p "$(dirname {marker})" && touch {marker}' if on else f"rm -f {marker}")
 
     def recreate() -> str | None:
-        up = compose.up_command(settings.compose_project, settings.install_dir, compose.PROXY_SERVICE, force,
-                                settings.start_timeout)
+        up = compose.up_command(
+            settings.compose_project, settings.install_dir, compose.PROXY_SERVICE, force, settings.start_timeout
+        )
         ok, _, stderr = _shell(state, host, up)
         return None if ok else "the proxy did not come up: " + " / ".join(line for line in stderr[-5:] if line.strip())
 
@@ -181,8 +195,12 @@ def roll_gateway(state: State, host: Host, roll: Roll, settings: Settings, force
         failures = [f"{r['name']}: {r['problem']}" for r in results if not r["ok"]]
         return f"verification failed: {'; '.join(failures)}" if failures else None
 
-    host.log(f"roll: draining, recreating, verifying (at most {roll.width} gateway(s) at a time)"
-             if serving else "roll: proxy not running, so recreated without waiting for the others", logger.info)
+    host.log(
+        f"roll: draining, recreating, verifying (at most {roll.width} gateway(s) at a time)"
+        if serving
+        else "roll: proxy not running, so recreated without waiting for the others",
+        logger.info,
+    )
     problem = roll.run(host.name, recreate, verified, pending, serving)
     if problem is None:
         host.log("roll: verified and back in the load balancers' rotation", logger.info)
@@ -195,8 +213,9 @@ def roll_gateway(state: State, host: Host, roll: Roll, settings: Settings, force
 def proxy_rolled(roll: Roll, settings: Settings, changes):
     """The proxy recreated through the roll when its files or image changed, it is not healthy, or
     an earlier roll did not reach it; otherwise nothing."""
-    service = host.get_fact(compose.ComposeServices, project=settings.compose_project,
-                            install_dir=settings.install_dir).get(compose.PROXY_SERVICE)
+    service = host.get_fact(
+        compose.ComposeServices, project=settings.compose_project, install_dir=settings.install_dir
+    ).get(compose.PROXY_SERVICE)
     unfinished = bool(host.get_fact(File, path=pending_path(settings.install_dir)))
     force = compose.changed([changes.config_file]) or unfinished
     serving = compose.is_up(service)
@@ -213,7 +232,12 @@ def rolling(start_proxy: Callable, roll_of: Callable[[State], Roll]) -> Callable
     def start(settings: Settings, changes, **op_args):
         if not settings.behind_load_balancer:
             return start_proxy(settings, changes, **op_args)
-        return proxy_rolled(name="LiteLLM proxy rolled (drained, recreated, verified, re-admitted)",
-                            roll=roll_of(state), settings=settings, changes=changes, **op_args)
+        return proxy_rolled(
+            name="LiteLLM proxy rolled (drained, recreated, verified, re-admitted)",
+            roll=roll_of(state),
+            settings=settings,
+            changes=changes,
+            **op_args,
+        )
 
     return start

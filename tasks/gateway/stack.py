@@ -42,8 +42,13 @@ class Changes:
 
 # Compose file and config hold no secret; .env holds them all, and libpq's files of an external
 # database (rendered in that mode only) its address and password.
-FILE_MODES = {COMPOSE_FILE: "644", CONFIG_FILE: "644", ENV_FILE: "600",
-              pgservice.SERVICE_FILE: "600", pgservice.PASSWORD_FILE: "600"}
+FILE_MODES = {
+    COMPOSE_FILE: "644",
+    CONFIG_FILE: "644",
+    ENV_FILE: "600",
+    pgservice.SERVICE_FILE: "600",
+    pgservice.PASSWORD_FILE: "600",
+}
 
 
 def staging_dir(settings: Settings) -> str:
@@ -65,8 +70,9 @@ def install_directory(settings: Settings):
 def write_files(settings: Settings, changes: Changes) -> None:
     # The worker count for this host's CPUs and memory, when proxy_workers is "auto" (tasks/config/sizing.py).
     # The proxy's health checked every 2 s while it starts, when the host's engine can (tasks/lib/docker.py).
-    rendered = render_files(sizing.sized(settings),
-                            start_interval=docker.health_start_interval_supported(settings.docker_install))
+    rendered = render_files(
+        sizing.sized(settings), start_interval=docker.health_start_interval_supported(settings.docker_install)
+    )
     written = {
         name: private_file(
             name=f"Write {name}" + (" (secrets, mode 0600)" if mode == "600" else ""),
@@ -80,9 +86,12 @@ def write_files(settings: Settings, changes: Changes) -> None:
     }
     for name in (name for name in FILE_MODES if name not in rendered):
         # An external database's credentials do not outlive a switch to another database mode.
-        files.file(name=f"No {name} (only an external database uses it)",
-                   path=f"{settings.install_dir}/{name}", present=False)
-    changes.compose_file, changes.config_file, changes.env_file = (written[n] for n in (COMPOSE_FILE, CONFIG_FILE, ENV_FILE))
+        files.file(
+            name=f"No {name} (only an external database uses it)", path=f"{settings.install_dir}/{name}", present=False
+        )
+    changes.compose_file, changes.config_file, changes.env_file = (
+        written[n] for n in (COMPOSE_FILE, CONFIG_FILE, ENV_FILE)
+    )
 
 
 def required_images(settings: Settings) -> dict[str, str]:
@@ -104,8 +113,10 @@ def image_check(image: str, field: str, problem: str, fix: str) -> str:
     """The command that fails the host, naming the image, its setting and the fix, unless the image is
     on the host now (after a pull or a load): nothing later may meet a missing image halfway."""
     message = f"{problem} {image} ({field}): {fix}; {UNTOUCHED}"
-    return (f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(image)} >/dev/null 2>&1 || "
-            f"{{ echo {shlex.quote(message)} >&2; exit 1; }}")
+    return (
+        f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(image)} >/dev/null 2>&1 || "
+        f"{{ echo {shlex.quote(message)} >&2; exit 1; }}"
+    )
 
 
 PULL_FIX = "check the tag, and that this host reaches the registry (its error is above)"
@@ -146,8 +157,13 @@ def archive_uploaded(src: str, dest: str, images: tuple[str, ...]):
     remote = host.get_fact(File, path=dest)
     local = os.stat(src)
     local_mtime = datetime.fromtimestamp(int(local.st_mtime), timezone.utc).replace(tzinfo=None)
-    if (remote and remote["size"] == local.st_size and remote["mode"] == 600 and remote["mtime"] >= local_mtime
-            and all(host.get_fact(compose.ImageId, image=image) for image in images)):
+    if (
+        remote
+        and remote["size"] == local.st_size
+        and remote["mode"] == 600
+        and remote["mtime"] >= local_mtime
+        and all(host.get_fact(compose.ImageId, image=image) for image in images)
+    ):
         host.noop(f"{dest}: uploaded after the archive last changed, and its images are loaded")
         return
     yield from files.put._inner(src=src, dest=dest, mode="600")  # noqa: SLF001 (an operation's body, inside ours)
@@ -157,7 +173,7 @@ def archives_load_command(archives: list[str]) -> str:
     """One `docker load` per archive, all at once, failing if any fails. A load is one process bound by
     decompression and layer extraction: the usual two archives (LiteLLM, Postgres) load side by side in
     the time of the larger (31 s instead of 43 s, measured on a test bed host)."""
-    loads = " ".join(f"docker load --input {shlex.quote(a)} & pids=\"$pids $!\";" for a in archives)
+    loads = " ".join(f'docker load --input {shlex.quote(a)} & pids="$pids $!";' for a in archives)
     return f'pids=""; {loads} status=0; for pid in $pids; do wait "$pid" || status=1; done; exit $status'
 
 
@@ -180,8 +196,9 @@ def images_on_host(image_source: str, image_archives, archive_dir: str, images: 
     uploads = {}
     for archive in image_archives:
         remote = remote_archive(archive_dir, archive)
-        uploads[remote] = archive_uploaded(name=f"Upload image archive {Path(archive).name}", src=archive, dest=remote,
-                                           images=tuple(images.values()))
+        uploads[remote] = archive_uploaded(
+            name=f"Upload image archive {Path(archive).name}", src=archive, dest=remote, images=tuple(images.values())
+        )
     return [archives_loaded(name="Load images from the archives", uploads=uploads, images=images)]
 
 
@@ -189,8 +206,9 @@ def images_on_host(image_source: str, image_archives, archive_dir: str, images: 
 def get_images(settings: Settings, changes: Changes) -> None:
     """The images on the host and checked, before any file of the project is written: on an upgrade a
     mistyped tag or an unreachable registry must fail the host while the old image still serves."""
-    changes.images = images_on_host(settings.image_source, settings.image_archives, archive_dir(settings),
-                                    required_images(settings))
+    changes.images = images_on_host(
+        settings.image_source, settings.image_archives, archive_dir(settings), required_images(settings)
+    )
 
 
 @deploy("Start the database")

@@ -61,7 +61,11 @@ def served_certificate(install_dir: str) -> str:
 def render_caddyfile(settings: Settings) -> str:
     env = environment()
     return env.get_template("gateway/Caddyfile.j2").render(
-        settings=settings, mount=MOUNT, cert=CERT, key=KEY, upstream="litellm:4000",
+        settings=settings,
+        mount=MOUNT,
+        cert=CERT,
+        key=KEY,
+        upstream="litellm:4000",
         https_suffix=port_suffix(settings.tls_port, 443),
     )
 
@@ -108,23 +112,34 @@ def material(settings: Settings) -> TlsMaterial | None:
 
 
 @operation()
-def caddyfile_valid(image: str, mounts: dict[str, str], caddyfile: str, changed: list[OperationMeta | None],
-                    front: str = "the TLS front"):
+def caddyfile_valid(
+    image: str,
+    mounts: dict[str, str],
+    caddyfile: str,
+    changed: list[OperationMeta | None],
+    front: str = "the TLS front",
+):
     """`caddy validate` by the pinned image on the files as written, when any of them changed: the
     gateway's TLS front, or a load balancer (tasks/balancer.py). `mounts`: host directory -> where
     the service's container sees it (read-only here too); `caddyfile`: its path in the container."""
     if not compose.changed(changed):
         host.noop(f"{front}'s files did not change")
         return
-    on_host = next((source + caddyfile[len(target):] for source, target in mounts.items()
-                    if caddyfile.startswith(f"{target}/")), caddyfile)
+    on_host = next(
+        (source + caddyfile[len(target) :] for source, target in mounts.items() if caddyfile.startswith(f"{target}/")),
+        caddyfile,
+    )
     volumes = " ".join(f"-v {shlex.quote(f'{source}:{target}:ro')}" for source, target in mounts.items())
-    validate = (f"docker run --rm --network none {volumes} --entrypoint caddy {shlex.quote(image)} validate "
-                f"--config {shlex.quote(caddyfile)} --adapter caddyfile")
+    validate = (
+        f"docker run --rm --network none {volumes} --entrypoint caddy {shlex.quote(image)} validate "
+        f"--config {shlex.quote(caddyfile)} --adapter caddyfile"
+    )
     refusal = f"{front} ({image}) refuses {on_host}; caddy validate says:"
     # Caddy logs its refusal as a JSON line of level "error": keep that, drop the progress lines.
-    yield (f"{validate} >/dev/null 2>&1 || {{ echo {shlex.quote(refusal)} >&2; "
-           f"{validate} 2>&1 | grep -Ev '^[{{]\"level\":\"(debug|info)\"' | tail -n 5 >&2; exit 1; }}")
+    yield (
+        f"{validate} >/dev/null 2>&1 || {{ echo {shlex.quote(refusal)} >&2; "
+        f'{validate} 2>&1 | grep -Ev \'^[{{]"level":"(debug|info)"\' | tail -n 5 >&2; exit 1; }}'
+    )
 
 
 class FrontContainers(FactBase):
@@ -132,8 +147,10 @@ class FrontContainers(FactBase):
     compose file that no longer has it included)."""
 
     def command(self, project: str) -> str:
-        return (f"docker ps --all --quiet --filter label=com.docker.compose.project={shlex.quote(project)} "
-                f"--filter label=com.docker.compose.service={SERVICE} 2>/dev/null || true")
+        return (
+            f"docker ps --all --quiet --filter label=com.docker.compose.project={shlex.quote(project)} "
+            f"--filter label=com.docker.compose.service={SERVICE} 2>/dev/null || true"
+        )
 
     def process(self, output: list[str]) -> list[str]:
         return [line.strip() for line in output if line.strip()]
@@ -160,8 +177,11 @@ def facts_read(settings: Settings) -> list:
         return [(Directory, {"path": remote_dir(settings)}), (FrontContainers, {"project": settings.compose_project})]
     directory = remote_dir(settings)
     tls = material(settings)
-    written = {CADDYFILE} | ({CERT, KEY} if tls is not None else set()) | \
-        ({CA} if tls is not None and tls.ca_pem is not None else set())
+    written = (
+        {CADDYFILE}
+        | ({CERT, KEY} if tls is not None else set())
+        | ({CA} if tls is not None and tls.ca_pem is not None else set())
+    )
     reads = directory_reads(directory)
     for name in (CADDYFILE, CERT, KEY, CA):
         path = f"{directory}/{name}"
@@ -173,34 +193,65 @@ def facts_read(settings: Settings) -> list:
 def tls_front(settings: Settings, changes) -> None:
     """The front's files, checked, and the service up; recreated only when they or its image changed."""
     if settings.tls == "off":
-        front_absent(name="No TLS front (tls is off)", project=settings.compose_project,
-                     install_dir=settings.install_dir)
+        front_absent(
+            name="No TLS front (tls is off)", project=settings.compose_project, install_dir=settings.install_dir
+        )
         return
     directory = remote_dir(settings)
-    files.directory(name=f"TLS front directory {directory} (root only)", path=directory,
-                    user="root", group="root", mode="700")
+    files.directory(
+        name=f"TLS front directory {directory} (root only)", path=directory, user="root", group="root", mode="700"
+    )
     staging = f"{settings.install_dir}/.staging"
-    written = [private_file(name=f"Write {DIRECTORY}/{CADDYFILE}", content=render_caddyfile(settings),
-                            dest=f"{directory}/{CADDYFILE}", staging_dir=staging, mode="644")]
+    written = [
+        private_file(
+            name=f"Write {DIRECTORY}/{CADDYFILE}",
+            content=render_caddyfile(settings),
+            dest=f"{directory}/{CADDYFILE}",
+            staging_dir=staging,
+            mode="644",
+        )
+    ]
     tls = material(settings)
     wanted = {CADDYFILE}
     if tls is not None:
-        written.append(private_file(name=f"Write {DIRECTORY}/{CERT} (certificate)", content=tls.cert_pem.decode(),
-                                    dest=f"{directory}/{CERT}", staging_dir=staging, mode="644"))
-        written.append(private_file(name=f"Write {DIRECTORY}/{KEY} (private key, mode 0600)",
-                                    content=tls.key_pem.decode(), dest=f"{directory}/{KEY}",
-                                    staging_dir=staging, mode="600"))
+        written.append(
+            private_file(
+                name=f"Write {DIRECTORY}/{CERT} (certificate)",
+                content=tls.cert_pem.decode(),
+                dest=f"{directory}/{CERT}",
+                staging_dir=staging,
+                mode="644",
+            )
+        )
+        written.append(
+            private_file(
+                name=f"Write {DIRECTORY}/{KEY} (private key, mode 0600)",
+                content=tls.key_pem.decode(),
+                dest=f"{directory}/{KEY}",
+                staging_dir=staging,
+                mode="600",
+            )
+        )
         wanted |= {CERT, KEY}
         if tls.ca_pem is not None:
             # Not a secret: what the verification (and host-local clients) check the front against.
-            private_file(name=f"Write {DIRECTORY}/{CA} (the CA that issued it)", content=tls.ca_pem.decode(),
-                         dest=f"{directory}/{CA}", staging_dir=staging, mode="644")
+            private_file(
+                name=f"Write {DIRECTORY}/{CA} (the CA that issued it)",
+                content=tls.ca_pem.decode(),
+                dest=f"{directory}/{CA}",
+                staging_dir=staging,
+                mode="644",
+            )
             wanted.add(CA)
     for name in sorted({CADDYFILE, CERT, KEY, CA} - wanted):
         files.file(name=f"No {DIRECTORY}/{name} (tls is {settings.tls})", path=f"{directory}/{name}", present=False)
-    caddyfile_valid(name=f"Caddyfile accepted by {settings.tls_image}", image=settings.tls_image,
-                    mounts={directory: MOUNT}, caddyfile=f"{MOUNT}/{CADDYFILE}",
-                    changed=written + list(changes.images or []))
+    caddyfile_valid(
+        name=f"Caddyfile accepted by {settings.tls_image}",
+        image=settings.tls_image,
+        mounts={directory: MOUNT},
+        caddyfile=f"{MOUNT}/{CADDYFILE}",
+        changed=written + list(changes.images or []),
+    )
     compose.service_up(
         name="TLS front (Caddy) up",
         project=settings.compose_project,
@@ -221,27 +272,48 @@ def https_checks(settings: Settings) -> list[dict]:
     name = settings.tls_names[0]
     url = f"https://{url_host(name)}{port_suffix(settings.tls_port, 443)}"
     cafile = f"{MOUNT}/{CA}" if (settings.tls == "self-signed" or settings.tls_ca_file) else ""
-    trusted = "the deployment CA" if settings.tls == "self-signed" else (
-        "tls_ca_file" if settings.tls_ca_file else "the system's trusted CAs")
+    trusted = (
+        "the deployment CA"
+        if settings.tls == "self-signed"
+        else ("tls_ca_file" if settings.tls_ca_file else "the system's trusted CAs")
+    )
     # From the host to itself: a DNS name is connected to on 127.0.0.1 (it may resolve elsewhere, or
     # nowhere, from the host), an address as it is.
     connect_to = name if certificates.is_ip(name) else "127.0.0.1"
     return [
-        {"name": f"HTTPS front, certificate checked against {trusted}", "kind": "https",
-         "url": f"{url}/health/liveliness", "cafile": cafile, "connect_to": connect_to,
-         "fix": f"see `docker compose --project-directory {settings.install_dir} logs {SERVICE}`; the certificate "
-                f"must be valid for {name} and issued by {trusted}"},
-        {"name": "plain HTTP redirects to HTTPS", "kind": "redirect",
-         "url": f"http://{url_host(name)}{port_suffix(settings.http_port, 80)}/health/liveliness",
-         "connect_to": connect_to, "expect": f"{url}/health/liveliness",
-         "fix": f"see {settings.install_dir}/{DIRECTORY}/{CADDYFILE}"},
+        {
+            "name": f"HTTPS front, certificate checked against {trusted}",
+            "kind": "https",
+            "url": f"{url}/health/liveliness",
+            "cafile": cafile,
+            "connect_to": connect_to,
+            "fix": f"see `docker compose --project-directory {settings.install_dir} logs {SERVICE}`; the certificate "
+            f"must be valid for {name} and issued by {trusted}",
+        },
+        {
+            "name": "plain HTTP redirects to HTTPS",
+            "kind": "redirect",
+            "url": f"http://{url_host(name)}{port_suffix(settings.http_port, 80)}/health/liveliness",
+            "connect_to": connect_to,
+            "expect": f"{url}/health/liveliness",
+            "fix": f"see {settings.install_dir}/{DIRECTORY}/{CADDYFILE}",
+        },
     ]
 
 
 def _host_probe_failure(install_dir: str) -> str:
-    failed = json.dumps([{"name": "HTTPS front", "url": "", "ok": False, "status": 0,
-                          "problem": "cannot run the HTTPS checks on the host (docker run of the proxy's image)",
-                          "fix": f"docker compose ps in {install_dir}"}])
+    failed = json.dumps(
+        [
+            {
+                "name": "HTTPS front",
+                "url": "",
+                "ok": False,
+                "status": 0,
+                "problem": "cannot run the HTTPS checks on the host (docker run of the proxy's image)",
+                "fix": f"docker compose ps in {install_dir}",
+            }
+        ]
+    )
     return f"2>/dev/null || echo {shlex.quote(failed)}"
 
 
@@ -251,9 +323,11 @@ class HostChecks(FactBase):
 
     def command(self, install_dir: str, image: str, spec: str) -> str:
         directory = f"{install_dir}/{DIRECTORY}"
-        return (f"docker run --rm --network host -v {shlex.quote(directory)}:{MOUNT}:ro --entrypoint python3 "
-                f"{shlex.quote(image)} -c {shlex.quote(probe_source())} {shlex.quote(spec)} "
-                f"{_host_probe_failure(install_dir)}")
+        return (
+            f"docker run --rm --network host -v {shlex.quote(directory)}:{MOUNT}:ro --entrypoint python3 "
+            f"{shlex.quote(image)} -c {shlex.quote(probe_source())} {shlex.quote(spec)} "
+            f"{_host_probe_failure(install_dir)}"
+        )
 
     def process(self, output: list[str]) -> list[dict]:
         return json.loads(output[-1])

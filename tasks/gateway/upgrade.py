@@ -68,8 +68,10 @@ def pending_path(install_dir: str) -> str:
 def replaced_file(path: str, lines: list[str]) -> str:
     """Shell writing `lines` to `path` whole or not at all."""
     quoted = shlex.quote(path)
-    return (f"mkdir -p \"$(dirname {quoted})\" && printf '%s\\n' {' '.join(map(shlex.quote, lines))} > {quoted}.part && "
-            f"mv -f {quoted}.part {quoted}")
+    return (
+        f"mkdir -p \"$(dirname {quoted})\" && printf '%s\\n' {' '.join(map(shlex.quote, lines))} > {quoted}.part && "
+        f"mv -f {quoted}.part {quoted}"
+    )
 
 
 class DeployedImage(FactBase):
@@ -77,12 +79,14 @@ class DeployedImage(FactBase):
 
     def command(self, project: str, install_dir: str) -> str:
         marker = shlex.quote(marker_path(install_dir))
-        labels = (f"--filter label=com.docker.compose.project={shlex.quote(project)} "
-                  f"--filter label=com.docker.compose.service={PROXY_SERVICE}")
+        labels = (
+            f"--filter label=com.docker.compose.project={shlex.quote(project)} "
+            f"--filter label=com.docker.compose.service={PROXY_SERVICE}"
+        )
         return (
-            f"if [ -s {marker} ]; then echo \"verified $(head -n1 {marker})\"; "
+            f'if [ -s {marker} ]; then echo "verified $(head -n1 {marker})"; '
             f"else id=$(docker ps --all --quiet {labels} 2>/dev/null | head -n1); "
-            "if [ -n \"$id\" ]; then echo \"running $(docker inspect --format '{{.Config.Image}}' \"$id\")\"; fi; fi; true"
+            'if [ -n "$id" ]; then echo "running $(docker inspect --format \'{{.Config.Image}}\' "$id")"; fi; fi; true'
         )
 
     def process(self, output: list[str]) -> tuple[str, str] | None:
@@ -118,8 +122,10 @@ class PendingUpgrade(FactBase):
 
     def command(self, install_dir: str) -> str:
         record = shlex.quote(pending_path(install_dir))
-        return (f"if [ -s {record} ]; then head -n3 {record}; "
-                f"if [ -s \"$(sed -n 3p {record})\" ]; then echo present; else echo missing; fi; fi; true")
+        return (
+            f"if [ -s {record} ]; then head -n3 {record}; "
+            f'if [ -s "$(sed -n 3p {record})" ]; then echo present; else echo missing; fi; fi; true'
+        )
 
     def process(self, output: list[str]) -> Pending | None:
         lines = [line.strip() for line in output]
@@ -176,27 +182,39 @@ def upgrade_for(settings: Settings) -> Upgrade | None:
     known = "last verified" if source == "verified" else "its proxy container's"
     host.log(f"upgrade: {previous} ({known} image) -> {settings.litellm_image}", logger.info)
     if not host.get_fact(ImageId, image=previous):
-        host.log(f"upgrade: the previous image {previous} is no longer on this host, so a rollback could not "
-                 "start it; pull or load it first if you want the safety net", logger.warning)
+        host.log(
+            f"upgrade: the previous image {previous} is no longer on this host, so a rollback could not "
+            "start it; pull or load it first if you want the safety net",
+            logger.warning,
+        )
     pending = pending_upgrade(settings)
     if pending and pending.previous == previous and settings.database_mode == "bundled":
         if pending.backup_present:
             upgrade.interrupted_backup = pending.backup_path
-            host.log(f"upgrade: an earlier upgrade from {previous} to {pending.target} was interrupted after its "
-                     f"backup; a rollback restores that backup ({pending.backup_path})", logger.warning)
+            host.log(
+                f"upgrade: an earlier upgrade from {previous} to {pending.target} was interrupted after its "
+                f"backup; a rollback restores that backup ({pending.backup_path})",
+                logger.warning,
+            )
         else:
-            host.log(f"upgrade: an earlier upgrade from {previous} to {pending.target} was interrupted, and its "
-                     f"backup {pending.backup_path} is gone: a rollback can only restore this run's backup, which "
-                     "may hold that attempt's migrations", logger.warning)
+            host.log(
+                f"upgrade: an earlier upgrade from {previous} to {pending.target} was interrupted, and its "
+                f"backup {pending.backup_path} is gone: a rollback can only restore this run's backup, which "
+                "may hold that attempt's migrations",
+                logger.warning,
+            )
     return upgrade
 
 
 def pending_upgrade(settings: Settings) -> Pending | None:
     pending = host.get_fact(PendingUpgrade, install_dir=settings.install_dir)
     if pending and pending.target != settings.litellm_image and pending.previous == settings.litellm_image:
-        host.log(f"an upgrade to {pending.target} was interrupted and the image is {settings.litellm_image} again: "
-                 f"the database may hold {pending.target}'s migrations; the backup from before that upgrade is "
-                 f"{pending.backup_path}", logger.warning)
+        host.log(
+            f"an upgrade to {pending.target} was interrupted and the image is {settings.litellm_image} again: "
+            f"the database may hold {pending.target}'s migrations; the backup from before that upgrade is "
+            f"{pending.backup_path}",
+            logger.warning,
+        )
     return pending
 
 
@@ -230,13 +248,25 @@ def backed_up(settings: Settings, upgrade: Upgrade) -> None:
     purpose = "before-upgrade-rerun" if upgrade.interrupted_backup else "before-upgrade"
     upgrade.backup_path = backup.pre_change_backup_path(settings, backup.utc_stamp(), purpose)
     if settings.database_mode == "bundled":
-        record = None if upgrade.interrupted_backup else \
-            replaced_file(pending_path(settings.install_dir), [upgrade.previous, upgrade.target, upgrade.backup_path])
-        quiet_backup(name=f"Proxy stopped, database backed up before the upgrade to {upgrade.target}: "
-                          f"{upgrade.backup_path}", settings=settings, path=upgrade.backup_path, record=record)
+        record = (
+            None
+            if upgrade.interrupted_backup
+            else replaced_file(
+                pending_path(settings.install_dir), [upgrade.previous, upgrade.target, upgrade.backup_path]
+            )
+        )
+        quiet_backup(
+            name=f"Proxy stopped, database backed up before the upgrade to {upgrade.target}: {upgrade.backup_path}",
+            settings=settings,
+            path=upgrade.backup_path,
+            record=record,
+        )
     else:
-        backup.database_backup(name=f"Database backup before the upgrade to {upgrade.target}: {upgrade.backup_path}",
-                               settings=settings, path=upgrade.backup_path)
+        backup.database_backup(
+            name=f"Database backup before the upgrade to {upgrade.target}: {upgrade.backup_path}",
+            settings=settings,
+            path=upgrade.backup_path,
+        )
 
 
 @operation(is_idempotent=False)
@@ -246,8 +276,9 @@ def quiet_backup(settings: Settings, path: str, record: str | None = None):
     is started again and the host stops there, unchanged. `record`: shell run once the backup is
     written, in the same command (the interrupted-upgrade record: no window between the two)."""
     proxy = f"{compose_cmd(settings.compose_project, settings.install_dir)} %s {PROXY_SERVICE}"
-    dump = backup.backup_script(backup.dump_command(settings), backup.read_back_command(settings), path,
-                                settings.backup_keep)
+    dump = backup.backup_script(
+        backup.dump_command(settings), backup.read_back_command(settings), path, settings.backup_keep
+    )
     recorded = f" && {record}" if record else ""
     yield (
         f"{proxy % 'stop'} && ( {dump} ){recorded} || {{ {proxy % 'start'} >/dev/null 2>&1; "
@@ -265,8 +296,11 @@ def rolled_back(settings: Settings, upgrade: Upgrade) -> None:
     stack.write_files(previous, changes)
     if previous.database_mode == "bundled":
         # Stops the proxy; start_proxy below starts it again, as it is not running.
-        label = "the backup taken before the interrupted upgrade" if upgrade.interrupted_backup \
+        label = (
+            "the backup taken before the interrupted upgrade"
+            if upgrade.interrupted_backup
             else "the backup taken before the upgrade"
+        )
         restore.database_replaced(previous, upgrade.restore_path, label=label)
         # Restored: a later upgrade starts from this data, not from the interrupted attempt's backup.
         pending_cleared(name="Interrupted upgrade's record cleared", install_dir=settings.install_dir)
@@ -285,20 +319,30 @@ def upgrade_reported(upgrade: Upgrade):
         host.log(f"upgraded {upgrade.previous} -> {upgrade.target}, verified{saved}", logger.info)
         host.noop("upgraded")
         return
-    healthy = upgrade.rollback_verified is not None and upgrade.rollback_verified.is_complete() \
+    healthy = (
+        upgrade.rollback_verified is not None
+        and upgrade.rollback_verified.is_complete()
         and upgrade.rollback_verified.did_succeed()
+    )
     if upgrade.backup_path is None:
         data = "no database to restore"
     elif upgrade.interrupted_backup:
-        data = (f"database restored from {upgrade.interrupted_backup}, taken before the interrupted attempt; "
-                f"what it held when this run started is in {upgrade.backup_path}")
+        data = (
+            f"database restored from {upgrade.interrupted_backup}, taken before the interrupted attempt; "
+            f"what it held when this run started is in {upgrade.backup_path}"
+        )
     elif upgrade.database_mode == "bundled":
         data = f"database restored from {upgrade.backup_path}"
     else:
-        data = (f"the external database was NOT restored: if the new image's migrations ran, restore "
-                f"{upgrade.backup_path} with the database's own tooling")
-    state_now = ("the gateway verified healthy on the previous image again" if healthy
-                 else "the rollback did NOT verify healthy (see the operations above)")
+        data = (
+            f"the external database was NOT restored: if the new image's migrations ran, restore "
+            f"{upgrade.backup_path} with the database's own tooling"
+        )
+    state_now = (
+        "the gateway verified healthy on the previous image again"
+        if healthy
+        else "the rollback did NOT verify healthy (see the operations above)"
+    )
     message = (
         f"upgrade to {upgrade.target} FAILED on {upgrade.host_name}: {cause}. Rolled back to {upgrade.previous} "
         f"({data}); {state_now}. The group data still names {upgrade.target}, so the next deploy tries again: "

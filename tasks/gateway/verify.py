@@ -73,35 +73,75 @@ def gateway_checks(settings: Settings) -> list[dict]:
     """Checks run inside the proxy container against the proxy itself (no chat: see chat_checks)."""
     names = [m.name for m in settings.models]
     return [
-        {"name": "gateway liveliness", "kind": "status", "url": f"{PROXY}/health/liveliness",
-         "fix": f"see {proxy_logs(settings)}"},
-        {"name": "gateway readiness", "kind": "readiness", "url": f"{PROXY}/health/readiness",
-         "db": settings.has_database, "fix": "check DATABASE_URL and that Postgres is healthy"},
-        {"name": "gateway models", "kind": "models", "url": f"{PROXY}/v1/models", "key_env": "LITELLM_MASTER_KEY",
-         "expect": names, "exact": not settings.store_model_in_db, "fix": "compare litellm-config.yaml with group data"},
-        {"name": "gateway refuses a wrong key", "kind": "refused", "url": f"{PROXY}/v1/models",
-         "key_env": WRONG_KEY_ENV, "fix": "LITELLM_MASTER_KEY must be set in .env"},
-    ] + ([{
-        "name": f"gateway database: admin user {settings.admin_user_id} and its master-key link",
-        "kind": "admin_user", "url": f"{PROXY}/user/info?user_id={quote(settings.admin_user_id)}",
-        "key_env": "LITELLM_MASTER_KEY", "expect": settings.admin_user_id, "alias": MASTER_KEY_ALIAS,
-        "fix": f"the bootstrap stage makes them: re-run deploy.py; {proxy_logs(settings)} for database errors",
-    }] if settings.has_database else [])
+        {
+            "name": "gateway liveliness",
+            "kind": "status",
+            "url": f"{PROXY}/health/liveliness",
+            "fix": f"see {proxy_logs(settings)}",
+        },
+        {
+            "name": "gateway readiness",
+            "kind": "readiness",
+            "url": f"{PROXY}/health/readiness",
+            "db": settings.has_database,
+            "fix": "check DATABASE_URL and that Postgres is healthy",
+        },
+        {
+            "name": "gateway models",
+            "kind": "models",
+            "url": f"{PROXY}/v1/models",
+            "key_env": "LITELLM_MASTER_KEY",
+            "expect": names,
+            "exact": not settings.store_model_in_db,
+            "fix": "compare litellm-config.yaml with group data",
+        },
+        {
+            "name": "gateway refuses a wrong key",
+            "kind": "refused",
+            "url": f"{PROXY}/v1/models",
+            "key_env": WRONG_KEY_ENV,
+            "fix": "LITELLM_MASTER_KEY must be set in .env",
+        },
+    ] + (
+        [
+            {
+                "name": f"gateway database: admin user {settings.admin_user_id} and its master-key link",
+                "kind": "admin_user",
+                "url": f"{PROXY}/user/info?user_id={quote(settings.admin_user_id)}",
+                "key_env": "LITELLM_MASTER_KEY",
+                "expect": settings.admin_user_id,
+                "alias": MASTER_KEY_ALIAS,
+                "fix": f"the bootstrap stage makes them: re-run deploy.py; {proxy_logs(settings)} for database errors",
+            }
+        ]
+        if settings.has_database
+        else []
+    )
 
 
 def chat_checks(settings: Settings) -> list[dict]:
     """One chat completion through the gateway per smoke-tested model; skipped when its route failed,
     so a dead node is reported once, as the node."""
     needs = _route_names(settings)
-    return [{
-        "name": f"chat through gateway: {model.name}", "kind": "chat", "timeout": 60,
-        "url": f"{PROXY}/v1/chat/completions", "key_env": "LITELLM_MASTER_KEY",
-        "body": {"model": model.name, "max_tokens": 8,
-                 "messages": [{"role": "user", "content": "Reply with one word: ok"}]},
-        "requires": needs.get(model.name, []),
-        "fix": f"the route of {model.name} ({model.model} at {model.api_base or 'provider default'}): "
-               f"see {proxy_logs(settings)}",
-    } for model in settings.models if model.smoke_test]
+    return [
+        {
+            "name": f"chat through gateway: {model.name}",
+            "kind": "chat",
+            "timeout": 60,
+            "url": f"{PROXY}/v1/chat/completions",
+            "key_env": "LITELLM_MASTER_KEY",
+            "body": {
+                "model": model.name,
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": "Reply with one word: ok"}],
+            },
+            "requires": needs.get(model.name, []),
+            "fix": f"the route of {model.name} ({model.model} at {model.api_base or 'provider default'}): "
+            f"see {proxy_logs(settings)}",
+        }
+        for model in settings.models
+        if model.smoke_test
+    ]
 
 
 def route_checks(settings: Settings) -> list[dict]:
@@ -111,24 +151,44 @@ def route_checks(settings: Settings) -> list[dict]:
     for base, served in _ollama_bases(settings.models).items():
         label = _node_label(base, settings.models, dict(settings.ollama_nodes))
         routed = [m.name for m in settings.models if m.is_ollama and m.api_base == base]
-        unreachable = (f"is Ollama running on that node (systemctl status ollama), listening on a non-loopback "
-                       f"address (OLLAMA_HOST=0.0.0.0) and reachable from the gateway at {base}?")
+        unreachable = (
+            f"is Ollama running on that node (systemctl status ollama), listening on a non-loopback "
+            f"address (OLLAMA_HOST=0.0.0.0) and reachable from the gateway at {base}?"
+        )
         checks += [
             {"name": label, "kind": "status", "url": f"{base}/", "fix": unreachable, "models": routed},
-            {"name": f"{label}: /api/version", "kind": "status", "url": f"{base}/api/version",
-             "requires": [label], "fix": unreachable, "models": routed},
-            {"name": f"{label}: models", "kind": "ollama_tags", "url": f"{base}/api/tags", "expect": served,
-             "requires": [label], "fix": f"run `ollama pull <model>` on that node for {', '.join(served)}",
-             "fix_no_answer": unreachable, "models": routed},
+            {
+                "name": f"{label}: /api/version",
+                "kind": "status",
+                "url": f"{base}/api/version",
+                "requires": [label],
+                "fix": unreachable,
+                "models": routed,
+            },
+            {
+                "name": f"{label}: models",
+                "kind": "ollama_tags",
+                "url": f"{base}/api/tags",
+                "expect": served,
+                "requires": [label],
+                "fix": f"run `ollama pull <model>` on that node for {', '.join(served)}",
+                "fix_no_answer": unreachable,
+                "models": routed,
+            },
         ]
     for model in _upstreams(settings.models):
-        checks.append({
-            "name": f"upstream {model.api_base} for {model.name}", "kind": "models",
-            "url": f"{model.api_base.rstrip('/')}/v1/models", "key_env": model.api_key_env,
-            "expect": [model.upstream_model], "models": [model.name],
-            "fix": f"check {model.api_key_env} in the secrets file and that the upstream serves {model.upstream_model}",
-            "fix_no_answer": f"is the upstream running and reachable from the gateway at {model.api_base}?",
-        })
+        checks.append(
+            {
+                "name": f"upstream {model.api_base} for {model.name}",
+                "kind": "models",
+                "url": f"{model.api_base.rstrip('/')}/v1/models",
+                "key_env": model.api_key_env,
+                "expect": [model.upstream_model],
+                "models": [model.name],
+                "fix": f"check {model.api_key_env} in the secrets file and that the upstream serves {model.upstream_model}",
+                "fix_no_answer": f"is the upstream running and reachable from the gateway at {model.api_base}?",
+            }
+        )
     return checks
 
 
@@ -140,9 +200,18 @@ def container_spec(settings: Settings, seconds: int | None = None) -> str:
 
 def or_unavailable(install_dir: str) -> str:
     """Appended to a probe run in the proxy container: its one failed result when it cannot run there."""
-    failed = json.dumps([{"name": "proxy container", "url": "", "ok": False, "status": 0,
-                          "problem": f"cannot run checks inside the {PROXY_SERVICE} container (is it running?)",
-                          "fix": f"docker compose ps in {install_dir}"}])
+    failed = json.dumps(
+        [
+            {
+                "name": "proxy container",
+                "url": "",
+                "ok": False,
+                "status": 0,
+                "problem": f"cannot run checks inside the {PROXY_SERVICE} container (is it running?)",
+                "fix": f"docker compose ps in {install_dir}",
+            }
+        ]
+    )
     return f"2>/dev/null || echo {shlex.quote(failed)}"
 
 
@@ -150,8 +219,10 @@ class ContainerChecks(FactBase):
     """Results of probe.py run inside the proxy container (keys come from its own environment)."""
 
     def command(self, project: str, install_dir: str, spec: str) -> str:
-        exec_cmd = (f"{compose_cmd(project, install_dir)} exec -T -e {WRONG_KEY_ENV}=sk-litellm-deploy-wrong-key "
-                    f"{PROXY_SERVICE}")
+        exec_cmd = (
+            f"{compose_cmd(project, install_dir)} exec -T -e {WRONG_KEY_ENV}=sk-litellm-deploy-wrong-key "
+            f"{PROXY_SERVICE}"
+        )
         return f"{exec_cmd} python3 -c {shlex.quote(PROBE_SOURCE)} {shlex.quote(spec)} {or_unavailable(install_dir)}"
 
     def process(self, output: list[str]) -> list[dict]:
@@ -162,8 +233,9 @@ def _describe(result: dict, where: str) -> str:
     return f"{result['name']}: {result['problem']} (checked from {where}, {result['url']}) — fix: {result['fix']}"
 
 
-def assess(route: list[dict], inside: list[dict],
-           controller_seconds: float = CONTROLLER_SECONDS) -> tuple[list[tuple[str, dict]], list[str]]:
+def assess(
+    route: list[dict], inside: list[dict], controller_seconds: float = CONTROLLER_SECONDS
+) -> tuple[list[tuple[str, dict]], list[str]]:
     """(every result with where it was checked from, one readable line per failure).
 
     A route check that failed inside the container is run again from the controller: a node that
@@ -197,7 +269,8 @@ def assess(route: list[dict], inside: list[dict],
                 f"{r['name']}: reachable from the controller but NOT from the gateway's container "
                 f"({r['url']}: {r['problem']} from the container) — fix: route the gateway to an address its "
                 "container can reach (not localhost/127.0.0.1, which is the container itself; check "
-                "firewalls and OLLAMA_HOST=0.0.0.0 on the node)")
+                "firewalls and OLLAMA_HOST=0.0.0.0 on the node)"
+            )
         else:
             failures.append(_describe(r, f"{CONTAINER} and from {CONTROLLER}"))
     return results, failures
@@ -215,8 +288,10 @@ class NewestBackup(FactBase):
     Uploaded copies for a restore (restore-*.dump) are not backups and are left out."""
 
     def command(self, directory: str) -> str:
-        return (f"find {shlex.quote(directory)} -maxdepth 1 -type f -name '*.dump' ! -name 'restore-*' "
-                "-printf '%T@ %f\\n' 2>/dev/null | sort -n | tail -n 1; echo \"now $(date +%s)\"")
+        return (
+            f"find {shlex.quote(directory)} -maxdepth 1 -type f -name '*.dump' ! -name 'restore-*' "
+            "-printf '%T@ %f\\n' 2>/dev/null | sort -n | tail -n 1; echo \"now $(date +%s)\""
+        )
 
     def process(self, output: list[str]) -> tuple[str, float] | None:
         now = float(output[-1].split()[1])
@@ -234,8 +309,9 @@ def age(seconds: float) -> str:
     return f"{hours} h" if hours < 48 else f"{hours // 24} days"
 
 
-def backup_note(where: str, newest: tuple[str, float] | None, stale_after: float,
-                timer: str = "the backup timer") -> str:
+def backup_note(
+    where: str, newest: tuple[str, float] | None, stale_after: float, timer: str = "the backup timer"
+) -> str:
     """One summary line on the newest backup; "STALE" once older than stale_after seconds."""
     if newest is None:
         return f"newest backup {where}: none yet"
@@ -266,8 +342,11 @@ def backup_notes(settings: Settings) -> list[str]:
 
 def container_read(settings: Settings) -> tuple[type[FactBase], dict]:
     """The verification inside the proxy container, as (fact, arguments) (tasks/lib/fact_cache.py checks)."""
-    return ContainerChecks, {"project": settings.compose_project, "install_dir": settings.install_dir,
-                             "spec": container_spec(settings)}
+    return ContainerChecks, {
+        "project": settings.compose_project,
+        "install_dir": settings.install_dir,
+        "spec": container_spec(settings),
+    }
 
 
 @operation(is_idempotent=True)
@@ -288,7 +367,8 @@ def gateway_verified(settings: Settings):
         host.noop(f"{len(inside)} checks passed")
         return
     message = f"verification failed on {host.name} ({len(failures)} problem(s)):" + "".join(
-        "\n  " + f for f in failures)
+        "\n  " + f for f in failures
+    )
     yield failing_command(message)
 
 

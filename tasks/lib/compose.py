@@ -127,6 +127,6 @@ def up_command(project: str, install_dir: str, service: str, force: bool, timeou
         f"{up} || {{ {never_started} && echo 'service {service}: the engine could not start its container; "
         f"trying once more' >&2 && {retry}; }} || "
         f"{{ echo \"service {service} (container $({base} ps --all --format '{{{{.Name}}}}' {quoted})) "
-        f"did not become healthy; its last {LOG_LINES} log lines:\" >&2; "
+        f'did not become healthy; its last {LOG_LINES} log lines:" >&2; '
         f"{base} logs --no-color --tail {LOG_LINES} {quoted} >&2; exit 1; }}"
     )

@@ -27,18 +27,23 @@ DOCKER_REPO_PACKAGES = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-c
 # Docker's packages that apt removes to install docker.io: docker.io conflicts with the first three, and
 # containerd.io conflicts with the containerd package docker.io depends on.
 REPLACED_BY_DOCKER_IO = ["docker-ce", "docker-ce-cli", "docker-ce-rootless-extras", "containerd.io"]
-WATCHED_PACKAGES = sorted({*REPLACED_BY_DOCKER_IO, *DOCKER_REPO_PACKAGES,
-                           *(p for packages in DISTRO_PACKAGES.values() for p in packages)})
+WATCHED_PACKAGES = sorted(
+    {*REPLACED_BY_DOCKER_IO, *DOCKER_REPO_PACKAGES, *(p for packages in DISTRO_PACKAGES.values() for p in packages)}
+)
 # dpkg states in which none of a package's files are left; in every other one (half-installed,
 # unpacked, ...) apt would still remove it for a conflicting package.
 DPKG_ABSENT = {"not-installed", "config-files"}
 
-DOCKER_CE_NOTE = ("Docker CE from Docker's repository is installed; leaving it as it is "
-                  "(docker_install = distro would replace it with docker.io)")
-COMPOSE_FIX = ("Fix: install the Compose plugin, v2 or later: on a Docker CE host `apt-get install "
-               "docker-compose-plugin` from Docker's repository (docker_install = \"docker-repo\" installs it), "
-               "otherwise Debian 13's docker-compose or Ubuntu 24.04's docker-compose-v2 (docker_install = "
-               "\"distro\" installs them).")
+DOCKER_CE_NOTE = (
+    "Docker CE from Docker's repository is installed; leaving it as it is "
+    "(docker_install = distro would replace it with docker.io)"
+)
+COMPOSE_FIX = (
+    "Fix: install the Compose plugin, v2 or later: on a Docker CE host `apt-get install "
+    'docker-compose-plugin` from Docker\'s repository (docker_install = "docker-repo" installs it), '
+    "otherwise Debian 13's docker-compose or Ubuntu 24.04's docker-compose-v2 (docker_install = "
+    '"distro" installs them).'
+)
 
 
 def parse_compose_version(output: str | None) -> tuple[int, int, int] | None:
@@ -96,10 +101,15 @@ def distro_plan(distro: str, states: dict[str, str]) -> DistroPlan:
     doomed = [package for package in REPLACED_BY_DOCKER_IO if package in present]
     if doomed:
         listed = ", ".join(doomed)
-        return DistroPlan((), f"Docker's packages without docker-ce: {listed}", problem=(
-            f"Docker's repository packages {listed} are installed without docker-ce; docker_install = distro "
-            f"would replace them with docker.io. Fix: set docker_install = \"docker-repo\" for this host "
-            f"(adds docker-ce to them), or remove them (apt-get remove {' '.join(doomed)}) if nothing uses them."))
+        return DistroPlan(
+            (),
+            f"Docker's packages without docker-ce: {listed}",
+            problem=(
+                f"Docker's repository packages {listed} are installed without docker-ce; docker_install = distro "
+                f'would replace them with docker.io. Fix: set docker_install = "docker-repo" for this host '
+                f"(adds docker-ce to them), or remove them (apt-get remove {' '.join(doomed)}) if nothing uses them."
+            ),
+        )
     packages = DISTRO_PACKAGES.get(distro, DISTRO_PACKAGES["debian"])
     if "docker-compose-plugin" in present:
         # Docker's plugin already is Compose v2+, and the distro's package would clash with its files.
@@ -131,8 +141,10 @@ class ComposeVersion(FactBase):
     default = dict
 
     def command(self) -> str:
-        return ("docker compose version --short 2>/dev/null | sed 's/^/compose /'; "
-                "docker-compose version --short 2>/dev/null | sed 's/^/docker-compose /'; true")
+        return (
+            "docker compose version --short 2>/dev/null | sed 's/^/compose /'; "
+            "docker-compose version --short 2>/dev/null | sed 's/^/docker-compose /'; true"
+        )
 
     def process(self, output: list[str]) -> dict[str, str]:
         found = {}

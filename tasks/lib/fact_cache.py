@@ -52,8 +52,13 @@ def fact_key(cls: type[FactBase], kwargs: dict[str, Any]) -> tuple[type[FactBase
 
 
 def batchable(cls: type[FactBase]) -> bool:
-    return (isinstance(cls, type) and issubclass(cls, FactBase) and callable(getattr(cls, "command", None))
-            and cls.check_preconditions is FactBase.check_preconditions and cls.shell_executable is None)
+    return (
+        isinstance(cls, type)
+        and issubclass(cls, FactBase)
+        and callable(getattr(cls, "command", None))
+        and cls.check_preconditions is FactBase.check_preconditions
+        and cls.shell_executable is None
+    )
 
 
 def _command_of(fact: FactBase, kwargs: dict[str, Any]) -> list:
@@ -74,17 +79,24 @@ class FactBatch(FactBase):
         bits: list = []
         if not side_by_side:
             for index, (cls, kwargs) in enumerate(facts):
-                bits += [f"echo '{MARK} {index}';", *_command_of(cls(), kwargs),
-                         f"</dev/null 2>/dev/null; echo \"{MARK} {index} $?\";"]
+                bits += [
+                    f"echo '{MARK} {index}';",
+                    *_command_of(cls(), kwargs),
+                    f'</dev/null 2>/dev/null; echo "{MARK} {index} $?";',
+                ]
             return StringCommand(*bits, "true")
         bits += ['facts="$(mktemp -d)" || exit 0;']
         for index, (cls, kwargs) in enumerate(facts):
-            bits += ["{", *_command_of(cls(), kwargs),
-                     f'</dev/null >"$facts/{index}" 2>/dev/null; echo $? >"$facts/{index}.status"; }} &']
+            bits += [
+                "{",
+                *_command_of(cls(), kwargs),
+                f'</dev/null >"$facts/{index}" 2>/dev/null; echo $? >"$facts/{index}.status"; }} &',
+            ]
         bits += ["wait;"]
         for index in range(len(facts)):
-            bits += [f"echo '{MARK} {index}'; cat \"$facts/{index}\"; "
-                     f"echo \"{MARK} {index} $(cat \"$facts/{index}.status\")\";"]
+            bits += [
+                f'echo \'{MARK} {index}\'; cat "$facts/{index}"; echo "{MARK} {index} $(cat "$facts/{index}.status")";'
+            ]
         return StringCommand(*bits, 'rm -rf "$facts"; true')
 
     def process(self, output: list[str]) -> dict[int, tuple[int, list[str]]]:
@@ -119,6 +131,7 @@ def _parsed(cls: type[FactBase], kwargs: dict[str, Any], status: int, lines: lis
 @dataclass
 class _HostCache:
     """One host's listed facts and what was read of them, for one run."""
+
     listed: dict[tuple, Wanted] = field(default_factory=dict)  # the runbook's list, in its order
     served: dict[tuple, Any] = field(default_factory=dict)  # the values read at `read_at`
     read_at: tuple[int, int] = (0, 0)
@@ -138,8 +151,11 @@ def executed_operations(state, host: Host) -> int:
     whose errors are ignored, as an upgrade's, may have changed half)."""
     if state.current_stage != StateStage.Execute:
         return 0
-    return sum(1 for data in state.ops.get(host, {}).values()
-               if data.operation_meta.is_complete() and data.operation_meta.executed)
+    return sum(
+        1
+        for data in state.ops.get(host, {}).values()
+        if data.operation_meta.is_complete() and data.operation_meta.executed
+    )
 
 
 def changes(host: Host) -> tuple[int, int]:
@@ -222,7 +238,12 @@ def _watching(host: Host) -> None:
 
     def get_fact(cls, *args, **kwargs):
         key = None
-        if (cache.listed or cache.checks) and not args and not any(name.startswith("_") for name in kwargs) and batchable(cls):
+        if (
+            (cache.listed or cache.checks)
+            and not args
+            and not any(name.startswith("_") for name in kwargs)
+            and batchable(cls)
+        ):
             try:
                 key = fact_key(cls, kwargs)
             except TypeError:
@@ -258,6 +279,7 @@ def _watching(host: Host) -> None:
             if not cache.reading and host.state.current_stage == StateStage.Execute:
                 cache.commands += 1
             return method(host, *args, **kwargs)
+
         return run
 
     host.get_fact = get_fact

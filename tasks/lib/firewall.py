@@ -55,7 +55,7 @@ NAME_DIGEST = 10  # hex characters of the whole name's digest: what keeps two ch
 def chain(name: str) -> str:
     """The service's own chain: readable by its first characters, distinct by the digest of all of them."""
     tag = hashlib.sha256(name.encode()).hexdigest()[:NAME_DIGEST]
-    readable = name[:CHAIN_LIMIT - len(CHAIN_PREFIX) - 1 - NAME_DIGEST]
+    readable = name[: CHAIN_LIMIT - len(CHAIN_PREFIX) - 1 - NAME_DIGEST]
     return f"{CHAIN_PREFIX}{readable}-{tag}"
 
 
@@ -75,8 +75,10 @@ def is_ipv6(address: object) -> bool:
 def _ipv4(address: str, network: bool = True):
     value = ipaddress.ip_network(address, strict=False) if network else ipaddress.ip_address(address)
     if value.version != 4:
-        raise ValueError(f"firewall: {address} is IPv6; the rules are iptables (IPv4) only — fix: use the "
-                         "host's IPv4 address (the settings refuse IPv6 before this)")
+        raise ValueError(
+            f"firewall: {address} is IPv6; the rules are iptables (IPv4) only — fix: use the "
+            "host's IPv4 address (the settings refuse IPv6 before this)"
+        )
     return value
 
 
@@ -115,9 +117,11 @@ def _jumps_deleted(name: str) -> list[str]:
     """Shell lines deleting every jump from DOCKER-USER to the service's chain or carrying its mark
     (whichever chain it goes to: an earlier version's too)."""
     pattern = f"-e ' -j {chain(name)}$' -e {shlex.quote(_mark_prefix(name))}"
-    return [f"iptables -w -S {DOCKER_USER} | grep {pattern} | sed 's/^-A/-D/' | while read -r rule; do",
-            "  eval \"iptables -w $rule\"",
-            "done"]
+    return [
+        f"iptables -w -S {DOCKER_USER} | grep {pattern} | sed 's/^-A/-D/' | while read -r rule; do",
+        '  eval "iptables -w $rule"',
+        "done",
+    ]
 
 
 def _legacy_chain_deleted(name: str) -> list[str]:
@@ -126,9 +130,11 @@ def _legacy_chain_deleted(name: str) -> list[str]:
     old = legacy_chain(name)
     if old == chain(name):
         return []
-    return [f"if iptables -w -S {old} >/dev/null 2>&1 && ! iptables -w -S {DOCKER_USER} | grep -q -e ' -j {old}$'; then",
-            f"  iptables -w -F {old} && iptables -w -X {old}",
-            "fi"]
+    return [
+        f"if iptables -w -S {old} >/dev/null 2>&1 && ! iptables -w -S {DOCKER_USER} | grep -q -e ' -j {old}$'; then",
+        f"  iptables -w -F {old} && iptables -w -X {old}",
+        "fi",
+    ]
 
 
 def _mark_prefix(name: str) -> str:
@@ -138,9 +144,13 @@ def _mark_prefix(name: str) -> str:
 def removal(name: str) -> str:
     """Shell lines deleting the service's rules: its jumps, its chain, an earlier version's chain."""
     own = chain(name)
-    return "\n".join([*_jumps_deleted(name),
-                      f"if iptables -w -S {own} >/dev/null 2>&1; then iptables -w -F {own} && iptables -w -X {own}; fi",
-                      *_legacy_chain_deleted(name)])
+    return "\n".join(
+        [
+            *_jumps_deleted(name),
+            f"if iptables -w -S {own} >/dev/null 2>&1; then iptables -w -F {own} && iptables -w -X {own}; fi",
+            *_legacy_chain_deleted(name),
+        ]
+    )
 
 
 def script(name: str, port: int, sources, destination: str = "") -> str:
@@ -177,10 +187,12 @@ class FirewallApplied(FactBase):
     chain holds as many rules as wanted (a jump with that mark to an earlier version's chain is not it)."""
 
     def command(self, chain_name: str, wanted_mark: str, count: int) -> str:
-        return (f"if iptables -w -S {DOCKER_USER} 2>/dev/null | grep -F -e {shlex.quote(wanted_mark)} "
-                f"| grep -q -e ' -j {chain_name}$' "
-                f"&& [ \"$(iptables -w -S {chain_name} 2>/dev/null | grep -c '^-A')\" = {int(count)} ]; "
-                "then echo applied; else echo missing; fi")
+        return (
+            f"if iptables -w -S {DOCKER_USER} 2>/dev/null | grep -F -e {shlex.quote(wanted_mark)} "
+            f"| grep -q -e ' -j {chain_name}$' "
+            f"&& [ \"$(iptables -w -S {chain_name} 2>/dev/null | grep -c '^-A')\" = {int(count)} ]; "
+            "then echo applied; else echo missing; fi"
+        )
 
     def process(self, output: list[str]) -> bool:
         return bool(output) and output[-1].strip() == "applied"
@@ -201,15 +213,34 @@ def port_only_from(service: str, port: int, sources: list[str] | tuple[str, ...]
     """Published `port` of `service` reachable only from `sources` (IP addresses or networks); with
     `destination`, only the port as published on that address."""
     path, unit_name, unit_path = paths(service)
-    files.put(name=f"Firewall script for {service}", src=StringIO(script(service, port, sources, destination)), dest=path,
-              user="root", group="root", mode="700")
-    unit_file = files.put(name=f"Firewall unit {unit_name}", src=StringIO(unit(service, path)),
-                          dest=unit_path, user="root", group="root", mode="644")
+    files.put(
+        name=f"Firewall script for {service}",
+        src=StringIO(script(service, port, sources, destination)),
+        dest=path,
+        user="root",
+        group="root",
+        mode="700",
+    )
+    unit_file = files.put(
+        name=f"Firewall unit {unit_name}",
+        src=StringIO(unit(service, path)),
+        dest=unit_path,
+        user="root",
+        group="root",
+        mode="644",
+    )
     systemd.daemon_reload(name=f"systemd reloaded for {unit_name}", _if=unit_file.did_change)
-    systemd.service(name=f"{unit_name} enabled (re-applies the rules after docker starts)", service=unit_name,
-                    enabled=True)
-    rules_applied(name=f"Port {port} ({service}) reachable only from {', '.join(sorted(set(sources)))}",
-                  service=service, port=port, sources=list(sources), script_path=path, destination=destination)
+    systemd.service(
+        name=f"{unit_name} enabled (re-applies the rules after docker starts)", service=unit_name, enabled=True
+    )
+    rules_applied(
+        name=f"Port {port} ({service}) reachable only from {', '.join(sorted(set(sources)))}",
+        service=service,
+        port=port,
+        sources=list(sources),
+        script_path=path,
+        destination=destination,
+    )
 
 
 class FirewallPresent(FactBase):
@@ -217,10 +248,12 @@ class FirewallPresent(FactBase):
     jump with its mark (an earlier version's chain is reached through one)."""
 
     def command(self, chain_name: str, unit_path: str, script_path: str, mark_prefix: str) -> str:
-        return (f"if [ -e {shlex.quote(unit_path)} ] || [ -e {shlex.quote(script_path)} ] || "
-                f"iptables -w -S {chain_name} >/dev/null 2>&1 || "
-                f"iptables -w -S {DOCKER_USER} 2>/dev/null | grep -q -F -e {shlex.quote(mark_prefix)}; "
-                "then echo present; else echo absent; fi")
+        return (
+            f"if [ -e {shlex.quote(unit_path)} ] || [ -e {shlex.quote(script_path)} ] || "
+            f"iptables -w -S {chain_name} >/dev/null 2>&1 || "
+            f"iptables -w -S {DOCKER_USER} 2>/dev/null | grep -q -F -e {shlex.quote(mark_prefix)}; "
+            "then echo present; else echo absent; fi"
+        )
 
     def process(self, output: list[str]) -> bool:
         return bool(output) and output[-1].strip() == "present"
@@ -235,8 +268,12 @@ def paths(service: str) -> tuple[str, str, str]:
 def presence_fact(service: str) -> tuple[type[FactBase], dict]:
     """The fact rules_absent decides on, and its arguments."""
     script_path, _, unit_path = paths(service)
-    return FirewallPresent, {"chain_name": chain(service), "unit_path": unit_path, "script_path": script_path,
-                             "mark_prefix": _mark_prefix(service)}
+    return FirewallPresent, {
+        "chain_name": chain(service),
+        "unit_path": unit_path,
+        "script_path": script_path,
+        "mark_prefix": _mark_prefix(service),
+    }
 
 
 @operation()

@@ -46,8 +46,10 @@ def environment() -> jinja2.Environment:
 
 def bundled_database_url(settings: Settings) -> str:
     """Prisma's form for a socket: the directory in `host=`; the URL's own host is not used."""
-    return (f"postgresql://{url_component(settings.postgres_user)}@localhost/{url_component(settings.postgres_db)}"
-            f"?host={POSTGRES_SOCKET_DIR}")
+    return (
+        f"postgresql://{url_component(settings.postgres_user)}@localhost/{url_component(settings.postgres_db)}"
+        f"?host={POSTGRES_SOCKET_DIR}"
+    )
 
 
 def container_env(settings: Settings) -> dict[str, str]:
@@ -123,8 +125,10 @@ def proxy_command(settings: Settings) -> list[str]:
 # Where the engine takes a start_interval (tasks/lib/docker.py), the check runs every 10 s once healthy and
 # every second while the service starts, so `up --wait` sees it ready as soon as before. Unhealthy after
 # 60 s of failed checks either way.
-DATA_HEALTH = {True: {"interval": "10s", "retries": 6, "start_interval": "1s"},
-               False: {"interval": "2s", "retries": 30, "start_interval": None}}
+DATA_HEALTH = {
+    True: {"interval": "10s", "retries": 6, "start_interval": "1s"},
+    False: {"interval": "2s", "retries": 30, "start_interval": None},
+}
 
 
 def data_health(start_interval: bool) -> dict:
@@ -136,13 +140,16 @@ def render_files(settings: Settings, start_interval: bool = False) -> dict[str, 
     check's start_interval (tasks/lib/docker.py)."""
     env = environment()
     rendered = {
-        COMPOSE_FILE: env.get_template("gateway/docker-compose.yml.j2").render(settings=settings,
-                                                                       proxy_command=proxy_command(settings),
-                                                                       start_interval=start_interval,
-                                                                       data_health=data_health(start_interval),
-                                                                       postgres_socket_dir=POSTGRES_SOCKET_DIR),
-        CONFIG_FILE: env.get_template("gateway/litellm-config.yaml.j2").render(settings=settings, models=settings.models,
-                                                                       front_ranges=list(FRONT_RANGES)),
+        COMPOSE_FILE: env.get_template("gateway/docker-compose.yml.j2").render(
+            settings=settings,
+            proxy_command=proxy_command(settings),
+            start_interval=start_interval,
+            data_health=data_health(start_interval),
+            postgres_socket_dir=POSTGRES_SOCKET_DIR,
+        ),
+        CONFIG_FILE: env.get_template("gateway/litellm-config.yaml.j2").render(
+            settings=settings, models=settings.models, front_ranges=list(FRONT_RANGES)
+        ),
         ENV_FILE: env.get_template("env.j2").render(env=container_env(settings)),
     }
     if settings.database_mode == "external":

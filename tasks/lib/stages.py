@@ -27,8 +27,7 @@ class Stage:
         for the current host; returns them, in order."""
         added = len(host.op_hash_order)  # pyinfra's append-only list of the host's operations
         self.run(*self.args, **self.kwargs, **op_args)
-        return [state.get_op_data_for_host(host, op_hash).operation_meta
-                for op_hash in host.op_hash_order[added:]]
+        return [state.get_op_data_for_host(host, op_hash).operation_meta for op_hash in host.op_hash_order[added:]]
 
 
 def stage(label: str, run: Callable[..., Any], *args, **kwargs) -> Stage:

@@ -50,8 +50,10 @@ def installed_upload(src, dest: str, mode: str = "600", user: str = "root", grou
     quoted = shlex.quote(private_dir)
     yield StringCommand(private_directory_command(private_dir), **AS_SSH_USER)
     yield FileUploadCommand(src, carried, **AS_SSH_USER)
-    yield (f"install -m {mode} -o {user} -g {group} {shlex.quote(carried)} {shlex.quote(dest)}; "
-           f"installed=$?; rm -rf {quoted}; exit $installed")
+    yield (
+        f"install -m {mode} -o {user} -g {group} {shlex.quote(carried)} {shlex.quote(dest)}; "
+        f"installed=$?; rm -rf {quoted}; exit $installed"
+    )
 
 
 def private_file_reads(dest: str) -> list:
@@ -101,8 +103,11 @@ def downloaded(state, hst, remote: str, handle) -> bool:
         # The directory's owner is the SSH user, whoever sudo made the command's user.
         quoted = shlex.quote(private_dir)
         copied, _ = hst.run_shell_command(
-            f"install -m 600 -o \"$(stat -c %u {quoted})\" -g \"$(stat -c %g {quoted})\" "
-            f"{shlex.quote(remote)} {shlex.quote(copy)}", **quiet, **as_root)
+            f'install -m 600 -o "$(stat -c %u {quoted})" -g "$(stat -c %g {quoted})" '
+            f"{shlex.quote(remote)} {shlex.quote(copy)}",
+            **quiet,
+            **as_root,
+        )
         return bool(copied) and hst.get_file(copy, handle, **as_user)
     finally:
         hst.run_shell_command(f"rm -rf {shlex.quote(private_dir)}", **quiet, **as_user)

@@ -24,8 +24,20 @@ import urllib.parse
 from tasks.remote.http import http_request, json_or_text
 
 PROXY = "http://127.0.0.1:4000"
-KEY_FIELDS = ("key_alias", "models", "team_id", "max_budget", "budget_duration", "tpm_limit", "rpm_limit",
-              "metadata", "expires", "blocked", "spend", "budget_reset_at")
+KEY_FIELDS = (
+    "key_alias",
+    "models",
+    "team_id",
+    "max_budget",
+    "budget_duration",
+    "tpm_limit",
+    "rpm_limit",
+    "metadata",
+    "expires",
+    "blocked",
+    "spend",
+    "budget_reset_at",
+)
 # Enough of a key's stored hash for a person to find it in the admin UI (its "Key ID"), not to use it.
 TOKEN_PREFIX = 8
 # Pages of /key/list read for one team at most (LiteLLM's page size is at most 100).
@@ -34,13 +46,30 @@ KEY_LIKE = re.compile(r"sk-[^\s'\",;)\]}]*")
 HASH_LIKE = re.compile(r"[0-9a-fA-F]{64}")
 # The key values read from stdin: cut out of every text this process prints (main fills it).
 NEVER_SHOWN = []
-TEAM_FIELDS = ("team_id", "team_alias", "models", "max_budget", "budget_duration", "tpm_limit", "rpm_limit",
-               "metadata", "blocked", "spend")
+TEAM_FIELDS = (
+    "team_id",
+    "team_alias",
+    "models",
+    "max_budget",
+    "budget_duration",
+    "tpm_limit",
+    "rpm_limit",
+    "metadata",
+    "blocked",
+    "spend",
+)
 
 # What tasks/key_converge.py may ask for, and the endpoint each one posts to.
-ACTIONS = {"team_new": "/team/new", "team_update": "/team/update", "team_delete": "/team/delete",
-           "member_add": "/team/member_add", "member_delete": "/team/member_delete",
-           "key_generate": "/key/generate", "key_update": "/key/update", "key_delete": "/key/delete"}
+ACTIONS = {
+    "team_new": "/team/new",
+    "team_update": "/team/update",
+    "team_delete": "/team/delete",
+    "member_add": "/team/member_add",
+    "member_delete": "/team/member_delete",
+    "key_generate": "/key/generate",
+    "key_update": "/key/update",
+    "key_delete": "/key/delete",
+}
 
 
 class ApiError(Exception):
@@ -49,8 +78,9 @@ class ApiError(Exception):
 
 def call(method, path, body=None, timeout=30):
     """(status, parsed JSON or text) of one request with the master key."""
-    status, raw, error = http_request(PROXY + path, method=method, key=os.environ.get("LITELLM_MASTER_KEY", ""),
-                                      body=body, timeout=timeout)
+    status, raw, error = http_request(
+        PROXY + path, method=method, key=os.environ.get("LITELLM_MASTER_KEY", ""), body=body, timeout=timeout
+    )
     if status == 0:
         raise ApiError("%s %s: no answer from the proxy (%s)" % (method, endpoint(path), error))
     return status, json_or_text(raw)
@@ -92,8 +122,14 @@ def scrub(text, values=None):
     """`text` without any key value (NEVER_SHOWN unless given; as they are, escaped or URL-encoded),
     their hashes, or anything key-like."""
     for value in sorted(NEVER_SHOWN if values is None else values, key=len, reverse=True):
-        forms = (value, json.dumps(value)[1:-1], repr(value)[1:-1], urllib.parse.quote(value),
-                 urllib.parse.quote_plus(value), digest(value))
+        forms = (
+            value,
+            json.dumps(value)[1:-1],
+            repr(value)[1:-1],
+            urllib.parse.quote(value),
+            urllib.parse.quote_plus(value),
+            digest(value),
+        )
         for form in sorted(set(forms), key=len, reverse=True):
             text = text.replace(form, "<a key>")
     return HASH_LIKE.sub("<a hash>", KEY_LIKE.sub("sk-...", text))
@@ -105,8 +141,11 @@ def digest(value):
 
 def read_key(alias, value):
     query = urllib.parse.urlencode({"key_alias": alias, "return_full_object": "true", "size": 10})
-    rows = [r for r in expect_ok("GET", "/key/list?" + query).get("keys", [])
-            if isinstance(r, dict) and r.get("key_alias") == alias]
+    rows = [
+        r
+        for r in expect_ok("GET", "/key/list?" + query).get("keys", [])
+        if isinstance(r, dict) and r.get("key_alias") == alias
+    ]
     if rows:
         found = {name: rows[0].get(name) for name in KEY_FIELDS}
         found.update(value_matches=None if value is None else digest(value) == rows[0].get("token"), count=len(rows))
@@ -117,8 +156,12 @@ def read_key(alias, value):
     # the value: a URL ends up in error texts and access logs), then adopted. A deleted key's row is
     # still answered from LiteLLM's archive: it is not a key to adopt.
     status, payload = call("GET", "/key/info?" + urllib.parse.urlencode({"key": digest(value)}))
-    if status != 200 or not isinstance(payload, dict) or not isinstance(payload.get("info"), dict) \
-            or payload["info"].get("status") == "deleted":
+    if (
+        status != 200
+        or not isinstance(payload, dict)
+        or not isinstance(payload.get("info"), dict)
+        or payload["info"].get("status") == "deleted"
+    ):
         return None
     found = {name: payload["info"].get(name) for name in KEY_FIELDS}
     found.update(value_matches=True, count=1)
@@ -134,8 +177,11 @@ def read_team(alias):
     info = payload.get("team_info") or {}
     found = {name: info.get(name) for name in TEAM_FIELDS}
     # Declared members are plain users; a team admin set in the UI is left alone.
-    found["members"] = sorted(m["user_id"] for m in info.get("members_with_roles") or []
-                              if isinstance(m, dict) and m.get("user_id") and m.get("role") == "user")
+    found["members"] = sorted(
+        m["user_id"]
+        for m in info.get("members_with_roles") or []
+        if isinstance(m, dict) and m.get("user_id") and m.get("role") == "user"
+    )
     return found
 
 

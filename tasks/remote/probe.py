@@ -158,8 +158,14 @@ def run_check(check, deadline):
         problem = evaluate(check, status, payload)
         if problem is None or time.monotonic() + delay > deadline:
             fix = check.get("fix_no_answer", check.get("fix", "")) if status == 0 else check.get("fix", "")
-            return {"name": check["name"], "url": check["url"], "ok": problem is None, "status": status,
-                    "problem": problem, "fix": fix}
+            return {
+                "name": check["name"],
+                "url": check["url"],
+                "ok": problem is None,
+                "status": status,
+                "problem": problem,
+                "fix": fix,
+            }
         time.sleep(delay)  # back-off between attempts of a check that has a deadline
         delay = min(delay * 2, 10)
 
@@ -171,8 +177,15 @@ def run_checks(checks, seconds):
     for check in checks:
         blocked = [name for name in check.get("requires", ()) if name in failed]
         if blocked:
-            result = {"name": check["name"], "url": check["url"], "ok": False, "skipped": True, "status": 0,
-                      "problem": "not checked: %s failed" % ", ".join(blocked), "fix": ""}
+            result = {
+                "name": check["name"],
+                "url": check["url"],
+                "ok": False,
+                "skipped": True,
+                "status": 0,
+                "problem": "not checked: %s failed" % ", ".join(blocked),
+                "fix": "",
+            }
         else:
             result = run_check(check, deadline)
         if not result["ok"]:

@@ -23,7 +23,7 @@ class ProxyKeyHash(FactBase):
     def command(self, project: str, install_dir: str) -> str:
         return (
             f"id=$({compose.compose_cmd(project, install_dir)} ps -q {compose.PROXY_SERVICE} 2>/dev/null | head -n 1); "
-            "if [ -n \"$id\" ]; then docker inspect --format '{{range .Config.Env}}{{println .}}{{end}}' \"$id\" "
+            'if [ -n "$id" ]; then docker inspect --format \'{{range .Config.Env}}{{println .}}{{end}}\' "$id" '
             f"| sed -n 's/^{S.MASTER_KEY}=//p' | head -n 1 | tr -d '\\n' | sha256sum | cut -d' ' -f1; fi"
         )
 
@@ -59,7 +59,6 @@ class KeyProof(FactBase):
             return {"error": "the proof printed no result"}
 
 
-
 def evaluate_proof(result: dict, expect: str, probe: bool) -> str | None:
     """None when the proof holds, else what failed."""
     if "error" in result:
@@ -75,4 +74,3 @@ def evaluate_proof(result: dict, expect: str, probe: bool) -> str | None:
     if expect == "new" and probe and result.get("probe") != 200:
         return f"a virtual key made before the rotation was refused (HTTP {result.get('probe')}, expected 200)"
     return None
-

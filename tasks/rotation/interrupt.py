@@ -24,4 +24,3 @@ def _stop_here(stage: str) -> None:
 def stop_after(stage: str) -> None:
     if os.environ.get(STOP_ENV) == stage:
         python.call(name=f"Test hook {STOP_ENV}={stage}: stop the run", function=_stop_here, stage=stage)
-

@@ -39,7 +39,7 @@ def preflight(run: HostRun, rotation: Rotation):
         problem = (
             f"{where} has no {S.SALT_KEY}: LiteLLM then encrypts stored credentials with the master key itself, "
             f"so changing it would make them unreadable. Refusing; nothing was changed. Fix (docs/rotation.md, "
-            f"\"No salt key on a host\"): if the current master key is not compromised, make the secrets file's "
+            f'"No salt key on a host"): if the current master key is not compromised, make the secrets file\'s '
             f"{S.SALT_KEY} the current master key, run deploy.py (nothing is re-encrypted), then rotate.py; if it is "
             f"compromised, re-encrypt with LiteLLM's LITELLM_MIGRATE_FROM_MASTER_KEY by hand as described there"
         )
@@ -49,8 +49,10 @@ def preflight(run: HostRun, rotation: Rotation):
             f"and must never change — fix: find out which one is right (the host's, if the proxy has been "
             f"storing credentials with it), make the secrets file hold it, and run rotate.py again"
         )
-    elif lines.get(S.MASTER_KEY) not in (env_line_hash(S.MASTER_KEY, rotation.old_key),
-                                         env_line_hash(S.MASTER_KEY, rotation.new_key)):
+    elif lines.get(S.MASTER_KEY) not in (
+        env_line_hash(S.MASTER_KEY, rotation.old_key),
+        env_line_hash(S.MASTER_KEY, rotation.new_key),
+    ):
         problem = (
             f"{S.MASTER_KEY} in {where} is neither the secrets file's {S.MASTER_KEY} nor its {S.MASTER_KEY_NEXT}: "
             f"this host runs a key the controller does not know — fix: put that key in the secrets file as "
@@ -63,8 +65,10 @@ def preflight(run: HostRun, rotation: Rotation):
             rotation.preflight_problems.pop(run.name, None)
     if problem is None:
         done = lines.get(S.MASTER_KEY) == env_line_hash(S.MASTER_KEY, rotation.new_key)
-        host.noop("preflight passed: salt key present and unchanged; .env holds "
-                  + ("the new key already (an earlier run got this far)" if done else "the current key"))
+        host.noop(
+            "preflight passed: salt key present and unchanged; .env holds "
+            + ("the new key already (an earlier run got this far)" if done else "the current key")
+        )
         return
     yield failing_command(f"rotation preflight failed on {run.name}: {problem}")
 
@@ -79,9 +83,13 @@ def gate(rotation: Rotation, stage: str):
     if not failed:
         host.noop(f"every gateway of this run passed {stage}")
         return
-    reasons = "; ".join(f"{name}: {rotation.preflight_problems.get(name, stage + ' failed, see above')}" for name in failed)
-    message = (f"rotation not started on {host.name} (nothing was changed on any gateway): {stage} failed on "
-               f"{', '.join(failed)} — {reasons}")
+    reasons = "; ".join(
+        f"{name}: {rotation.preflight_problems.get(name, stage + ' failed, see above')}" for name in failed
+    )
+    message = (
+        f"rotation not started on {host.name} (nothing was changed on any gateway): {stage} failed on "
+        f"{', '.join(failed)} — {reasons}"
+    )
     yield failing_command(message)
 
 
@@ -90,8 +98,12 @@ def needs_data_change(run: HostRun, rotation: Rotation) -> bool:
     lines = host.get_fact(EnvLineHashes, install_dir=run.old.install_dir, names=KEY_LINES) or {}
     if lines.get(S.MASTER_KEY) != env_line_hash(S.MASTER_KEY, rotation.new_key):
         return True
-    values = database.bootstrap_values(run.new.admin_user_id, run.new.admin_email,
-                                       database.hash_key(rotation.new_key), database.abbreviate_key(rotation.new_key))
+    values = database.bootstrap_values(
+        run.new.admin_user_id,
+        run.new.admin_email,
+        database.hash_key(rotation.new_key),
+        database.abbreviate_key(rotation.new_key),
+    )
     return not database.bootstrap_in_place(values, database.psql(run.new))
 
 
@@ -123,8 +135,10 @@ def poller_stopped(settings: Settings):
     ws = workspace(settings.install_dir)
     name = shlex.quote(poller_name(settings.compose_project))
     stop = shlex.quote(f"{ws}/{STOP_FILE}")
-    yield (f"touch {stop}; timeout 30 docker wait {name} >/dev/null 2>&1; "
-           f"docker rm -f {name} >/dev/null 2>&1; rm -f {stop}")
+    yield (
+        f"touch {stop}; timeout 30 docker wait {name} >/dev/null 2>&1; "
+        f"docker rm -f {name} >/dev/null 2>&1; rm -f {stop}"
+    )
 
 
 @operation(is_idempotent=True)
@@ -155,8 +169,14 @@ def key_proven(run: HostRun, expect: str):
         host.noop("proven when the rotation runs")
         return
     settings = run.new if expect == "new" else run.old
-    result = host.get_fact(KeyProof, image=settings.litellm_image, install_dir=settings.install_dir,
-                           base=probe_base(settings), expect=expect, seconds=settings.verify_timeout)
+    result = host.get_fact(
+        KeyProof,
+        image=settings.litellm_image,
+        install_dir=settings.install_dir,
+        base=probe_base(settings),
+        expect=expect,
+        seconds=settings.verify_timeout,
+    )
     probe = settings.has_database
     problem = evaluate_proof(result, expect, probe)
     if expect == "new":
@@ -165,8 +185,10 @@ def key_proven(run: HostRun, expect: str):
         run.rollback_problem = problem
         run.rollback_proven = problem is None
     if problem is None:
-        shown = f"HTTP {result['accepted']} with the {'new' if expect == 'new' else 'previous'} key, " \
-                f"HTTP {result['refused']} with the {'previous' if expect == 'new' else 'new'} one"
+        shown = (
+            f"HTTP {result['accepted']} with the {'new' if expect == 'new' else 'previous'} key, "
+            f"HTTP {result['refused']} with the {'previous' if expect == 'new' else 'new'} one"
+        )
         if probe and expect == "new":
             shown += f", HTTP {result.get('probe')} with a virtual key made before the rotation"
         host.log(f"proof: {shown}", logger.info)
@@ -204,4 +226,3 @@ def _changed(meta: OperationMeta) -> bool:
         return meta.did_change()
     except RuntimeError:
         return False
-

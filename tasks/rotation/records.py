@@ -42,8 +42,11 @@ class HostRun:
 
     def failure(self) -> str | None:
         """Why this host's rotation must be rolled back, or None (so far) — asked as ops run."""
-        labels = ["writing the new .env", "moving the database link to the new key",
-                  "restarting the proxy on the new key"]
+        labels = [
+            "writing the new .env",
+            "moving the database link to the new key",
+            "restarting the proxy on the new key",
+        ]
         for label, meta in zip(labels, self.switch):
             if failed(meta):
                 return f"{label} failed{last_error(meta)}"
@@ -68,7 +71,9 @@ class Rotation:
     def host_run(self, settings: Settings) -> HostRun:
         if settings.host_name not in self.runs:
             secrets = Secrets(values={**settings.secrets.values, S.MASTER_KEY: self.new_key})
-            self.runs[settings.host_name] = HostRun(settings.host_name, settings, dataclasses.replace(settings, secrets=secrets))
+            self.runs[settings.host_name] = HostRun(
+                settings.host_name, settings, dataclasses.replace(settings, secrets=secrets)
+            )
         return self.runs[settings.host_name]
 
     def record_pending(self) -> None:
@@ -89,17 +94,20 @@ class Rotation:
             logger.warning(
                 f"--> Secrets file {self.secrets_file} keeps both keys: {S.MASTER_KEY} (the previous key) and "
                 f"{S.MASTER_KEY_NEXT} (the new key, now on {', '.join(sorted(self.confirmed))}). Not rotated in this "
-                f"run: {', '.join(missing)}. Run `pyinfra inventory rotate.py` again to finish the rotation.")
+                f"run: {', '.join(missing)}. Run `pyinfra inventory rotate.py` again to finish the rotation."
+            )
             return
         if complete(self.secrets_file, self.new_key):
             self.completed = True
             logger.info(
                 f"--> Master key rotated on every gateway ({', '.join(self.gateways)}). Secrets file "
-                f"{self.secrets_file}: {S.MASTER_KEY} now holds the new key, {S.MASTER_KEY_NEXT} was removed.")
+                f"{self.secrets_file}: {S.MASTER_KEY} now holds the new key, {S.MASTER_KEY_NEXT} was removed."
+            )
         else:
             logger.error(
                 f"--> Every gateway has the new key, but {S.MASTER_KEY_NEXT} in {self.secrets_file} no longer holds "
-                f"it (the file changed during the run): fix the file by hand (docs/rotation.md).")
+                f"it (the file changed during the run): fix the file by hand (docs/rotation.md)."
+            )
 
 
 def rotation_for(state: State) -> Rotation:
@@ -118,11 +126,16 @@ def _new_rotation(state: State) -> Rotation:
     old_key = any_settings.secrets.master_key
     new_key, generated = pending_key(path, old_key, any_settings.secrets.get(S.SALT_KEY))
     rotation = Rotation(
-        secrets_file=path, old_key=old_key, new_key=new_key, generated=generated,
-        stamp=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), gateways=tuple(sorted(settings)),
+        secrets_file=path,
+        old_key=old_key,
+        new_key=new_key,
+        generated=generated,
+        stamp=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
+        gateways=tuple(sorted(settings)),
     )
-    how = ("generated; recorded as" if generated else "taken from")
+    how = "generated; recorded as" if generated else "taken from"
     when = " when the run starts, before any host operation" if generated else ""
-    logger.info(f"--> Master-key rotation for {', '.join(rotation.gateways)}: new key {how} "
-                f"{S.MASTER_KEY_NEXT} in {path}{when}")
+    logger.info(
+        f"--> Master-key rotation for {', '.join(rotation.gateways)}: new key {how} {S.MASTER_KEY_NEXT} in {path}{when}"
+    )
     return rotation

@@ -19,8 +19,6 @@ def probe_key_for(new_key: str) -> str:
     return "sk-" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
-
-
 # The proof's virtual key. Rows of earlier, interrupted rotations (same alias and marker model, another
 # token) are removed first; nothing else in the table is touched.
 PROBE_INSERT = f"""\\set ON_ERROR_STOP on
@@ -43,4 +41,3 @@ def probe_sql(present: bool, probe_key: str) -> str:
     """psql's stdin that adds (or removes) the proof's virtual key: no user, no model, 2 hours."""
     variables = {"probe_hash": database.hash_key(probe_key), "probe_name": database.abbreviate_key(probe_key)}
     return database.PRELUDE + database.psql_variables(variables) + (PROBE_INSERT if present else PROBE_DELETE)
-

@@ -42,8 +42,10 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
 
     # 0. A generated new key is recorded before anything else runs, so an interrupted run finishes with it.
     if rotation.generated:
-        python.call(name=f"Controller: record the new key as {S.MASTER_KEY_NEXT} in the secrets file",
-                    function=rotation.record_pending)
+        python.call(
+            name=f"Controller: record the new key as {S.MASTER_KEY_NEXT} in the secrets file",
+            function=rotation.record_pending,
+        )
 
     # 1. Preflight on every gateway, then nothing anywhere unless all passed.
     preflight(name="Preflight: .env present, salt key unchanged, master key known", run=run, rotation=rotation)
@@ -54,7 +56,9 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
     if settings.has_database:
         run.backup_path = backup.pre_change_backup_path(settings, rotation.stamp)
         run.backup = backup.database_backup(
-            name=f"Database backup before rotation: {run.backup_path}", settings=old, path=run.backup_path,
+            name=f"Database backup before rotation: {run.backup_path}",
+            settings=old,
+            path=run.backup_path,
             needed=lambda: needs_data_change(run, rotation),
         )
         gate(name="Every gateway's database is backed up", rotation=rotation, stage="the backup")
@@ -66,67 +70,129 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
     keys = {"old": rotation.old_key, "new": rotation.new_key}
     if settings.has_database:
         keys["probe"] = probe_key_for(rotation.new_key)
-        probe_key(name="Virtual key for the proof (no user, no model, expires in 2 hours)", settings=old,
-                  key=keys["probe"], present=True)
-    private_file(name="Keys for the host-side probes (mode 0600)", content=json.dumps(keys), dest=f"{ws}/{KEYS_FILE}",
-                 staging_dir=staging_dir(settings), mode="600")
+        probe_key(
+            name="Virtual key for the proof (no user, no model, expires in 2 hours)",
+            settings=old,
+            key=keys["probe"],
+            present=True,
+        )
+    private_file(
+        name="Keys for the host-side probes (mode 0600)",
+        content=json.dumps(keys),
+        dest=f"{ws}/{KEYS_FILE}",
+        staging_dir=staging_dir(settings),
+        mode="600",
+    )
     for script, source in SCRIPTS.items():
-        private_file(name=f"Probe script {script}", content=source, dest=f"{ws}/{script}",
-                     staging_dir=staging_dir(settings), mode="600")
-    poller_started(name="Start the refusal-window poller", settings=old,
-                   lifetime=2 * (settings.start_timeout + settings.verify_timeout) + 600, _ignore_errors=True)
+        private_file(
+            name=f"Probe script {script}",
+            content=source,
+            dest=f"{ws}/{script}",
+            staging_dir=staging_dir(settings),
+            mode="600",
+        )
+    poller_started(
+        name="Start the refusal-window poller",
+        settings=old,
+        lifetime=2 * (settings.start_timeout + settings.verify_timeout) + 600,
+        _ignore_errors=True,
+    )
 
     # 4. The switch: .env, database link, proxy.
-    env = private_file(name=f"Write {ENV_FILE} with the new master key (mode 0600)",
-                       content=render_files(new)[ENV_FILE], dest=f"{settings.install_dir}/{ENV_FILE}",
-                       staging_dir=staging_dir(settings), mode="600", _ignore_errors=True)
+    env = private_file(
+        name=f"Write {ENV_FILE} with the new master key (mode 0600)",
+        content=render_files(new)[ENV_FILE],
+        dest=f"{settings.install_dir}/{ENV_FILE}",
+        staging_dir=staging_dir(settings),
+        mode="600",
+        _ignore_errors=True,
+    )
     stop_after("env")
     link = None
     if settings.has_database:
         link = database.bootstrap_for_key(
-            new, rotation.new_key,
+            new,
+            rotation.new_key,
             name="Master-key link moves to the new key; the old key's row is removed (one transaction)",
-            _ignore_errors=True, _if=ok,
+            _ignore_errors=True,
+            _if=ok,
         )
     stop_after("database")
-    stale = proxy_key_current(name="Does the running proxy have the new key?", settings=new,
-                              key_hash=database.hash_key(rotation.new_key), _if=ok)
+    stale = proxy_key_current(
+        name="Does the running proxy have the new key?",
+        settings=new,
+        key_hash=database.hash_key(rotation.new_key),
+        _if=ok,
+    )
     restart = compose.service_up(
-        name="Restart the proxy on the new master key", project=settings.compose_project,
-        install_dir=settings.install_dir, service=compose.PROXY_SERVICE, depends_on=[env], recreate_on=[env, stale],
-        timeout=settings.start_timeout, _ignore_errors=True, _if=ok,
+        name="Restart the proxy on the new master key",
+        project=settings.compose_project,
+        install_dir=settings.install_dir,
+        service=compose.PROXY_SERVICE,
+        depends_on=[env],
+        recreate_on=[env, stale],
+        timeout=settings.start_timeout,
+        _ignore_errors=True,
+        _if=ok,
     )
     run.switch = [env, link, restart]
     stop_after("restart")
 
     # 5. Proof from the host: new key accepted, old key refused, the virtual key accepted.
-    run.proof = key_proven(name="Proof: new key accepted, previous key refused", run=run, expect="new",
-                           _ignore_errors=True, _if=ok)
+    run.proof = key_proven(
+        name="Proof: new key accepted, previous key refused", run=run, expect="new", _ignore_errors=True, _if=ok
+    )
 
     # 6. Rollback, only when the switch or the proof failed.
-    back_env = private_file(name=f"Rollback: {ENV_FILE} with the previous master key", content=render_files(old)[ENV_FILE],
-                            dest=f"{settings.install_dir}/{ENV_FILE}", staging_dir=staging_dir(settings), mode="600",
-                            _ignore_errors=True, _if=failed)
-    if settings.has_database:
-        database.bootstrap_for_key(old, rotation.old_key, name="Rollback: master-key link back to the previous key",
-                                   _ignore_errors=True, _if=failed)
-    back_stale = proxy_key_current(name="Rollback: does the running proxy have the previous key?", settings=old,
-                                   key_hash=database.hash_key(rotation.old_key), _if=failed)
-    compose.service_up(
-        name="Rollback: restart the proxy on the previous master key", project=settings.compose_project,
-        install_dir=settings.install_dir, service=compose.PROXY_SERVICE, depends_on=[back_env],
-        recreate_on=[back_env, back_stale], timeout=settings.start_timeout, _ignore_errors=True, _if=failed,
+    back_env = private_file(
+        name=f"Rollback: {ENV_FILE} with the previous master key",
+        content=render_files(old)[ENV_FILE],
+        dest=f"{settings.install_dir}/{ENV_FILE}",
+        staging_dir=staging_dir(settings),
+        mode="600",
+        _ignore_errors=True,
+        _if=failed,
     )
-    key_proven(name="Rollback: previous key accepted, new key refused", run=run, expect="old",
-               _ignore_errors=True, _if=failed)
+    if settings.has_database:
+        database.bootstrap_for_key(
+            old,
+            rotation.old_key,
+            name="Rollback: master-key link back to the previous key",
+            _ignore_errors=True,
+            _if=failed,
+        )
+    back_stale = proxy_key_current(
+        name="Rollback: does the running proxy have the previous key?",
+        settings=old,
+        key_hash=database.hash_key(rotation.old_key),
+        _if=failed,
+    )
+    compose.service_up(
+        name="Rollback: restart the proxy on the previous master key",
+        project=settings.compose_project,
+        install_dir=settings.install_dir,
+        service=compose.PROXY_SERVICE,
+        depends_on=[back_env],
+        recreate_on=[back_env, back_stale],
+        timeout=settings.start_timeout,
+        _ignore_errors=True,
+        _if=failed,
+    )
+    key_proven(
+        name="Rollback: previous key accepted, new key refused", run=run, expect="old", _ignore_errors=True, _if=failed
+    )
 
     # 7. Measure, clean up, report; the controller records the new key once every gateway has it.
     poller_stopped(name="Stop the refusal-window poller", settings=old)
     window_measured(name="Refusal window", run=run)
     if settings.has_database:
-        probe_key(name="Remove the proof's virtual key", settings=old, key=keys["probe"], present=False,
-                  _ignore_errors=True)
+        probe_key(
+            name="Remove the proof's virtual key", settings=old, key=keys["probe"], present=False, _ignore_errors=True
+        )
     files.file(name="Remove the probes' key file", path=f"{ws}/{KEYS_FILE}", present=False)
     reported(name="Rotation result", run=run, rotation=rotation)
-    python.call(name="Controller: the new key becomes LITELLM_MASTER_KEY once every gateway has it",
-                function=rotation.confirm, host_name=settings.host_name)
+    python.call(
+        name="Controller: the new key becomes LITELLM_MASTER_KEY once every gateway has it",
+        function=rotation.confirm,
+        host_name=settings.host_name,
+    )

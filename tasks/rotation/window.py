@@ -19,8 +19,10 @@ class Window:
     def describe(self) -> str:
         if not self.probes:
             return "not measured (the poller recorded nothing)"
-        return (f"{self.seconds:.1f} s (longest stretch {self.longest:.1f} s; {self.refused} of {self.probes} "
-                f"probes refused over {self.span:.1f} s)")
+        return (
+            f"{self.seconds:.1f} s (longest stretch {self.longest:.1f} s; {self.refused} of {self.probes} "
+            f"probes refused over {self.span:.1f} s)"
+        )
 
 
 def refusal_window(samples: list[tuple[float, bool]], interval: float = POLL_INTERVAL) -> Window:
@@ -51,4 +53,3 @@ def parse_poll_log(lines: list[str]) -> list[tuple[float, bool]]:
             except ValueError:
                 continue
     return samples
-

@@ -38,6 +38,7 @@ def probe_base(settings: Settings) -> str:
 def host_python(image: str, install_dir: str, read_only: bool, detach_name: str | None = None) -> str:
     mount = f"{workspace(install_dir)}:/rotation" + (":ro" if read_only else "")
     detach = f"-d --name {shlex.quote(detach_name)} " if detach_name else ""
-    return (f"docker run --rm {detach}--user 0:0 --network host -v {shlex.quote(mount)} "
-            f"--entrypoint python3 {shlex.quote(image)}")
-
+    return (
+        f"docker run --rm {detach}--user 0:0 --network host -v {shlex.quote(mount)} "
+        f"--entrypoint python3 {shlex.quote(image)}"
+    )
