@@ -19,13 +19,13 @@ settings = runbook_settings(state, host, "deploy.py")
 # Shared state (tasks/config/topology.py): a db_hosts / redis_hosts host gets Docker and its one service.
 state_host = state_host_for(state, host)
 if state_host is not None:
-    deploy_state_host(state_host)
+    deploy_state_host(host=state_host)
 
 # The database and Valkey are up before any gateway migrates or starts its proxy.
 every_host_here(name="State hosts done", what="the db and redis hosts are ready before the gateways")
 
 if settings is not None:
-    deploy_gateway(settings)
+    deploy_gateway(settings=settings)
 
 # The load balancers come after the gateways' roll.
 every_host_here(name="Gateways done", what="the gateways' stages are behind every host")
@@ -33,4 +33,4 @@ every_host_here(name="Gateways done", what="the gateways' stages are behind ever
 # Load balancers: Caddy, TLS, every gateway health-checked (tasks/balancer.py).
 balancer = load_balancer_for(state, host)
 if balancer is not None:
-    deploy_load_balancer(balancer)
+    deploy_load_balancer(lb=balancer)

@@ -14,4 +14,4 @@ from tasks.key_converge import converge_access
 settings = runbook_settings(state, host, "keys.py")
 
 if settings is not None:
-    converge_access(settings)
+    converge_access(settings=settings)

@@ -14,4 +14,4 @@ from tasks.gateway.restore import plan_for, restore_gateway
 settings = runbook_settings(state, host, "restore.py")
 
 if settings is not None:
-    restore_gateway(settings, plan_for(settings, host.data.get("restore_from")))
+    restore_gateway(settings=settings, plan=plan_for(settings, host.data.get("restore_from")))

@@ -15,4 +15,4 @@ from tasks.rotation.stages import rotate_gateway
 settings = runbook_settings(state, host, "rotate.py")
 
 if settings is not None:
-    rotate_gateway(settings, rotation_for(state))
+    rotate_gateway(settings=settings, rotation=rotation_for(state))

@@ -11,7 +11,7 @@ from tasks.key_converge import keys_verified
 settings = runbook_settings(state, host, "verify.py", complete=False)
 
 if settings is not None:
-    verify_gateway(settings)
+    verify_gateway(settings=settings)
     # Every declared virtual key authenticates and sees its models; blocked and absent ones are refused.
     if settings.virtual_keys:
         keys_verified(name="Virtual keys authenticate as declared", settings=settings)

@@ -448,7 +448,7 @@ def balancer_configured(lb: LoadBalancer, caddyfile):
 
 @deploy("Load balancer")
 def deploy_load_balancer(lb: LoadBalancer) -> None:
-    docker.install_docker(lb)
+    docker.install_docker(settings=lb)
     files.directory(
         name=f"Install directory {lb.install_dir} (root only)",
         path=lb.install_dir,

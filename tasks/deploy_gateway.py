@@ -29,7 +29,7 @@ def deploy_gateway(settings: Settings) -> None:
     host_state_read(settings)
     changes = stack.Changes()
     # Docker Engine + Compose v2, running and enabled.
-    docker.install_docker(settings)
+    docker.install_docker(settings=settings)
     # Root only (0700) before anything goes into it: image archives, then .env.
     stack.install_directory(settings)
     # Behind load balancers: the proxy's port on the gateway's address lets in only them, before the
@@ -42,7 +42,7 @@ def deploy_gateway(settings: Settings) -> None:
         )
     # Pinned images pulled, or uploaded as archives and loaded (air-gapped hosts), and checked, before
     # anything is stopped, backed up or written: a mistyped tag fails the host with the gateway untouched.
-    stack.get_images(settings, changes)
+    stack.get_images(settings=settings, changes=changes)
     # Another image than the one running makes these stages an upgrade (tasks/gateway/upgrade.py): a backup
     # first, and the previous image and data put back if one fails. Otherwise they simply run in order.
     upgrade.run_stages(
@@ -71,7 +71,7 @@ def deploy_gateway(settings: Settings) -> None:
         name="Verified image recorded", install_dir=settings.install_dir, image=settings.litellm_image
     )
     # Declared teams and virtual keys, through the verified proxy's API (database modes).
-    key_converge.converge_access(settings)
+    key_converge.converge_access(settings=settings)
 
 
 def database_stages(settings: Settings) -> list[Stage]:

@@ -9,10 +9,13 @@ deploy.py calls this before the gateways' deploy, so both are up before any gate
 
 from __future__ import annotations
 
+from typing import cast
+
 from pyinfra.api import HiddenValue, deploy
 from pyinfra.operations import files
 
 from tasks.config import secrets as S
+from tasks.config.settings import Settings
 from tasks.config.topology import DB_PORT, REDIS_PORT, StateHost
 from tasks.gateway import backup, database, stack
 from tasks.lib import compose, docker, firewall
@@ -64,7 +67,7 @@ def images(host: StateHost) -> dict[str, str]:
 
 @deploy("Shared state host")
 def deploy_state_host(host: StateHost) -> None:
-    docker.install_docker(host)
+    docker.install_docker(settings=host)
     loaded = _images(host)
     for service in host.services:
         _service(host, service, loaded)
@@ -123,4 +126,5 @@ def _service(host: StateHost, service: str, loaded: list) -> None:
     )
     if service == "db" and host.backup is not None:
         # Scheduled pg_dump backups of the shared database, on the db host (backup_enabled, backup_schedule).
-        backup.scheduled_backup(host.backup)
+        # StateHost.backup is a Settings (tasks/config/settings.py backup_view), typed object in topology.py.
+        backup.scheduled_backup(settings=cast(Settings, host.backup))

@@ -20,6 +20,7 @@ import shlex
 from datetime import datetime, timezone
 from io import BytesIO
 from pathlib import Path
+from typing import Callable
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, deploy, operation
@@ -81,7 +82,7 @@ def backup_script(dump: str, check: str, path: str, keep: int | None = None) -> 
 
 
 @operation()
-def database_backup(settings: Settings, path: str, needed: bool | None = None):
+def database_backup(settings: Settings, path: str, needed: bool | Callable[[], bool] | None = None):
     """Dump the gateway's database to `path` on the host. `needed=False` skips it (host.noop).
 
     `needed` may also be a callable, asked when the operation runs: a re-run that finds the host

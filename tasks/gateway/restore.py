@@ -282,13 +282,13 @@ def restore_gateway(settings: Settings, plan: Plan) -> None:
         name="Backup read back whole by the database's pg_restore (nothing changed yet)", settings=settings, path=remote
     )
     # 2. Restored, migrated, bootstrapped; the proxy back (it was stopped, so this always starts it).
-    replaced = database_replaced(settings, remote, safety_path=safety)
+    replaced = database_replaced(settings=settings, path=remote, safety_path=safety)
     compose.service_up(
         name="LiteLLM proxy up and healthy",
         project=settings.compose_project,
         install_dir=settings.install_dir,
         service=compose.PROXY_SERVICE,
-        depends_on=replaced,
+        depends_on=replaced,  # type: ignore[arg-type]  # pyinfra types a @deploy's return as OperationMeta
         timeout=settings.start_timeout,
     )
-    verify.verify_gateway(settings)
+    verify.verify_gateway(settings=settings)

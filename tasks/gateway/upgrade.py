@@ -230,7 +230,7 @@ def run_stages(settings: Settings, stages: list[Stage]) -> None:
     for stage in stages:
         upgrading.attempted(stage.label, stage(**attempt_args(upgrading)))
     # Only after a failure: the previous image, data from before it, verified; then the host fails.
-    rolled_back(settings, upgrading, _if=[upgrading.rolling_back])
+    rolled_back(settings=settings, upgrade=upgrading, _if=[upgrading.rolling_back])
     upgrade_reported(name=f"Upgrade to {settings.litellm_image}", upgrade=upgrading)
 
 
@@ -293,7 +293,7 @@ def rolled_back(settings: Settings, upgrade: Upgrade) -> None:
     report says whether the previous image came back healthy."""
     previous = dataclasses.replace(settings, litellm_image=upgrade.previous)
     changes = stack.Changes()
-    stack.write_files(previous, changes)
+    stack.write_files(settings=previous, changes=changes)
     if previous.database_mode == "bundled":
         # Stops the proxy; start_proxy below starts it again, as it is not running.
         label = (
@@ -301,11 +301,13 @@ def rolled_back(settings: Settings, upgrade: Upgrade) -> None:
             if upgrade.interrupted_backup
             else "the backup taken before the upgrade"
         )
-        restore.database_replaced(previous, upgrade.restore_path, label=label)
+        # backed_up, called before this, set backup_path: a bundled database is a database.
+        assert upgrade.restore_path is not None
+        restore.database_replaced(settings=previous, path=upgrade.restore_path, label=label)
         # Restored: a later upgrade starts from this data, not from the interrupted attempt's backup.
         pending_cleared(name="Interrupted upgrade's record cleared", install_dir=settings.install_dir)
-    stack.start_proxy(previous, changes, _ignore_errors=True)
-    upgrade.rollback_verified = verify.verify_gateway(previous, _ignore_errors=True)
+    stack.start_proxy(settings=previous, changes=changes, _ignore_errors=True)
+    upgrade.rollback_verified = verify.verify_gateway(settings=previous, _ignore_errors=True)
 
 
 @operation(is_idempotent=True)

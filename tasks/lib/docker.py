@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 from pyinfra import host, logger
 from pyinfra.api import FactBase, deploy, operation
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, systemd
 
-from tasks.config.settings import Settings
 from tasks.lib.outcome import failing_command
 
 DOCKER_REPO_KEY_URL = "https://download.docker.com/linux/{distro}/gpg"
@@ -210,8 +210,16 @@ def _distro_id() -> str:
     return str((distro.get("release_meta") or {}).get("ID") or distro.get("name") or "").lower()
 
 
+class DockerInstall(Protocol):
+    """What install_docker reads of a host's config: a gateway's Settings, a db/redis host's StateHost
+    or a load balancer's LoadBalancer."""
+
+    @property
+    def docker_install(self) -> str: ...
+
+
 @deploy("Docker Engine and Compose v2")
-def install_docker(settings: Settings) -> None:
+def install_docker(settings: DockerInstall) -> None:
     distro = _distro_id()
     if settings.docker_install == "distro":
         plan = distro_plan(distro, host.get_fact(DockerPackageStates))
