@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from pyinfra import host
 from pyinfra.api import FactBase, operation
@@ -92,8 +92,8 @@ def service_up(
     project: str,
     install_dir: str,
     service: str,
-    depends_on: list[OperationMeta | None] | None = None,
-    recreate_on: list[OperationMeta | None] | None = None,
+    depends_on: Sequence[OperationMeta | None] | None = None,
+    recreate_on: Sequence[OperationMeta | None] | None = None,
     timeout: int = 180,
 ):
     """`compose up -d --wait` one service when what it depends on changed or it is not healthy.
