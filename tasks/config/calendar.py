@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import re
 from dataclasses import dataclass
+from typing import Any
 
 USEC_PER_SEC = 1_000_000
 INT_MAX = 2**31 - 1
@@ -53,7 +54,7 @@ SHORT_WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 
 # Shorthand -> the fields it fixes (every other field is "*"); values as calendarspec.c sets them.
 _MIDNIGHT = {"hour": [0], "minute": [0], "usec": [0]}
-SHORTHANDS = {
+SHORTHANDS: dict[str, dict[str, Any]] = {
     "minutely": {"usec": [0]},
     "hourly": {"minute": [0], "usec": [0]},
     "daily": _MIDNIGHT,
@@ -307,7 +308,7 @@ class _Parser:
         if self._char() == "*":
             self.pos += 1
             return [Item(0, -1, USEC_PER_SEC)] if usec else None
-        items = []
+        items: list[Item] = []
         while True:
             if len(items) > MAX_NESTING:
                 raise CalendarError(f"{what}: more than {MAX_NESTING + 1} values in one list")

@@ -175,8 +175,8 @@ def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 
 
 def files_problems(
-    cert_file: str,
-    key_file: str,
+    cert_file: object,
+    key_file: object,
     names: Iterable[str] = (),
     cert_field: str = "tls_cert_file",
     key_field: str = "tls_key_file",
@@ -451,6 +451,8 @@ class CertificateStore:
             self.pending[cert_name] = (cert, 0o644)
             self.pending[key_name] = (key, 0o600)
             self.reasons.append(f"a certificate for {label} ({', '.join(names)}): {reason}")
+        # reissue_reason keeps only a pair that is there.
+        assert cert is not None and key is not None
         return TlsMaterial(cert_pem=cert, key_pem=key, ca_pem=ca_cert, names=names)
 
     def save(self) -> list[str]:

@@ -109,7 +109,7 @@ def _node_url(field: str, entry: object, problems: list[str]) -> str | None:
         return None
     if url is not None:
         parts = urlsplit(url) if isinstance(url, str) else None
-        if not is_http_url(url) or parts.query or parts.fragment:
+        if not is_http_url(url) or parts is None or parts.query or parts.fragment:
             problems.append(f"{field}.url: {url!r} is not a base URL — fix: http://host:{OLLAMA_PORT}")
             return None
         if "port" in entry:
@@ -177,7 +177,7 @@ def _parse_model(field: str, entry: dict, ollama_nodes: dict[str, str], problems
     if not isinstance(name, str) or not name.strip() or name != name.strip():
         problems.append(f"{field}.name: must be a non-empty string without surrounding spaces")
     provider = model.split("/", 1)[0] if isinstance(model, str) and "/" in model else None
-    if provider is None or not model.split("/", 1)[1]:
+    if provider is None or not isinstance(model, str) or not model.split("/", 1)[1]:
         problems.append(f"{field}.model: {model!r} must be '<provider>/<model>', e.g. 'openai/gpt-4o'")
     elif provider not in PROVIDERS:
         problems.append(
@@ -208,6 +208,8 @@ def _parse_model(field: str, entry: dict, ollama_nodes: dict[str, str], problems
     if smoke_test is None:
         # Free, local endpoints are exercised by default; paid providers only when asked.
         smoke_test = provider in OLLAMA_PROVIDERS or api_base is not None
+    # No problem found: name is a string, and provider was taken from model, a string.
+    assert isinstance(name, str) and isinstance(model, str) and provider is not None
     return Model(
         name=name,
         model=model,

@@ -178,7 +178,7 @@ def rewrite_secrets(path: Path, changes: Mapping[str, str | None], comments: Map
     done: set[str] = set()
     for index, binding in enumerate(bindings):
         name = binding.key
-        if name not in changes:
+        if name is None or name not in changes:
             continue
         lead, _ = _split_lead(pieces[index])
         previous = index - 1

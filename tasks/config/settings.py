@@ -11,7 +11,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Final, Literal, Mapping, Sequence
 
 from pyinfra.api.exceptions import PyinfraError
 
@@ -25,7 +25,7 @@ from tasks.config.virtual_keys import Team, VirtualKey, default_key_env, key_val
 
 GATEWAYS = "litellm_hosts"
 OLLAMA_NODES = "ollama_nodes"  # the old inventory group of nodes, refused (refuse_node_group)
-AUTO_WORKERS = "auto"  # proxy_workers sized to the host (tasks/config/sizing.py)
+AUTO_WORKERS: Final = "auto"  # proxy_workers sized to the host (tasks/config/sizing.py)
 DATABASE_MODES = ("bundled", "external", "none", "db_host")  # db_host: tasks/config/topology.py
 DOCKER_INSTALLS = ("distro", "docker-repo", "skip")
 IMAGE_SOURCES = ("pull", "archives")
@@ -95,7 +95,7 @@ class Settings:
     tls_image: str
     redis_image: str
     roll_width: int
-    proxy_workers: int | str  # "auto": tasks/config/sizing.py
+    proxy_workers: int | Literal["auto"]  # "auto": tasks/config/sizing.py
     key_cache_ttl: float  # seconds a worker serves a key from memory: the revocation delay (docs/secrets-and-keys.md)
     # TLS front (tasks/gateway/tls.py): the CA that issued tls_cert_file, when it is not a public one.
     tls_ca_file: str
@@ -141,7 +141,7 @@ class Settings:
 # Settings read from host data (the rest are derived), each with its default as declared in
 # tasks/config/fields.py, the one source; `models` has none on purpose: a gateway that routes nothing is
 # an error, not a default.
-_DERIVED = ("host_name", "ollama_nodes", "secrets", "db_host", "redis_address", "redis_url")
+_DERIVED: tuple[str, ...] = ("host_name", "ollama_nodes", "secrets", "db_host", "redis_address", "redis_url")
 _DERIVED += (
     "behind_load_balancer",
     "load_balancer_sources",
@@ -163,7 +163,8 @@ def needed_secrets(mode: str) -> list[str]:
 # --- host data --------------------------------------------------------------------------------
 
 
-def read_host_data(data: Callable[[str, object], object]) -> dict[str, object]:
+def read_host_data(data: Callable[[str, object], object]) -> dict[str, Any]:
+    """Every setting's host data as written (any value: data_problems and its kin check them)."""
     return {name: data(name, default) for name, default in DEFAULTS.items()}
 
 
@@ -320,7 +321,8 @@ def data_problems(raw: dict[str, object]) -> list[str]:
     if not isinstance(raw["compose_project"], str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", raw["compose_project"]):
         problems.append("compose_project: use lowercase letters, digits, '-' and '_' (Compose's rule)")
     for name in ("postgres_user", "postgres_db"):
-        if not isinstance(raw[name], str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", raw[name]):
+        value = raw[name]
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
             problems.append(f"{name}: {raw[name]!r} must be a plain SQL identifier (letters, digits, _)")
     problems += _bind_problems(raw["proxy_bind"])
     if raw["proxy_base_url"] and not is_http_url(raw["proxy_base_url"]):
@@ -335,7 +337,8 @@ def data_problems(raw: dict[str, object]) -> list[str]:
             if not Path(archive).is_file():
                 problems.append(f"image_archives: {archive} does not exist on the controller")
     for name in ("ui_username", "admin_user_id"):
-        if not isinstance(raw[name], str) or not raw[name].strip():
+        value = raw[name]
+        if not isinstance(value, str) or not value.strip():
             problems.append(f"{name}: must be a non-empty string")
     if not isinstance(raw["admin_email"], str):
         problems.append("admin_email: must be a string (may be empty)")
@@ -495,8 +498,8 @@ def build_everything(
     host_envs: HostEnvs,
     complete: bool = True,
     record: Callable[[Path, Completion], None] | None = None,
-    db_hosts: list[HostInput] = (),
-    redis_hosts: list[HostInput] = (),
+    db_hosts: Sequence[HostInput] = (),
+    redis_hosts: Sequence[HostInput] = (),
     host_key_values: KeyValues | None = None,
 ) -> tuple[dict[str, Settings], dict[str, topology.StateHost]]:
     """Validate every gateway and the secrets file against what the gateways hold, then build Settings.

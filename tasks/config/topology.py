@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from tasks.config import secrets as S
 from tasks.config.fields import DEFAULTS
@@ -48,6 +48,16 @@ class StateInput:
     data: Callable[[str, object], object]
 
 
+class HostData(Protocol):
+    """What topology reads of an inventory host: a StateInput, or tasks.config.settings.HostInput."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def data(self) -> Callable[[str, object], object]: ...
+
+
 @dataclass(frozen=True)
 class Topology:
     """Where the shared state lives, as every host of the run sees it."""
@@ -65,11 +75,11 @@ class Topology:
         return bool(self.redis_host) or self.redis_url
 
 
-def private_address(host: StateInput) -> object:
+def private_address(host: HostData) -> object:
     return host.data("private_address", DEFAULTS["private_address"]) or host.data("ssh_hostname", None) or host.name
 
 
-def _address_problems(host: StateInput, group: str) -> list[str]:
+def _address_problems(host: HostData, group: str) -> list[str]:
     value = private_address(host)
     try:
         if not isinstance(value, str):
@@ -91,9 +101,9 @@ def _address_problems(host: StateInput, group: str) -> list[str]:
 
 
 def problems(
-    gateways: list[StateInput],
-    db_hosts: list[StateInput],
-    redis_hosts: list[StateInput],
+    gateways: Sequence[HostData],
+    db_hosts: Sequence[HostData],
+    redis_hosts: Sequence[HostData],
     modes: Mapping[str, object],
     values: Mapping[str, str],
 ) -> list[str]:
@@ -159,8 +169,8 @@ def problems(
     return found
 
 
-def wanted_secrets(db_hosts: list[StateInput], redis_hosts: list[StateInput]) -> list[str]:
-    """Generated secrets the state hosts need (never a default)."""
+def wanted_secrets(db_hosts: Sequence[object], redis_hosts: Sequence[object]) -> list[str]:
+    """Generated secrets the state hosts need (never a default); only whether there are any matters."""
     wanted = []
     if db_hosts:
         wanted.append(S.POSTGRES_PASSWORD)
@@ -170,7 +180,10 @@ def wanted_secrets(db_hosts: list[StateInput], redis_hosts: list[StateInput]) ->
 
 
 def resolve(
-    gateways: list[StateInput], db_hosts: list[StateInput], redis_hosts: list[StateInput], values: Mapping[str, str]
+    gateways: Sequence[HostData],
+    db_hosts: Sequence[HostData],
+    redis_hosts: Sequence[HostData],
+    values: Mapping[str, str],
 ) -> Topology:
     """The topology of a valid inventory (problems() found nothing)."""
     return Topology(
@@ -231,7 +244,7 @@ class StateHost:
 
 
 def state_hosts(
-    shape: Topology, raw: Mapping[str, Mapping[str, object]], secrets: object, backup_view=None
+    shape: Topology, raw: Mapping[str, Mapping[str, Any]], secrets: S.Secrets, backup_view=None
 ) -> dict[str, StateHost]:
     """{name: StateHost} of the run's db and redis hosts (raw: each one's host data, validated).
     backup_view(name, data, directory, project): the db host's database as a bundled one, for backups."""

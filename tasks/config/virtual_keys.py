@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import re
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Literal, Mapping, overload
 
 from tasks.config import reserved
 from tasks.config.models import ENV_NAME
@@ -111,7 +111,7 @@ def _entries(raw: object, name: str, example: dict, allowed: set[str], problems:
     if not isinstance(raw, (list, tuple)):
         problems.append(f"{name}: must be a list of dicts — fix: {name} = [{example!r}]")
         return []
-    entries = []
+    entries: list[tuple[str, dict]] = []
     for index, entry in enumerate(raw):
         field = f"{name}[{index}]"
         if not isinstance(entry, dict):
@@ -144,6 +144,10 @@ def _unknown(field: str, entry: dict, allowed: set[str], problems: list[str]) ->
         )
 
 
+@overload
+def _number(field: str, value: object, problems: list[str], whole: Literal[True]) -> int | None: ...
+@overload
+def _number(field: str, value: object, problems: list[str], whole: bool = False) -> float | int | None: ...
 def _number(field: str, value: object, problems: list[str], whole: bool = False) -> float | int | None:
     if value is None:
         return None

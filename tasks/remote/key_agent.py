@@ -45,7 +45,7 @@ MAX_PAGES = 100
 KEY_LIKE = re.compile(r"sk-[^\s'\",;)\]}]*")
 HASH_LIKE = re.compile(r"[0-9a-fA-F]{64}")
 # The key values read from stdin: cut out of every text this process prints (main fills it).
-NEVER_SHOWN = []
+NEVER_SHOWN = []  # type: list[str]
 TEAM_FIELDS = (
     "team_id",
     "team_alias",
