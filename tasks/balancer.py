@@ -22,6 +22,7 @@ import dataclasses
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pyinfra import host, logger, state
 from pyinfra.api import Host, State, deploy, operation
@@ -210,6 +211,8 @@ def placed_behind(
         if problem:
             problems.append(f"host {name}: {problem}")
             continue
+        # gateway_address gives an address or a problem.
+        assert address is not None
         placed[name] = dataclasses.replace(
             gateway, proxy_bind=address, behind_load_balancer=True, load_balancer_sources=tuple(sorted(set(sources)))
         )
@@ -273,10 +276,11 @@ def _acme_problems(raw: dict[str, object]) -> list[str]:
     return none + acme_problems(names, raw)
 
 
-def certificate_names(lb_name: str, address: str, raw: dict[str, object]) -> tuple[str, ...]:
+def certificate_names(lb_name: str, address: str, raw: dict[str, Any]) -> tuple[str, ...]:
     """The names a load balancer's certificate is for: tls_names, else (self-signed) its inventory
     name and address; the first is the one clients connecting by address are served (default_sni).
-    With "files" the given tls_names only (the certificate's own names are the user's business)."""
+    With "files" the given tls_names only (the certificate's own names are the user's business).
+    raw: its host data, in which lb_problems found nothing."""
     given = tuple(raw["tls_names"])
     if given or raw["tls"] != "self-signed":
         return certificates.unique_names(given) if given else ()

@@ -83,6 +83,7 @@ def read_host(host: Host, install_dir: str | None, names: list[str], paths: tupl
     )
     if not ok:
         return None
+    files: dict[str, list[str]]
     found, files, current = {}, {}, None
     for line in output.stdout_lines:
         if line.startswith(_FILE_MARK):
@@ -183,6 +184,7 @@ def read_controller_state(state: State, secrets_file: Path, state_wanted: tuple[
             paths = tuple(p for p in (values_file, fronts.get(host)) if p)
             read = read_host(host, _install_dir(host) if is_gateway else None, names, paths)
             if is_gateway:
+                assert values_file is not None  # a gateway's, set above
                 found.envs[host.name] = None if read is None else read.env
                 found.key_values[host.name] = None if read is None else _key_values(read.files.get(values_file))
             if host in fronts:
@@ -214,7 +216,8 @@ class _RecordWhenOperationsStart(BaseStateCallback):
         self.completion = completion
         self.done = False
 
-    def operation_host_start(self, state: State, host: Host, op_hash) -> None:
+    # The type-ignore: pyinfra's BaseStateCallback declares its callbacks static, yet calls them on the instance.
+    def operation_host_start(self, state: State, host: Host, op_hash) -> None:  # type: ignore[override]
         with _building:
             if not self.done:
                 S.append_secrets(self.secrets_file, self.completion.additions, self.completion.origin)

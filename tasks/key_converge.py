@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import shlex
 import sys
+from typing import Any
 
 from pyinfra import host, logger, state
 from pyinfra.api import FactBase, deploy, operation
@@ -172,7 +173,7 @@ def _seconds_until(moment: dt.datetime, now: dt.datetime) -> str:
 def _wanted(entry: Team | VirtualKey, name: str) -> object:
     if name == "models":
         return sorted(entry.models or [])
-    if name == "team":
+    if name == "team" and isinstance(entry, VirtualKey):  # a key's setting only (KEY_SETTINGS)
         return entry.team
     if name == "metadata":
         return dict(entry.metadata or {})
@@ -189,7 +190,8 @@ def _stored(row: dict, name: str) -> object:
     return row.get(name)
 
 
-def _same(name: str, wanted: object, stored: object, now: dt.datetime) -> bool:
+# wanted, stored: values of the setting `name`, their type the setting's (a dict for metadata, ...).
+def _same(name: str, wanted: Any, stored: Any, now: dt.datetime) -> bool:
     if name == "metadata":  # LiteLLM adds entries of its own: the declared ones must match
         return all((stored or {}).get(k) == v for k, v in wanted.items())
     if name == "expires":
@@ -206,7 +208,7 @@ def _same(name: str, wanted: object, stored: object, now: dt.datetime) -> bool:
     return wanted == stored
 
 
-def _body_value(name: str, wanted: object, row: dict | None, now: dt.datetime) -> tuple[str, object]:
+def _body_value(name: str, wanted: Any, row: dict | None, now: dt.datetime) -> tuple[str, object]:
     """(API field, value) for one setting; a fixed expiry goes as LiteLLM's duration from now."""
     if name == "team":
         return "team_id", wanted
@@ -549,6 +551,7 @@ def preview_lines(
             f"virtual keys on {host_name}: the plan is made when the deploy executes (the {PROXY_SERVICE} "
             "container is not running yet)"
         ]
+    assert current is not None  # preview reads it whenever the proxy runs
     if current.get("error"):
         return [
             scrubbed(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import FactBase, HiddenValue, StringCommand, operation
+from pyinfra.api.operation import OperationMeta
 
 from tasks.config import pgservice
 from tasks.lib.compose import DB_SERVICE, compose_cmd
@@ -234,7 +235,9 @@ def bootstrap(
     yield StringCommand(psql, _stdin=bootstrap_input(values))
 
 
-def bootstrap_for_key(settings, key: str, name: str = "LiteLLM admin user and master-key link", **op_args) -> object:
+def bootstrap_for_key(
+    settings, key: str, name: str = "LiteLLM admin user and master-key link", **op_args
+) -> OperationMeta:
     """The bootstrap for a gateway's Settings with the master-key link on `key` (rotation moves it);
     op_args: pyinfra global arguments (_if, _ignore_errors)."""
     return bootstrap(
@@ -248,7 +251,7 @@ def bootstrap_for_key(settings, key: str, name: str = "LiteLLM admin user and ma
     )
 
 
-def bootstrap_current_key(settings, **op_args) -> object:
+def bootstrap_current_key(settings, **op_args) -> OperationMeta:
     """The bootstrap for the gateway's current master key (deploy, restore, an upgrade's rollback)."""
     return bootstrap_for_key(settings, settings.secrets.master_key, **op_args)
 

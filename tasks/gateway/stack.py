@@ -161,6 +161,7 @@ def archive_uploaded(src: str, dest: str, images: tuple[str, ...]):
         remote
         and remote["size"] == local.st_size
         and remote["mode"] == 600
+        and remote["mtime"] is not None
         and remote["mtime"] >= local_mtime
         and all(host.get_fact(compose.ImageId, image=image) for image in images)
     ):

@@ -80,7 +80,8 @@ class _SaveWhenOperationsStart(BaseStateCallback):
     def __init__(self, store: CertificateStore):
         self.store = store
 
-    def operation_host_start(self, state, host, op_hash) -> None:
+    # The type-ignore: pyinfra's BaseStateCallback declares its callbacks static, yet calls them on the instance.
+    def operation_host_start(self, state, host, op_hash) -> None:  # type: ignore[override]
         for line in self.store.save():
             logger.warning(f"--> TLS: wrote {line}")
 

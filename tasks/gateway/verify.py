@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from typing import Sequence
 from urllib.parse import quote
 
 from pyinfra import host, logger, state
@@ -47,6 +48,7 @@ def _ollama_bases(models: tuple[Model, ...]) -> dict[str, list[str]]:
     bases: dict[str, list[str]] = {}
     for model in models:
         if model.is_ollama:
+            assert model.api_base is not None  # always set for an Ollama model (tasks/config/models.py _ollama_base)
             bases.setdefault(model.api_base, []).append(model.upstream_model)
     return bases
 
@@ -72,7 +74,7 @@ def proxy_logs(settings: Settings) -> str:
 def gateway_checks(settings: Settings) -> list[dict]:
     """Checks run inside the proxy container against the proxy itself (no chat: see chat_checks)."""
     names = [m.name for m in settings.models]
-    return [
+    checks: list[dict] = [
         {
             "name": "gateway liveliness",
             "kind": "status",
@@ -102,7 +104,8 @@ def gateway_checks(settings: Settings) -> list[dict]:
             "key_env": WRONG_KEY_ENV,
             "fix": "LITELLM_MASTER_KEY must be set in .env",
         },
-    ] + (
+    ]
+    return checks + (
         [
             {
                 "name": f"gateway database: admin user {settings.admin_user_id} and its master-key link",
@@ -147,7 +150,7 @@ def chat_checks(settings: Settings) -> list[dict]:
 def route_checks(settings: Settings) -> list[dict]:
     """Checks of what the gateway routes to; run from the container and, when failing, from the controller.
     `models` (the gateway's model names on that route) is for this module, not for the probe."""
-    checks = []
+    checks: list[dict] = []
     for base, served in _ollama_bases(settings.models).items():
         label = _node_label(base, settings.models, dict(settings.ollama_nodes))
         routed = [m.name for m in settings.models if m.is_ollama and m.api_base == base]
@@ -177,6 +180,7 @@ def route_checks(settings: Settings) -> list[dict]:
             },
         ]
     for model in _upstreams(settings.models):
+        assert model.api_base is not None  # _upstreams keeps those that have one
         checks.append(
             {
                 "name": f"upstream {model.api_base} for {model.name}",
@@ -276,7 +280,7 @@ def assess(
     return results, failures
 
 
-def summary(results: list[tuple[str, dict]], notes: list[str] = ()) -> str:
+def summary(results: list[tuple[str, dict]], notes: Sequence[str] = ()) -> str:
     width = max(len(r["name"]) for _, r in results)
     state_of = lambda r: "ok  " if r["ok"] else "SKIP" if r.get("skipped") else "FAIL"  # noqa: E731
     lines = [f"  {state_of(r)} {r['name'].ljust(width)}  from {where}" for where, r in results]

@@ -84,7 +84,9 @@ def changed(metas: Iterable[OperationMeta | None]) -> bool:
 
 
 def is_up(service: dict | None) -> bool:
-    return bool(service) and service["state"] == "running" and service["health"] in ("", "healthy")
+    if not service:
+        return False
+    return service["state"] == "running" and service["health"] in ("", "healthy")
 
 
 @operation()

@@ -282,9 +282,10 @@ def _watching(host: Host) -> None:
 
         return run
 
-    host.get_fact = get_fact
-    host.run_shell_command = counted(Host.run_shell_command)
-    host.put_file = counted(Host.put_file)
+    # On this host object only, in front of Host's methods (setattr, as mypy refuses an assignment to a method).
+    setattr(host, "get_fact", get_fact)
+    setattr(host, "run_shell_command", counted(Host.run_shell_command))
+    setattr(host, "put_file", counted(Host.put_file))
 
 
 def _reading(cache: _HostCache, read, *args, **kwargs):

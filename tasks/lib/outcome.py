@@ -4,6 +4,7 @@ upgrade and rotation rollbacks, and their reports)."""
 from __future__ import annotations
 
 import shlex
+from typing import TypeGuard
 
 from pyinfra.api.operation import OperationMeta
 
@@ -14,7 +15,7 @@ def failing_command(message: str) -> str:
     return f"echo {shlex.quote(message)} >&2; exit 1"
 
 
-def failed(meta: OperationMeta | None) -> bool:
+def failed(meta: OperationMeta | None) -> TypeGuard[OperationMeta]:
     """True once `meta` ran and failed (with _ignore_errors, so the host went on)."""
     return meta is not None and meta.is_complete() and not meta.did_succeed()
 

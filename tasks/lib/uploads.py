@@ -16,12 +16,12 @@ from io import BytesIO
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, StringCommand, operation
-from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, pop_global_arguments
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS, ConnectorArguments, pop_global_arguments
 from pyinfra.facts.files import File, Sha256File
 
 # What a command or transfer of the SSH user itself runs with: no sudo, and no sudo password
 # handed to a command that has no use for it.
-AS_SSH_USER = {"_sudo": False, "_sudo_password": ""}
+AS_SSH_USER: ConnectorArguments = {"_sudo": False, "_sudo_password": ""}
 
 
 def connector_arguments(state, hst) -> dict:
@@ -71,7 +71,9 @@ def private_file(content: str, dest: str, staging_dir: str, mode: str = "600", u
     wanted = hashlib.sha256(data).hexdigest()
     current = host.get_fact(File, path=dest)
     same_content = bool(current) and host.get_fact(Sha256File, path=dest) == wanted
-    same_meta = bool(current) and current["mode"] == int(mode) and (current["user"], current["group"]) == (user, group)
+    same_meta = (
+        (current["mode"] == int(mode) and (current["user"], current["group"]) == (user, group)) if current else False
+    )
     if same_content and same_meta:
         host.noop(f"{dest} is up to date")
         return
