@@ -40,6 +40,7 @@ import time
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -114,9 +115,11 @@ def with_shared_cpu_bounds(d: Deployment) -> Deployment:
     (4 gateways, a full run on 3 December 2026): the worker failed to boot, Gunicorn stopped the proxy,
     and the run failed. A real fleet's hosts each have their own CPUs."""
     share = max(1, math.ceil(len(gateways_of(d)) / (os.cpu_count() or 1)))
+    start_timeout, verify_timeout = DEFAULTS["start_timeout"], DEFAULTS["verify_timeout"]
+    assert isinstance(start_timeout, int) and isinstance(verify_timeout, int)  # seconds (tasks/config/fields.py)
     for gw in gateways_of(d):
         d.overrides.setdefault(gw, {}).update(
-            start_timeout=share * DEFAULTS["start_timeout"], verify_timeout=share * DEFAULTS["verify_timeout"]
+            start_timeout=share * start_timeout, verify_timeout=share * verify_timeout
         )
         if share > 1:
             d.overrides[gw]["proxy_workers"] = 1
@@ -181,6 +184,7 @@ def fresh_converge(d: Deployment, what: str) -> TimedRun:
 
 
 def converge(d: Deployment, n: int, plan: Plan, results: dict) -> None:
+    stages: dict[str, list[float]]
     totals, stages = [], {}
     for run in range(plan.runs):
         r = fresh_converge(d, f"{n} gateway(s)")
@@ -424,7 +428,7 @@ def throughput(bed: Testbed, d: Deployment, plan: Plan, results: dict) -> None:
     allowed = {h["address"] for h in bed.hosts() if h["address"]}
     chat = {"model": "chat-ollama", "messages": [{"role": "user", "content": "hi"}]}
     auth = {"Authorization": f"Bearer {virtual_key(d, gw, 'bench-load')}"}
-    targets = {
+    targets: dict[str, tuple[str, dict, dict[str, str]]] = {
         "deployed": (f"http://{host['address']}:4000/v1/chat/completions", chat, auth),
         "bare": (f"http://{host['address']}:{BARE_PORT}/v1/chat/completions", chat, auth),
         "upstream": (
@@ -444,7 +448,7 @@ def throughput(bed: Testbed, d: Deployment, plan: Plan, results: dict) -> None:
                     for _ in range(plan.repeats)
                 ]
                 failed = sum(r.failed for r in runs)
-                point = {
+                point: dict[str, Any] = {
                     "concurrency": c,
                     "rps": median_and_spread([r.rps for r in runs]),
                     "p50_ms": median_and_spread([r.percentile(50) for r in runs]),
@@ -635,7 +639,14 @@ def noop_beside_ansible(bed: Testbed, workdir: Path, plan: Plan, results: dict) 
             playbook = Playbook(bed, [bed.host(d.name(gw)) for gw in gateways_of(d)], program)
             playbook.run()  # first contact (host keys, ControlPersist): not measured, as our first run is not
             timed(d)
-            runs = {"deploy": [], "floor": [], "ansible": [], "deploy_cpu": [], "deploy_busy": [], "ansible_cpu": []}
+            runs: dict[str, list[float]] = {
+                "deploy": [],
+                "floor": [],
+                "ansible": [],
+                "deploy_cpu": [],
+                "deploy_busy": [],
+                "ansible_cpu": [],
+            }
             for _ in range(plan.noop_repeats):
                 r, cpu, busy = cpu_measured(lambda: timed(d))
                 changed = {gw: Run(r.returncode, r.output).changed(d.name(gw)) for gw in gateways_of(d)}
@@ -652,7 +663,7 @@ def noop_beside_ansible(bed: Testbed, workdir: Path, plan: Plan, results: dict) 
                     )
                 runs["ansible"].append(seconds)
                 runs["ansible_cpu"].append(cpu)
-            figure = {name: median_and_spread(values) for name, values in runs.items()}
+            figure: dict[str, Any] = {name: median_and_spread(values) for name, values in runs.items()}
             figure["ansible_vs_deploy"] = round(
                 statistics.median(runs["ansible"]) / statistics.median(runs["deploy"]), 2
             )

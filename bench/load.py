@@ -61,6 +61,8 @@ def run_load(
 ) -> LoadResult:
     guard_target(url, allowed)
     parts = urlsplit(url)
+    hostname = parts.hostname
+    assert hostname is not None  # guard_target refused a URL without one (allowed never holds "")
     payload = json.dumps(body).encode()
     headers = {"Content-Type": "application/json", **headers}
     lock = threading.Lock()
@@ -78,7 +80,7 @@ def run_load(
             return True
 
     def client() -> None:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+        conn = http.client.HTTPConnection(hostname, parts.port or 80, timeout=timeout)
         while take():
             t0 = time.perf_counter()
             try:
@@ -89,7 +91,7 @@ def run_load(
                     raise RuntimeError(f"HTTP {response.status}: {data[:200]!r}")
             except Exception as e:  # noqa: BLE001 - counted and reported, the run goes on
                 conn.close()
-                conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+                conn = http.client.HTTPConnection(hostname, parts.port or 80, timeout=timeout)
                 with lock:
                     failures.append(f"{type(e).__name__}: {e}")
                 continue

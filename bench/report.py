@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import overload
 
 
+# A figure is a median_and_spread dict (bench/load.py), which always holds its median; None: not measured.
+@overload
+def _median(figure: None) -> None: ...
+@overload
+def _median(figure: dict) -> float: ...
+@overload
+def _median(figure: dict | None) -> float | None: ...
 def _median(figure: dict | None) -> float | None:
     return figure["median"] if figure else None
 

@@ -58,6 +58,7 @@ def timed(deployment: Deployment, script: str = "deploy.py", *args: str, timeout
         deadline = threading.Timer(timeout, proc.kill)
         deadline.start()
         try:
+            assert proc.stdout is not None  # stdout=PIPE
             for line in proc.stdout:
                 lines.append(line)
                 if m := OPERATION.search(line):
