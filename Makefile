@@ -19,11 +19,13 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Pyflakes' findings (unused or undefined names) and syntax errors, by ruff; the package's code,
-# the runbooks and the benchmarks in ruff's format.
+# the runbooks and the benchmarks in ruff's format, and type-checked by mypy (the same files: its
+# [tool.mypy] section in pyproject.toml).
 FORMATTED := tasks bench deploy.py backup.py keys.py restore.py rotate.py verify.py
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --select F,E9 .
 	$(VENV)/bin/ruff format --check --quiet $(FORMATTED)
+	$(VENV)/bin/mypy
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q
