@@ -19,7 +19,9 @@ from tasks.config.filters import dotenv_quote
 
 MIN_SECRET_LENGTH = 12
 SAMPLE_EVERY_S = 0.2
-MAX_SAMPLES = 1500  # 5 minutes of samples at most: a sampler stops by itself
+# 15 minutes of samples at most: a sampler stops by itself. A bare gateway's deploy takes 2-3 minutes;
+# 5 minutes once ran out on a loaded machine before the proxy started, so its schema check went unseen.
+MAX_SAMPLES = 4500
 HOST_SAMPLES = "/root/leak-scan-ps"  # root's, 0600 (umask 077): it holds whatever ps showed
 HOST_PATTERNS = "/root/leak-scan-patterns"
 HOST_STOP = "/root/leak-scan-stop"
@@ -70,6 +72,7 @@ class ControllerSampler:
 
     def __init__(self):
         self.samples: list[str] = []
+        self._seen: dict[str, None] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -80,12 +83,14 @@ class ControllerSampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(timeout=30)
+        self.samples = ["\n".join(self._seen) + "\n"]
 
     def _run(self):
         for _ in range(MAX_SAMPLES):
             if self._stop.is_set():
                 return
-            self.samples.append(subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout)
+            shown = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+            self._seen.update(dict.fromkeys(shown))  # each line once, in the order first seen
             self._stop.wait(SAMPLE_EVERY_S)
 
 
@@ -108,7 +113,7 @@ class HostSampler:
     def __exit__(self, *exc):
         # The loop sees the stop file within one interval; reading after a short bounded wait for it.
         script = f"touch {HOST_STOP}; for i in $(seq 50); do [ -e {HOST_RUNNING} ] || break; sleep 0.1; done; " \
-                 f"cat {HOST_SAMPLES}; rm -f {HOST_SAMPLES} {HOST_STOP}"
+                 f"sort -u {HOST_SAMPLES}; rm -f {HOST_SAMPLES} {HOST_STOP}"  # each line once: ps repeats itself
         result = self.bed.ssh(self.host, script)
         assert result.ok, result.output
         self.samples = result.output
