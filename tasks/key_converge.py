@@ -139,13 +139,12 @@ def access_read(settings: Settings, moment: str = "before") -> tuple[type[FactBa
 
 
 def checks_read(settings: Settings) -> list[tuple[type[FactBase], dict]]:
-    """What access_converged and keys_verified ask the proxy on a gateway that converges keys, in that
-    order, as [(fact, arguments)] (tasks/lib/fact_cache.py checks)."""
-    if not (settings.teams or settings.virtual_keys) or dry_run():
+    """What access_converged asks the proxy on a gateway that converges keys, as [(fact, arguments)]
+    (tasks/lib/fact_cache.py checks). Not keys_verified's checks: read before the keys converge, a key
+    about to change fails them, and each failing check retries until verify_timeout (tasks/remote/probe.py)."""
+    if not (settings.teams or settings.virtual_keys) or dry_run() or owner(settings) != settings.host_name:
         return []
-    reads = [access_read(settings)] if owner(settings) == settings.host_name else []
-    checks = key_checks(settings)
-    return reads + ([key_checks_read(settings, checks)] if checks else [])
+    return [access_read(settings)]
 
 
 def key_checks_read(settings: Settings, checks: list[dict]) -> tuple[type[FactBase], dict]:
