@@ -47,10 +47,11 @@ from tasks.config.settings import (
     read_host_data,
 )
 from tasks.config.tls_config import acme_problems
-from tasks.gateway import roll, stack, tls
+from tasks.gateway import roll, tls
 from tasks.lib import compose, docker, firewall
+from tasks.lib.component import ComposeComponent
 from tasks.lib.render import environment
-from tasks.lib.uploads import connector_arguments, private_file
+from tasks.lib.uploads import connector_arguments
 
 LB_HOSTS = "lb_hosts"
 SERVICE = "caddy"
@@ -381,10 +382,9 @@ def reload_command(lb: LoadBalancer, caddyfile: str) -> str:
     )
 
 
-def _images(lb: LoadBalancer):
-    return stack.images_on_host(
-        lb.image_source, lb.image_archives, f"{lb.install_dir}/images", {"tls_image": lb.tls_image}
-    )
+def component(lb: LoadBalancer) -> ComposeComponent:
+    """The load balancer's compose project, in the lifecycle every component shares (tasks/lib/component.py)."""
+    return ComposeComponent(lb.install_dir, lb.compose_project, lb.start_timeout)
 
 
 # --- the load balancers' side of a roll (tasks/gateway/roll.py) -------------------------------------------
@@ -453,47 +453,21 @@ def balancer_configured(lb: LoadBalancer, caddyfile):
 @deploy("Load balancer")
 def deploy_load_balancer(lb: LoadBalancer) -> None:
     docker.install_docker(settings=lb)
-    files.directory(
-        name=f"Install directory {lb.install_dir} (root only)",
-        path=lb.install_dir,
-        user="root",
-        group="root",
-        mode="700",
-    )
-    images = _images(lb)
-    staging = f"{lb.install_dir}/.staging"
+    project = component(lb)
+    project.directory()
+    images = project.images(lb.image_source, lb.image_archives, {"tls_image": lb.tls_image})
     for directory in ("caddy", "certs"):
         files.directory(
             name=f"Directory {lb.path(directory)}", path=lb.path(directory), user="root", group="root", mode="700"
         )
-    compose_file = private_file(
-        name=f"Write {COMPOSE_FILE}",
-        content=render_compose(lb),
-        dest=lb.path(COMPOSE_FILE),
-        staging_dir=staging,
-        mode="644",
-    )
-    caddyfile = private_file(
-        name="Write the Caddyfile",
-        content=render_caddyfile(lb),
-        dest=lb.path(CADDYFILE),
-        staging_dir=staging,
-        mode="644",
-    )
+    compose_file = project.write(COMPOSE_FILE, render_compose(lb), "644")
+    caddyfile = project.write(CADDYFILE, render_caddyfile(lb), "644", label="Write the Caddyfile")
     material = certificate_material(lb)
     if material is not None:
         cert, key = material
         certificates = [
-            private_file(
-                name="Write the TLS certificate", content=cert, dest=lb.path(CERT_FILE), staging_dir=staging, mode="644"
-            ),
-            private_file(
-                name="Write the TLS private key (mode 0600)",
-                content=key,
-                dest=lb.path(KEY_FILE),
-                staging_dir=staging,
-                mode="600",
-            ),
+            project.write(CERT_FILE, cert, "644", label="Write the TLS certificate"),
+            project.write(KEY_FILE, key, "600", label="Write the TLS private key (mode 0600)"),
         ]
     else:
         # acme: Caddy keeps what it obtains in its data volume; files of an earlier source go.
@@ -512,13 +486,5 @@ def deploy_load_balancer(lb: LoadBalancer) -> None:
     )
     # A new certificate recreates the container (Caddy may keep a loaded certificate across reloads);
     # a new Caddyfile is only reloaded, gracefully (balancer_configured).
-    compose.service_up(
-        name="Load balancer (Caddy) up",
-        project=lb.compose_project,
-        install_dir=lb.install_dir,
-        service=SERVICE,
-        depends_on=[compose_file, *images],
-        recreate_on=certificates,
-        timeout=lb.start_timeout,
-    )
+    project.up(SERVICE, name="Load balancer (Caddy) up", depends_on=[compose_file, *images], recreate_on=certificates)
     balancer_configured(name="Load balancer runs the Caddyfile (every gateway admitted)", lb=lb, caddyfile=caddyfile)

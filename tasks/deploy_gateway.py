@@ -18,6 +18,7 @@ from tasks.config.settings import Settings
 from tasks.gateway import backup, database, migrations, roll, stack, tls, upgrade, verify
 from tasks.lib import compose, docker, envfile, fact_cache, firewall
 from tasks.lib.fact_cache import absent_reads, directory_reads, put_reads, service_reads
+from tasks.lib.images import remote_archive
 from tasks.lib.render import COMPOSE_FILE, CONFIG_FILE, ENV_FILE
 from tasks.lib.stages import Stage, stage
 from tasks.lib.uploads import private_file_reads
@@ -187,7 +188,7 @@ def facts_decided_on(settings: Settings) -> list[fact_cache.Wanted]:
     else:
         reads += directory_reads(stack.archive_dir(settings))
         reads += [
-            (File, {"path": stack.remote_archive(stack.archive_dir(settings), archive)})
+            (File, {"path": remote_archive(stack.archive_dir(settings), archive)})
             for archive in settings.image_archives
         ]
         reads += [(compose.ImageId, {"image": image}) for image in images.values()]

@@ -12,15 +12,14 @@ from __future__ import annotations
 from typing import cast
 
 from pyinfra.api import HiddenValue, deploy
-from pyinfra.operations import files
 
 from tasks.config import secrets as S
 from tasks.config.settings import Settings
 from tasks.config.topology import DB_PORT, REDIS_PORT, StateHost
-from tasks.gateway import backup, database, stack
-from tasks.lib import compose, docker, firewall
+from tasks.gateway import backup, database
+from tasks.lib import docker, firewall
+from tasks.lib.component import ComposeComponent
 from tasks.lib.render import data_health, environment
-from tasks.lib.uploads import private_file
 
 PORTS = {"db": DB_PORT, "redis": REDIS_PORT}
 COMPOSE_FILE = "docker-compose.yml"
@@ -73,56 +72,53 @@ def deploy_state_host(host: StateHost) -> None:
         _service(host, service, loaded)
 
 
+def component(host: StateHost, service: str) -> ComposeComponent:
+    """A service's compose project, in the lifecycle every component shares (tasks/lib/component.py)."""
+    return ComposeComponent(host.service_dir(service), host.service_project(service), host.start_timeout)
+
+
 def _images(host: StateHost) -> list:
-    first = host.service_dir(host.services[0])
+    first = component(host, host.services[0])
     if host.image_source == "archives":  # the archives' directory is inside the first service's
-        files.directory(
-            name=f"Install directory {first} (root only)", path=first, user="root", group="root", mode="700"
-        )
-    return stack.images_on_host(host.image_source, host.image_archives, f"{first}/images", images(host))
+        first.directory()
+    return first.images(host.image_source, host.image_archives, images(host))
 
 
 def _service(host: StateHost, service: str, loaded: list) -> None:
-    directory = host.service_dir(service)
-    project = host.service_project(service)
-    files.directory(
-        name=f"Install directory {directory} (root only)", path=directory, user="root", group="root", mode="700"
-    )
+    compose_project = component(host, service)
+    directory = compose_project.install_dir
+    compose_project.directory()
     if service == "db":
         # Postgres applies POSTGRES_PASSWORD only when it initialises a database: a changed one goes to
         # the role first, while the .env still holds the old one (a failure here leaves both as they were).
         database.role_password(
             name=f"Database role {host.postgres_user}: {S.POSTGRES_PASSWORD} from the secrets file",
-            psql=database.compose_psql(project, directory, host.postgres_user, host.postgres_db),
+            psql=database.compose_psql(compose_project.project, directory, host.postgres_user, host.postgres_db),
             install_dir=directory,
-            compose_project=project,
+            compose_project=compose_project.project,
             role=host.postgres_user,
             password=HiddenValue(host.secrets[S.POSTGRES_PASSWORD]),
         )
     start_interval = docker.health_start_interval_supported(host.docker_install)
     written = {
-        name: private_file(
-            name=f"Write {directory}/{name}" + (" (secrets, mode 0600)" if FILE_MODES[name] == "600" else ""),
-            content=content,
-            dest=f"{directory}/{name}",
-            staging_dir=f"{directory}/.staging",
-            mode=FILE_MODES[name],
+        name: compose_project.write(
+            name,
+            content,
+            FILE_MODES[name],
+            label=f"Write {directory}/{name}" + (" (secrets, mode 0600)" if FILE_MODES[name] == "600" else ""),
         )
         for name, content in render_service(host, service, start_interval).items()
     }
     # In DOCKER-USER before the port is published: dockerd already runs (install_docker), and the
     # service's first start must not be open to all until the rules follow.
-    firewall.port_only_from(service=f"{project}", port=PORTS[service], sources=host.allowed)
+    firewall.port_only_from(service=compose_project.project, port=PORTS[service], sources=host.allowed)
     what = "PostgreSQL" if service == "db" else "Valkey"
-    compose.service_up(
+    compose_project.up(
+        service,
         name=f"{what} up and healthy (db host)" if service == "db" else f"{what} up and healthy (redis host)",
-        project=project,
-        install_dir=directory,
-        service=service,
         depends_on=[written[COMPOSE_FILE], written[ENV_FILE], *loaded],
         # pg_hba.conf is bind-mounted: compose cannot see it change.
         recreate_on=[written[HBA_FILE]] if HBA_FILE in written else [],
-        timeout=host.start_timeout,
     )
     if service == "db" and host.backup is not None:
         # Scheduled pg_dump backups of the shared database, on the db host (backup_enabled, backup_schedule).

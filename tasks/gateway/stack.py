@@ -6,23 +6,17 @@ relay's "restart signal" pattern): a new model recreates the proxy, never the da
 
 from __future__ import annotations
 
-import os
-import shlex
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 
-from pyinfra import host
-from pyinfra.api import deploy, operation
+from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.files import File
 from pyinfra.operations import files
 
 from tasks.config import pgservice, sizing
 from tasks.config.settings import Settings
 from tasks.lib import compose, docker
+from tasks.lib.component import ComposeComponent
 from tasks.lib.render import COMPOSE_FILE, CONFIG_FILE, ENV_FILE, render_files
-from tasks.lib.uploads import private_file
 
 
 @dataclass
@@ -51,19 +45,18 @@ FILE_MODES = {
 }
 
 
+def component(settings: Settings) -> ComposeComponent:
+    """The gateway's compose project, in the lifecycle every component shares (tasks/lib/component.py)."""
+    return ComposeComponent(settings.install_dir, settings.compose_project, settings.start_timeout)
+
+
 def staging_dir(settings: Settings) -> str:
-    return f"{settings.install_dir}/.staging"
+    return component(settings).staging_dir
 
 
 def install_directory(settings: Settings):
     """The project's directory, root only, before anything goes into it (image archives, files)."""
-    return files.directory(
-        name=f"Install directory {settings.install_dir} (root only)",
-        path=settings.install_dir,
-        user="root",
-        group="root",
-        mode="700",
-    )
+    return component(settings).directory()
 
 
 @deploy("Compose project files")
@@ -73,17 +66,8 @@ def write_files(settings: Settings, changes: Changes) -> None:
     rendered = render_files(
         sizing.sized(settings), start_interval=docker.health_start_interval_supported(settings.docker_install)
     )
-    written = {
-        name: private_file(
-            name=f"Write {name}" + (" (secrets, mode 0600)" if mode == "600" else ""),
-            content=rendered[name],
-            dest=f"{settings.install_dir}/{name}",
-            staging_dir=staging_dir(settings),
-            mode=mode,
-        )
-        for name, mode in FILE_MODES.items()
-        if name in rendered
-    }
+    project = component(settings)
+    written = {name: project.write(name, rendered[name], mode) for name, mode in FILE_MODES.items() if name in rendered}
     for name in (name for name in FILE_MODES if name not in rendered):
         # An external database's credentials do not outlive a switch to another database mode.
         files.file(
@@ -105,110 +89,16 @@ def required_images(settings: Settings) -> dict[str, str]:
     return images
 
 
-# Said by every image failure: it happens before anything of a running gateway is touched.
-UNTOUCHED = "the running gateway was not touched"
-
-
-def image_check(image: str, field: str, problem: str, fix: str) -> str:
-    """The command that fails the host, naming the image, its setting and the fix, unless the image is
-    on the host now (after a pull or a load): nothing later may meet a missing image halfway."""
-    message = f"{problem} {image} ({field}): {fix}; {UNTOUCHED}"
-    return (
-        f"docker image inspect --format '{{{{.Id}}}}' {shlex.quote(image)} >/dev/null 2>&1 || "
-        f"{{ echo {shlex.quote(message)} >&2; exit 1; }}"
-    )
-
-
-PULL_FIX = "check the tag, and that this host reaches the registry (its error is above)"
-ARCHIVE_FIX = "check the tag, or add the archive holding it to image_archives"
-
-
-@operation()
-def image_present(image: str, field: str):
-    """Pull a pinned image only when it is not on the host yet; a failed pull fails the host naming it."""
-    if host.get_fact(compose.ImageId, image=image):
-        host.noop(f"{image} is present")
-        return
-    # One command: a failed pull's own error and the check's message that names the setting fail it together.
-    yield f"docker pull --quiet {shlex.quote(image)}; {image_check(image, field, 'could not pull', PULL_FIX)}"
-
-
-@operation()
-def archives_loaded(uploads: dict[str, OperationMeta], images: dict[str, str]):
-    """`docker load` the uploaded archives that are new, or all of them when an image is missing;
-    then insist every image the project needs is there."""
-    missing = {field: image for field, image in images.items() if not host.get_fact(compose.ImageId, image=image)}
-    to_load = list(uploads) if missing else [path for path, meta in uploads.items() if compose.changed([meta])]
-    if not to_load:
-        host.noop(f"{len(images)} image(s) loaded from {len(uploads)} archive(s)")
-        return
-    yield archives_load_command(to_load)
-    for field, image in missing.items():
-        # Fail here, naming the image, rather than later with a confusing compose error.
-        yield image_check(image, field, "none of the image archives contains", ARCHIVE_FIX)
-
-
-@operation()
-def archive_uploaded(src: str, dest: str, images: tuple[str, ...]):
-    """files.put of an image archive (0600), which hashes it on both ends, over a second each for a LiteLLM
-    archive and the largest part of a no-op run; skipped when nothing can have changed: every image the
-    project needs is loaded, and the host's copy has the local file's size and mode and is newer than it
-    (a rebuilt archive is newer; a skewed clock only costs the hashing)."""
-    remote = host.get_fact(File, path=dest)
-    local = os.stat(src)
-    local_mtime = datetime.fromtimestamp(int(local.st_mtime), timezone.utc).replace(tzinfo=None)
-    if (
-        remote
-        and remote["size"] == local.st_size
-        and remote["mode"] == 600
-        and remote["mtime"] is not None
-        and remote["mtime"] >= local_mtime
-        and all(host.get_fact(compose.ImageId, image=image) for image in images)
-    ):
-        host.noop(f"{dest}: uploaded after the archive last changed, and its images are loaded")
-        return
-    yield from files.put._inner(src=src, dest=dest, mode="600")  # noqa: SLF001 (an operation's body, inside ours)
-
-
-def archives_load_command(archives: list[str]) -> str:
-    """One `docker load` per archive, all at once, failing if any fails. A load is one process bound by
-    decompression and layer extraction: the usual two archives (LiteLLM, Postgres) load side by side in
-    the time of the larger (31 s instead of 43 s, measured on a test bed host)."""
-    loads = " ".join(f'docker load --input {shlex.quote(a)} & pids="$pids $!";' for a in archives)
-    return f'pids=""; {loads} status=0; for pid in $pids; do wait "$pid" || status=1; done; exit $status'
-
-
 def archive_dir(settings: Settings) -> str:
-    return f"{settings.install_dir}/images"
-
-
-def remote_archive(archive_dir: str, archive: str) -> str:
-    """Where an image archive of the controller is uploaded on the host."""
-    return f"{archive_dir}/{Path(archive).name}"
-
-
-def images_on_host(image_source: str, image_archives, archive_dir: str, images: dict[str, str]) -> list:
-    """The image stage of every compose project (gateway, load balancer, db and redis host): `images`
-    ({setting: image}) on the host and checked, pulled when missing or loaded from the uploaded
-    archives. Returns the operations a service's start depends on."""
-    if image_source == "pull":
-        return [image_present(name=f"Image {image}", image=image, field=field) for field, image in images.items()]
-    files.directory(name=f"Image archive directory {archive_dir}", path=archive_dir, mode="700")
-    uploads = {}
-    for archive in image_archives:
-        remote = remote_archive(archive_dir, archive)
-        uploads[remote] = archive_uploaded(
-            name=f"Upload image archive {Path(archive).name}", src=archive, dest=remote, images=tuple(images.values())
-        )
-    return [archives_loaded(name="Load images from the archives", uploads=uploads, images=images)]
+    return component(settings).path("images")
 
 
 @deploy("Container images")
 def get_images(settings: Settings, changes: Changes) -> None:
     """The images on the host and checked, before any file of the project is written: on an upgrade a
     mistyped tag or an unreachable registry must fail the host while the old image still serves."""
-    changes.images = images_on_host(
-        settings.image_source, settings.image_archives, archive_dir(settings), required_images(settings)
+    changes.images = component(settings).images(
+        settings.image_source, settings.image_archives, required_images(settings)
     )
 
 
@@ -216,24 +106,14 @@ def get_images(settings: Settings, changes: Changes) -> None:
 def start_database(settings: Settings, changes: Changes) -> None:
     if settings.database_mode != "bundled":
         return
-    compose.service_up(
-        name="Postgres up and healthy",
-        project=settings.compose_project,
-        install_dir=settings.install_dir,
-        service=compose.DB_SERVICE,
-        depends_on=changes.project,
-        timeout=settings.start_timeout,
-    )
+    component(settings).up(compose.DB_SERVICE, name="Postgres up and healthy", depends_on=changes.project)
 
 
 @deploy("Start the proxy")
 def start_proxy(settings: Settings, changes: Changes):
-    return compose.service_up(
+    return component(settings).up(
+        compose.PROXY_SERVICE,
         name="LiteLLM proxy up and healthy",
-        project=settings.compose_project,
-        install_dir=settings.install_dir,
-        service=compose.PROXY_SERVICE,
         depends_on=changes.project,
         recreate_on=[changes.config_file],
-        timeout=settings.start_timeout,
     )

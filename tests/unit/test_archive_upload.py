@@ -1,4 +1,4 @@
-"""An image archive is hashed and uploaded again unless nothing can have changed (tasks.gateway.stack.archive_uploaded):
+"""An image archive is hashed and uploaded again unless nothing can have changed (tasks.lib.images.archive_uploaded):
 a no-op run then skips hashing it on both ends, the largest part of its time."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tasks.gateway import stack
+from tasks.lib import images
 from tasks.lib.compose import ImageId
 
 IMAGES = ("litellm:pinned", "postgres:17")
@@ -46,10 +46,10 @@ LATER = datetime(2026, 12, 2, tzinfo=timezone.utc)
 def planned(monkeypatch, archive, remote, loaded=set(IMAGES)) -> tuple[FakeHost, bool]:
     """(the host, whether the body went on to files.put)."""
     fake = FakeHost(remote, loaded)
-    monkeypatch.setattr(stack, "host", fake)
+    monkeypatch.setattr(images, "host", fake)
     called = []
-    monkeypatch.setattr(stack.files.put, "_inner", lambda **kwargs: iter(called.append(kwargs) or ()))
-    list(stack.archive_uploaded._inner(src=str(archive), dest="/opt/litellm/images/a.tar.gz", images=IMAGES))  # noqa: SLF001
+    monkeypatch.setattr(images.files.put, "_inner", lambda **kwargs: iter(called.append(kwargs) or ()))
+    list(images.archive_uploaded._inner(src=str(archive), dest="/opt/litellm/images/a.tar.gz", images=IMAGES))  # noqa: SLF001
     return fake, bool(called)
 
 

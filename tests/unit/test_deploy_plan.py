@@ -226,7 +226,7 @@ def test_a_state_hosts_port_is_firewalled_before_its_service_publishes_it(secret
 def test_every_archive_is_loaded_and_one_failed_load_fails_the_command(tmp_path):
     """The loads run in the background side by side: each must still be run and waited for (a stand-in
     `docker` on PATH records its calls and fails for the archive named 'bad')."""
-    from tasks.gateway.stack import archives_load_command
+    from tasks.lib.images import archives_load_command
 
     fake = tmp_path / "docker"
     fake.write_text('#!/bin/sh\necho "$3" >> "$CALLS"\ncase "$3" in *bad*) exit 1;; esac\n')
