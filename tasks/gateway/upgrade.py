@@ -49,7 +49,8 @@ from pyinfra.api.operation import OperationMeta
 from tasks.config.settings import Settings
 from tasks.gateway import backup, restore, stack, verify
 from tasks.lib.compose import PROXY_SERVICE, ImageId, compose_cmd
-from tasks.lib.outcome import failed, failing_command, last_error
+from tasks.lib.attempt import Attempt
+from tasks.lib.outcome import failing_command
 from tasks.lib.stages import Stage, run_plainly
 
 STATE_DIR = ".state"
@@ -147,25 +148,8 @@ class Upgrade:
     # The backup of an earlier, interrupted attempt from the same previous image: the rollback restores
     # it, as the database may hold that attempt's migrations by now.
     interrupted_backup: str | None = None
-    attempt: list[tuple[str, OperationMeta | None]] = dataclasses.field(default_factory=list)
+    attempt: Attempt = dataclasses.field(default_factory=Attempt)  # the runbook's stages (tasks/lib/attempt.py)
     rollback_verified: OperationMeta | None = None
-
-    def failure(self) -> str | None:
-        """Why the attempt failed, or None (so far); asked while the run executes."""
-        for label, meta in self.attempt:
-            if failed(meta):
-                return f"{label} failed{last_error(meta)}"
-        return None
-
-    def going(self) -> bool:
-        return self.failure() is None
-
-    def rolling_back(self) -> bool:
-        return self.failure() is not None
-
-    def attempted(self, label: str, operations: list[OperationMeta]) -> None:
-        """A stage of the attempt, its operations as pyinfra added them."""
-        self.attempt += [(label, meta) for meta in operations]
 
     @property
     def restore_path(self) -> str | None:
@@ -228,16 +212,10 @@ def run_stages(settings: Settings, stages: list[Stage]) -> None:
         return
     backed_up(settings, upgrading)
     for stage in stages:
-        upgrading.attempted(stage.label, stage(**attempt_args(upgrading)))
+        upgrading.attempt.add(stage.label, stage(**upgrading.attempt.args()))
     # Only after a failure: the previous image, data from before it, verified; then the host fails.
-    rolled_back(settings=settings, upgrade=upgrading, _if=[upgrading.rolling_back])
+    rolled_back(settings=settings, upgrade=upgrading, _if=[upgrading.attempt.rolling_back])
     upgrade_reported(name=f"Upgrade to {settings.litellm_image}", upgrade=upgrading)
-
-
-def attempt_args(upgrade: Upgrade) -> dict:
-    """Global arguments for the attempt's operations: errors held, and the rest skipped after the
-    first failure (which starts the rollback)."""
-    return {"_ignore_errors": True, "_if": [upgrade.going]}
 
 
 def backed_up(settings: Settings, upgrade: Upgrade) -> None:
@@ -288,7 +266,7 @@ def quiet_backup(settings: Settings, path: str, record: str | None = None):
 
 @deploy("Rollback to the previous image")
 def rolled_back(settings: Settings, upgrade: Upgrade) -> None:
-    """Runs only when the attempt failed (the caller passes _if=upgrade.rolling_back). A failed file
+    """Runs only when the attempt failed (the caller passes _if=upgrade.attempt.rolling_back). A failed file
     write or restore stops the host there; the proxy and verification hold their errors, so the
     report says whether the previous image came back healthy."""
     previous = dataclasses.replace(settings, litellm_image=upgrade.previous)
@@ -315,7 +293,7 @@ def upgrade_reported(upgrade: Upgrade):
     if not state.is_executing:
         host.noop("reported when the deploy runs")
         return
-    cause = upgrade.failure()
+    cause = upgrade.attempt.failure()
     if cause is None:
         saved = f"; backup from before it: {upgrade.backup_path}" if upgrade.backup_path else ""
         host.log(f"upgraded {upgrade.previous} -> {upgrade.target}, verified{saved}", logger.info)

@@ -204,7 +204,7 @@ def reported(run: HostRun, rotation: Rotation):
         return
     window = run.window.describe() if run.window else "not measured"
     backup_note = f"; backup {run.backup_path}" if run.backup_path and run.backup and _changed(run.backup) else ""
-    reason = run.failure()
+    reason = run.attempt.failure()
     if reason is None:
         host.log(f"rotated: new master key proven; refusal window {window}{backup_note}", logger.info)
         host.noop("rotated")

@@ -19,7 +19,7 @@ from tasks.config.registry import run_value
 from tasks.config.secrets import Secrets
 from tasks.config.settings import ConfigError, Settings
 from tasks.context import all_settings
-from tasks.lib.outcome import failed, last_error
+from tasks.lib.attempt import Attempt
 from tasks.rotation.interrupt import STAGES, STOP_ENV
 from tasks.rotation.window import Window
 
@@ -33,26 +33,12 @@ class HostRun:
     new: Settings
     backup_path: str | None = None
     backup: OperationMeta | None = None
-    switch: list[OperationMeta | None] = field(default_factory=list)  # .env, database link, restart
-    proof: OperationMeta | None = None
+    # The switch (.env, database link, restart) and its proof: rolled back when one failed (tasks/lib/attempt.py).
+    attempt: Attempt = field(default_factory=Attempt)
     proof_problem: str | None = None
     rollback_problem: str | None = None
     rollback_proven: bool = False
     window: Window | None = None
-
-    def failure(self) -> str | None:
-        """Why this host's rotation must be rolled back, or None (so far) — asked as ops run."""
-        labels = [
-            "writing the new .env",
-            "moving the database link to the new key",
-            "restarting the proxy on the new key",
-        ]
-        for label, meta in zip(labels, self.switch):
-            if failed(meta):
-                return f"{label} failed{last_error(meta)}"
-        if failed(self.proof):
-            return f"proof failed: {self.proof_problem or 'see above'}"
-        return None
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Callable
 
 from pyinfra.api import deploy
 from pyinfra.operations import files, python
@@ -37,8 +36,8 @@ from tasks.rotation.workspace import KEYS_FILE, SCRIPTS, workspace
 def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
     run = rotation.host_run(settings)
     old, new = run.old, run.new
-    failed: Callable[[], bool] = lambda: run.failure() is not None  # noqa: E731
-    ok: Callable[[], bool] = lambda: run.failure() is None  # noqa: E731
+    attempt = run.attempt
+    attempt.problems["proof"] = lambda: run.proof_problem or "see above"
 
     # 0. A generated new key is recorded before anything else runs, so an interrupted run finishes with it.
     if rotation.generated:
@@ -105,8 +104,9 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
         dest=f"{settings.install_dir}/{ENV_FILE}",
         staging_dir=staging_dir(settings),
         mode="600",
-        _ignore_errors=True,
+        **attempt.args(),
     )
+    attempt.add("writing the new .env", [env])
     stop_after("env")
     link = None
     if settings.has_database:
@@ -114,15 +114,15 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
             new,
             rotation.new_key,
             name="Master-key link moves to the new key; the old key's row is removed (one transaction)",
-            _ignore_errors=True,
-            _if=ok,
+            **attempt.args(),
         )
+        attempt.add("moving the database link to the new key", [link])
     stop_after("database")
     stale = proxy_key_current(
         name="Does the running proxy have the new key?",
         settings=new,
         key_hash=database.hash_key(rotation.new_key),
-        _if=ok,
+        _if=attempt.going,
     )
     restart = compose.service_up(
         name="Restart the proxy on the new master key",
@@ -132,16 +132,14 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
         depends_on=[env],
         recreate_on=[env, stale],
         timeout=settings.start_timeout,
-        _ignore_errors=True,
-        _if=ok,
+        **attempt.args(),
     )
-    run.switch = [env, link, restart]
+    attempt.add("restarting the proxy on the new key", [restart])
     stop_after("restart")
 
     # 5. Proof from the host: new key accepted, old key refused, the virtual key accepted.
-    run.proof = key_proven(
-        name="Proof: new key accepted, previous key refused", run=run, expect="new", _ignore_errors=True, _if=ok
-    )
+    proof = key_proven(name="Proof: new key accepted, previous key refused", run=run, expect="new", **attempt.args())
+    attempt.add("proof", [proof])
 
     # 6. Rollback, only when the switch or the proof failed.
     back_env = private_file(
@@ -151,7 +149,7 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
         staging_dir=staging_dir(settings),
         mode="600",
         _ignore_errors=True,
-        _if=failed,
+        _if=attempt.rolling_back,
     )
     if settings.has_database:
         database.bootstrap_for_key(
@@ -159,13 +157,13 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
             rotation.old_key,
             name="Rollback: master-key link back to the previous key",
             _ignore_errors=True,
-            _if=failed,
+            _if=attempt.rolling_back,
         )
     back_stale = proxy_key_current(
         name="Rollback: does the running proxy have the previous key?",
         settings=old,
         key_hash=database.hash_key(rotation.old_key),
-        _if=failed,
+        _if=attempt.rolling_back,
     )
     compose.service_up(
         name="Rollback: restart the proxy on the previous master key",
@@ -176,10 +174,14 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
         recreate_on=[back_env, back_stale],
         timeout=settings.start_timeout,
         _ignore_errors=True,
-        _if=failed,
+        _if=attempt.rolling_back,
     )
     key_proven(
-        name="Rollback: previous key accepted, new key refused", run=run, expect="old", _ignore_errors=True, _if=failed
+        name="Rollback: previous key accepted, new key refused",
+        run=run,
+        expect="old",
+        _ignore_errors=True,
+        _if=attempt.rolling_back,
     )
 
     # 7. Measure, clean up, report; the controller records the new key once every gateway has it.

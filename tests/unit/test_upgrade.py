@@ -38,12 +38,12 @@ def test_previous_image_from_the_marker_or_the_container():
 
 
 def test_rollback_runs_after_the_first_failure_of_the_attempt_only():
-    step = upgrade.Upgrade("gw1", "img:old", "img:new", "verified", "bundled")
-    assert upgrade.attempt_args(step) == {"_ignore_errors": True, "_if": [step.going]}
-    step.attempted("the database migration", [Ran(True)])
-    step.attempted("starting the proxy", [Ran(True), NotRun()])
+    step = upgrade.Upgrade("gw1", "img:old", "img:new", "verified", "bundled").attempt
+    assert step.args() == {"_ignore_errors": True, "_if": [step.going]}
+    step.add("the database migration", [Ran(True)])
+    step.add("starting the proxy", [Ran(True), NotRun()])
     assert step.going() and not step.rolling_back() and step.failure() is None
-    step.attempt[-1] = ("starting the proxy", Ran(False, ("warn", "service litellm did not become healthy", "")))
+    step.steps[-1] = ("starting the proxy", Ran(False, ("warn", "service litellm did not become healthy", "")))
     assert step.rolling_back()
     assert step.failure() == "starting the proxy failed (warn / service litellm did not become healthy)"
 
