@@ -69,8 +69,8 @@ def test_1_proxy_is_ready_with_its_database(gateway):
 
 
 # What a no-op sends to a converged gateway (issue 35): the host state in one read (tasks/lib/fact_cache.py),
-# then what is checked live: the bootstrap, then the verification (with the front's and the keys' checks,
-# side by side). 75 before the one read (a TLS gateway with a declared key), 4 now; this gateway has neither.
+# then what is checked live: the bootstrap, then the verification (with the front's check and the keys' read,
+# side by side). 75 before the one read (a TLS gateway with a declared key), 5 now; this gateway has neither.
 NO_OP_COMMANDS = 5
 
 
