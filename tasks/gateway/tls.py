@@ -32,10 +32,11 @@ from tasks.config.filters import url_host
 from tasks.config.registry import run_value
 from tasks.config.settings import Settings
 from tasks.config.tls_config import port_suffix
+from tasks.gateway import stack
 from tasks.lib import compose
 from tasks.lib.fact_cache import absent_reads, directory_reads
 from tasks.lib.render import environment
-from tasks.lib.uploads import private_file, private_file_reads
+from tasks.lib.uploads import private_file_reads
 from tasks.remote import program
 
 SERVICE = "tls"
@@ -202,46 +203,29 @@ def tls_front(settings: Settings, changes) -> None:
     files.directory(
         name=f"TLS front directory {directory} (root only)", path=directory, user="root", group="root", mode="700"
     )
-    staging = f"{settings.install_dir}/.staging"
-    written = [
-        private_file(
-            name=f"Write {DIRECTORY}/{CADDYFILE}",
-            content=render_caddyfile(settings),
-            dest=f"{directory}/{CADDYFILE}",
-            staging_dir=staging,
-            mode="644",
-        )
-    ]
+    project = stack.component(settings)
+    written = [project.write(f"{DIRECTORY}/{CADDYFILE}", render_caddyfile(settings), "644")]
     tls = material(settings)
     wanted = {CADDYFILE}
     if tls is not None:
         written.append(
-            private_file(
-                name=f"Write {DIRECTORY}/{CERT} (certificate)",
-                content=tls.cert_pem.decode(),
-                dest=f"{directory}/{CERT}",
-                staging_dir=staging,
-                mode="644",
+            project.write(
+                f"{DIRECTORY}/{CERT}", tls.cert_pem.decode(), "644", label=f"Write {DIRECTORY}/{CERT} (certificate)"
             )
         )
         written.append(
-            private_file(
-                name=f"Write {DIRECTORY}/{KEY} (private key, mode 0600)",
-                content=tls.key_pem.decode(),
-                dest=f"{directory}/{KEY}",
-                staging_dir=staging,
-                mode="600",
+            project.write(
+                f"{DIRECTORY}/{KEY}",
+                tls.key_pem.decode(),
+                "600",
+                label=f"Write {DIRECTORY}/{KEY} (private key, mode 0600)",
             )
         )
         wanted |= {CERT, KEY}
         if tls.ca_pem is not None:
             # Not a secret: what the verification (and host-local clients) check the front against.
-            private_file(
-                name=f"Write {DIRECTORY}/{CA} (the CA that issued it)",
-                content=tls.ca_pem.decode(),
-                dest=f"{directory}/{CA}",
-                staging_dir=staging,
-                mode="644",
+            project.write(
+                f"{DIRECTORY}/{CA}", tls.ca_pem.decode(), "644", label=f"Write {DIRECTORY}/{CA} (the CA that issued it)"
             )
             wanted.add(CA)
     for name in sorted({CADDYFILE, CERT, KEY, CA} - wanted):
