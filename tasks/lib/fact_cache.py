@@ -194,7 +194,8 @@ def read_at_once(facts: Iterable[Wanted], host: Host | None = None, checks: Iter
 
 
 def _read(host: Host, cache: _HostCache, keys: list[tuple]) -> None:
-    cache.served, cache.read_at = {}, changes(host)
+    """The listed facts `keys`, as the host is now; the ones read before are no longer served."""
+    cache.served, cache.read_at = {}, changes(host)  # a failed read leaves nothing stale served
     cache.served = _batch(host, cache, [cache.listed[key] for key in keys], keys)
 
 
@@ -256,21 +257,22 @@ def _watching(host: Host) -> None:
             try:  # this fact and those still to be asked for, as the host is now
                 _read(host, cache, [key, *(k for k in cache.listed if k not in cache.asked and k != key)])
             except Exception:  # noqa: BLE001 (the fact's own read below reports it)
-                cache.served = {}
+                pass
         cache.asked.add(key)
         if key in cache.served:
             return cache.served[key]
         return _reading(cache, Host.get_fact, host, cls, *args, **kwargs)
 
     def checked(key, cls, kwargs):
-        if changes(host) == (0, 0) and key not in cache.asked and key not in cache.checked:
+        unchanged = changes(host) == (0, 0)
+        if unchanged and key not in cache.asked and key not in cache.checked:
             keys = [key, *(k for k in cache.checks if k not in cache.asked and k != key)]
             try:
                 cache.checked = _batch(host, cache, [cache.checks[k] for k in keys], keys, side_by_side=True)
             except Exception:  # noqa: BLE001 (the fact's own read below reports it)
                 cache.checked = {}
         cache.asked.add(key)
-        if changes(host) == (0, 0) and key in cache.checked:
+        if unchanged and key in cache.checked:
             return cache.checked.pop(key)
         return _reading(cache, Host.get_fact, host, cls, **kwargs)
 
