@@ -48,15 +48,17 @@ class ComposeComponent:
         """`images` ({setting: image}) on the host; archives go to the project's images/ directory."""
         return images_on_host(image_source, image_archives, self.path("images"), images)
 
-    def write(self, name: str, content: str, mode: str, label: str | None = None) -> OperationMeta:
+    def write(self, name: str, content: str, mode: str, label: str | None = None, **op_args) -> OperationMeta:
         """The file `name` of the project with `content` and `mode`; `label` names the operation
-        (default: "Write <name>", and that it holds secrets when it is 0600)."""
+        (default: "Write <name>", and that it holds secrets when it is 0600). op_args: pyinfra's global
+        arguments (an attempt's _ignore_errors and _if, tasks/lib/attempt.py)."""
         return private_file(
             name=label or f"Write {name}" + (" (secrets, mode 0600)" if mode == "600" else ""),
             content=content,
             dest=self.path(name),
             staging_dir=self.staging_dir,
             mode=mode,
+            **op_args,
         )
 
     def up(
@@ -65,6 +67,7 @@ class ComposeComponent:
         name: str,
         depends_on: Sequence[OperationMeta | None],
         recreate_on: Sequence[OperationMeta | None] = (),
+        **op_args,
     ) -> OperationMeta:
         return compose.service_up(
             name=name,
@@ -74,4 +77,5 @@ class ComposeComponent:
             depends_on=depends_on,
             recreate_on=recreate_on,
             timeout=self.start_timeout,
+            **op_args,
         )

@@ -9,7 +9,7 @@ from pyinfra.operations import files, python
 
 from tasks.config import secrets as S
 from tasks.config.settings import Settings
-from tasks.gateway import backup, database
+from tasks.gateway import backup, database, stack
 from tasks.gateway.stack import staging_dir
 from tasks.lib import compose
 from tasks.lib.render import ENV_FILE, render_files
@@ -98,12 +98,12 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
     )
 
     # 4. The switch: .env, database link, proxy.
-    env = private_file(
-        name=f"Write {ENV_FILE} with the new master key (mode 0600)",
-        content=render_files(new)[ENV_FILE],
-        dest=f"{settings.install_dir}/{ENV_FILE}",
-        staging_dir=staging_dir(settings),
-        mode="600",
+    project = stack.component(settings)
+    env = project.write(
+        ENV_FILE,
+        render_files(new)[ENV_FILE],
+        "600",
+        label=f"Write {ENV_FILE} with the new master key (mode 0600)",
         **attempt.args(),
     )
     attempt.add("writing the new .env", [env])
@@ -124,14 +124,11 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
         key_hash=database.hash_key(rotation.new_key),
         _if=attempt.going,
     )
-    restart = compose.service_up(
+    restart = project.up(
+        compose.PROXY_SERVICE,
         name="Restart the proxy on the new master key",
-        project=settings.compose_project,
-        install_dir=settings.install_dir,
-        service=compose.PROXY_SERVICE,
         depends_on=[env],
         recreate_on=[env, stale],
-        timeout=settings.start_timeout,
         **attempt.args(),
     )
     attempt.add("restarting the proxy on the new key", [restart])
@@ -142,12 +139,11 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
     attempt.add("proof", [proof])
 
     # 6. Rollback, only when the switch or the proof failed.
-    back_env = private_file(
-        name=f"Rollback: {ENV_FILE} with the previous master key",
-        content=render_files(old)[ENV_FILE],
-        dest=f"{settings.install_dir}/{ENV_FILE}",
-        staging_dir=staging_dir(settings),
-        mode="600",
+    back_env = project.write(
+        ENV_FILE,
+        render_files(old)[ENV_FILE],
+        "600",
+        label=f"Rollback: {ENV_FILE} with the previous master key",
         _ignore_errors=True,
         _if=attempt.rolling_back,
     )
@@ -165,14 +161,11 @@ def rotate_gateway(settings: Settings, rotation: Rotation) -> None:
         key_hash=database.hash_key(rotation.old_key),
         _if=attempt.rolling_back,
     )
-    compose.service_up(
+    project.up(
+        compose.PROXY_SERVICE,
         name="Rollback: restart the proxy on the previous master key",
-        project=settings.compose_project,
-        install_dir=settings.install_dir,
-        service=compose.PROXY_SERVICE,
         depends_on=[back_env],
         recreate_on=[back_env, back_stale],
-        timeout=settings.start_timeout,
         _ignore_errors=True,
         _if=attempt.rolling_back,
     )
